@@ -1,0 +1,38 @@
+"""Pluggable frozen encoders behind one interface (see base.Encoder)."""
+from __future__ import annotations
+
+from pipelines.encoders.base import Encoder, EncoderSpec, Preprocessing, resolve_device
+
+DEFAULT_ENCODER = "efficientnet-lite0"
+
+
+def _family(spec: EncoderSpec):
+    # Imported lazily: a worker loads only the library its encoder needs.
+    if spec.family == "efficientnet-lite":
+        from pipelines.encoders import efficientnet_lite as family
+    elif spec.family == "open_clip":
+        from pipelines.encoders import open_clip_models as family
+    elif spec.family == "timm":
+        from pipelines.encoders import timm_models as family
+    else:
+        raise ValueError(f"unknown encoder family {spec.family!r}")
+    return family
+
+
+def preprocessing_for(spec: EncoderSpec) -> Preprocessing:
+    """The encoder's input transform, known without loading any weights."""
+    return _family(spec).preprocessing(spec)
+
+
+def embedding_dim(spec: EncoderSpec) -> int:
+    """The embedding length, known without loading any weights (for output schemas)."""
+    return _family(spec).embedding_dim(spec)
+
+
+def load_encoder(spec: EncoderSpec) -> Encoder:
+    module, dim = _family(spec).build(spec)
+    return Encoder(spec.name, module, dim, preprocessing_for(spec), resolve_device(spec.device))
+
+
+__all__ = ["DEFAULT_ENCODER", "Encoder", "EncoderSpec", "Preprocessing", "embedding_dim", "load_encoder",
+           "preprocessing_for", "resolve_device"]

@@ -1,0 +1,106 @@
+"""The one narrow encoder interface: preprocessing known without weights, then embed a batch.
+
+An encoder is named by a spec string, e.g. ``efficientnet-lite0``, ``open_clip:ViT-B-32``,
+``open_clip:ViT-B-32:laion2b_s34b_b79k``, ``timm:vit_small_patch14_dinov2.lvd142m``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms import InterpolationMode
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    family: str  # "efficientnet-lite", "open_clip", "timm"
+    model: str
+    pretrained: str = ""  # open_clip tag / timm pretrained tag (hub download where reachable)
+    weights: str = ""  # local or fsspec path to safetensors / torch weights-only checkpoint
+    device: str = "auto"
+
+    @classmethod
+    def parse(cls, text: str, weights: str = "", device: str = "auto") -> "EncoderSpec":
+        family, _, rest = text.partition(":")
+        if family.startswith("efficientnet-lite") and not rest:
+            return cls("efficientnet-lite", family, weights=weights, device=device)
+        if family in ("open_clip", "timm") and rest:
+            model, _, tag = rest.partition(":")
+            return cls(family, model, tag, weights, device)
+        raise ValueError(
+            f"unknown encoder {text!r}: use efficientnet-lite0|1|2, open_clip:<model>[:<tag>] "
+            "or timm:<model>[.<tag>]"
+        )
+
+    @property
+    def name(self) -> str:
+        """The encoder's name as recorded with every embedding row."""
+        if self.family == "efficientnet-lite":
+            return self.model
+        return ":".join(part for part in (self.family, self.model, self.pretrained) if part)
+
+    def with_device(self, device: str) -> "EncoderSpec":
+        return replace(self, device=device)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, center-crop, scale to [0, 1], normalise (method.md section 1)."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    antialias: bool = True
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        tensor = TF.pil_to_tensor(image)  # uint8 (3, H, W)
+        tensor = TF.resize(tensor, [self.resize], interpolation=InterpolationMode(self.interpolation),
+                           antialias=self.antialias)
+        tensor = TF.center_crop(tensor, [self.crop, self.crop])
+        tensor = tensor.to(torch.float32).div_(255.0).clamp_(0.0, 1.0)
+        tensor = TF.normalize(tensor, list(self.mean), list(self.std))
+        return tensor.numpy()
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+class Encoder:
+    """A frozen torch module whose forward returns pooled features; embeds L2-normalised float32."""
+
+    def __init__(self, name: str, module: torch.nn.Module, dim: int, preprocessing: Preprocessing,
+                 device: torch.device) -> None:
+        self.name = name
+        self.dim = dim
+        self.preprocessing = preprocessing
+        self.device = device
+        self.module = module.eval().requires_grad_(False).to(device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) preprocessed float32 -> (N, dim) unit-norm float32."""
+        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            features = self.module(batch)
+        features = F.normalize(features.float(), dim=-1)
+        return features.cpu().numpy()
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        return self.embed(np.stack([self.preprocessing(image) for image in images]))

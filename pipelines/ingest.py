@@ -1,0 +1,222 @@
+"""Ingest job: image shards on any fsspec URL -> embedding shards of a visual memory.
+
+    python -m pipelines.ingest --input 'data/fmnist/train-{000000..000006}.tar' --memory ROOT
+
+Beam options that this parser does not know (``--runner``, ``--project``, ``--region``,
+``--direct_num_workers`` ...) go to Beam unchanged, so the same command runs locally, on
+Dataflow, Flink or Spark. Every input is either embedded into ``ROOT/embeddings/<batch>/`` or
+rejected with a reason into ``ROOT/rejected/<batch>/``; the batch's ``_manifest.json`` is
+written last and is the commit: a failed run leaves the previous batch content intact.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines import fsspec_beam  # noqa: F401  (registers memory:// and file:// for Beam)
+from pipelines.decode import DEFAULT_MAX_PIXELS, DecodePolicy
+from pipelines.encoders import DEFAULT_ENCODER, EncoderSpec, embedding_dim, preprocessing_for
+from pipelines.inference import EncoderModelHandler
+from pipelines.manifest import (BatchManifest, embeddings_dir, rejected_dir, remove_stale_files,
+                                run_files)
+from pipelines.schema import REJECTED_SCHEMA, embedding_schema
+from pipelines.sources import SOURCE_FORMATS, detect_format, make_source
+from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFirstOfKey,
+                                  ProgressLogger, ReadShard, failed_batch_to_rejected,
+                                  rejected_to_table, results_to_table)
+
+LOCAL_RUNNER = "FnApiRunner"  # Beam's in-process Python runner (Prism needs a download)
+log = logging.getLogger("vmem.ingest")
+
+
+@dataclass
+class IngestConfig:
+    inputs: list[str]
+    memory: str
+    batch: str = ""
+    source_format: str = "auto"
+    encoder: str = DEFAULT_ENCODER
+    weights: str = ""
+    device: str = "auto"
+    batch_size: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    image_column: str = "image"
+    label_column: str = "label"
+    key_column: str = "key"
+    write_batch_rows: int = 4096
+    beam_args: list[str] = field(default_factory=list)
+
+    def resolved_batch(self) -> str:
+        return self.batch or default_batch_name(self.inputs)
+
+    def resolved_format(self) -> str:
+        return self.source_format if self.source_format != "auto" else detect_format(self.inputs[0])
+
+
+@dataclass
+class IngestResult:
+    manifest: BatchManifest
+    metrics: dict[str, int]
+
+    def summary(self) -> str:
+        m, c = self.manifest, self.manifest.counts
+        rate = c["embedded"] / m.seconds if m.seconds else 0.0
+        return (f"ingest batch={m.batch} read={c['read']} embedded={c['embedded']} "
+                f"rejected={c['rejected']} encoder={m.encoder} dim={m.dim} "
+                f"in {m.seconds:.1f}s ({rate:.1f} images/s)")
+
+
+def default_batch_name(inputs: list[str]) -> str:
+    """A deterministic name from the input pattern, so re-running a command replaces its batch."""
+    tail = inputs[0].rstrip("/").rsplit("/", 1)[-1] or "batch"
+    return re.sub(r"[^A-Za-z0-9]+", "-", tail).strip("-").lower()[:80] or "batch"
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -> None:
+    source = make_source(config.resolved_format(), config.image_column, config.label_column,
+                         config.key_column)
+    tasks = source.plan(config.inputs)
+    spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
+    dim = embedding_dim(spec)
+    batch = config.resolved_batch()
+    log.info("%d read tasks from %s (%s), encoder %s (dim %d)", len(tasks), config.inputs,
+             source.name, spec.name, dim)
+
+    read = (pipeline
+            | "PlanReads" >> beam.Create(tasks)
+            | "ReadShards" >> beam.ParDo(ReadShard(source)).with_outputs(REJECTED, main="images"))
+    # Grouping by stable id both drops duplicate keys and spreads the work across workers.
+    unique = (read.images
+              | "KeyById" >> beam.Map(lambda record: (record.id, record))
+              | "GroupById" >> beam.GroupByKey()
+              | "KeepFirst" >> beam.ParDo(KeepFirstOfKey()).with_outputs(REJECTED, main="images"))
+    prepared = unique.images | "Decode" >> beam.ParDo(
+        DecodeAndPrepare(preprocessing_for(spec), DecodePolicy(max_pixels=config.max_pixels))
+    ).with_outputs(REJECTED, main="images")
+    handler = EncoderModelHandler(spec, max_batch_size=config.batch_size)
+    embedded, failed = prepared.images | "Embed" >> RunInference(handler).with_exception_handling()
+    failed_embeds = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_rejected)
+
+    (embedded
+     | "Progress" >> beam.ParDo(ProgressLogger())
+     | "BatchRows" >> beam.BatchElements(min_batch_size=256, max_batch_size=config.write_batch_rows)
+     | "ToArrow" >> beam.Map(results_to_table, encoder=spec.name)
+     | "WriteEmbeddings" >> beam.io.WriteToParquetBatched(
+         f"{embeddings_dir(config.memory, batch)}/part-{run_id}",
+         schema=embedding_schema(dim), file_name_suffix=".parquet"))
+    ((read[REJECTED], unique[REJECTED], prepared[REJECTED], failed_embeds)
+     | "AllRejected" >> beam.Flatten()
+     | "BatchRejected" >> beam.BatchElements(min_batch_size=1, max_batch_size=4096)
+     | "RejectedToArrow" >> beam.Map(rejected_to_table)
+     | "WriteRejected" >> beam.io.WriteToParquetBatched(
+         f"{rejected_dir(config.memory, batch)}/part-{run_id}",
+         schema=REJECTED_SCHEMA, file_name_suffix=".parquet", num_shards=1))
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    totals: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def run_ingest(config: IngestConfig) -> IngestResult:
+    """Run the pipeline, then commit the batch manifest; raise if any input went unaccounted."""
+    options = PipelineOptions(config.beam_args)
+    if not options.view_as(StandardOptions).runner:
+        options.view_as(StandardOptions).runner = LOCAL_RUNNER
+    batch = config.resolved_batch()
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config, run_id)
+    result = pipeline.run()
+    result.wait_until_finish()
+    metrics = _counters(result)
+
+    emb_dir, rej_dir = embeddings_dir(config.memory, batch), rejected_dir(config.memory, batch)
+    files, rejected_files = run_files(emb_dir, run_id), run_files(rej_dir, run_id)
+    embedded = sum(f["rows"] for f in files)
+    rejected = sum(f["rows"] for f in rejected_files)
+    read = metrics.get("read", embedded + rejected)
+    if read != embedded + rejected:
+        raise RuntimeError(f"batch {batch}: read {read} inputs but wrote {embedded} embeddings + "
+                           f"{rejected} rejected; not committing (previous content kept)")
+    spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
+    manifest = BatchManifest(
+        batch=batch, run_id=run_id, created=datetime.now(timezone.utc).isoformat(),
+        encoder=spec.name, dim=embedding_dim(spec), files=files, rejected_files=rejected_files,
+        counts={"read": read, "embedded": embedded, "rejected": rejected,
+                "decoded": metrics.get("decoded", 0), "bytes": metrics.get("bytes", 0)},
+        inputs=list(config.inputs), source_format=config.resolved_format(),
+        weights=config.weights, runner=str(options.view_as(StandardOptions).runner),
+        seconds=round(time.monotonic() - started, 3))
+    manifest.write(config.memory)  # the commit point
+    remove_stale_files(emb_dir, files)
+    remove_stale_files(rej_dir, rejected_files)
+    return IngestResult(manifest, metrics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmem ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other --option is passed to Apache Beam (e.g. --runner DataflowRunner "
+               "--project P --region R --temp_location gs://... --sdk_container_image ...).")
+    parser.add_argument("--input", "-i", dest="inputs", action="append", required=True,
+                        help="Shard pattern on any fsspec URL; braces and globs expand "
+                             "(e.g. 'gs://b/shards/{00000..00999}.tar'). Repeat for several.")
+    parser.add_argument("--memory", "-m", required=True,
+                        help="ROOT of the visual memory (local folder or fsspec URL).")
+    parser.add_argument("--batch", default="",
+                        help="Batch name under ROOT/embeddings/ (default: derived from --input, "
+                             "so re-running the same command replaces the same batch).")
+    parser.add_argument("--format", dest="source_format", default="auto",
+                        choices=("auto",) + SOURCE_FORMATS,
+                        help="Source layout; auto: .tar -> webdataset, .parquet -> parquet, "
+                             "else image folders (label = parent folder).")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
+                        help="efficientnet-lite0|1|2 (offline), open_clip:<model>[:<tag>], or "
+                             "timm:<model>[.<tag>] (e.g. timm:vit_large_patch14_dinov2.lvd142m).")
+    parser.add_argument("--weights", default="",
+                        help="Encoder weights: local/fsspec path to .safetensors or a torch "
+                             "checkpoint (loaded weights-only). Default: packaged or hub weights.")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Max images per encoder forward.")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="Reject images with more pixels (decompression-bomb guard).")
+    parser.add_argument("--image-column", default="image", help="Parquet: image bytes column.")
+    parser.add_argument("--label-column", default="label", help="Parquet: label column.")
+    parser.add_argument("--key-column", default="key",
+                        help="Parquet: key column (default key: <file>/<row>).")
+    parser.add_argument("--log-level", default="INFO", help="Python logging level.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    config = IngestConfig(
+        inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
+        encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
+        max_pixels=args.max_pixels, image_column=args.image_column, label_column=args.label_column,
+        key_column=args.key_column, beam_args=beam_args)
+    result = run_ingest(config)
+    print(result.summary(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

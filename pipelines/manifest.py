@@ -1,0 +1,112 @@
+"""The embedding batch manifest: the commit point of an ingest run.
+
+Files under ``ROOT/embeddings/<batch>/`` count only when the batch's ``_manifest.json`` names
+them. The manifest is written atomically, last, so a reader never sees a partial run, and a
+re-run of the same input replaces the previous run's files instead of duplicating rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import storage
+
+MANIFEST = "_manifest.json"
+FORMAT_VERSION = 1
+
+
+def embeddings_dir(root: str, batch: str) -> str:
+    return storage.join(root, "embeddings", batch)
+
+
+def rejected_dir(root: str, batch: str) -> str:
+    return storage.join(root, "rejected", batch)
+
+
+@dataclass
+class BatchManifest:
+    batch: str
+    run_id: str
+    created: str
+    encoder: str
+    dim: int
+    files: list[dict] = field(default_factory=list)  # {"path": relative to the batch dir, "rows"}
+    rejected_files: list[dict] = field(default_factory=list)  # relative to the rejected dir
+    counts: dict = field(default_factory=dict)  # read, embedded, rejected (+ per stage)
+    inputs: list[str] = field(default_factory=list)
+    source_format: str = ""
+    weights: str = ""
+    runner: str = ""
+    seconds: float = 0.0
+    format_version: int = FORMAT_VERSION
+
+    def write(self, root: str) -> None:
+        storage.write_json_atomic(storage.join(embeddings_dir(root, self.batch), MANIFEST),
+                                  dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, root: str, batch: str) -> "BatchManifest":
+        url = storage.join(embeddings_dir(root, batch), MANIFEST)
+        if not storage.exists(url):
+            raise FileNotFoundError(f"batch {batch!r} has no manifest at {url}: never completed")
+        return cls(**storage.read_json(url))
+
+    def embedding_urls(self, root: str) -> list[str]:
+        return [storage.join(embeddings_dir(root, self.batch), f["path"]) for f in self.files]
+
+    def rejected_urls(self, root: str) -> list[str]:
+        return [storage.join(rejected_dir(root, self.batch), f["path"]) for f in self.rejected_files]
+
+
+def list_batches(root: str) -> list[str]:
+    """Names of the completed batches (those with a manifest) under ``ROOT/embeddings``."""
+    base = storage.join(root, "embeddings")
+    return [name for name in storage.list_names(base)
+            if storage.exists(storage.join(base, name, MANIFEST))]
+
+
+def read_parquet_files(urls: list[str], columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for url in urls:
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as handle:
+            tables.append(pq.read_table(handle, columns=columns))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def read_embeddings(root: str, batch: str, columns: list[str] | None = None) -> pa.Table:
+    manifest = BatchManifest.read(root, batch)
+    return read_parquet_files(manifest.embedding_urls(root), columns)
+
+
+def read_rejected(root: str, batch: str) -> pa.Table:
+    manifest = BatchManifest.read(root, batch)
+    return read_parquet_files(manifest.rejected_urls(root))
+
+
+def parquet_rows(url: str) -> int:
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def run_files(directory: str, run_id: str) -> list[dict]:
+    """The Parquet files one run wrote into a directory, with their row counts."""
+    prefix = f"part-{run_id}-"
+    return [{"path": name, "rows": parquet_rows(posixpath.join(directory, name))}
+            for name in storage.list_names(directory)
+            if name.startswith(prefix) and name.endswith(".parquet")]
+
+
+def remove_stale_files(directory: str, keep: list[dict]) -> list[str]:
+    """After a manifest commit, delete part files of earlier runs that it no longer names."""
+    keep_names = {f["path"] for f in keep}
+    stale = [name for name in storage.list_names(directory)
+             if name.startswith("part-") and name not in keep_names]
+    for name in stale:
+        storage.remove(storage.join(directory, name))
+    return stale

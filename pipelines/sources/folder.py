@@ -1,0 +1,47 @@
+"""Image-folder trees (``root/<label>/<name>.jpg``), as torchvision's ImageFolder reads them."""
+from __future__ import annotations
+
+import posixpath
+from typing import Iterator
+
+import fsspec
+
+from pipelines.records import ImageRecord, Rejected
+from pipelines.sources.base import IMAGE_EXTENSIONS, ReadTask
+from pipelines.sources.urls import expand_urls
+
+
+def _root_of(pattern: str) -> str:
+    """The part of a pattern before its first wildcard or brace: labels are paths below it."""
+    cut = min((pattern.find(c) for c in "*?[{" if c in pattern), default=len(pattern))
+    return pattern[:cut].rstrip("/") if cut < len(pattern) else pattern.rstrip("/")
+
+
+class FolderSource:
+    name = "folder"
+
+    def plan(self, pattern: str | list[str]) -> list[ReadTask]:
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        tasks = []
+        for one in patterns:
+            root = _root_of(one)
+            tasks += [ReadTask(url, root) for url in expand_urls(one)
+                      if url.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
+        if not tasks:
+            raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                                    f"under {pattern!r}")
+        return tasks
+
+    def read(self, task: ReadTask) -> Iterator[ImageRecord | Rejected]:
+        root_path = fsspec.core.url_to_fs(task.root)[1] if task.root else ""
+        path = fsspec.core.url_to_fs(task.url)[1]
+        relative = posixpath.relpath(path, root_path) if root_path else posixpath.basename(path)
+        directory = posixpath.dirname(relative)
+        label = posixpath.basename(directory) if directory else ""
+        try:
+            with fsspec.open(task.url, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            yield Rejected.from_exception(relative, task.url, "read", error)
+            return
+        yield ImageRecord(key=relative, source=task.url, label=label, data=data)

@@ -1,0 +1,61 @@
+"""Small fsspec helpers shared by every stage: URL joins and atomic writes (temp + rename)."""
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+
+
+def join(url: str, *parts: str) -> str:
+    return posixpath.join(url.rstrip("/"), *parts)
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url)
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Readers see the old content or the new, never a partial file: write a hidden temp file
+    beside the target, then rename it over the final name."""
+    fs, path = filesystem(url)
+    directory, name = posixpath.split(path)
+    fs.makedirs(directory, exist_ok=True)
+    temp = posixpath.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
+    with fs.open(temp, "wb") as handle:
+        handle.write(data)
+    try:
+        fs.mv(temp, path)
+    finally:
+        if fs.exists(temp):
+            fs.rm(temp)
+
+
+def write_json_atomic(url: str, value: Any) -> None:
+    write_bytes_atomic(url, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(url: str) -> Any:
+    with fsspec.open(url, "rt") as handle:
+        return json.load(handle)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def list_names(url: str) -> list[str]:
+    """Base names directly under a directory URL ([] when it does not exist)."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

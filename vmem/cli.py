@@ -1,0 +1,41 @@
+"""``vmem <command> ...`` dispatches to a job module, as ``python -m <module> ...`` would.
+
+Each job is a module with ``main(argv)`` so Beam and Ray users can submit it directly
+(``python -m pipelines.ingest``, ``ray job submit -- python -m indexer.build``). Modules are
+imported only when their command runs: ``vmem data`` never imports Ray.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("pipelines.data.__main__", "Write demo/test data sets (Fashion-MNIST) as WebDataset shards."),
+    "ingest": ("pipelines.ingest", "Beam job: embed image shards into ROOT/embeddings/<batch>/."),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: vmem <command> [options]   (vmem <command> --help for each)", "",
+             "Distributed visual memory: classify images by retrieval over a sharded index.", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"vmem: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
