@@ -49,6 +49,14 @@ def _has_glob(path: str) -> bool:
     return any(char in path for char in "*?[")
 
 
+def _as_url(pattern: str, path: str) -> str:
+    """A matched path back in the pattern's own spelling (``memory://a/b``, ``gs://b/k``)."""
+    if "://" not in pattern:
+        return path
+    protocol = pattern.split("://", 1)[0]
+    return f"file://{path}" if protocol == "file" else f"{protocol}://{path.lstrip('/')}"
+
+
 def expand_urls(patterns: str | list[str]) -> list[str]:
     """Every file URL matched by the patterns (sorted, deduplicated); a pattern matching
     nothing is an error naming it, so a typo never silently ingests zero images."""
@@ -67,5 +75,5 @@ def expand_urls(patterns: str | list[str]) -> list[str]:
                 matches = []
             if not matches:
                 raise FileNotFoundError(f"no files match {candidate!r}")
-            urls.extend(fs.unstrip_protocol(m) if "://" in candidate else m for m in matches)
+            urls.extend(_as_url(candidate, m) for m in matches)
     return sorted(dict.fromkeys(urls))

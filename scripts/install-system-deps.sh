@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the demo and tests read: Fashion-MNIST (real labelled images).
+# Idempotent; needs root (or sudo) only when something is missing.
+set -euo pipefail
+packages=(dataset-fashion-mnist)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-system-deps: not a Debian system; the data commands will download instead (missing: ${missing[*]})" >&2
+  exit 0
+fi
+sudo_cmd=""
+[ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+echo "install-system-deps: installing ${missing[*]}"
+$sudo_cmd apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"

@@ -1,0 +1,34 @@
+"""The `vmem` entry point and every job's --help."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vmem", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_top_level_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "ingest" in out.stdout and "data" in out.stdout
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("ingest", ["--input", "--memory", "--encoder", "--weights", "--runner", "DataflowRunner"]),
+    ("data", ["fashion-mnist"]),
+])
+def test_command_help_explains_options(command, expected):
+    out = run(command, "--help")
+    assert out.returncode == 0, out.stderr
+    for word in expected:
+        assert word in out.stdout
+
+
+def test_unknown_command_is_an_error():
+    out = run("fly")
+    assert out.returncode == 2 and "unknown command" in out.stderr
