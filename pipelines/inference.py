@@ -19,7 +19,7 @@ class EncoderModelHandler(ModelHandler[PreparedImage, PredictionResult, Encoder]
 
     def __init__(self, spec: EncoderSpec, min_batch_size: int = 8, max_batch_size: int = 64,
                  large_model: bool = False) -> None:
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+        super().__init__(min_batch_size=min(min_batch_size, max_batch_size), max_batch_size=max_batch_size,
                          large_model=large_model)
         self.spec = spec
 

@@ -1,6 +1,7 @@
 """Pluggable frozen encoders behind one interface (see base.Encoder)."""
 from __future__ import annotations
 
+from pipelines.encoders.allocator import tune_glibc_malloc
 from pipelines.encoders.base import Encoder, EncoderSpec, Preprocessing, resolve_device
 
 DEFAULT_ENCODER = "efficientnet-lite0"
@@ -30,8 +31,11 @@ def embedding_dim(spec: EncoderSpec) -> int:
 
 
 def load_encoder(spec: EncoderSpec) -> Encoder:
+    device = resolve_device(spec.device)
+    if device.type == "cpu":
+        tune_glibc_malloc()
     module, dim = _family(spec).build(spec)
-    return Encoder(spec.name, module, dim, preprocessing_for(spec), resolve_device(spec.device))
+    return Encoder(spec.name, module, dim, preprocessing_for(spec), device)
 
 
 __all__ = ["DEFAULT_ENCODER", "Encoder", "EncoderSpec", "Preprocessing", "embedding_dim", "load_encoder",
