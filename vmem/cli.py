@@ -9,9 +9,12 @@ from __future__ import annotations
 import importlib
 import sys
 
+USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, RuntimeError)
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.__main__", "Write demo/test data sets (Fashion-MNIST) as WebDataset shards."),
     "ingest": ("pipelines.ingest", "Beam job: embed image shards into ROOT/embeddings/<batch>/."),
+    "index": ("indexer.cli", "Ray jobs: build, add, delete, prune, log, rollback, verify index versions."),
 }
 
 
@@ -34,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmem: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except USER_ERRORS as error:
+        # Bad input or state the user can fix: one clear line, no traceback. Anything else
+        # is a bug and keeps its traceback.
+        print(f"vmem {command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""Build job: embedding batches -> a trained, sharded FAISS index published as a new version.
+
+Train once on a seeded sample; add every part in parallel onto copies of the trained empty
+index; merge the parts' pieces into S serving shards; publish files, then the manifest, then
+LATEST. A build that fails or is killed at any point leaves LATEST and its files untouched.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import faiss
+import numpy as np
+
+from indexer import factory as factories
+from indexer.executor import LocalExecutor, RayExecutor
+from indexer.layout import index_root, new_version_name, read_latest, set_latest
+from indexer.manifest import IndexManifest
+from indexer.reader import check_unique_ids, plan_inputs, read_part
+from indexer.tasks import VECTOR_DTYPES, add_part, merge_shard, sample_part
+from indexer.tuning import tune_nprobe
+
+log = logging.getLogger("vmem.index")
+
+
+@dataclass
+class BuildConfig:
+    memory: str
+    batches: list[str] = field(default_factory=list)  # default: every complete batch
+    num_shards: int = 1
+    factory: str = "auto"
+    bytes_per_vector: int = 64  # PQ code budget for `auto`
+    keep_vectors: str = "none"  # none | fp16 | fp32: stored for exact re-ranking
+    recall_target: float = 0.95
+    k: int = 100  # the search default recorded for serving (method.md: k_max = 100)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+        if self.keep_vectors not in VECTOR_DTYPES:
+            raise ValueError(f"keep_vectors must be one of {sorted(VECTOR_DTYPES)}")
+
+
+def part_ids(part) -> np.ndarray:
+    meta, _ = read_part(part, with_vectors=False)
+    return meta.column("id").to_numpy()
+
+
+def add_part_one_shard(part, trained: np.ndarray, keep_vectors: str):
+    """``add_part`` for S = 1 (Ray returns a single object, not a list, for one return)."""
+    return add_part(part, trained, 1, keep_vectors)[0]
+
+
+def train_sample(executor, parts, count: int, wanted: int, seed: int) -> np.ndarray:
+    probability = min(1.0, 1.2 * wanted / max(count, 1))
+    handles = [executor.submit(sample_part, part, probability, seed, number)
+               for number, part in enumerate(parts)]
+    sample = np.concatenate(executor.get(handles, "sampling"))
+    return sample[:wanted]
+
+
+def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> IndexManifest:
+    started = time.monotonic()
+    inputs = plan_inputs(config.memory, config.batches)
+    count, dim, shards = inputs.count, inputs.dim, config.num_shards
+    check_unique_ids(np.concatenate(executor.get([executor.submit(part_ids, p) for p in inputs.parts],
+                                                 "reading ids")))
+    factory = (factories.choose_factory(count, dim, config.bytes_per_vector)
+               if config.factory == "auto" else config.factory)
+    log.info("building %s over %d vectors (dim %d) from %d parts into %d shards on %s",
+             factory, count, dim, len(inputs.parts), shards, executor.name)
+
+    wanted = factories.training_size(factory, count)
+    sample = train_sample(executor, inputs.parts, count, wanted, config.seed) if wanted else None
+    trained = factories.train(factory, dim, sample, config.seed) if wanted else factories.make_index(factory, dim)
+    trained_bytes = faiss.serialize_index(factories.to_cpu(trained))
+    train_s = time.monotonic() - started
+
+    trained_ref = executor.put(trained_bytes)
+    if shards == 1:
+        per_part = [[executor.submit(add_part_one_shard, part, trained_ref, config.keep_vectors)]
+                    for part in inputs.parts]
+    else:
+        per_part = [executor.submit(add_part, part, trained_ref, shards, config.keep_vectors,
+                                    num_returns=shards) for part in inputs.parts]
+    version = new_version_name()
+    merges = [executor.submit(merge_shard, index_root(config.memory), version, shard,
+                              *[pieces[shard] for pieces in per_part]) for shard in range(shards)]
+    entries = executor.get(merges, "adding and merging")
+    add_merge_s = time.monotonic() - started - train_s
+
+    rerank = config.keep_vectors != "none"
+    nprobe, curve = (tune_nprobe(trained, sample, rerank, config.recall_target, seed=config.seed)
+                     if sample is not None and factories.nlist_of(factory) else (0, {}))
+    manifest = IndexManifest(
+        version=version, parent=read_latest(config.memory),
+        created=datetime.now(timezone.utc).isoformat(), operation="build", encoder=inputs.encoder,
+        dim=dim, factory=factory, num_shards=shards, count=sum(e.count for e in entries),
+        search_defaults={"k": config.k, "nprobe": nprobe, "rerank": rerank},
+        shards=entries, batches=inputs.batches,
+        details={"executor": executor.name, "parts": len(inputs.parts),
+                 "train_vectors": 0 if sample is None else int(len(sample)),
+                 "train_seconds": round(train_s, 3), "add_merge_seconds": round(add_merge_s, 3),
+                 "seconds": round(time.monotonic() - started, 3), "seed": config.seed,
+                 "recall_at_10_by_nprobe": {str(p): round(r, 4) for p, r in curve.items()}})
+    if manifest.count != count:
+        raise RuntimeError(f"built {manifest.count} vectors from {count} inputs; not publishing")
+    manifest.write(config.memory)
+    set_latest(config.memory, version)  # the publish: last, atomic
+    return manifest

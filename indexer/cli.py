@@ -1,0 +1,163 @@
+"""``vmem index <command>``: build, edit and inspect the versions of a visual memory.
+
+Runnable as a Ray job: ``ray job submit --working-dir . -- python -m indexer build --memory
+gs://bucket/memory --shards 16 --ray-address auto``. Without --ray-address a local Ray instance
+is started; --no-ray runs every task in this process (the single-process reference).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from indexer.reliability import HARD_K, HARD_THRESHOLD, SOFT_C, SOFT_D, SOFT_K
+
+
+def _executor(args):
+    from indexer.executor import make_executor
+
+    return make_executor(args.ray_address, use_ray=not args.no_ray, num_cpus=args.num_cpus)
+
+
+def _print_manifest(manifest) -> None:
+    print(f"index version={manifest.version} operation={manifest.operation} "
+          f"count={manifest.count} shards={manifest.num_shards} factory={manifest.factory} "
+          f"nprobe={manifest.search_defaults.get('nprobe', 0)} parent={manifest.parent}")
+
+
+def cmd_build(args) -> int:
+    from indexer.build import BuildConfig, run_build
+
+    config = BuildConfig(memory=args.memory, batches=args.batch or [], num_shards=args.shards,
+                         factory=args.factory, bytes_per_vector=args.bytes_per_vector,
+                         keep_vectors=args.keep_vectors, recall_target=args.recall_target,
+                         seed=args.seed)
+    manifest = run_build(config, _executor(args))
+    _print_manifest(manifest)
+    print(f"  train {manifest.details['train_seconds']}s, add+merge "
+          f"{manifest.details['add_merge_seconds']}s, recall@10 by nprobe "
+          f"{manifest.details['recall_at_10_by_nprobe'] or 'exact'}")
+    return 0
+
+
+def cmd_add(args) -> int:
+    from indexer.edit import run_add
+
+    _print_manifest(run_add(args.memory, args.batch, _executor(args)))
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from indexer.edit import ForgetRequest, run_delete
+
+    request = ForgetRequest(ids=[int(i) for i in args.id or []], keys=args.key or [],
+                            labels=args.label or [])
+    if not (request.ids or request.keys or request.labels):
+        raise SystemExit("vmem index delete: name what to forget with --id, --key or --label")
+    manifest, report = run_delete(args.memory, request, _executor(args))
+    _print_manifest(manifest)
+    print(f"  forgot {report['removed']} items in {report['seconds']}s, verified absent from "
+          f"{len(report['verified_shards'])} shard files; not found: {report['not_found']}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from indexer.prune import run_hard_prune, run_soft_prune
+
+    if args.mode == "hard":
+        manifest, _ = run_hard_prune(args.memory, _executor(args), args.k or HARD_K, args.threshold)
+    else:
+        manifest = run_soft_prune(args.memory, _executor(args), args.k or SOFT_K, args.c, args.d)
+    _print_manifest(manifest)
+    print("  " + json.dumps(manifest.details["prune"]))
+    return 0
+
+
+def cmd_log(args) -> int:
+    from indexer.history import history
+
+    for row in reversed(history(args.memory)):
+        mark = "*" if row["latest"] else " "
+        print(f"{mark} {row['version']}  {row['operation']:<10} count={row['count']:<10} "
+              f"shards={row['shards']} parent={row['parent']}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from indexer.history import rollback
+
+    print(f"LATEST -> {rollback(args.memory, args.to)}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from indexer.store import resolve_version, verify_version
+
+    manifest = resolve_version(args.memory, args.version)
+    print(f"version {manifest.version}: {verify_version(args.memory, manifest)} files verified")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmem index", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help_text: str, ray: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--memory", "-m", required=True, help="ROOT of the visual memory (any fsspec URL).")
+        p.add_argument("--log-level", default="INFO", help="Python logging level.")
+        if ray:
+            p.add_argument("--ray-address", default=None,
+                           help="Ray cluster: 'auto', 'ray://host:10001'; default: a local instance.")
+            p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance.")
+            p.add_argument("--no-ray", action="store_true", help="Run every task in this process.")
+        p.set_defaults(handler=handler)
+        return p
+
+    build = command("build", cmd_build, "Train, add in parallel, merge into shards, publish.")
+    build.add_argument("--batch", action="append", help="Embedding batch to include (repeatable; default all).")
+    build.add_argument("--shards", type=int, default=1, help="Serving shards S (items go to id mod S).")
+    build.add_argument("--factory", default="auto",
+                       help="'auto' (exact below 100k vectors, else IVF-PQ sized to the count and "
+                            "--bytes-per-vector) or a FAISS factory string, e.g. 'OPQ64,IVF4096,PQ64x8'.")
+    build.add_argument("--bytes-per-vector", type=int, default=64, help="PQ code budget for auto.")
+    build.add_argument("--keep-vectors", choices=("none", "fp16", "fp32"), default="none",
+                       help="Store vectors beside the PQ codes for exact re-ranking.")
+    build.add_argument("--recall-target", type=float, default=0.95,
+                       help="recall@10 the recorded nprobe must reach (measured on a sample).")
+    build.add_argument("--seed", type=int, default=0, help="Seed for sampling and k-means.")
+
+    add = command("add", cmd_add, "Add embedding batches to LATEST with its trained quantizer.")
+    add.add_argument("--batch", action="append", required=True, help="Batch to add (repeatable).")
+
+    delete = command("delete", cmd_delete, "Forget items (unlearning): physically removed, verified.")
+    delete.add_argument("--id", action="append", help="Item id (repeatable).")
+    delete.add_argument("--key", action="append", help="Source key (repeatable).")
+    delete.add_argument("--label", action="append", help="Forget a whole label (repeatable).")
+
+    prune = command("prune", cmd_prune, "Leave-one-out reliability, then hard or soft pruning.")
+    prune.add_argument("mode", choices=("hard", "soft"))
+    prune.add_argument("--k", type=int, default=0,
+                       help=f"Neighbours per query (default {HARD_K} hard, {SOFT_K} soft).")
+    prune.add_argument("--threshold", type=int, default=HARD_THRESHOLD, help="Hard: delete v_wrong >= this.")
+    prune.add_argument("--c", type=float, default=SOFT_C, help="Soft: gamma = d / (c + v_wrong).")
+    prune.add_argument("--d", type=float, default=SOFT_D, help="Soft: gamma = d / (c + v_wrong).")
+
+    command("log", cmd_log, "List versions, newest first; * marks LATEST.", ray=False)
+    rollback = command("rollback", cmd_rollback, "Move LATEST to a verified earlier version.", ray=False)
+    rollback.add_argument("--to", default=None, help="Version (default: the parent of LATEST).")
+    verify = command("verify", cmd_verify, "Check every file of a version against its checksums.", ray=False)
+    verify.add_argument("--version", default=None, help="Version (default: LATEST).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

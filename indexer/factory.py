@@ -1,0 +1,96 @@
+"""Pick a FAISS index for a memory, as autofaiss does: exact below a size, IVF-PQ above it,
+sized to the vector count and a bytes-per-vector budget."""
+from __future__ import annotations
+
+import math
+import re
+
+import faiss
+import numpy as np
+
+EXACT_BELOW = 100_000  # vectors; exact search costs ~N*d flops per query, fine up to here
+MIN_TRAIN_PER_CENTROID = 39  # faiss's k-means warns below this
+
+
+def pq_subquantizers(dim: int, bytes_per_vector: int) -> int:
+    """The largest m <= budget dividing dim (8-bit codes: one byte per sub-quantizer)."""
+    for m in range(min(bytes_per_vector, dim), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def choose_factory(count: int, dim: int, bytes_per_vector: int = 64) -> str:
+    """``IDMap2,Flat`` for small memories; ``IVF{nlist},PQ{m}x8`` otherwise, with nlist ~ 4 sqrt(N)
+    (a power of two, capped so each list trains on enough points) and m from the budget."""
+    if count < EXACT_BELOW:
+        return "IDMap2,Flat"
+    nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
+    nlist = max(16, min(nlist, 65536, count // MIN_TRAIN_PER_CENTROID))
+    return f"IVF{nlist},PQ{pq_subquantizers(dim, bytes_per_vector)}x8"
+
+
+def make_index(factory: str, dim: int) -> faiss.Index:
+    return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def nlist_of(factory: str) -> int:
+    match = re.search(r"IVF(\d+)", factory)
+    return int(match.group(1)) if match else 0
+
+
+def training_size(factory: str, count: int) -> int:
+    """How many vectors to train on: enough for k-means and the PQ codebooks (256 centroids
+    each), no more than the memory holds. 0 for indexes that need no training."""
+    nlist = nlist_of(factory)
+    if not nlist and "PQ" not in factory and "SQ" not in factory:
+        return 0
+    return min(count, max(256 * 40, nlist * 64))
+
+
+def minimum_training_vectors(factory: str) -> int:
+    """k-means needs one point per centroid: nlist for IVF, 2^bits for each PQ codebook."""
+    pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
+    pq_centroids = 2 ** int(pq.group(1) or 8) if pq else 0
+    return max(nlist_of(factory), pq_centroids, 1)
+
+
+def bytes_per_vector(index: faiss.Index) -> float:
+    """Serialized size per stored vector (codes + ids + list overhead)."""
+    return len(faiss.serialize_index(index)) / max(index.ntotal, 1)
+
+
+def to_gpu_if_available(index: faiss.Index) -> faiss.Index:
+    """Train/search on every visible GPU with faiss-gpu; the same index on CPU otherwise."""
+    if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    if hasattr(faiss, "index_gpu_to_cpu") and faiss.get_num_gpus() > 0:
+        try:
+            return faiss.index_gpu_to_cpu(index)
+        except RuntimeError:  # already a CPU index
+            return index
+    return index
+
+
+def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0) -> faiss.Index:
+    """A trained, empty index (GPU k-means where present). Seeded: same sample, same index."""
+    index = make_index(factory, dim)
+    if not index.is_trained:
+        needed = minimum_training_vectors(factory)
+        if sample is None or len(sample) < needed:
+            have = 0 if sample is None else len(sample)
+            raise ValueError(f"{factory} needs at least {needed} training vectors, the memory has "
+                             f"{have}: use a smaller IVF/PQ or --factory 'IDMap2,Flat'")
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+            clustering_index = to_gpu_if_available(faiss.IndexFlatIP(dim))
+            ivf.clustering_index = clustering_index
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        if ivf is not None:
+            ivf.clustering_index = None
+    return index

@@ -1,0 +1,79 @@
+"""Read embedding batches (pipelines' boundary 1) as independent parts for parallel work."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.manifest import BatchManifest, list_batches, read_parquet_files
+from pipelines.schema import embeddings_matrix
+
+META_COLUMNS = ["id", "label", "key", "source", "content_hash"]
+
+
+class IncompatibleBatches(ValueError):
+    """Batches embedded by different encoders (or dimensions) cannot share one index."""
+
+
+class DuplicateIds(ValueError):
+    """The same id in two rows: the memory would answer with two copies of one image."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One Parquet file of one batch: the unit of parallel reading and adding."""
+
+    batch: str
+    url: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class MemoryInputs:
+    encoder: str
+    dim: int
+    batches: list[str]
+    parts: list[Part]
+
+    @property
+    def count(self) -> int:
+        return sum(part.rows for part in self.parts)
+
+
+def plan_inputs(root: str, batches: list[str] | None = None, encoder: str | None = None,
+                dim: int | None = None) -> MemoryInputs:
+    """The parts of the named batches (default: all complete ones); refuse mixed encoders."""
+    names = batches if batches else list_batches(root)
+    if not names:
+        raise FileNotFoundError(f"no embedding batches under {root}/embeddings (run `vmem ingest`)")
+    parts, seen = [], {}
+    for name in names:
+        manifest = BatchManifest.read(root, name)
+        seen[name] = (manifest.encoder, manifest.dim)
+        parts += [Part(name, url, f["rows"]) for url, f in
+                  zip(manifest.embedding_urls(root), manifest.files) if f["rows"] > 0]
+    kinds = set(seen.values()) | ({(encoder, dim)} if encoder else set())
+    if len(kinds) > 1:
+        detail = ", ".join(f"{batch}: {enc} (dim {d})" for batch, (enc, d) in seen.items())
+        expected = f"; the index expects {encoder} (dim {dim})" if encoder else ""
+        raise IncompatibleBatches(f"batches were embedded by different encoders: {detail}{expected}")
+    enc, d = next(iter(seen.values()))
+    return MemoryInputs(enc, d, list(names), parts)
+
+
+def read_part(part: Part, with_vectors: bool = True) -> tuple[pa.Table, np.ndarray | None]:
+    """The part's metadata (with its batch name) and, optionally, its (n, dim) vectors."""
+    columns = META_COLUMNS + (["embedding"] if with_vectors else [])
+    table = read_parquet_files([part.url], columns)
+    vectors = embeddings_matrix(table) if with_vectors else None
+    meta = table.select(META_COLUMNS).append_column("batch", pa.array([part.batch] * table.num_rows))
+    return meta, vectors
+
+
+def check_unique_ids(ids: np.ndarray, what: str = "the input batches") -> None:
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dupes = unique[counts > 1]
+        raise DuplicateIds(f"{len(dupes)} ids occur more than once in {what} "
+                           f"(e.g. {dupes[:5].tolist()}): the same key ingested in two batches?")
