@@ -2,12 +2,14 @@
 sized to the vector count and a bytes-per-vector budget."""
 from __future__ import annotations
 
+import logging
 import math
 import re
 
 import faiss
 import numpy as np
 
+log = logging.getLogger(__name__)
 EXACT_BELOW = 100_000  # vectors; exact search costs ~N*d flops per query, fine up to here
 MIN_TRAIN_PER_CENTROID = 39  # faiss's k-means warns below this
 
@@ -76,6 +78,15 @@ def to_cpu(index: faiss.Index) -> faiss.Index:
     return index
 
 
+def _quiet_clustering(index: faiss.Index) -> None:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.min_points_per_centroid = 1
+        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        if pq is not None:
+            pq.cp.min_points_per_centroid = 1
+
+
 def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0) -> faiss.Index:
     """A trained, empty index (GPU k-means where present). Seeded: same sample, same index."""
     index = make_index(factory, dim)
@@ -85,6 +96,12 @@ def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0) -> faiss.In
             have = 0 if sample is None else len(sample)
             raise ValueError(f"{factory} needs at least {needed} training vectors, the memory has "
                              f"{have}: use a smaller IVF/PQ or --factory 'IDMap2,Flat'")
+        recommended = max(nlist_of(factory), 256 if "PQ" in factory else 0) * MIN_TRAIN_PER_CENTROID
+        if len(sample) < recommended:
+            # One clear warning here instead of one per k-means run from faiss's C++ code.
+            log.warning("training %s on %d vectors; faiss recommends >= %d for good centroids",
+                        factory, len(sample), recommended)
+            _quiet_clustering(index)
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed

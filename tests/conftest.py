@@ -52,3 +52,51 @@ def offline_encoder():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def embedded_memory(fmnist_shards_large, tmp_path_factory) -> Path:
+    """A real memory: Fashion-MNIST embedded by the offline encoder through the Beam job, as
+    two batches (train A: shards 0-1, train B: shard 2) and a query root (test split)."""
+    from pipelines.ingest import IngestConfig, run_ingest
+
+    root = tmp_path_factory.mktemp("embedded")
+    shards = fmnist_shards_large
+    for batch, pattern, memory in [("train-a", "fashion-mnist-train-{000000..000001}.tar", root / "memory"),
+                                   ("train-b", "fashion-mnist-train-000002.tar", root / "memory"),
+                                   ("test", "fashion-mnist-test-*.tar", root / "queries")]:
+        run_ingest(IngestConfig(inputs=[str(shards / pattern)], memory=str(memory), batch=batch,
+                                device="cpu"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fmnist_shards_large(tmp_path_factory) -> Path:
+    """Fashion-MNIST, 60 train + 20 test images per class, shards of 200."""
+    from pipelines.data.fashion_mnist import write_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fmnist-large")
+    write_fashion_mnist(str(out), ("train",), per_class=60, shard_size=200)
+    write_fashion_mnist(str(out), ("test",), per_class=20, shard_size=200)
+    return out
+
+
+@pytest.fixture
+def memory_copy(embedded_memory, tmp_path) -> str:
+    """A private copy of the embedded memory's ROOT, for tests that publish versions."""
+    import shutil
+
+    shutil.copytree(embedded_memory / "memory", tmp_path / "memory")
+    return str(tmp_path / "memory")
+
+
+@pytest.fixture(scope="session")
+def ray_executor():
+    """A real local Ray instance (2 CPUs, loopback), shared by the session's tests."""
+    import ray
+
+    from indexer.executor import RayExecutor
+
+    executor = RayExecutor(num_cpus=2)
+    yield executor
+    ray.shutdown()

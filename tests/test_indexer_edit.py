@@ -1,0 +1,154 @@
+"""Edits of a published memory: add, delete (unlearning), prune, history, checksums."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from indexer.build import BuildConfig, run_build
+from indexer.checksums import ChecksumMismatch
+from indexer.edit import ForgetRequest, run_add, run_delete
+from indexer.executor import LocalExecutor
+from indexer.history import history, rollback
+from indexer.layout import read_latest
+from indexer.prune import run_hard_prune, run_soft_prune
+from indexer.reliability import Reliability, leave_one_out_neighbours, measure
+from indexer.search import ShardedIndex
+from indexer.store import load_index, resolve_version
+from indexer.tasks import stored_ids
+from tests.indexer_helpers import brute_force, load_embeddings
+
+LOCAL = LocalExecutor()
+
+
+def test_add_then_search_equals_build_with_everything(embedded_memory, memory_copy, tmp_path):
+    everything_root = str(tmp_path / "everything")
+    shutil.copytree(memory_copy, everything_root)
+    run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    added = run_add(memory_copy, ["train-b"], LOCAL)
+    assert (added.operation, added.count, added.batches) == ("add", 600, ["train-a", "train-b"])
+    assert run_add(memory_copy, ["train-b"], LOCAL).version == added.version  # idempotent
+    full = run_build(BuildConfig(everything_root, num_shards=2), LOCAL)
+    queries = load_embeddings(str(embedded_memory / "queries"))[1]
+    after_add = ShardedIndex(memory_copy, added).search(queries, 20)
+    built = ShardedIndex(everything_root, full).search(queries, 20)
+    np.testing.assert_array_equal(after_add[1], built[1])
+    np.testing.assert_allclose(after_add[0], built[0], atol=1e-6)
+
+
+def test_add_to_ivfpq_uses_the_trained_quantizer(memory_copy):
+    base = run_build(BuildConfig(memory_copy, batches=["train-a"], factory="IVF8,PQ16x8"), LOCAL)
+    added = run_add(memory_copy, ["train-b"], LOCAL)
+    assert added.factory == base.factory and added.count == 600
+    before, after = load_index(memory_copy, base.shards[0]), load_index(memory_copy, added.shards[0])
+    import faiss
+
+    centroids = [faiss.extract_index_ivf(i).quantizer.reconstruct_n(0, 8) for i in (before, after)]
+    np.testing.assert_array_equal(*centroids)  # no retraining
+
+
+def test_delete_forgets_everywhere_and_changes_nothing_else(embedded_memory, memory_copy, tmp_path):
+    """Unlearning (method.md section 5): the deleted items are gone from every shard file, no
+    query returns them, and the answers equal those of a memory built without them."""
+    run_build(BuildConfig(memory_copy, num_shards=3), LOCAL)
+    ids, vectors, labels = load_embeddings(memory_copy)
+    keys_table = ShardedIndex(memory_copy, resolve_version(memory_copy)).metadata()
+    some_keys = [k for k, l in zip(keys_table.column("key").to_pylist(),
+                                   keys_table.column("label").to_pylist()) if l == "Sneaker"][:7]
+    manifest, report = run_delete(memory_copy, ForgetRequest(labels=["Bag"], keys=some_keys + ["nope"]),
+                                  LOCAL)
+    forgotten = np.asarray(report["ids"])
+    assert report["removed"] == 60 + 7 and report["labels"] == {"Bag": 60, "Sneaker": 7}
+    assert report["not_found"]["keys"] == ["nope"] and manifest.count == 600 - 67
+    for entry in manifest.shards:
+        assert not np.isin(stored_ids(load_index(memory_copy, entry, mmap=False)), forgotten).any()
+
+    queries = np.concatenate([vectors[np.isin(ids, forgotten)],  # the forgotten images themselves
+                              load_embeddings(str(embedded_memory / "queries"))[1]])
+    queries = np.resize(np.concatenate([queries, vectors]), (1000, vectors.shape[1]))
+    scores, found = ShardedIndex(memory_copy, manifest).search(queries, 100)
+    assert not np.isin(found, forgotten).any()
+    keep = ~np.isin(ids, forgotten)
+    exact_scores, exact_ids = brute_force(ids[keep], vectors[keep], queries, 100)
+    np.testing.assert_array_equal(found, exact_ids)  # as if they had never been added
+
+
+def test_forget_report_is_written_with_the_version(memory_copy):
+    from pipelines import storage
+
+    run_build(BuildConfig(memory_copy), LOCAL)
+    manifest, report = run_delete(memory_copy, ForgetRequest(labels=["Coat"]), LOCAL)
+    stored = storage.read_json(f"{memory_copy}/index/{manifest.version}/forget-report.json")
+    assert stored["removed"] == 60 and stored["verified_shards"] and stored["seconds_per_item"] > 0
+    with pytest.raises(ValueError, match="nothing to delete"):
+        run_delete(memory_copy, ForgetRequest(labels=["Coat"]), LOCAL)
+
+
+def test_leave_one_out_drops_self_or_last():
+    found = np.array([[5, 1, 2, 3], [1, 2, 3, 4]])
+    kept = leave_one_out_neighbours(np.array([1, 9]), found, 3)
+    assert kept.tolist() == [[5, 2, 3], [1, 2, 3]]
+
+
+def test_reliability_counts_equal_brute_force(memory_copy, ray_executor):
+    run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
+    k = 10
+    measured = measure(memory_copy, resolve_version(memory_copy), k, ray_executor)
+    ids, vectors, labels = load_embeddings(memory_copy)
+    labels = np.asarray(labels, dtype=object)
+    _, found = brute_force(ids, vectors, vectors, k + 1)
+    neighbours = leave_one_out_neighbours(ids, found, k)
+    label_of = dict(zip(ids.tolist(), labels.tolist()))
+    wrong = {i: 0 for i in ids.tolist()}
+    for query_label, row in zip(labels, neighbours):
+        for neighbour in row.tolist():
+            wrong[neighbour] += label_of[neighbour] != query_label
+    order = np.argsort(ids)
+    assert measured.ids.tolist() == ids[order].tolist()
+    assert measured.v_wrong.tolist() == [wrong[i] for i in ids[order].tolist()]
+    assert int(measured.v_wrong.sum() + measured.v_correct.sum()) == len(ids) * k
+
+
+def test_soft_weights_follow_the_paper():
+    r = Reliability(np.arange(4), np.array([0, 1, 10, 100]), np.zeros(4, int), 10, 0.0)
+    assert r.soft_weights().tolist() == pytest.approx([1.0, 0.875, 1.75 / 11, 1.75 / 101])
+
+
+def test_hard_and_soft_pruning_make_versions(memory_copy):
+    run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
+    base = resolve_version(memory_copy)
+    reliability = measure(memory_copy, base, 20, LOCAL)
+    threshold = int(np.percentile(reliability.v_wrong, 90))
+    expected = set(reliability.ids[reliability.v_wrong >= threshold].tolist())
+    hard, report = run_hard_prune(memory_copy, LOCAL, k=20, threshold=threshold)
+    assert set(report["ids"]) == expected and hard.count == 600 - len(expected)
+
+    soft = run_soft_prune(memory_copy, LOCAL, k=10)
+    meta = ShardedIndex(memory_copy, soft).metadata()
+    weights = meta.column("weight").to_numpy()
+    assert soft.operation == "prune-soft" and (weights < 1).any() and (weights == 1).any()
+    assert [e.index_path for e in soft.shards] == [e.index_path for e in hard.shards]  # shared files
+
+
+def test_log_and_rollback(memory_copy):
+    first = run_build(BuildConfig(memory_copy), LOCAL)
+    second, _ = run_delete(memory_copy, ForgetRequest(labels=["Dress"]), LOCAL)
+    rows = history(memory_copy)
+    assert [(r["version"], r["latest"]) for r in rows] == [(first.version, False), (second.version, True)]
+    assert rollback(memory_copy) == first.version == read_latest(memory_copy)
+    with pytest.raises(ValueError, match="no parent"):
+        rollback(memory_copy)
+
+
+def test_corrupted_shard_is_detected_by_checksum(memory_copy):
+    manifest = run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
+    path = f"{memory_copy}/index/{manifest.shards[1].index_path}"
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ChecksumMismatch, match="does not match"):
+        ShardedIndex(memory_copy, manifest)
+    from vmem.cli import main
+
+    assert main(["index", "verify", "--memory", memory_copy]) == 1
