@@ -32,12 +32,15 @@ demo: setup system-deps
 	$(BIN)/vmem data fashion-mnist --out $(DEMO)/data --split test --per-class $(DEMO_TEST_PER_CLASS) --shard-size 1000
 	$(BIN)/vmem ingest --input '$(DEMO)/data/fashion-mnist-train-*.tar' --memory $(DEMO)/memory --batch fashion-mnist-train
 	$(BIN)/vmem ingest --input '$(DEMO)/data/fashion-mnist-test-*.tar' --memory $(DEMO)/queries --batch fashion-mnist-test
+	$(BIN)/vmem index build --memory $(DEMO)/memory --shards 2 --log-level WARNING
+	$(BIN)/vmem index log --memory $(DEMO)/memory
 
 test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup system-deps
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/index.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -75,9 +75,10 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
 
     wanted = factories.training_size(factory, count)
     sample = train_sample(executor, inputs.parts, count, wanted, config.seed) if wanted else None
+    prepare_s = time.monotonic() - started
     trained = factories.train(factory, dim, sample, config.seed) if wanted else factories.make_index(factory, dim)
     trained_bytes = faiss.serialize_index(factories.to_cpu(trained))
-    train_s = time.monotonic() - started
+    train_s = time.monotonic() - started - prepare_s
 
     trained_ref = executor.put(trained_bytes)
     if shards == 1:
@@ -90,7 +91,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     merges = [executor.submit(merge_shard, index_root(config.memory), version, shard,
                               *[pieces[shard] for pieces in per_part]) for shard in range(shards)]
     entries = executor.get(merges, "adding and merging")
-    add_merge_s = time.monotonic() - started - train_s
+    add_merge_s = time.monotonic() - started - train_s - prepare_s
 
     rerank = config.keep_vectors != "none"
     nprobe, curve = (tune_nprobe(trained, sample, rerank, config.recall_target, seed=config.seed)
@@ -103,7 +104,8 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
         shards=entries, batches=inputs.batches,
         details={"executor": executor.name, "parts": len(inputs.parts),
                  "train_vectors": 0 if sample is None else int(len(sample)),
-                 "train_seconds": round(train_s, 3), "add_merge_seconds": round(add_merge_s, 3),
+                 "prepare_seconds": round(prepare_s, 3), "train_seconds": round(train_s, 3),
+                 "add_merge_seconds": round(add_merge_s, 3),
                  "seconds": round(time.monotonic() - started, 3), "seed": config.seed,
                  "recall_at_10_by_nprobe": {str(p): round(r, 4) for p, r in curve.items()}})
     if manifest.count != count:

@@ -168,3 +168,12 @@ def test_killed_build_leaves_a_complete_latest(memory_copy):
     assert latest.version in list_versions(memory_copy)
     assert verify_version(memory_copy, latest) >= 2
     assert latest.version == first.version or latest.count == 600
+
+
+def test_opq_factory_builds_and_searches(memory_copy):
+    manifest = run_build(BuildConfig(memory_copy, factory="OPQ16,IVF8,PQ16x8", keep_vectors="fp16"),
+                         LocalExecutor())
+    ids, vectors, _ = load_embeddings(memory_copy)
+    _, found = ShardedIndex(memory_copy, manifest).search(vectors[:50], 5)
+    assert manifest.search_defaults["nprobe"] >= 1
+    assert (found[:, 0] == ids[:50]).mean() >= 0.95  # each stored vector finds itself first
