@@ -23,15 +23,20 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
         ivf.nprobe = int(nprobe)
 
 
+def topk_order(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Column order of the k best (score, id) per row: score descending, ties by id ascending,
+    missing results (id -1) last. The order one index over the union of shards would give."""
+    scores = np.where(ids < 0, -np.inf, scores)
+    return np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)[:, :k]
+
+
 def merge_topk(scores: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the k best (score, id) over all shards, ordered as one index over the union
-    would order them: by score descending, ties by id ascending."""
-    all_scores = np.concatenate(scores, axis=1)
-    all_ids = np.concatenate(ids, axis=1)
-    all_scores = np.where(all_ids < 0, -np.inf, all_scores)
-    order = np.lexsort((all_ids, -all_scores), axis=1)[:, :k]
-    return (np.take_along_axis(all_scores, order, axis=1),
-            np.take_along_axis(all_ids, order, axis=1))
+    """Per query, the k best (score, id) over all shards' answers."""
+    all_scores, all_ids = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
+    order = topk_order(all_scores, all_ids, k)
+    merged_ids = np.take_along_axis(all_ids, order, axis=1)
+    merged_scores = np.where(merged_ids < 0, -np.inf, np.take_along_axis(all_scores, order, axis=1))
+    return merged_scores, merged_ids
 
 
 @dataclass
@@ -85,7 +90,7 @@ class ShardSearcher:
         candidates = self.vectors[np.maximum(rows, 0)].astype(np.float32)
         exact = np.einsum("qkd,qd->qk", candidates, queries)
         exact = np.where(rows >= 0, exact, -np.inf)
-        order = np.lexsort((ids, -exact), axis=1)[:, :k]
+        order = topk_order(exact, ids, k)
         return np.take_along_axis(exact, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 

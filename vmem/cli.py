@@ -14,6 +14,7 @@ USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, RuntimeError)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.__main__", "Write demo/test data sets (Fashion-MNIST) as WebDataset shards."),
     "ingest": ("pipelines.ingest", "Beam job: embed image shards into ROOT/embeddings/<batch>/."),
+    "serve": ("serving.serve", "Ray Serve: the HTTP API (classify, neighbours, edit the memory)."),
     "index": ("indexer.cli", "Ray jobs: build, add, delete, prune, log, rollback, verify index versions."),
 }
 

@@ -1,0 +1,50 @@
+"""What a shard answers (neighbours with their metadata) and how answers merge into one top-k.
+
+Shared by the online router (answers from shard deployments) and batch jobs (answers from
+in-process searchers), so both rank and explain identically.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexer.search import ShardSearcher, topk_order
+
+META_FIELDS = ("key", "source", "label", "weight")
+
+
+@dataclass
+class ShardAnswer:
+    scores: np.ndarray  # (n, k) cosine similarity, -inf where missing
+    ids: np.ndarray  # (n, k) int64, -1 where missing
+    meta: dict[str, np.ndarray]  # META_FIELDS -> (n, k) object/float arrays
+    version: str = ""
+    shard: int = -1
+
+
+def answer(searcher: ShardSearcher, queries: np.ndarray, k: int, nprobe: int | None = None,
+           version: str = "", shard: int = -1) -> ShardAnswer:
+    """Search one shard and attach each neighbour's metadata (the shard owns it)."""
+    scores, ids = searcher.search(queries, k, nprobe)
+    rows = searcher.rows_of(ids.reshape(-1)).reshape(ids.shape)
+    meta = {}
+    for field in META_FIELDS:
+        column = searcher.meta.column(field).to_numpy(zero_copy_only=False)
+        values = np.asarray(column, dtype=float if field == "weight" else object)
+        picked = values[np.maximum(rows, 0)] if len(values) else np.zeros(rows.shape, values.dtype)
+        meta[field] = np.where(rows >= 0, picked, np.nan if field == "weight" else None)
+    return ShardAnswer(scores, ids, meta, version, shard)
+
+
+def merge_answers(answers: list[ShardAnswer], k: int) -> ShardAnswer:
+    """The k best neighbours per query over all shards, with their metadata."""
+    scores = np.concatenate([a.scores for a in answers], axis=1)
+    ids = np.concatenate([a.ids for a in answers], axis=1)
+    order = topk_order(scores, ids, k)
+    merged = {field: np.take_along_axis(np.concatenate([a.meta[field] for a in answers], axis=1),
+                                        order, axis=1) for field in META_FIELDS}
+    merged_ids = np.take_along_axis(ids, order, axis=1)
+    merged_scores = np.where(merged_ids < 0, -np.inf, np.take_along_axis(scores, order, axis=1))
+    versions = {a.version for a in answers}
+    return ShardAnswer(merged_scores, merged_ids, merged, versions.pop() if len(versions) == 1 else "mixed")

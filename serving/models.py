@@ -1,0 +1,36 @@
+"""Request bodies of the HTTP API (pydantic: FastAPI validates and documents them)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class QueryRequest(BaseModel):
+    image_base64: str | None = Field(None, description="An image file (JPEG, PNG, WebP, ...), base64.")
+    embedding: list[float] | None = Field(None, description="A query embedding from the memory's encoder.")
+    k: int | None = Field(None, description="Neighbours to retrieve (default 100).")
+    aggregator: str | None = Field(None, description="plurality | distance | softmax | rank (default).")
+    parameter: float | None = Field(None, description="xi (distance), tau (softmax) or alpha (rank).")
+    unknown_below: float | None = Field(None, description="Answer 'unknown' below this vote share.")
+    nprobe: int | None = Field(None, description="IVF lists to visit (default: the manifest's).")
+    explain: bool = Field(True, description="Return every neighbour behind the decision.")
+
+
+class BatchRequest(BaseModel):
+    queries: list[QueryRequest]
+
+
+class AddItem(BaseModel):
+    key: str = Field(..., min_length=1, description="Unique key (the item's id derives from it).")
+    label: str = Field(..., min_length=1)
+    image_base64: str
+    source: str = ""
+
+
+class AddRequest(BaseModel):
+    items: list[AddItem]
+
+
+class ForgetRequestBody(BaseModel):
+    ids: list[int] = Field(default_factory=list)
+    keys: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)

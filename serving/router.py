@@ -1,0 +1,307 @@
+"""The HTTP ingress: embed, fan out to every shard, merge the top-k, vote, explain.
+
+Versioned under /v1; OpenAPI at /docs and /openapi.json. Mutating endpoints need
+``Authorization: Bearer <token>``. Every bad request gets a 4xx JSON body naming the field.
+(No ``from __future__ import annotations`` here: Serve's class-based views resolve the
+endpoint annotations at run time, and string annotations would turn them into body fields.)
+"""
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import time
+
+import numpy as np
+import ray
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from ray import serve
+
+from indexer.layout import read_latest
+from indexer.store import resolve_version
+from pipelines.decode import DecodePolicy, ImageRejected, decode_image
+from pipelines.encoders import EncoderSpec, preprocessing_for
+from serving.aggregation import Aggregator
+from serving.answers import merge_answers
+from serving.decision import decide
+from serving.editing import add_items, forget_items
+from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
+from serving.options import ServingOptions
+
+log = logging.getLogger("ray.serve")
+api = FastAPI(title="visual memory", version="1",
+              description="Classify images by retrieval; every answer comes with its evidence.")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse({"error": error.message, "field": error.field}, status_code=error.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {"loc": ["body"], "msg": "invalid request"}
+    field = ".".join(str(part) for part in first["loc"] if part not in ("body", "query"))
+    details = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")) or "body",
+                "error": e["msg"]} for e in error.errors()]
+    return JSONResponse({"error": first["msg"], "field": field or "body", "errors": details},
+                        status_code=422)
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next):
+    limit = request.app.state.max_body_bytes if hasattr(request.app.state, "max_body_bytes") else None
+    length = request.headers.get("content-length")
+    if limit and length and length.isdigit() and int(length) > limit:
+        return JSONResponse({"error": f"body of {length} bytes exceeds {limit}", "field": "body"},
+                            status_code=413)
+    return await call_next(request)
+
+
+@serve.deployment(max_ongoing_requests=100)
+@serve.ingress(api)
+class Router:
+    def __init__(self, options: dict, encoder, shards: list) -> None:
+        self.options = ServingOptions.from_args(options)
+        api.state.max_body_bytes = self.options.max_body_bytes
+        self.encoder, self.shards = encoder, shards
+        manifest = resolve_version(self.options.memory, self.options.version or None)
+        self.version, self.dim, self.count = manifest.version, manifest.dim, manifest.count
+        self.spec = EncoderSpec.parse(manifest.encoder, self.options.encoder_weights, self.options.device)
+        self.preprocessing = preprocessing_for(self.spec)
+        self.policy = DecodePolicy(max_pixels=self.options.max_pixels,
+                                   max_bytes=self.options.max_body_bytes)
+        self.edit_lock = asyncio.Lock()
+        self.registry = CollectorRegistry()
+        self.queries = Counter("vmem_queries", "Queries answered", ["endpoint"], registry=self.registry)
+        self.latency = Histogram("vmem_query_latency_seconds", "Query latency", ["endpoint"],
+                                 registry=self.registry)
+        self.partial = Counter("vmem_partial_answers", "Answers missing a shard", registry=self.registry)
+        self.shard_failures = Counter("vmem_shard_failures", "Shard calls that failed or timed out",
+                                      ["shard"], registry=self.registry)
+
+    # ---- queries -------------------------------------------------------------------------
+    def _pixels(self, data: bytes, field: str) -> np.ndarray:
+        try:
+            return self.preprocessing(decode_image(data, self.policy))
+        except ImageRejected as error:
+            raise ApiError(422, field, str(error)) from error
+
+    def _image_bytes(self, text: str, field: str) -> bytes:
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ApiError(422, field, f"not valid base64: {error}") from error
+
+    def _check_embedding(self, values: list[float], field: str) -> np.ndarray:
+        vector = np.asarray(values, dtype=np.float32)
+        if vector.shape != (self.dim,):
+            raise ApiError(422, field, f"expected {self.dim} numbers, got {vector.size}")
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(vector).all() or norm == 0:
+            raise ApiError(422, field, "must be finite and non-zero")
+        return vector / norm
+
+    async def _embed(self, requests: list[QueryRequest], prefix: str = "") -> np.ndarray:
+        vectors: list[np.ndarray | None] = [None] * len(requests)
+        images, where = [], []
+        for i, request in enumerate(requests):
+            field = f"{prefix}{i}." if prefix else ""
+            if (request.image_base64 is None) == (request.embedding is None):
+                raise ApiError(422, f"{field}image_base64", "give exactly one of image_base64 or embedding")
+            if request.embedding is not None:
+                vectors[i] = self._check_embedding(request.embedding, f"{field}embedding")
+            else:
+                data = self._image_bytes(request.image_base64, f"{field}image_base64")
+                images.append(await asyncio.to_thread(self._pixels, data, f"{field}image_base64"))
+                where.append(i)
+        if images:
+            embedded = await self.encoder.embed.remote(np.stack(images))
+            for i, vector in zip(where, embedded):
+                vectors[i] = vector
+        return np.stack(vectors).astype(np.float32)
+
+    def _k(self, request: QueryRequest, prefix: str = "") -> int:
+        k = self.options.default_k if request.k is None else request.k
+        if not 1 <= k <= self.options.max_k:
+            raise ApiError(422, f"{prefix}k", f"k must be between 1 and {self.options.max_k}")
+        return k
+
+    def _aggregator(self, request: QueryRequest, prefix: str = "") -> Aggregator:
+        try:
+            return Aggregator(request.aggregator or self.options.default_aggregator, request.parameter)
+        except ValueError as error:
+            raise ApiError(422, f"{prefix}aggregator", str(error)) from error
+
+    async def _shard(self, number: int, handle, vectors: np.ndarray, k: int, nprobe: int | None):
+        for attempt in range(self.options.shard_retries + 1):
+            try:
+                return await asyncio.wait_for(
+                    handle.search.remote(vectors, k, nprobe, self.version), self.options.shard_timeout_s)
+            except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
+                self.shard_failures.labels(shard=str(number)).inc()
+                log.warning("shard %d attempt %d failed: %s", number, attempt + 1, error)
+        return None
+
+    async def _search(self, vectors: np.ndarray, k: int, nprobe: int | None) -> tuple:
+        answers = await asyncio.gather(*[self._shard(n, h, vectors, k, nprobe)
+                                         for n, h in enumerate(self.shards)])
+        answered = [n for n, a in enumerate(answers) if a is not None]
+        if not answered:
+            raise ApiError(503, "shards", "no shard answered; try again")
+        merged = merge_answers([a for a in answers if a is not None], k)
+        if len(answered) < len(self.shards):
+            self.partial.inc()
+        return merged, answered
+
+    def _envelope(self, merged, answered: list[int], k: int) -> dict:
+        return {"version": merged.version, "k": k, "shards_answered": answered,
+                "shards_total": len(self.shards), "partial": len(answered) < len(self.shards)}
+
+    async def _answer(self, requests: list[QueryRequest], vote: bool, prefix: str = "") -> list[dict]:
+        ks = [self._k(r, f"{prefix}{i}." if prefix else "") for i, r in enumerate(requests)]
+        aggregators = [self._aggregator(r, f"{prefix}{i}." if prefix else "") for i, r in enumerate(requests)]
+        vectors = await self._embed(requests, prefix)
+        nprobe = requests[0].nprobe
+        merged, answered = await self._search(vectors, max(ks), nprobe)
+        results = []
+        for i, (request, k, aggregator) in enumerate(zip(requests, ks, aggregators)):
+            ids, scores = merged.ids[i:i + 1, :k], merged.scores[i:i + 1, :k]
+            meta = {f: v[i:i + 1, :k] for f, v in merged.meta.items()}
+            unknown_below = (self.options.unknown_below if request.unknown_below is None
+                             else request.unknown_below)
+            decision = decide(ids, scores, meta, aggregator, unknown_below)[0]
+            body = self._envelope(merged, answered, k)
+            if vote:
+                body.update(decision.to_dict(with_evidence=request.explain), aggregator=aggregator.method,
+                            parameter=aggregator.value)
+            else:
+                body["neighbours"] = decision.to_dict()["neighbours"]
+                for neighbour in body["neighbours"]:
+                    neighbour.pop("vote")
+            results.append(body)
+        return results
+
+    async def _timed(self, endpoint: str, coroutine):
+        started = time.perf_counter()
+        result = await coroutine
+        self.queries.labels(endpoint=endpoint).inc()
+        self.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
+        return result
+
+    @api.post("/v1/classify")
+    async def classify(self, request: QueryRequest) -> dict:
+        return (await self._timed("classify", self._answer([request], vote=True)))[0]
+
+    @api.post("/v1/neighbors")
+    async def neighbors(self, request: QueryRequest) -> dict:
+        return (await self._timed("neighbors", self._answer([request], vote=False)))[0]
+
+    @api.post("/v1/classify/image")
+    async def classify_image(self, http: Request, k: int | None = Query(None),
+                             aggregator: str | None = Query(None),
+                             parameter: float | None = Query(None)) -> dict:
+        """The image itself as the request body (any allowed format), options as query parameters."""
+        data = await http.body()
+        request = QueryRequest(image_base64=base64.b64encode(data).decode(), k=k,
+                               aggregator=aggregator, parameter=parameter)
+        return (await self._timed("classify", self._answer([request], vote=True)))[0]
+
+    def _check_batch(self, batch: BatchRequest) -> None:
+        if not 1 <= len(batch.queries) <= self.options.max_batch:
+            raise ApiError(422, "queries", f"send 1 to {self.options.max_batch} queries")
+
+    @api.post("/v1/classify/batch")
+    async def classify_batch(self, batch: BatchRequest) -> dict:
+        self._check_batch(batch)
+        return {"results": await self._timed("classify_batch",
+                                             self._answer(batch.queries, True, "queries."))}
+
+    @api.post("/v1/neighbors/batch")
+    async def neighbors_batch(self, batch: BatchRequest) -> dict:
+        self._check_batch(batch)
+        return {"results": await self._timed("neighbors_batch",
+                                             self._answer(batch.queries, False, "queries."))}
+
+    # ---- the memory ----------------------------------------------------------------------
+    @api.get("/v1/memory")
+    async def memory(self) -> dict:
+        stats = await asyncio.gather(*[h.stats.remote(self.version) for h in self.shards])
+        classes: dict[str, int] = {}
+        for shard_classes in stats:
+            for label, count in shard_classes.items():
+                classes[label] = classes.get(label, 0) + count
+        return {"version": self.version, "size": sum(classes.values()), "classes": classes,
+                "encoder": self.spec.name, "dim": self.dim, "shards": len(self.shards)}
+
+    def _authorize(self, http: Request) -> None:
+        """Bearer token on every mutating endpoint: 401 without one, 403 with a wrong one (or
+        when the server has no token configured: mutation is then disabled)."""
+        authorization = http.headers.get("authorization")
+        token = self.options.resolved_token()
+        if not authorization or not authorization.startswith("Bearer "):
+            raise ApiError(401, "Authorization", "a bearer token is required")
+        if not token or not hmac.compare_digest(authorization[len("Bearer "):], token):
+            raise ApiError(403, "Authorization", "token not accepted")
+
+    async def _switch(self, version: str) -> str:
+        """Point every shard at ``version`` before answering: read-your-writes."""
+        await asyncio.gather(*[h.reload.remote(version) for h in self.shards])
+        self.version = version
+        return version
+
+    @api.post("/v1/memory/items")
+    async def add(self, body: AddRequest, http: Request) -> dict:
+        self._authorize(http)
+        if not body.items:
+            raise ApiError(422, "items", "send at least one item")
+        pixels = [self._pixels(self._image_bytes(item.image_base64, f"items.{i}.image_base64"),
+                               f"items.{i}.image_base64") for i, item in enumerate(body.items)]
+        vectors = await self.encoder.embed.remote(np.stack(pixels))
+        async with self.edit_lock:
+            manifest = await asyncio.to_thread(add_items, self.options.memory, body.items, vectors,
+                                               self.spec.name)
+            await self._switch(manifest.version)
+        return {"version": manifest.version, "added": len(body.items), "size": manifest.count}
+
+    @api.delete("/v1/memory/items")
+    async def forget(self, body: ForgetRequestBody, http: Request) -> dict:
+        self._authorize(http)
+        if not (body.ids or body.keys or body.labels):
+            raise ApiError(422, "ids", "name what to forget: ids, keys or labels")
+        async with self.edit_lock:
+            try:
+                manifest, report = await asyncio.to_thread(forget_items, self.options.memory, body)
+            except ValueError as error:
+                raise ApiError(404, "ids", str(error)) from error
+            await self._switch(manifest.version)
+        return {"version": manifest.version, "removed": report["removed"], "size": manifest.count,
+                "not_found": report["not_found"], "seconds": report["seconds"]}
+
+    @api.post("/v1/memory/reload")
+    async def reload(self, http: Request) -> dict:
+        self._authorize(http)
+        latest = read_latest(self.options.memory)
+        if latest is None:
+            raise ApiError(404, "version", "the memory has no published version")
+        async with self.edit_lock:
+            return {"version": await self._switch(latest)}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "version": self.version, "shards": len(self.shards)}
+
+    @api.get("/metrics")
+    async def metrics(self) -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(self.registry).decode(),
+                                 media_type="text/plain; version=0.0.4")
