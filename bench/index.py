@@ -96,8 +96,10 @@ def ensure_autofaiss() -> Path:
     python = AUTOFAISS_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(AUTOFAISS_VENV)], check=True)
+        # autofaiss 2.18 pins numpy<2 (so pyarrow<18) and calls faiss APIs that faiss 1.9+
+        # changed (OPQMatrix keywords): it runs with faiss-cpu 1.8.0.
         subprocess.run([str(python), "-m", "pip", "install", "-q", "autofaiss==2.18.0",
-                        "faiss-cpu==1.15.1"], check=True)
+                        "faiss-cpu==1.8.0", "numpy<2", "pyarrow<18"], check=True)
     return python
 
 
@@ -112,6 +114,7 @@ index, infos = build_index(embeddings=npy_dir, index_path=index_path,
                            current_memory_available="12G", metric_type="ip", verbose=30,
                            save_on_disk=True)
 seconds = time.perf_counter() - started
+faiss.ParameterSpace().set_index_parameters(index, infos["index_param"])
 _, found = index.search(np.load(queries), 10)
 t = np.load(truth)
 recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, t)]))
@@ -149,7 +152,10 @@ def compare(root: str, vectors, queries, work: str, args, label: str, autofaiss:
         npy_dir = os.path.join(work, f"{label}-npy")
         os.makedirs(npy_dir, exist_ok=True)
         np.save(os.path.join(npy_dir, "part-0.npy"), vectors)
-        result["autofaiss"] = run_autofaiss(npy_dir, args.budget * len(vectors), q_path, t_path, work)
+        try:
+            result["autofaiss"] = run_autofaiss(npy_dir, args.budget * len(vectors), q_path, t_path, work)
+        except subprocess.CalledProcessError as error:  # report it; keep the other figures
+            result["autofaiss"] = {"error": (error.stderr or "")[-2000:]}
     return result
 
 

@@ -1,0 +1,243 @@
+"""Ray Serve on 127.0.0.1 with the packaged Serve config, over a real memory of real images."""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import shutil
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from indexer.build import BuildConfig, run_build
+from indexer.edit import ForgetRequest, run_delete
+from indexer.executor import LocalExecutor
+from indexer.search import ShardedIndex
+from indexer.store import resolve_version
+from serving.aggregation import Aggregator
+from serving.answers import answer, merge_answers
+from serving.decision import decide
+from tests.conftest import encode, photo
+from tests.indexer_helpers import brute_force, load_embeddings
+
+TOKEN = "test-token-not-a-secret"
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(embedded_memory, tmp_path_factory, ray_executor):
+    from ray import serve
+
+    from serving.serve import DEFAULT_CONFIG, load_config, start
+
+    root = str(tmp_path_factory.mktemp("served") / "memory")
+    shutil.copytree(embedded_memory / "memory", root)
+    run_build(BuildConfig(root, num_shards=2), LocalExecutor())
+    port = free_port()
+    config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port, {"token": TOKEN})
+    start(config)
+    url = f"http://127.0.0.1:{port}"
+    yield url, root
+    serve.shutdown()
+
+
+def test_binds_loopback_by_default():
+    from serving.serve import DEFAULT_CONFIG, load_config
+
+    assert load_config(DEFAULT_CONFIG)["http_options"]["host"] == "127.0.0.1"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def fmnist_png(embedded_memory, index: int = 0) -> tuple[bytes, str]:
+    """A held-out test image (PNG bytes) and its label."""
+    from pipelines.data.fashion_mnist import CLASSES, load_split, png
+
+    images, labels = load_split("test")
+    return png(images[index]), CLASSES[labels[index]]
+
+
+def test_classify_an_image_returns_the_evidence(server, embedded_memory):
+    url, _ = server
+    data, _ = fmnist_png(embedded_memory)
+    body = requests.post(f"{url}/v1/classify", json={"image_base64": b64(data), "k": 15}).json()
+    assert body["shards_answered"] == [0, 1] and body["partial"] is False and body["k"] == 15
+    assert body["aggregator"] == "rank" and body["parameter"] == 2.0
+    neighbours = body["neighbours"]
+    assert len(neighbours) == 15 and [n["rank"] for n in neighbours] == list(range(15))
+    assert all(n["key"].startswith("train-") and n["source"].endswith(".png") for n in neighbours)
+    assert neighbours[0]["vote"] == pytest.approx(0.5) and neighbours[1]["vote"] == pytest.approx(1 / 3)
+    assert body["label"] in body["scores"] and 0 < body["confidence"] <= 1
+    distances = [n["distance"] for n in neighbours]
+    assert distances == sorted(distances)
+    raw = requests.post(f"{url}/v1/classify/image?k=15", data=data,
+                        headers={"Content-Type": "image/png"}).json()
+    assert [n["id"] for n in raw["neighbours"]] == [n["id"] for n in neighbours]
+
+
+def test_fan_out_equals_one_index_and_the_in_process_decision(server, embedded_memory):
+    url, root = server
+    ids, vectors, _ = load_embeddings(root)
+    queries = load_embeddings(str(embedded_memory / "queries"))[1][:8]
+    batch = {"queries": [{"embedding": q.tolist(), "k": 25, "aggregator": "softmax"} for q in queries]}
+    results = requests.post(f"{url}/v1/classify/batch", json=batch).json()["results"]
+    _, exact_ids = brute_force(ids, vectors, queries, 25)
+    manifest = resolve_version(root)
+    index = ShardedIndex(root, manifest)
+    merged = merge_answers([answer(s, queries, 25) for s in index.shards], 25)
+    expected = decide(merged.ids, merged.scores, merged.meta, Aggregator("softmax"))
+    for result, exact, reference in zip(results, exact_ids, expected):
+        assert [n["id"] for n in result["neighbours"]] == exact.tolist()
+        assert result["label"] == reference.label
+        assert result["scores"] == pytest.approx(reference.scores, rel=1e-4)
+
+
+def test_neighbors_endpoint_has_no_votes(server):
+    url, root = server
+    vector = load_embeddings(root)[1][0]
+    body = requests.post(f"{url}/v1/neighbors", json={"embedding": vector.tolist(), "k": 3}).json()
+    assert "label" not in body and len(body["neighbours"]) == 3
+    assert "vote" not in body["neighbours"][0] and body["neighbours"][0]["distance"] == pytest.approx(0, abs=1e-5)
+    batch = requests.post(f"{url}/v1/neighbors/batch",
+                          json={"queries": [{"embedding": vector.tolist(), "k": 2}] * 2}).json()
+    assert len(batch["results"]) == 2
+
+
+def test_unknown_below_the_evidence_threshold(server, embedded_memory):
+    url, _ = server
+    data, _ = fmnist_png(embedded_memory, 3)
+    body = requests.post(f"{url}/v1/classify", json={"image_base64": b64(data), "unknown_below": 1.01}).json()
+    assert body["label"] == "unknown" and body["scores"]
+
+
+@pytest.mark.parametrize("payload, status, field", [
+    ({"embedding": [0.1] * 5}, 422, "embedding"),
+    ({"embedding": [1e39] * 1280}, 422, "embedding"),
+    ({"embedding": [0.0] * 1280}, 422, "embedding"),
+    ({"image_base64": "***"}, 422, "image_base64"),
+    ({"image_base64": b64(b"not an image at all" * 10)}, 422, "image_base64"),
+    ({}, 422, "image_base64"),
+    ({"embedding": [0.1] * 1280, "k": 0}, 422, "k"),
+    ({"embedding": [0.1] * 1280, "k": 5000}, 422, "k"),
+    ({"embedding": [0.1] * 1280, "aggregator": "median"}, 422, "aggregator"),
+    ({"embedding": [0.1] * 1280, "aggregator": "rank", "parameter": 0}, 422, "aggregator"),
+    ({"embedding": "abc"}, 422, "embedding"),
+])
+def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
+    url, _ = server
+    response = requests.post(f"{url}/v1/classify", json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["field"] == field
+
+
+def test_limits_on_body_size_pixels_and_batch(server):
+    url, _ = server
+    huge = requests.post(f"{url}/v1/classify", data=b"x" * (21 * 1024 * 1024),
+                         headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["field"] == "body"
+    from PIL import Image
+
+    big = encode(Image.new("L", (8000, 6000)), "PNG")  # 48 MP > 40 MP limit, a small file
+    response = requests.post(f"{url}/v1/classify", json={"image_base64": b64(big)})
+    assert response.status_code == 422 and "exceeds the limit" in response.json()["error"]
+    too_many = requests.post(f"{url}/v1/classify/batch", json={"queries": [{"embedding": [1.0] * 1280}] * 257})
+    assert too_many.status_code == 422 and too_many.json()["field"] == "queries"
+
+
+def test_mutating_endpoints_need_the_token(server):
+    url, _ = server
+    item = {"items": [{"key": "x", "label": "y", "image_base64": b64(encode(photo("coffee.png"), "PNG"))}]}
+    assert requests.post(f"{url}/v1/memory/items", json=item).status_code == 401
+    wrong = requests.post(f"{url}/v1/memory/items", json=item, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403 and wrong.json()["field"] == "Authorization"
+    assert requests.delete(f"{url}/v1/memory/items", json={"keys": ["x"]}).status_code == 401
+    assert requests.post(f"{url}/v1/memory/reload").status_code == 401
+
+
+def auth() -> dict:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_online_add_then_delete_is_read_your_writes(server):
+    url, _ = server
+    cup = encode(photo("coffee.png"), "PNG")
+    before = requests.get(f"{url}/v1/memory").json()
+    added = requests.post(f"{url}/v1/memory/items", headers=auth(), json={"items": [
+        {"key": "online/coffee", "label": "Coffee cup", "image_base64": b64(cup)}]}).json()
+    assert added["added"] == 1 and added["size"] == before["size"] + 1
+    found = requests.post(f"{url}/v1/classify", json={"image_base64": b64(cup), "k": 5}).json()
+    assert found["version"] == added["version"]
+    assert found["neighbours"][0]["key"] == "online/coffee" and found["neighbours"][0]["distance"] < 1e-4
+    memory = requests.get(f"{url}/v1/memory").json()
+    assert memory["classes"]["Coffee cup"] == 1 and memory["version"] == added["version"]
+
+    forgotten = requests.delete(f"{url}/v1/memory/items", headers=auth(),
+                                json={"keys": ["online/coffee"]}).json()
+    assert forgotten["removed"] == 1 and forgotten["size"] == before["size"]
+    for _ in range(20):
+        body = requests.post(f"{url}/v1/classify", json={"image_base64": b64(cup), "k": 50}).json()
+        assert "online/coffee" not in [n["key"] for n in body["neighbours"]]
+    missing = requests.delete(f"{url}/v1/memory/items", headers=auth(), json={"keys": ["online/coffee"]})
+    assert missing.status_code == 404
+
+
+def test_reload_under_concurrent_queries_fails_nothing(server):
+    url, root = server
+    vectors = load_embeddings(root)[1][:20]
+
+    def query(i: int) -> tuple[int, str]:
+        response = requests.post(f"{url}/v1/classify", json={"embedding": vectors[i % 20].tolist(), "k": 10})
+        return response.status_code, response.json().get("version", "")
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(query, i) for i in range(120)]
+        run_delete(root, ForgetRequest(labels=["Sandal"]), LocalExecutor())  # a new LATEST
+        reloaded = requests.post(f"{url}/v1/memory/reload", headers=auth()).json()
+        futures += [pool.submit(query, i) for i in range(60)]
+        results = [f.result() for f in futures]
+    assert {status for status, _ in results} == {200}
+    assert reloaded["version"] == resolve_version(root).version
+    assert results[-1][1] == reloaded["version"]
+
+
+def test_a_killed_shard_replica_recovers_and_answers_stay_honest(server):
+    import ray
+
+    url, root = server
+    vector = load_embeddings(root)[1][0].tolist()
+    replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                   if "Shard1" in a["name"] and "REPLICA" in a["name"].upper())
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+    seen_partial, deadline, complete_again = False, time.monotonic() + 90, False
+    while time.monotonic() < deadline:
+        response = requests.post(f"{url}/v1/classify", json={"embedding": vector, "k": 10})
+        assert response.status_code in (200, 503), response.text
+        if response.status_code == 200:
+            body = response.json()
+            assert body["partial"] == (body["shards_answered"] != [0, 1])
+            seen_partial |= body["partial"]
+            if not body["partial"]:
+                complete_again = True
+                break
+        time.sleep(0.5)
+    assert complete_again  # Serve replaced the replica; answers are complete again
+
+
+def test_health_metrics_and_openapi(server):
+    url, _ = server
+    assert requests.get(f"{url}/healthz").json()["status"] == "ok"
+    metrics = requests.get(f"{url}/metrics").text
+    assert "vmem_queries_total" in metrics and "vmem_query_latency_seconds_bucket" in metrics
+    spec = requests.get(f"{url}/openapi.json").json()
+    assert "/v1/classify" in spec["paths"] and "/v1/memory/items" in spec["paths"]
