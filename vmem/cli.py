@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.__main__", "Write demo/test data sets (Fashion-MNIST) as WebDataset shards."),
     "ingest": ("pipelines.ingest", "Beam job: embed image shards into ROOT/embeddings/<batch>/."),
     "serve": ("serving.serve", "Ray Serve: the HTTP API (classify, neighbours, edit the memory)."),
+    "classify": ("serving.batch", "Ray Data: classify a whole query set, write predictions + neighbours."),
+    "eval": ("serving.evaluate", "Accuracy of every aggregator at every k from a classify run."),
     "index": ("indexer.cli", "Ray jobs: build, add, delete, prune, log, rollback, verify index versions."),
 }
 
