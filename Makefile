@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: setup system-deps demo test bench clean help
 
 help:
-	@echo "make demo   set up, then ingest Fashion-MNIST into a visual memory ($(DEMO)/)"
+	@echo "make demo   set up, then ingest Fashion-MNIST, build the memory, classify the test images ($(DEMO)/)"
 	@echo "make test   set up, then run the test suite"
 	@echo "make bench  run the benchmarks in bench/ (JSON on stdout)"
 
@@ -34,6 +34,8 @@ demo: setup system-deps
 	$(BIN)/vmem ingest --input '$(DEMO)/data/fashion-mnist-test-*.tar' --memory $(DEMO)/queries --batch fashion-mnist-test
 	$(BIN)/vmem index build --memory $(DEMO)/memory --shards 2 --log-level WARNING
 	$(BIN)/vmem index log --memory $(DEMO)/memory
+	$(BIN)/vmem classify --memory $(DEMO)/memory --queries $(DEMO)/queries --out $(DEMO)/predictions
+	$(BIN)/vmem eval --predictions $(DEMO)/predictions --json $(DEMO)/eval.json
 
 test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -41,6 +43,7 @@ test: setup system-deps
 bench: setup system-deps
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/index.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
