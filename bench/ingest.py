@@ -46,14 +46,15 @@ def raw_forward(shards: str, encoder_name: str, device: str, batch_sizes: list[i
 
 
 def beam_job(shards: str, encoder_name: str, device: str, batch_size: int,
-             beam_args: list[str]) -> dict:
+             beam_args: list[str], torch_threads: int = 0) -> dict:
     from pipelines.ingest import IngestConfig, run_ingest
 
     with tempfile.TemporaryDirectory() as memory:
         started = time.perf_counter()
         result = run_ingest(IngestConfig(inputs=[shards], memory=memory, batch="bench",
                                          encoder=encoder_name, device=device,
-                                         batch_size=batch_size, beam_args=beam_args))
+                                         batch_size=batch_size, torch_threads=torch_threads,
+                                         beam_args=beam_args))
         seconds = time.perf_counter() - started
     embedded = result.manifest.counts["embedded"]
     return {"images": embedded, "seconds": round(seconds, 3),
@@ -69,6 +70,8 @@ def main() -> int:
                         help="Beam job's max batch (0: the job's default for the device).")
     parser.add_argument("--raw-batch-sizes", default="8,16,32,64",
                         help="Batch sizes tried for the raw baseline; the fastest is reported.")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="Beam job's intra-op threads per forward (0: all cores).")
     parser.add_argument("--repeats", type=int, default=3, help="Alternating runs of each phase.")
     parser.add_argument("--phase", choices=("raw", "beam"), help=argparse.SUPPRESS)
     parser.add_argument("--shards", help=argparse.SUPPRESS)
@@ -78,7 +81,8 @@ def main() -> int:
         emit_phase(raw_forward(args.shards, args.encoder, args.device, sizes))
         return 0
     if args.phase == "beam":
-        emit_phase(beam_job(args.shards, args.encoder, args.device, args.batch_size, beam_args))
+        emit_phase(beam_job(args.shards, args.encoder, args.device, args.batch_size, beam_args,
+                            args.torch_threads))
         return 0
 
     from pipelines.data.fashion_mnist import write_fashion_mnist
@@ -94,8 +98,9 @@ def main() -> int:
         raws, beams = [], []
         for _ in range(args.repeats):
             raws.append(run_phase(__file__, "raw", common + ["--raw-batch-sizes", best]))
-            beams.append(run_phase(__file__, "beam", common + ["--batch-size", str(args.batch_size)]
-                                   + beam_args))
+            beams.append(run_phase(__file__, "beam", common + [
+                "--batch-size", str(args.batch_size), "--torch-threads", str(args.torch_threads)]
+                + beam_args))
     raw = max(raws, key=lambda r: r["images_per_s"])
     beam = max(beams, key=lambda r: r["images_per_s"])
     print(json.dumps({

@@ -50,9 +50,7 @@ class IndexManifest:
 
     @classmethod
     def read(cls, root: str, version: str) -> "IndexManifest":
-        url = storage.join(version_dir(root, version), MANIFEST)
-        if not storage.exists(url):
-            raise FileNotFoundError(f"index version {version!r} has no manifest ({url})")
-        raw = storage.read_json(url)
+        raw = storage.read_json_required(storage.join(version_dir(root, version), MANIFEST),
+                                         f"index version {version!r} has no manifest")
         raw["shards"] = [ShardEntry(**entry) for entry in raw["shards"]]
         return cls(**raw)

@@ -18,12 +18,19 @@ class EncoderModelHandler(ModelHandler[PreparedImage, PredictionResult, Encoder]
     """PreparedImage batches -> PredictionResult(example without pixels, unit-norm embedding)."""
 
     def __init__(self, spec: EncoderSpec, min_batch_size: int = 8, max_batch_size: int = 64,
-                 large_model: bool = False) -> None:
+                 large_model: bool = False, torch_threads: int = 0) -> None:
         super().__init__(min_batch_size=min(min_batch_size, max_batch_size), max_batch_size=max_batch_size,
                          large_model=large_model)
         self.spec = spec
+        self.torch_threads = torch_threads
 
     def load_model(self) -> Encoder:
+        if self.torch_threads:
+            # With several Beam worker threads per process, each forward should use fewer
+            # intra-op threads than cores, or the threads oversubscribe the CPU.
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
         return load_encoder(self.spec)
 
     def run_inference(self, batch: Sequence[PreparedImage], model: Encoder,

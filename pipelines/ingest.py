@@ -56,6 +56,7 @@ class IngestConfig:
     label_column: str = "label"
     key_column: str = "key"
     write_batch_rows: int = 4096
+    torch_threads: int = 0  # 0: torch's default (all cores)
     beam_args: list[str] = field(default_factory=list)
 
     def resolved_batch(self) -> str:
@@ -115,7 +116,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
     # On CPU a fixed batch size (min = max) avoids BatchElements' ramp-up through slow sizes.
     on_gpu = resolve_device(spec.device).type == "cuda"
     handler = EncoderModelHandler(spec, min_batch_size=min(32, batch_size) if on_gpu else batch_size,
-                                  max_batch_size=batch_size)
+                                  max_batch_size=batch_size, torch_threads=config.torch_threads)
     embedded, failed = prepared.images | "Embed" >> RunInference(handler).with_exception_handling()
     failed_embeds = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_rejected)
 
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N.")
     parser.add_argument("--batch-size", type=int, default=0,
                         help="Max images per encoder forward (default: 16 on CPU, 256 on GPU).")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="Intra-op threads per forward (default: all cores); with "
+                             "--direct_running_mode multi_threading use cores / workers.")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="Reject images with more pixels (decompression-bomb guard).")
     parser.add_argument("--image-column", default="image", help="Parquet: image bytes column.")
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
         encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
         max_pixels=args.max_pixels, image_column=args.image_column, label_column=args.label_column,
-        key_column=args.key_column, beam_args=beam_args)
+        key_column=args.key_column, torch_threads=args.torch_threads, beam_args=beam_args)
     result = run_ingest(config)
     print(result.summary(), flush=True)
     return 0

@@ -50,10 +50,8 @@ class BatchManifest:
 
     @classmethod
     def read(cls, root: str, batch: str) -> "BatchManifest":
-        url = storage.join(embeddings_dir(root, batch), MANIFEST)
-        if not storage.exists(url):
-            raise FileNotFoundError(f"batch {batch!r} has no manifest at {url}: never completed")
-        return cls(**storage.read_json(url))
+        return cls(**storage.read_json_required(storage.join(embeddings_dir(root, batch), MANIFEST),
+                                                f"batch {batch!r} has no manifest: never completed"))
 
     def embedding_urls(self, root: str) -> list[str]:
         return [storage.join(embeddings_dir(root, self.batch), f["path"]) for f in self.files]

@@ -42,6 +42,13 @@ def read_json(url: str) -> Any:
         return json.load(handle)
 
 
+def read_json_required(url: str, missing: str) -> Any:
+    """JSON that must exist (a manifest): a missing file is a FileNotFoundError saying what."""
+    if not exists(url):
+        raise FileNotFoundError(f"{missing} ({url})")
+    return read_json(url)
+
+
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
