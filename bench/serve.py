@@ -57,14 +57,14 @@ def direct_baseline(vectors: np.ndarray, queries: np.ndarray, factory: str, npro
             "batched_qps": round(batched_qps, 1)}
 
 
-def through_serve(root: str, queries: np.ndarray, batch: int, concurrency: int) -> dict:
+def through_serve(root: str, queries: np.ndarray, batch: int, concurrency: int, port: int) -> dict:
+    """Deploy (or redeploy: Serve's proxy keeps its port) the app over ``root`` and measure."""
     import requests
-    from ray import serve
 
     from serving.serve import DEFAULT_CONFIG, load_config, start
 
-    port = free_port()
-    config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port, {"token": "bench"})
+    config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port,
+                         {"token": "bench", "embeddings_only": True})  # synthetic: no encoder
     start(config)
     url = f"http://127.0.0.1:{port}"
     session = requests.Session()
@@ -89,7 +89,6 @@ def through_serve(root: str, queries: np.ndarray, batch: int, concurrency: int) 
     for start in range(0, len(payloads), batch):
         session.post(f"{url}/v1/neighbors/batch", json={"queries": payloads[start:start + batch]})
     batched_qps = len(payloads) / (time.perf_counter() - started)
-    serve.shutdown()
     return {"single_qps": round(len(payloads) / sum(latencies), 1), **percentiles(latencies),
             f"concurrent{concurrency}_qps": round(concurrent_qps, 1), "batched_qps": round(batched_qps, 1),
             "errors": sum(s != 200 for s in statuses), "found": found}
@@ -119,13 +118,14 @@ def main() -> int:
     truth = exact_topk(vectors, queries, 10) + 1  # bench ids are row + 1
     report = {"benchmark": "serve", "vectors": args.vectors, "dim": args.dim, "factory": args.factory,
               "machine": machine(), "by_shards": {}}
+    port = free_port()
     with tempfile.TemporaryDirectory() as work:
         for shards in [int(s) for s in args.shards.split(",")]:
             root = os.path.join(work, f"s{shards}")
             write_batch(root, "synthetic", vectors, parts=4)
             manifest = run_build(BuildConfig(root, num_shards=shards, factory=args.factory), LocalExecutor())
             nprobe = manifest.search_defaults.get("nprobe", 0)
-            served = through_serve(root, queries, args.batch, args.concurrency)
+            served = through_serve(root, queries, args.batch, args.concurrency, port)
             direct = direct_baseline(vectors, queries, args.factory, nprobe, args.batch)
             found = np.asarray(served.pop("found"))
             report["by_shards"][str(shards)] = {

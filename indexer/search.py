@@ -59,9 +59,19 @@ class ShardSearcher:
         set_nprobe(searcher.index, searcher.nprobe)
         return searcher
 
+    def __post_init__(self) -> None:
+        self._columns: dict[str, np.ndarray] = {}
+
     @property
     def ids(self) -> np.ndarray:
-        return self.meta.column("id").to_numpy()
+        return self.column("id")
+
+    def column(self, name: str) -> np.ndarray:
+        """A metadata column as a numpy array, converted once (strings become objects)."""
+        if name not in self._columns:
+            values = self.meta.column(name).to_numpy(zero_copy_only=False)
+            self._columns[name] = values if values.dtype != object else np.asarray(values, dtype=object)
+        return self._columns[name]
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Metadata row of each id (-1 where the shard does not hold it)."""
@@ -141,6 +151,5 @@ class ShardedIndex:
             rows = shard.rows_of(flat)
             hit = rows >= 0
             if hit.any():
-                out[hit] = np.asarray(shard.meta.column(column).to_numpy(zero_copy_only=False),
-                                      dtype=object)[rows[hit]]
+                out[hit] = shard.column(column)[rows[hit]]
         return out.reshape(ids.shape)

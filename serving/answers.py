@@ -30,8 +30,8 @@ def answer(searcher: ShardSearcher, queries: np.ndarray, k: int, nprobe: int | N
     rows = searcher.rows_of(ids.reshape(-1)).reshape(ids.shape)
     meta = {}
     for field in META_FIELDS:
-        column = searcher.meta.column(field).to_numpy(zero_copy_only=False)
-        values = np.asarray(column, dtype=float if field == "weight" else object)
+        values = searcher.column(field)
+        values = values.astype(float) if field == "weight" else values
         picked = values[np.maximum(rows, 0)] if len(values) else np.zeros(rows.shape, values.dtype)
         meta[field] = np.where(rows >= 0, picked, np.nan if field == "weight" else None)
     return ShardAnswer(scores, ids, meta, version, shard)

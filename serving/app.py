@@ -17,8 +17,9 @@ def build_app(args: dict, deployment_options: dict[str, dict] | None = None) -> 
     options = ServingOptions.from_args(dict(args))
     overrides = deployment_options or {}
     manifest = resolve_version(options.memory, options.version or None)
-    encoder = EncoderDeployment.options(**overrides.get("EncoderDeployment", {})).bind(
-        manifest.encoder, options.encoder_weights, options.device)
+    encoder = None if options.embeddings_only else EncoderDeployment.options(
+        **overrides.get("EncoderDeployment", {})).bind(manifest.encoder, options.encoder_weights,
+                                                       options.device)
     shards = [ShardDeployment.options(name=f"Shard{s}", **overrides.get(f"Shard{s}", {})).bind(
         options.memory, s, manifest.version) for s in range(manifest.num_shards)]
     return Router.options(**overrides.get("Router", {})).bind(dict(args), encoder, shards)

@@ -23,6 +23,7 @@ class ServingOptions:
     shard_timeout_s: float = 10.0
     shard_retries: int = 1
     encoder_weights: str = ""  # override the encoder weights location
+    embeddings_only: bool = False  # no encoder deployment: clients send embeddings
     device: str = "auto"
 
     @classmethod

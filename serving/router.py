@@ -77,8 +77,11 @@ class Router:
         self.encoder, self.shards = encoder, shards
         manifest = resolve_version(self.options.memory, self.options.version or None)
         self.version, self.dim, self.count = manifest.version, manifest.dim, manifest.count
-        self.spec = EncoderSpec.parse(manifest.encoder, self.options.encoder_weights, self.options.device)
-        self.preprocessing = preprocessing_for(self.spec)
+        self.encoder_name = manifest.encoder
+        self.preprocessing = None
+        if encoder is not None:
+            spec = EncoderSpec.parse(manifest.encoder, self.options.encoder_weights, self.options.device)
+            self.preprocessing = preprocessing_for(spec)
         self.policy = DecodePolicy(max_pixels=self.options.max_pixels,
                                    max_bytes=self.options.max_body_bytes)
         self.edit_lock = asyncio.Lock()
@@ -92,6 +95,8 @@ class Router:
 
     # ---- queries -------------------------------------------------------------------------
     def _pixels(self, data: bytes, field: str) -> np.ndarray:
+        if self.preprocessing is None:
+            raise ApiError(422, field, "this memory is served for embedding queries only")
         try:
             return self.preprocessing(decode_image(data, self.policy))
         except ImageRejected as error:
@@ -242,7 +247,7 @@ class Router:
             for label, count in shard_classes.items():
                 classes[label] = classes.get(label, 0) + count
         return {"version": self.version, "size": sum(classes.values()), "classes": classes,
-                "encoder": self.spec.name, "dim": self.dim, "shards": len(self.shards)}
+                "encoder": self.encoder_name, "dim": self.dim, "shards": len(self.shards)}
 
     def _authorize(self, http: Request) -> None:
         """Bearer token on every mutating endpoint: 401 without one, 403 with a wrong one (or
@@ -270,7 +275,7 @@ class Router:
         vectors = await self.encoder.embed.remote(np.stack(pixels))
         async with self.edit_lock:
             manifest = await asyncio.to_thread(add_items, self.options.memory, body.items, vectors,
-                                               self.spec.name)
+                                               self.encoder_name)
             await self._switch(manifest.version)
         return {"version": manifest.version, "added": len(body.items), "size": manifest.count}
 
