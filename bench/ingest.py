@@ -1,7 +1,7 @@
 """Ingest throughput: the Beam job end to end vs the raw batched encoder forward, same images,
 same cores, same run. Prints one JSON object; `ratio` = beam images/s / raw images/s.
 
-    python bench/ingest.py [--images 2000] [--encoder efficientnet-lite0] [--device auto]
+    python bench/ingest.py [--images 4000] [--encoder efficientnet-lite0] [--device auto]
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def beam_job(shards: str, encoder_name: str, device: str, batch_size: int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2000, help="Fashion-MNIST train images.")
+    parser.add_argument("--images", type=int, default=4000, help="Fashion-MNIST train images.")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=0,
@@ -72,7 +72,7 @@ def main() -> int:
                         help="Batch sizes tried for the raw baseline; the fastest is reported.")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="Beam job's intra-op threads per forward (0: all cores).")
-    parser.add_argument("--repeats", type=int, default=3, help="Alternating runs of each phase.")
+    parser.add_argument("--repeats", type=int, default=2, help="Alternating runs of each phase.")
     parser.add_argument("--phase", choices=("raw", "beam"), help=argparse.SUPPRESS)
     parser.add_argument("--shards", help=argparse.SUPPRESS)
     args, beam_args = parser.parse_known_args()

@@ -6,6 +6,7 @@ import time
 from typing import Iterable, Iterator
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
@@ -117,7 +118,5 @@ def rejected_to_table(rows: list[Rejected]) -> pa.Table:
     return pa.Table.from_batches([rejected_batch(rows)])
 
 
-def _stack(vectors):
-    import numpy as np
-
+def _stack(vectors) -> np.ndarray:
     return np.stack(vectors).astype(np.float32, copy=False)

@@ -90,6 +90,9 @@ class Router:
         self.latency = Histogram("vmem_query_latency_seconds", "Query latency", ["endpoint"],
                                  registry=self.registry)
         self.partial = Counter("vmem_partial_answers", "Answers missing a shard", registry=self.registry)
+        self.shards_answered = Histogram("vmem_shards_answered", "Shards that answered a query",
+                                         buckets=[0, 1, 2, 4, 8, 16, 32, 64, 128],
+                                         registry=self.registry)
         self.shard_failures = Counter("vmem_shard_failures", "Shard calls that failed or timed out",
                                       ["shard"], registry=self.registry)
 
@@ -165,6 +168,7 @@ class Router:
         if not answered:
             raise ApiError(503, "shards", "no shard answered; try again")
         merged = merge_answers([a for a in answers if a is not None], k)
+        self.shards_answered.observe(len(answered))
         if len(answered) < len(self.shards):
             self.partial.inc()
         return merged, answered
