@@ -50,11 +50,13 @@ def training_size(factory: str, count: int) -> int:
     return min(count, max(256 * 40, nlist * 64))
 
 
-def minimum_training_vectors(factory: str) -> int:
-    """k-means needs one point per centroid: nlist for IVF, 2^bits for each PQ codebook."""
+def minimum_training_vectors(factory: str, dim: int) -> int:
+    """k-means needs one point per centroid (nlist for IVF, 2^bits per PQ codebook); an OPQ
+    rotation needs at least as many points as dimensions (faiss aborts the process otherwise)."""
     pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
     pq_centroids = 2 ** int(pq.group(1) or 8) if pq else 0
-    return max(nlist_of(factory), pq_centroids, 1)
+    rotation = dim if re.match(r"\s*OPQ", factory) else 0
+    return max(nlist_of(factory), pq_centroids, rotation, 1)
 
 
 def bytes_per_vector(index: faiss.Index) -> float:
@@ -91,7 +93,7 @@ def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0) -> faiss.In
     """A trained, empty index (GPU k-means where present). Seeded: same sample, same index."""
     index = make_index(factory, dim)
     if not index.is_trained:
-        needed = minimum_training_vectors(factory)
+        needed = minimum_training_vectors(factory, dim)
         if sample is None or len(sample) < needed:
             have = 0 if sample is None else len(sample)
             raise ValueError(f"{factory} needs at least {needed} training vectors, the memory has "

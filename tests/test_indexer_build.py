@@ -170,10 +170,20 @@ def test_killed_build_leaves_a_complete_latest(memory_copy):
     assert latest.version == first.version or latest.count == 600
 
 
-def test_opq_factory_builds_and_searches(memory_copy):
-    manifest = run_build(BuildConfig(memory_copy, factory="OPQ16,IVF8,PQ16x8", keep_vectors="fp16"),
+def test_opq_factory_builds_and_searches(tmp_path):
+    """OPQ through the build path, on seeded 64-d vectors (a 1280-d rotation takes minutes)."""
+    from bench.synthetic import mixture, write_batch
+
+    vectors = mixture(3000, 64, clusters=30, seed=3)
+    root = str(tmp_path / "opq")
+    write_batch(root, "synthetic", vectors, parts=2)
+    manifest = run_build(BuildConfig(root, factory="OPQ8,IVF16,PQ8x8", keep_vectors="fp16"),
                          LocalExecutor())
-    ids, vectors, _ = load_embeddings(memory_copy)
-    _, found = ShardedIndex(memory_copy, manifest).search(vectors[:50], 5)
-    assert manifest.search_defaults["nprobe"] >= 1
-    assert (found[:, 0] == ids[:50]).mean() >= 0.95  # each stored vector finds itself first
+    _, found = ShardedIndex(root, manifest).search(vectors[:50], 5)
+    assert manifest.search_defaults["nprobe"] >= 1 and manifest.count == 3000
+    assert (found[:, 0] == np.arange(1, 51)).mean() >= 0.95  # each vector finds itself first
+
+
+def test_opq_rotation_with_too_few_vectors_is_a_clear_error(memory_copy):
+    with pytest.raises(ValueError, match="needs at least 1280 training vectors"):
+        run_build(BuildConfig(memory_copy, factory="OPQ16,IVF8,PQ16x8"), LocalExecutor())
