@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -57,9 +58,7 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None)
     if len(clash):
         raise DuplicateIds(f"{len(clash)} ids of the new batches are already in the memory "
                            f"(e.g. {clash[:5].tolist()}); delete them first to replace them")
-    keep_vectors = "fp16" if parent.search_defaults.get("rerank") else "none"
-    if keep_vectors != "none":
-        keep_vectors = _vector_kind(root, parent)
+    keep_vectors = _vector_kind(root, parent) if parent.search_defaults.get("rerank") else "none"
     trained = executor.put(empty_like(load_index(root, parent.shards[0], mmap=False)))
     shards = parent.num_shards
     pieces = executor.get([executor.submit(add_part, p, trained, shards, keep_vectors)
@@ -141,12 +140,10 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
     seconds = time.monotonic() - started
     report = {"version": version, "parent": parent.version, "operation": operation,
               "removed": int(len(forget)), "ids": forget.tolist(), "keys": found["keys"],
-              "labels": dict(zip(*np.unique(np.asarray(found["labels"], dtype=str), return_counts=True)))
-              if found["labels"] else {}, "not_found": found["not_found"],
+              "labels": dict(Counter(found["labels"])), "not_found": found["not_found"],
               "verified_shards": {str(k): v for k, v in verified.items()},
               "seconds": round(seconds, 3),
               "seconds_per_item": round(seconds / len(forget), 6)}
-    report["labels"] = {str(k): int(v) for k, v in report["labels"].items()}
     storage.write_json_atomic(storage.join(version_dir(root, version), FORGET_REPORT), report)
     manifest = _publish(root, parent, version, operation, entries, parent.batches,
                         {"removed": int(len(forget)), "forget_report": FORGET_REPORT,
