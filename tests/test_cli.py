@@ -21,6 +21,11 @@ def test_top_level_help_lists_commands():
 @pytest.mark.parametrize("command, expected", [
     ("ingest", ["--input", "--memory", "--encoder", "--weights", "--runner", "DataflowRunner"]),
     ("data", ["fashion-mnist"]),
+    ("index", ["build", "add", "delete", "prune", "log", "rollback", "verify"]),
+    ("serve", ["--memory", "--port", "--config"]),
+    ("classify", ["--queries", "--out", "--aggregator"]),
+    ("eval", ["--predictions", "--max-k"]),
+    ("update", ["--input", "--memory", "--batch", "--reload-url"]),
 ])
 def test_command_help_explains_options(command, expected):
     out = run(command, "--help")

@@ -1,0 +1,88 @@
+"""``vmem update``: one scheduled step of a living memory — ingest new shards, publish them as
+an index version, verify it, and tell serving to reload.
+
+    vmem update --input 'gs://b/daily/2026-11-22/*.tar' --memory gs://b/memory --batch 2026-11-22 \
+                --reload-url http://serving:8000 --token-env VMEM_TOKEN
+
+Idempotent: re-running a day re-ingests the same rows into the same batch, and the index step
+skips batches the memory already holds. Safe to interrupt: every step commits atomically
+(batch manifest, then version manifest, then LATEST), so a failure leaves the last good version
+serving and the next run picks up where this one stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.request
+
+from indexer.build import BuildConfig, run_build
+from indexer.edit import run_add
+from indexer.executor import make_executor
+from indexer.layout import read_latest
+from indexer.manifest import IndexManifest
+from indexer.store import resolve_version, verify_version
+from pipelines.ingest import IngestConfig, run_ingest
+from pipelines.manifest import BatchManifest, list_batches
+
+log = logging.getLogger("vmem.update")
+
+
+def publish(memory: str, batch: str, executor, shards: int) -> IndexManifest:
+    """Add the batch to LATEST, or build the first version when there is none."""
+    if read_latest(memory) is None:
+        return run_build(BuildConfig(memory, batches=list_batches(memory), num_shards=shards), executor)
+    return run_add(memory, [batch], executor)
+
+
+def reload_serving(url: str, token: str, timeout: float = 120.0) -> dict:
+    request = urllib.request.Request(url.rstrip("/") + "/v1/memory/reload", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (operator URL)
+        return json.loads(response.read())
+
+
+def run_update(inputs: list[str], memory: str, batch: str, executor, shards: int = 1,
+               skip_ingest_if_present: bool = False, beam_args: list[str] | None = None) -> dict:
+    if skip_ingest_if_present and batch in list_batches(memory):
+        ingested = BatchManifest.read(memory, batch)
+        log.info("batch %s already ingested (run %s): not re-ingesting", batch, ingested.run_id)
+    else:
+        ingested = run_ingest(IngestConfig(inputs=inputs, memory=memory, batch=batch,
+                                           beam_args=beam_args or [])).manifest
+    manifest = publish(memory, batch, executor, shards)
+    checked = verify_version(memory, resolve_version(memory, manifest.version))
+    return {"batch": batch, "embedded": ingested.counts["embedded"],
+            "rejected": ingested.counts["rejected"], "version": manifest.version,
+            "operation": manifest.operation, "count": manifest.count, "files_verified": checked}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vmem update", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", "-i", dest="inputs", action="append", required=True,
+                        help="Shard pattern of the new images (repeatable).")
+    parser.add_argument("--memory", "-m", required=True, help="ROOT of the visual memory.")
+    parser.add_argument("--batch", required=True, help="Batch name, e.g. the date: the unit of idempotence.")
+    parser.add_argument("--shards", type=int, default=1, help="Shards of the first build.")
+    parser.add_argument("--skip-ingest-if-present", action="store_true",
+                        help="Do not re-embed a batch that already has a manifest.")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster for the index step.")
+    parser.add_argument("--no-ray", action="store_true", help="Run the index step in-process.")
+    parser.add_argument("--reload-url", default="", help="Serving base URL to reload afterwards.")
+    parser.add_argument("--token-env", default="VMEM_TOKEN", help="Variable holding the serving token.")
+    args, beam_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    summary = run_update(args.inputs, args.memory, args.batch,
+                         make_executor(args.ray_address, use_ray=not args.no_ray), args.shards,
+                         args.skip_ingest_if_present, beam_args)
+    if args.reload_url:
+        summary["serving"] = reload_serving(args.reload_url, os.environ.get(args.token_env, ""))
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
