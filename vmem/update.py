@@ -59,7 +59,7 @@ def run_update(inputs: list[str], memory: str, batch: str, executor, shards: int
             "operation": manifest.operation, "count": manifest.count, "files_verified": checked}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmem update", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", "-i", dest="inputs", action="append", required=True,
@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ray", action="store_true", help="Run the index step in-process.")
     parser.add_argument("--reload-url", default="", help="Serving base URL to reload afterwards.")
     parser.add_argument("--token-env", default="VMEM_TOKEN", help="Variable holding the serving token.")
-    args, beam_args = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     summary = run_update(args.inputs, args.memory, args.batch,
                          make_executor(args.ray_address, use_ray=not args.no_ray), args.shards,

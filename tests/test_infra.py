@@ -1,0 +1,115 @@
+"""infra/: every manifest parses and validates; the deployed Serve config is the tested one."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+SERVE_CONFIG = ROOT / "serving" / "serve_config.yaml"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.yaml")) + sorted(INFRA.rglob("*.json")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_manifest_parses(path):
+    document = json.loads(path.read_text()) if path.suffix == ".json" else load(path)
+    assert isinstance(document, dict) and document
+
+
+def test_serve_config_validates_against_serves_schema():
+    ServeDeploySchema.model_validate(load(SERVE_CONFIG))
+
+
+def test_rayservice_serves_the_tested_application():
+    service = load(INFRA / "kuberay" / "rayservice.yaml")
+    assert (service["apiVersion"], service["kind"]) == ("ray.io/v1", "RayService")
+    deployed = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(deployed)
+    (app,), (tested,) = deployed["applications"], load(SERVE_CONFIG)["applications"]
+    assert app["import_path"] == tested["import_path"] == "serving.app:build_app"
+    assert set(app["args"]) == set(tested["args"])  # same options, cluster values
+    assert {d["name"] for d in app["deployments"]} == {d["name"] for d in tested["deployments"]}
+    from serving.options import ServingOptions
+
+    ServingOptions.from_args(app["args"])  # every option is one the application knows
+
+
+def _containers(spec: dict) -> list[dict]:
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"]
+    workers = [c for group in spec.get("workerGroupSpecs", []) for c in group["template"]["spec"]["containers"]]
+    return head + workers
+
+
+@pytest.mark.parametrize("name, cluster_key", [("rayservice.yaml", "rayClusterConfig"),
+                                               ("rayjob-index-build.yaml", "rayClusterSpec")])
+def test_ray_clusters_keep_the_dashboard_private_and_pin_ray(name, cluster_key):
+    manifest = load(INFRA / "kuberay" / name)
+    cluster = manifest["spec"][cluster_key]
+    assert cluster["rayVersion"] == "2.60.0"
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    for container in _containers(cluster):
+        assert container["image"] and "resources" in container
+    for group in cluster.get("workerGroupSpecs", []):
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_rayjob_entrypoint_is_a_valid_index_build():
+    from indexer.cli import build_parser
+
+    job = load(INFRA / "kuberay" / "rayjob-index-build.yaml")
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:3] == ["python", "-m", "indexer"]
+    args = build_parser().parse_args(words[3:])
+    assert (args.command, args.ray_address) == ("build", "auto")
+
+
+def test_cronjob_runs_an_idempotent_update_with_valid_options():
+    cron = load(INFRA / "schedule" / "cronjob-update.yaml")
+    assert (cron["apiVersion"], cron["kind"]) == ("batch/v1", "CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    words = shlex.split(container["args"][0].replace("$(date -u +%F)", "2026-11-22"))
+    assert words[:3] == ["exec", "vmem", "update"]
+    from vmem.update import build_parser
+
+    parsed, beam_args = build_parser().parse_known_args(words[3:])
+    assert parsed.batch == "2026-11-22" and parsed.skip_ingest_if_present
+    assert "--runner" in beam_args  # the ingest runs on Dataflow
+    token = container["env"][0]["valueFrom"]["secretKeyRef"]
+    assert token["name"] == "vmem-token"
+
+
+def test_flex_template_parameters_are_ingest_options():
+    from pipelines.ingest import build_parser
+
+    metadata = json.loads((INFRA / "dataflow" / "flex-template-metadata.json").read_text())
+    assert metadata["name"] and metadata["parameters"]
+    options = {action.dest for action in build_parser()._actions}
+    for parameter in metadata["parameters"]:
+        assert {"name", "label", "helpText"} <= set(parameter)
+        assert parameter["name"] in options | {"input"}, parameter["name"]
+
+
+def test_capacity_plan_is_consistent():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("capacity", INFRA / "capacity.py")
+    capacity = importlib.util.module_from_spec(spec)
+    sys.modules["capacity"] = capacity  # dataclasses look their module up here
+    spec.loader.exec_module(capacity)
+    inputs = capacity.Inputs()
+    one, five = (capacity.plan(n, "dinov2-vit-l14", inputs) for n in (1e9, 5e9))
+    assert five["embedding_gpu_hours"] == pytest.approx(5 * one["embedding_gpu_hours"], rel=1e-3)
+    assert one["index_bytes_per_vector"] == 64 + 8 + 6 + 2 * 1024
+    assert 4 * one["shards"] <= five["shards"] <= 5 * one["shards"]  # ceil(N * B / node) per N
+    assert one["serving_nodes"] == one["shards"] * one["replicas_per_shard"]
