@@ -44,6 +44,21 @@ def test_rayservice_serves_the_tested_application():
     ServingOptions.from_args(app["args"])  # every option is one the application knows
 
 
+K8S_VERSION = "1.33.0"
+
+
+def k8s_validate(document: dict) -> None:
+    """Strict validation against Kubernetes' own OpenAPI schemas (shipped offline by
+    kubernetes-validate): unknown or mistyped fields fail."""
+    import kubernetes_validate
+
+    kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def _pod_templates(cluster: dict) -> list[dict]:
+    return [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster.get("workerGroupSpecs", [])]
+
+
 def _containers(spec: dict) -> list[dict]:
     head = spec["headGroupSpec"]["template"]["spec"]["containers"]
     workers = [c for group in spec.get("workerGroupSpecs", []) for c in group["template"]["spec"]["containers"]]
@@ -59,6 +74,10 @@ def test_ray_clusters_keep_the_dashboard_private_and_pin_ray(name, cluster_key):
     assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     for container in _containers(cluster):
         assert container["image"] and "resources" in container
+    # KubeRay's CRDs embed core pod templates: validate each as a v1 PodTemplate.
+    for template in _pod_templates(cluster):
+        k8s_validate({"apiVersion": "v1", "kind": "PodTemplate",
+                      "metadata": {"name": "ray-pod"}, "template": template})
     for group in cluster.get("workerGroupSpecs", []):
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
 
@@ -75,7 +94,7 @@ def test_rayjob_entrypoint_is_a_valid_index_build():
 
 def test_cronjob_runs_an_idempotent_update_with_valid_options():
     cron = load(INFRA / "schedule" / "cronjob-update.yaml")
-    assert (cron["apiVersion"], cron["kind"]) == ("batch/v1", "CronJob")
+    k8s_validate(cron)
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     words = shlex.split(container["args"][0].replace("$(date -u +%F)", "2026-11-22"))
@@ -113,3 +132,12 @@ def test_capacity_plan_is_consistent():
     assert one["index_bytes_per_vector"] == 64 + 8 + 6 + 2 * 1024
     assert 4 * one["shards"] <= five["shards"] <= 5 * one["shards"]  # ceil(N * B / node) per N
     assert one["serving_nodes"] == one["shards"] * one["replicas_per_shard"]
+
+
+def test_kubernetes_validation_catches_a_typo():
+    import kubernetes_validate
+
+    cron = load(INFRA / "schedule" / "cronjob-update.yaml")
+    cron["spec"]["concurrencyPolicyy"] = cron["spec"].pop("concurrencyPolicy")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        k8s_validate(cron)
