@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C is the normal way to stop a foreground server
+        logging.getLogger("vmem.serve").info("interrupted: shutting Serve down")
     from ray import serve
 
     serve.shutdown()
