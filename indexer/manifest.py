@@ -1,7 +1,6 @@
 """The index version manifest: everything a searcher needs, and the version's history link."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from indexer.layout import MANIFEST, version_dir
@@ -26,7 +25,7 @@ class ShardEntry:
 
 
 @dataclass
-class IndexManifest:
+class IndexManifest(storage.JsonRecord):
     version: str
     parent: str | None
     created: str
@@ -43,14 +42,13 @@ class IndexManifest:
     details: dict = field(default_factory=dict)  # operation-specific: timings, recall, report
     format_version: int = FORMAT_VERSION
 
-    def write(self, root: str) -> None:
-        """Written last inside the version folder: its presence makes the version complete."""
-        storage.write_json_atomic(storage.join(version_dir(root, self.version), MANIFEST),
-                                  dataclasses.asdict(self))
+    # Written last inside the version folder: its presence makes the version complete.
+    KEY, WHAT = "version", "index version"
 
     @classmethod
-    def read(cls, root: str, version: str) -> "IndexManifest":
-        raw = storage.read_json_required(storage.join(version_dir(root, version), MANIFEST),
-                                         f"index version {version!r} has no manifest")
-        raw["shards"] = [ShardEntry(**entry) for entry in raw["shards"]]
-        return cls(**raw)
+    def url_for(cls, root: str, version: str) -> str:
+        return storage.join(version_dir(root, version), MANIFEST)
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "IndexManifest":
+        return cls(**{**fields, "shards": [ShardEntry(**entry) for entry in fields["shards"]]})

@@ -6,7 +6,6 @@ re-run of the same input replaces the previous run's files instead of duplicatin
 """
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ def rejected_dir(root: str, batch: str) -> str:
 
 
 @dataclass
-class BatchManifest:
+class BatchManifest(storage.JsonRecord):
     batch: str
     run_id: str
     created: str
@@ -44,14 +43,11 @@ class BatchManifest:
     seconds: float = 0.0
     format_version: int = FORMAT_VERSION
 
-    def write(self, root: str) -> None:
-        storage.write_json_atomic(storage.join(embeddings_dir(root, self.batch), MANIFEST),
-                                  dataclasses.asdict(self))
+    KEY, WHAT = "batch", "batch (never completed?)"
 
     @classmethod
-    def read(cls, root: str, batch: str) -> "BatchManifest":
-        return cls(**storage.read_json_required(storage.join(embeddings_dir(root, batch), MANIFEST),
-                                                f"batch {batch!r} has no manifest: never completed"))
+    def url_for(cls, root: str, batch: str) -> str:
+        return storage.join(embeddings_dir(root, batch), MANIFEST)
 
     def embedding_urls(self, root: str) -> list[str]:
         return [storage.join(embeddings_dir(root, self.batch), f["path"]) for f in self.files]

@@ -1,6 +1,7 @@
 """Small fsspec helpers shared by every stage: URL joins and atomic writes (temp + rename)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import uuid
@@ -66,3 +67,27 @@ def remove(url: str) -> None:
     fs, path = filesystem(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+class JsonRecord:
+    """A dataclass stored as one JSON file, written atomically: the manifests of every stage.
+    A subclass says where it lives (``url_for``) and which field names it (``KEY``)."""
+
+    KEY = ""
+    WHAT = "record"
+
+    @classmethod
+    def url_for(cls, root: str, name: str) -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "JsonRecord":
+        return cls(**fields)
+
+    def write(self, root: str) -> None:
+        write_json_atomic(self.url_for(root, getattr(self, self.KEY)), dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, root: str, name: str):
+        return cls.from_fields(read_json_required(cls.url_for(root, name),
+                                                  f"{cls.WHAT} {name!r} has no manifest"))
