@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from indexer.forgotten import record_forgotten
 from indexer.layout import new_version_name, set_latest, version_dir
 from indexer.manifest import IndexManifest
 from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
@@ -145,6 +146,8 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
               "seconds": round(seconds, 3),
               "seconds_per_item": round(seconds / len(forget), 6)}
     storage.write_json_atomic(storage.join(version_dir(root, version), FORGET_REPORT), report)
+    if operation == "delete":  # unlearning: rebuilds from the batches must not bring them back
+        record_forgotten(root, version, forget)
     manifest = _publish(root, parent, version, operation, entries, parent.batches,
                         {"removed": int(len(forget)), "forget_report": FORGET_REPORT,
                          "seconds": round(seconds, 3), **(details or {})})

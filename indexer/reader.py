@@ -1,7 +1,7 @@
 """Read embedding batches (pipelines' boundary 1) as independent parts for parallel work."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,8 @@ class Part:
 
     batch: str
     url: str
-    rows: int
+    rows: int  # as written; rows of forgotten ids are dropped when read
+    forgotten: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,19 @@ class MemoryInputs:
 
 def plan_inputs(root: str, batches: list[str] | None = None, encoder: str | None = None,
                 dim: int | None = None) -> MemoryInputs:
-    """The parts of the named batches (default: all complete ones); refuse mixed encoders."""
+    """The parts of the named batches (default: all complete ones); refuse mixed encoders.
+    Ids in the forget ledger are dropped when the parts are read (indexer/forgotten.py)."""
+    from indexer.forgotten import forgotten_ids
+
     names = batches if batches else list_batches(root)
+    forgotten = forgotten_ids(root)
     if not names:
         raise FileNotFoundError(f"no embedding batches under {root}/embeddings (run `vmem ingest`)")
     parts, seen = [], {}
     for name in names:
         manifest = BatchManifest.read(root, name)
         seen[name] = (manifest.encoder, manifest.dim)
-        parts += [Part(name, url, f["rows"]) for url, f in
+        parts += [Part(name, url, f["rows"], forgotten if len(forgotten) else None) for url, f in
                   zip(manifest.embedding_urls(root), manifest.files) if f["rows"] > 0]
     kinds = set(seen.values()) | ({(encoder, dim)} if encoder else set())
     if len(kinds) > 1:
@@ -66,6 +71,8 @@ def read_part(part: Part, with_vectors: bool = True) -> tuple[pa.Table, np.ndarr
     """The part's metadata (with its batch name) and, optionally, its (n, dim) vectors."""
     columns = META_COLUMNS + (["embedding"] if with_vectors else [])
     table = read_parquet_files([part.url], columns)
+    if part.forgotten is not None:
+        table = table.filter(pa.array(~np.isin(table.column("id").to_numpy(), part.forgotten)))
     vectors = embeddings_matrix(table) if with_vectors else None
     meta = table.select(META_COLUMNS).append_column("batch", pa.array([part.batch] * table.num_rows))
     return meta, vectors

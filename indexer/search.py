@@ -81,6 +81,23 @@ class ShardSearcher:
         rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         return np.where(sorted_ids[rows] == ids, rows, -1)
 
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dim) float32 vectors of stored ids: the kept full-precision vectors, else
+        the index's own reconstruction (exact for Flat, approximate for PQ); zeros for id -1."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(ids), self.index.d), dtype=np.float32)
+        rows = self.rows_of(ids)
+        hit = rows >= 0
+        if self.vectors is not None:
+            out[hit] = self.vectors[rows[hit]].astype(np.float32)
+            return out
+        try:
+            out[hit] = self.index.reconstruct_batch(ids[hit])
+        except RuntimeError as error:
+            raise ValueError(f"shard {self.entry.shard} cannot return vectors ({error}); build the "
+                             "index with --keep-vectors fp16|fp32") from error
+        return out
+
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
                rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -142,6 +159,16 @@ class ShardedIndex:
         for shard in self.shards:
             found |= shard.rows_of(ids) >= 0
         return found
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors for (n, k) ids from whichever shard holds each (zeros where none does)."""
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(flat), self.manifest.dim), dtype=np.float32)
+        for shard in self.shards:
+            hit = shard.rows_of(flat) >= 0
+            if hit.any():
+                out[hit] = shard.vectors_of(flat[hit])
+        return out.reshape(*np.shape(ids), self.manifest.dim)
 
     def lookup(self, ids: np.ndarray, column: str) -> np.ndarray:
         """A metadata column for each id (None where no shard holds it)."""

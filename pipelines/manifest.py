@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,3 +105,21 @@ def remove_stale_files(directory: str, keep: list[dict]) -> list[str]:
     for name in stale:
         storage.remove(storage.join(directory, name))
     return stale
+
+
+def write_embedding_batch(root: str, batch: str, table: pa.Table, encoder: str,
+                          source_format: str, inputs: list[str] | None = None) -> BatchManifest:
+    """A complete embedding batch from an in-memory table (online adds, derived memories of the
+    experiments): one Parquet part written atomically, then the manifest, the commit point."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    name = f"part-{batch}-00000.parquet"
+    storage.write_bytes_atomic(storage.join(embeddings_dir(root, batch), name), sink.getvalue().to_pybytes())
+    dim = table.schema.field("embedding").type.list_size
+    manifest = BatchManifest(batch=batch, run_id=batch, created=datetime.now(timezone.utc).isoformat(),
+                             encoder=encoder, dim=int(dim), files=[{"path": name, "rows": table.num_rows}],
+                             counts={"read": table.num_rows, "embedded": table.num_rows, "rejected": 0},
+                             inputs=list(inputs or []), source_format=source_format)
+    manifest.write(root)
+    return manifest
+

@@ -8,13 +8,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from indexer.edit import ForgetRequest, run_add, run_delete
 from indexer.executor import LocalExecutor
 from indexer.manifest import IndexManifest
-from pipelines import storage
-from pipelines.manifest import BatchManifest, embeddings_dir
+from pipelines.manifest import write_embedding_batch
 from pipelines.records import stable_id
 from pipelines.schema import embedding_batch
 
@@ -27,14 +25,7 @@ def write_online_batch(root: str, items, vectors: np.ndarray, encoder: str) -> s
         [item.label for item in items], [item.source or f"api:{item.key}" for item in items],
         [hashlib.sha256(item.image_base64.encode()).hexdigest() for item in items],
         vectors, encoder)])
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    name = "part-online-00000.parquet"
-    storage.write_bytes_atomic(storage.join(embeddings_dir(root, batch), name), sink.getvalue().to_pybytes())
-    BatchManifest(batch=batch, run_id=batch, created=datetime.now(timezone.utc).isoformat(),
-                  encoder=encoder, dim=int(vectors.shape[1]), files=[{"path": name, "rows": len(items)}],
-                  counts={"read": len(items), "embedded": len(items), "rejected": 0},
-                  source_format="api").write(root)
+    write_embedding_batch(root, batch, table, encoder, "api")
     return batch
 
 

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("pipelines.ingest", "Beam job: embed image shards into ROOT/embeddings/<batch>/."),
     "serve": ("serving.serve", "Ray Serve: the HTTP API (classify, neighbours, edit the memory)."),
     "classify": ("serving.batch", "Ray Data: classify a whole query set, write predictions + neighbours."),
-    "eval": ("serving.evaluate", "Accuracy of every aggregator at every k from a classify run."),
+    "eval": ("experiments.cli", "Experiments: the paper's claims measured on your memory; writes a report."),
     "update": ("vmem.update", "Scheduled step: ingest new shards, publish a version, verify, reload serving."),
     "index": ("indexer.cli", "Ray jobs: build, add, delete, prune, log, rollback, verify index versions."),
 }

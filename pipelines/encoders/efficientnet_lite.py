@@ -37,7 +37,7 @@ def packaged_weights(model: str) -> str:
         package = importlib.import_module(package_name)
     except ImportError as error:
         raise ImportError(f"{model} needs the PyPI package {package_name.replace('_', '-')} "
-                          "(pip install 'visual-memory[encoders]')") from error
+                          "(pip install visual-memory installs Lite0-2)") from error
     return getattr(package, f"EfficientnetLite{digit}ModelFile").get_model_file_path()
 
 
