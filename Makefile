@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: setup system-deps demo test bench clean help
 
 help:
-	@echo "make demo   set up, then ingest Fashion-MNIST, build the memory, classify the test images ($(DEMO)/)"
+	@echo "make demo   set up, then ingest, build, serve, add a class, forget, run every experiment; report/index.html"
 	@echo "make test   set up, then run the test suite"
 	@echo "make bench  run the benchmarks in bench/ (JSON on stdout)"
 
@@ -28,14 +28,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 demo: setup system-deps
-	$(BIN)/vmem data fashion-mnist --out $(DEMO)/data --split train --per-class $(DEMO_TRAIN_PER_CLASS) --shard-size 1000
-	$(BIN)/vmem data fashion-mnist --out $(DEMO)/data --split test --per-class $(DEMO_TEST_PER_CLASS) --shard-size 1000
-	$(BIN)/vmem ingest --input '$(DEMO)/data/fashion-mnist-train-*.tar' --memory $(DEMO)/memory --batch fashion-mnist-train
-	$(BIN)/vmem ingest --input '$(DEMO)/data/fashion-mnist-test-*.tar' --memory $(DEMO)/queries --batch fashion-mnist-test
-	$(BIN)/vmem index build --memory $(DEMO)/memory --shards 2 --log-level WARNING
-	$(BIN)/vmem index log --memory $(DEMO)/memory
-	$(BIN)/vmem classify --memory $(DEMO)/memory --queries $(DEMO)/queries --out $(DEMO)/predictions
-	$(BIN)/vmem eval --predictions $(DEMO)/predictions --json $(DEMO)/eval.json
+	$(BIN)/vmem demo --work $(DEMO) --report report --train-per-class $(DEMO_TRAIN_PER_CLASS) --test-per-class $(DEMO_TEST_PER_CLASS)
 
 test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -46,4 +39,4 @@ bench: setup system-deps
 	$(BIN)/python bench/serve.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) report .pytest_cache

@@ -50,9 +50,14 @@ def embedded_with(context: Context, encoder: str) -> tuple[EmbeddedSet, Embedded
 def run(context: Context, encoders: list[str], per_class: list[int], tolerance: float = 0.01) -> Result:
     started = time.monotonic()
     table, curves, series, checks = [], {}, {}, []
+    embedded = {encoder: embedded_with(context, encoder) for encoder in encoders}
+    # Every encoder sees the same images: those all of them could embed (items added through the
+    # API have no input shards to re-embed), and the queries of classes that memory holds.
+    common = np.asarray(sorted(set.intersection(*(set(m.ids.tolist()) for m, _ in embedded.values()))))
     for encoder in encoders:
-        memory, queries = embedded_with(context, encoder)
-        scored = labelled(queries)
+        memory, queries = embedded[encoder]
+        memory = memory.subset(np.isin(memory.ids, common))
+        scored = labelled(queries) & np.isin(queries.labels, memory.classes)
         sizes, accuracies = [], []
         for count in per_class:
             sample = per_class_sample(memory.labels, count, context.seed)

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from indexer.build import BuildConfig, run_build
 from indexer.edit import run_add
+from indexer.forgotten import forgotten_ids
 from indexer.manifest import IndexManifest
 from indexer.search import ShardedIndex
 from indexer.store import resolve_version
@@ -47,6 +48,9 @@ class EmbeddedSet:
         if len(encoders) != 1:
             raise ValueError(f"batches under {root} come from several encoders: {sorted(encoders)}")
         table = pa.concat_tables([read_embeddings(root, name, COLUMNS) for name in names])
+        forgotten = forgotten_ids(root)  # unlearned items are not part of the memory any more
+        if len(forgotten):
+            table = table.filter(pa.array(~np.isin(table.column("id").to_numpy(), forgotten)))
         table = table.sort_by("id")  # a canonical order: results do not depend on file order
         text = {c: np.asarray(table.column(c).to_pylist(), dtype=object)
                 for c in ("key", "label", "source", "content_hash")}

@@ -65,9 +65,10 @@ def train_sample(executor, parts, count: int, wanted: int, seed: int) -> np.ndar
 def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> IndexManifest:
     started = time.monotonic()
     inputs = plan_inputs(config.memory, config.batches)
-    count, dim, shards = inputs.count, inputs.dim, config.num_shards
-    check_unique_ids(np.concatenate(executor.get([executor.submit(part_ids, p) for p in inputs.parts],
-                                                 "reading ids")))
+    dim, shards = inputs.dim, config.num_shards
+    ids = np.concatenate(executor.get([executor.submit(part_ids, p) for p in inputs.parts], "reading ids"))
+    check_unique_ids(ids)
+    count = len(ids)  # rows as read: unlearned ids (indexer/forgotten.py) are already dropped
     factory = (factories.choose_factory(count, dim, config.bytes_per_vector)
                if config.factory == "auto" else config.factory)
     log.info("building %s over %d vectors (dim %d) from %d parts into %d shards on %s",

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the demo and tests read: Fashion-MNIST (real labelled images).
+# Debian packages the demo and tests need: Fashion-MNIST (real labelled images) and Chromium
+# (the report is checked in a real headless browser).
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
-packages=(dataset-fashion-mnist)
+packages=(dataset-fashion-mnist chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -21,11 +21,13 @@ class ShardAnswer:
     meta: dict[str, np.ndarray]  # META_FIELDS -> (n, k) object/float arrays
     version: str = ""
     shard: int = -1
+    vectors: np.ndarray | None = None  # (n, k, dim), only when a re-ranker asked for them
 
 
 def answer(searcher: ShardSearcher, queries: np.ndarray, k: int, nprobe: int | None = None,
-           version: str = "", shard: int = -1) -> ShardAnswer:
-    """Search one shard and attach each neighbour's metadata (the shard owns it)."""
+           version: str = "", shard: int = -1, with_vectors: bool = False) -> ShardAnswer:
+    """Search one shard and attach each neighbour's metadata (the shard owns it) and, for a
+    re-ranker, each neighbour's vector."""
     scores, ids = searcher.search(queries, k, nprobe)
     rows = searcher.rows_of(ids.reshape(-1)).reshape(ids.shape)
     meta = {}
@@ -34,7 +36,8 @@ def answer(searcher: ShardSearcher, queries: np.ndarray, k: int, nprobe: int | N
         values = values.astype(float) if field == "weight" else values
         picked = values[np.maximum(rows, 0)] if len(values) else np.zeros(rows.shape, values.dtype)
         meta[field] = np.where(rows >= 0, picked, np.nan if field == "weight" else None)
-    return ShardAnswer(scores, ids, meta, version, shard)
+    vectors = searcher.vectors_of(ids.reshape(-1)).reshape(*ids.shape, -1) if with_vectors else None
+    return ShardAnswer(scores, ids, meta, version, shard, vectors)
 
 
 def merge_answers(answers: list[ShardAnswer], k: int) -> ShardAnswer:
@@ -46,5 +49,16 @@ def merge_answers(answers: list[ShardAnswer], k: int) -> ShardAnswer:
                                         order, axis=1) for field in META_FIELDS}
     merged_ids = np.take_along_axis(ids, order, axis=1)
     merged_scores = np.where(merged_ids < 0, -np.inf, np.take_along_axis(scores, order, axis=1))
+    vectors = (np.take_along_axis(np.concatenate([a.vectors for a in answers], axis=1), order[..., None], axis=1)
+               if all(a.vectors is not None for a in answers) else None)
     versions = {a.version for a in answers}
-    return ShardAnswer(merged_scores, merged_ids, merged, versions.pop() if len(versions) == 1 else "mixed")
+    return ShardAnswer(merged_scores, merged_ids, merged, versions.pop() if len(versions) == 1 else "mixed",
+                       vectors=vectors)
+
+
+def reordered(merged: ShardAnswer, order: np.ndarray) -> ShardAnswer:
+    """The same neighbours in a new per-query column order (what a re-ranker returns)."""
+    take = lambda values: np.take_along_axis(values, order, axis=1)  # noqa: E731
+    return ShardAnswer(take(merged.scores), take(merged.ids), {f: take(v) for f, v in merged.meta.items()},
+                       merged.version, merged.shard,
+                       None if merged.vectors is None else np.take_along_axis(merged.vectors, order[..., None], axis=1))

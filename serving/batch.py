@@ -25,6 +25,7 @@ from pipelines import storage
 from serving.aggregation import AGGREGATORS, Aggregator
 from serving.answers import answer, merge_answers
 from serving.decision import decide
+from serving.rerank import RERANKERS, make_reranker, rerank_answer
 
 MANIFEST = "_manifest.json"
 CHUNK = 1024
@@ -49,19 +50,23 @@ class PartClassifier:
     """Ray Data callable: loads the version once per worker, classifies parts, writes files."""
 
     def __init__(self, memory: str, version: str, out: str, k: int, aggregator: str,
-                 parameter: float | None) -> None:
+                 parameter: float | None, rerank: str = "") -> None:
         self.manifest = resolve_version(memory, version)
         self.index = ShardedIndex(memory, self.manifest)
         self.out, self.k = out, k
         self.aggregator = Aggregator(aggregator, parameter)
+        self.reranker = make_reranker(rerank) if rerank else None
 
     def classify(self, part: Part) -> dict:
         meta, vectors = read_part(part)
         tables = []
         for start in range(0, len(vectors), CHUNK):
             chunk = vectors[start:start + CHUNK]
-            merged = merge_answers([answer(s, chunk, self.k, version=self.manifest.version)
-                                    for s in self.index.shards], self.k)
+            with_vectors = self.reranker is not None and self.reranker.needs_vectors
+            merged = merge_answers([answer(s, chunk, self.k, version=self.manifest.version,
+                                           with_vectors=with_vectors) for s in self.index.shards], self.k)
+            if self.reranker is not None:
+                merged = rerank_answer(self.reranker, chunk, merged)
             decisions = decide(merged.ids, merged.scores, merged.meta, self.aggregator)
             tables.append(predictions_table(meta.slice(start, len(chunk)), merged, decisions))
         table = pa.concat_tables(tables)
@@ -81,7 +86,7 @@ class PartClassifier:
 
 def run_classify(memory: str, queries: str, out: str, k: int = 100, aggregator: str = "rank",
                  parameter: float | None = None, version: str | None = None,
-                 batches: list[str] | None = None, concurrency: int = 1) -> dict:
+                 batches: list[str] | None = None, concurrency: int = 1, rerank: str = "") -> dict:
     import ray
 
     manifest = resolve_version(memory, version)
@@ -91,12 +96,14 @@ def run_classify(memory: str, queries: str, out: str, k: int = 100, aggregator: 
     items = [{"batch": p.batch, "url": p.url, "rows": p.rows} for p in parts]
     results = (ray.data.from_items(items)
                .map_batches(PartClassifier, batch_size=1, concurrency=concurrency,
-                            fn_constructor_args=(memory, manifest.version, out, k, aggregator, parameter))
+                            fn_constructor_args=(memory, manifest.version, out, k, aggregator, parameter,
+                                                 rerank))
                .take_all())
     files = [{"path": r["path"], "rows": r["rows"]} for r in results]
     total, correct = sum(r["rows"] for r in results), sum(r["correct"] for r in results)
     summary = {"version": manifest.version, "encoder": manifest.encoder, "k": k,
                "aggregator": aggregator, "parameter": Aggregator(aggregator, parameter).value,
+               "rerank": rerank,
                "queries": total, "accuracy": round(correct / total, 6) if total else None,
                "files": sorted(files, key=lambda f: f["path"]),
                "created": datetime.now(timezone.utc).isoformat()}
@@ -146,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parameter", type=float, default=None, help=parameter_help)
     parser.add_argument("--version", default=None, help="Index version (default LATEST).")
     parser.add_argument("--concurrency", type=int, default=1, help="Ray Data workers.")
+    parser.add_argument("--rerank", default="", choices=["", *RERANKERS],
+                        help="Re-rank the neighbours before voting (serving/rerank.py).")
     parser.add_argument("--export-json", default="", help="Also write the paper's neighbour JSON here.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     summary = run_classify(args.memory, args.queries, args.out, args.k, args.aggregator, args.parameter,
-                           args.version, args.batch, args.concurrency)
+                           args.version, args.batch, args.concurrency, args.rerank)
     if args.export_json:
         export_neighbour_json(args.out, args.export_json, summary["encoder"])
     print(f"classified {summary['queries']} queries with version {summary['version']} "

@@ -65,10 +65,10 @@ class ShardDeployment:
                     log.info("shard %d now serves version %s", self.shard, loaded)
 
     async def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
-                     version: str = "") -> ShardAnswer:
+                     version: str = "", with_vectors: bool = False) -> ShardAnswer:
         await self._ensure(version)
         searcher, current = self.searcher, self.version  # a reload mid-query cannot mix versions
-        return await asyncio.to_thread(answer, searcher, queries, k, nprobe, current, self.shard)
+        return await asyncio.to_thread(answer, searcher, queries, k, nprobe, current, self.shard, with_vectors)
 
     async def reload(self, version: str = "") -> str:
         await self._ensure(version or resolve_version(self.memory).version)

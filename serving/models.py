@@ -13,6 +13,8 @@ class QueryRequest(BaseModel):
     unknown_below: float | None = Field(None, description="Answer 'unknown' below this vote share.")
     nprobe: int | None = Field(None, description="IVF lists to visit (default: the manifest's).")
     explain: bool = Field(True, description="Return every neighbour behind the decision.")
+    rerank: str | None = Field(None, description="Re-rank the neighbours before voting: 'prototype' "
+                               "(serving/rerank.py); '' for none (default: the server's).")
 
 
 class BatchRequest(BaseModel):

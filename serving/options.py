@@ -17,6 +17,7 @@ class ServingOptions:
     max_k: int = 1000
     default_aggregator: str = "rank"
     unknown_below: float = 0.0  # answer "unknown" when the winner's vote share is lower
+    default_rerank: str = ""  # "" = vote in retrieval order; "prototype" = serving/rerank.py
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_batch: int = 256  # queries per batch request
@@ -35,6 +36,10 @@ class ServingOptions:
         options = cls(**args)
         if options.default_aggregator not in AGGREGATORS:
             raise ValueError(f"default_aggregator must be one of {AGGREGATORS}")
+        if options.default_rerank:
+            from serving.rerank import make_reranker
+
+            make_reranker(options.default_rerank)  # an unknown name fails at deploy, not per query
         if not 1 <= options.default_k <= options.max_k:
             raise ValueError("default_k must be between 1 and max_k")
         return options

@@ -7,10 +7,10 @@ vectors) and returns a new column order; voting and evidence then follow that or
 scores stay cosine similarities, so the evidence still reports true distances.
 
 Implementations must be deterministic and need no network. One ships:
-``PrototypeReranker`` re-scores each of the top candidates by its own similarity plus the
-similarity of the query to the prototype (mean embedding) of the candidate's class among the
-top candidates, so a neighbour whose class as a whole matches the query moves up, and an
-isolated look-alike from another class moves down.
+``PrototypeReranker`` re-scores each of the top candidates as its own similarity plus
+``weight * cos(query, prototype(c))``, where prototype(c) is the mean embedding of the top
+candidates labelled like it. Candidates of a class whose members surround the query (their mean
+points at it) move up past a single closer look-alike whose class-mates point elsewhere.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from serving.answers import ShardAnswer, reordered
 
 
 @dataclass
@@ -67,6 +69,12 @@ class PrototypeReranker:
 
 
 RERANKERS = {"prototype": PrototypeReranker}
+
+
+def rerank_answer(reranker: Reranker, queries: np.ndarray, merged: ShardAnswer) -> ShardAnswer:
+    """Merged neighbours (with vectors when the re-ranker needs them) in the re-ranker's order."""
+    candidates = Candidates(merged.ids, merged.scores, merged.meta["label"], merged.vectors)
+    return reordered(merged, reranker.order(np.asarray(queries, dtype=np.float64), candidates))
 
 
 def make_reranker(name: str, top: int = 50, weight: float = 1.0) -> Reranker:

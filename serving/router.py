@@ -26,11 +26,12 @@ from indexer.store import resolve_version
 from pipelines.decode import DecodePolicy, ImageRejected, decode_image
 from pipelines.encoders import EncoderSpec, preprocessing_for
 from serving.aggregation import Aggregator
-from serving.answers import merge_answers
+from serving.answers import ShardAnswer, merge_answers
 from serving.decision import decide
 from serving.editing import add_items, forget_items
 from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
 from serving.options import ServingOptions
+from serving.rerank import Reranker, make_reranker, rerank_answer
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="visual memory", version="1",
@@ -151,18 +152,27 @@ class Router:
         except ValueError as error:
             raise ApiError(422, f"{prefix}aggregator", str(error)) from error
 
-    async def _shard(self, number: int, handle, vectors: np.ndarray, k: int, nprobe: int | None):
+    def _reranker(self, request: QueryRequest, prefix: str = "") -> Reranker | None:
+        name = self.options.default_rerank if request.rerank is None else request.rerank
+        try:
+            return make_reranker(name) if name else None
+        except ValueError as error:
+            raise ApiError(422, f"{prefix}rerank", str(error)) from error
+
+    async def _shard(self, number: int, handle, vectors: np.ndarray, k: int, nprobe: int | None,
+                     with_vectors: bool = False):
         for attempt in range(self.options.shard_retries + 1):
             try:
-                return await asyncio.wait_for(
-                    handle.search.remote(vectors, k, nprobe, self.version), self.options.shard_timeout_s)
+                return await asyncio.wait_for(handle.search.remote(vectors, k, nprobe, self.version, with_vectors),
+                                              self.options.shard_timeout_s)
             except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
                 self.shard_failures.labels(shard=str(number)).inc()
                 log.warning("shard %d attempt %d failed: %s", number, attempt + 1, error)
         return None
 
-    async def _search(self, vectors: np.ndarray, k: int, nprobe: int | None) -> tuple:
-        answers = await asyncio.gather(*[self._shard(n, h, vectors, k, nprobe)
+    async def _search(self, vectors: np.ndarray, k: int, nprobe: int | None,
+                      with_vectors: bool = False) -> tuple:
+        answers = await asyncio.gather(*[self._shard(n, h, vectors, k, nprobe, with_vectors)
                                          for n, h in enumerate(self.shards)])
         answered = [n for n, a in enumerate(answers) if a is not None]
         if not answered:
@@ -178,19 +188,29 @@ class Router:
                 "shards_total": len(self.shards), "partial": len(answered) < len(self.shards)}
 
     async def _answer(self, requests: list[QueryRequest], vote: bool, prefix: str = "") -> list[dict]:
-        ks = [self._k(r, f"{prefix}{i}." if prefix else "") for i, r in enumerate(requests)]
-        aggregators = [self._aggregator(r, f"{prefix}{i}." if prefix else "") for i, r in enumerate(requests)]
+        fields = [f"{prefix}{i}." if prefix else "" for i in range(len(requests))]
+        ks = [self._k(r, f) for r, f in zip(requests, fields)]
+        aggregators = [self._aggregator(r, f) for r, f in zip(requests, fields)]
+        rerankers = [self._reranker(r, f) for r, f in zip(requests, fields)]
         vectors = await self._embed(requests, prefix)
         nprobe = requests[0].nprobe
-        merged, answered = await self._search(vectors, max(ks), nprobe)
+        with_vectors = any(r is not None and r.needs_vectors for r in rerankers)
+        merged, answered = await self._search(vectors, max(ks), nprobe, with_vectors)
         results = []
-        for i, (request, k, aggregator) in enumerate(zip(requests, ks, aggregators)):
-            ids, scores = merged.ids[i:i + 1, :k], merged.scores[i:i + 1, :k]
-            meta = {f: v[i:i + 1, :k] for f, v in merged.meta.items()}
+        for i, (request, k, aggregator, reranker) in enumerate(zip(requests, ks, aggregators, rerankers)):
+            row = ShardAnswer(merged.scores[i:i + 1], merged.ids[i:i + 1],
+                              {f: v[i:i + 1] for f, v in merged.meta.items()}, merged.version,
+                              vectors=None if merged.vectors is None else merged.vectors[i:i + 1])
+            if reranker is not None:
+                row = rerank_answer(reranker, vectors[i:i + 1], row)
+            ids, scores = row.ids[:, :k], row.scores[:, :k]
+            meta = {f: v[:, :k] for f, v in row.meta.items()}
             unknown_below = (self.options.unknown_below if request.unknown_below is None
                              else request.unknown_below)
             decision = decide(ids, scores, meta, aggregator, unknown_below)[0]
             body = self._envelope(merged, answered, k)
+            if reranker is not None:
+                body["reranked_by"] = reranker.name
             if vote:
                 body.update(decision.to_dict(with_evidence=request.explain), aggregator=aggregator.method,
                             parameter=aggregator.value)

@@ -68,3 +68,25 @@ def test_neighbour_json_export_has_the_paper_schema(classified, tmp_path):
                           "neighbor_classes", "neighbor_distances"}
     assert len(entry["neighbor_image_ids"]) == len(entry["neighbor_classes"]) == 100
     assert entry["neighbor_distances"] == sorted(entry["neighbor_distances"])
+
+
+def test_batch_rerank_and_eval_over_predictions(classified, embedded_memory, tmp_path):
+    from experiments.cli import main as eval_main
+    from serving.rerank import make_reranker, rerank_answer
+
+    root, manifest, _, _ = classified
+    out = str(tmp_path / "reranked")
+    summary = run_classify(root, str(embedded_memory / "queries"), out, k=50, rerank="prototype")
+    assert summary["rerank"] == "prototype"
+    table = read_predictions(out).sort_by("key")
+    ids, vectors, _ = load_embeddings(str(embedded_memory / "queries"))
+    index = ShardedIndex(root, manifest)
+    merged = merge_answers([answer(s, vectors, 50, with_vectors=True) for s in index.shards], 50)
+    expected = rerank_answer(make_reranker("prototype"), vectors, merged)
+    by_query = {r["query_id"]: r["neighbour_ids"] for r in table.to_pylist()}
+    assert all(by_query[int(q)] == expected.ids[i].tolist() for i, q in enumerate(ids))
+    # `vmem eval aggregation --predictions` scores a classify run and writes the report.
+    report = tmp_path / "report"
+    assert eval_main(["aggregation", "--predictions", out, "--k", "50", "--out", str(report)]) == 0
+    result = json.loads((report / "aggregation.json").read_text())
+    assert result["data"]["queries"] == 200 and (report / "index.html").exists()

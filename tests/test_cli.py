@@ -24,7 +24,9 @@ def test_top_level_help_lists_commands():
     ("index", ["build", "add", "delete", "prune", "log", "rollback", "verify"]),
     ("serve", ["--memory", "--port", "--config"]),
     ("classify", ["--queries", "--out", "--aggregator"]),
-    ("eval", ["--predictions", "--max-k"]),
+    ("eval", ["aggregation", "new-classes", "memory-size", "unlearning", "pruning", "label-noise",
+              "interpretability", "reranking", "all", "report"]),
+    ("demo", ["--train-per-class", "--new-class", "--forget", "--no-experiments"]),
     ("update", ["--input", "--memory", "--batch", "--reload-url"]),
 ])
 def test_command_help_explains_options(command, expected):

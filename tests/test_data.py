@@ -27,6 +27,17 @@ def test_writes_labelled_shards_from_debian_files(tmp_path):
     assert labels == set(fashion_mnist.CLASSES)
 
 
+def test_class_selection(tmp_path):
+    assert main(["fashion-mnist", "--out", str(tmp_path), "--split", "test", "--per-class", "2",
+                 "--classes", "Bag,Trouser,Coat", "--exclude-classes", "Coat"]) == 0
+    shard = next(tmp_path.glob("fashion-mnist-test-*.tar"))
+    labels = sorted(tarfile.open(shard).extractfile(n).read().decode()
+                    for n in tarfile.open(shard).getnames() if n.endswith(".cls"))
+    assert labels == ["Bag", "Bag", "Trouser", "Trouser"]
+    with pytest.raises(ValueError, match="unknown Fashion-MNIST classes"):
+        main(["fashion-mnist", "--out", str(tmp_path), "--classes", "Spaceship"])
+
+
 def test_idx_reader_matches_known_shapes():
     images, labels = fashion_mnist.load_split("test")
     assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)

@@ -85,6 +85,21 @@ def test_forget_report_is_written_with_the_version(memory_copy):
         run_delete(memory_copy, ForgetRequest(labels=["Coat"]), LOCAL)
 
 
+def test_unlearned_items_stay_out_of_rebuilds_and_adds(memory_copy):
+    from indexer.forgotten import forgotten_ids
+
+    run_build(BuildConfig(memory_copy), LOCAL)
+    manifest, report = run_delete(memory_copy, ForgetRequest(labels=["Coat"]), LOCAL)
+    assert np.array_equal(forgotten_ids(memory_copy), np.sort(report["ids"]))
+    # The embedding batches still hold the rows; a rebuild from them must not bring them back.
+    rebuilt = run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
+    assert rebuilt.count == 600 - 60
+    assert not np.isin(ShardedIndex.ids_of(memory_copy, rebuilt), report["ids"]).any()
+    # Pruning is not unlearning: hard-pruned items are not written to the ledger.
+    run_hard_prune(memory_copy, LOCAL, 100, 32)
+    assert len(forgotten_ids(memory_copy)) == 60
+
+
 def test_leave_one_out_drops_self_or_last():
     found = np.array([[5, 1, 2, 3], [1, 2, 3, 4]])
     kept = leave_one_out_neighbours(np.array([1, 9]), found, 3)

@@ -103,6 +103,22 @@ def test_fan_out_equals_one_index_and_the_in_process_decision(server, embedded_m
         assert result["scores"] == pytest.approx(reference.scores, rel=1e-4)
 
 
+def test_rerank_reorders_the_same_neighbours_as_the_in_process_reranker(server, embedded_memory):
+    from serving.rerank import make_reranker, rerank_answer
+
+    url, root = server
+    queries = load_embeddings(str(embedded_memory / "queries"))[1][:4]
+    batch = {"queries": [{"embedding": q.tolist(), "k": 30, "rerank": "prototype"} for q in queries]}
+    results = requests.post(f"{url}/v1/classify/batch", json=batch).json()["results"]
+    index = ShardedIndex(root, resolve_version(root))
+    merged = merge_answers([answer(s, queries, 30, with_vectors=True) for s in index.shards], 30)
+    expected = rerank_answer(make_reranker("prototype"), queries, merged)
+    for i, result in enumerate(results):
+        assert result["reranked_by"] == "prototype"
+        assert [n["id"] for n in result["neighbours"]] == expected.ids[i].tolist()
+        assert sorted(expected.ids[i]) == sorted(merged.ids[i])  # re-ordered, not re-retrieved
+
+
 def test_neighbors_endpoint_has_no_votes(server):
     url, root = server
     vector = load_embeddings(root)[1][0]
@@ -133,6 +149,7 @@ def test_unknown_below_the_evidence_threshold(server, embedded_memory):
     ({"embedding": [0.1] * 1280, "aggregator": "median"}, 422, "aggregator"),
     ({"embedding": [0.1] * 1280, "aggregator": "rank", "parameter": 0}, 422, "aggregator"),
     ({"embedding": "abc"}, 422, "embedding"),
+    ({"embedding": [0.1] * 1280, "rerank": "gemini"}, 422, "rerank"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
     url, _ = server

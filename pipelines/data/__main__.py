@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.data.fashion_mnist import DEBIAN_DIR, OFFICIAL_URL, write_fashion_mnist
+from pipelines.data.fashion_mnist import CLASSES, DEBIAN_DIR, OFFICIAL_URL, write_fashion_mnist
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmnist.add_argument("--split", choices=("train", "test", "both"), default="both")
     fmnist.add_argument("--per-class", type=int, default=None,
                         help="Keep the first N images of each class (default: all).")
+    fmnist.add_argument("--classes", default="",
+                        help="Comma list of class names to keep (default all), e.g. 'Bag,Trouser'.")
+    fmnist.add_argument("--exclude-classes", default="", help="Comma list of class names to leave out.")
     fmnist.add_argument("--shard-size", type=int, default=10_000, help="Images per tar shard.")
     fmnist.add_argument("--source-dir", type=Path, default=DEBIAN_DIR,
                         help="Folder holding the four .gz files (default: Debian's).")
@@ -29,8 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     splits = ("train", "test") if args.split == "both" else (args.split,)
+    names = [c.strip() for c in args.classes.split(",") if c.strip()] or list(CLASSES)
+    excluded = [c.strip() for c in args.exclude_classes.split(",") if c.strip()]
+    unknown = sorted(set(excluded) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"unknown Fashion-MNIST classes {unknown}; the classes are {list(CLASSES)}")
     written = write_fashion_mnist(args.out, splits, args.per_class, args.shard_size,
-                                  args.base_url, args.source_dir)
+                                  args.base_url, args.source_dir,
+                                  [c for c in names if c not in excluded])
     for split, urls in written.items():
         print(f"fashion-mnist {split}: {len(urls)} shards -> {urls[0] if urls else '-'} ...")
     return 0

@@ -72,11 +72,14 @@ def load_split(split: str, base_url: str = OFFICIAL_URL,
     return images, labels
 
 
-def select(labels: np.ndarray, per_class: int | None) -> np.ndarray:
-    """Indices of the first ``per_class`` images of each class, in file order (deterministic)."""
-    if per_class is None:
-        return np.arange(len(labels))
-    keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(CLASSES))])
+def select(labels: np.ndarray, per_class: int | None, classes: list[str] | None = None) -> np.ndarray:
+    """Indices of the first ``per_class`` images of each wanted class (default all), in file
+    order (deterministic)."""
+    unknown = sorted(set(classes or []) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"unknown Fashion-MNIST classes {unknown}; the classes are {list(CLASSES)}")
+    wanted = [CLASSES.index(c) for c in classes] if classes else range(len(CLASSES))
+    keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in wanted])
     return np.sort(keep)
 
 
@@ -95,12 +98,13 @@ def samples(split: str, indices: np.ndarray, images: np.ndarray,
 
 def write_fashion_mnist(out: str, splits: tuple[str, ...] = ("train", "test"),
                         per_class: int | None = None, shard_size: int = 10_000,
-                        base_url: str = OFFICIAL_URL, source_dir: Path = DEBIAN_DIR) -> dict:
+                        base_url: str = OFFICIAL_URL, source_dir: Path = DEBIAN_DIR,
+                        classes: list[str] | None = None) -> dict:
     """Write ``out/fashion-mnist-<split>-NNNNNN.tar``; returns {split: [shard URLs]}."""
     written = {}
     for split in splits:
         images, labels = load_split(split, base_url, source_dir)
-        indices = select(labels, per_class)
+        indices = select(labels, per_class, classes)
         written[split] = write_shards(samples(split, indices, images, labels), out,
                                       f"fashion-mnist-{split}", shard_size)
     return written
