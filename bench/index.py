@@ -181,8 +181,6 @@ def main() -> int:
         emit_phase(phase_single(args.root, args.factory, args.nprobe, args.queries, args.truth))
         return 0
 
-    import numpy as np
-
     from bench.synthetic import mixture, write_batch
 
     report = {"benchmark": "index", "machine": machine()}
@@ -201,8 +199,6 @@ def main() -> int:
 
 def real_section(work: str, args) -> dict:
     """Fashion-MNIST train images embedded by the offline encoder (Beam), test images as queries."""
-    import numpy as np
-
     from pipelines.data.fashion_mnist import write_fashion_mnist
     from pipelines.ingest import IngestConfig, run_ingest
     from pipelines.manifest import read_embeddings

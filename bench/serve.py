@@ -86,8 +86,8 @@ def through_serve(root: str, queries: np.ndarray, batch: int, concurrency: int, 
         statuses = list(pool.map(one, payloads))
     concurrent_qps = len(payloads) / (time.perf_counter() - started)
     started = time.perf_counter()
-    for start in range(0, len(payloads), batch):
-        session.post(f"{url}/v1/neighbors/batch", json={"queries": payloads[start:start + batch]})
+    for offset in range(0, len(payloads), batch):
+        session.post(f"{url}/v1/neighbors/batch", json={"queries": payloads[offset:offset + batch]})
     batched_qps = len(payloads) / (time.perf_counter() - started)
     return {"single_qps": round(len(payloads) / sum(latencies), 1), **percentiles(latencies),
             f"concurrent{concurrency}_qps": round(concurrent_qps, 1), "batched_qps": round(batched_qps, 1),

@@ -29,9 +29,9 @@ def result_from_curves(curves: dict, queries: int, setup: str, out: str, seconds
     rows = [[method, row["parameter"], *(pct(row["accuracy_at_k"][k - 1]) for k in marks),
              f"{pct(row['best_accuracy'])} (k={row['best_k']})", pct(decay(row))]
             for method, row in curves.items()]
-    series = {method: (list(range(1, depth + 1)), row["accuracy_at_k"]) for method, row in curves.items()}
-    plot = plots.line_plot(storage.join(out, f"{NAME}.png"), series, "k (neighbours voting)",
-                           "top-1 accuracy", "Accuracy vs k per aggregator")
+    plot = plots.accuracy_vs_k(storage.join(out, f"{NAME}.png"),
+                               {method: row["accuracy_at_k"] for method, row in curves.items()},
+                               "Accuracy vs k per aggregator")
     rank, plurality = curves["rank"], curves["plurality"]
     checks = [Check("rank decays less than plurality", decay(rank) <= decay(plurality),
                     f"best - accuracy at k={depth}: rank {pct(decay(rank))} points, "

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2.")
         target.add_argument("--per-class", type=_ints, default=[1, 10, 100, 0],
                             help="Images per class, 'all' for every image (default 1,10,100,all).")
+        target.add_argument("--encoder-weights", action="append", default=[], metavar="ENCODER=URL",
+                            help="Weights for an encoder of --encoders (repeatable), e.g. "
+                                 "timm:vit_small_patch14_dinov2.lvd142m=/models/dinov2-s.safetensors.")
     for target in (specific["unlearning"], everything):
         target.add_argument("--forget-fraction", type=float, default=0.05)
         target.add_argument("--single-deletions", type=int, default=5, help="Timed one-image deletions.")
@@ -121,7 +124,9 @@ def run_experiment(name: str, context: Context, args: argparse.Namespace) -> Res
     if name == "new-classes":
         return new_classes.run(context, args.hold_out, args.hold_out_count)
     if name == "memory-size":
-        return memory_size.run(context, args.encoders or [context.memory.encoder], args.per_class)
+        weights = dict(item.rsplit("=", 1) for item in args.encoder_weights)
+        return memory_size.run(context, args.encoders or [context.memory.encoder], args.per_class,
+                               weights=weights)
     if name == "unlearning":
         return unlearning.run(context, args.forget_fraction, args.single_deletions)
     if name == "pruning":

@@ -23,12 +23,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from experiments import plots
 from experiments.api_client import MemoryClient
 from experiments.report import summary_lines, write_report
 from experiments.results import Check, Result, pct
 from pipelines import storage
 from pipelines.records import ImageRecord
-from pipelines.sources.base import ReadTask
 from pipelines.sources.fetch import read_sources
 from pipelines.sources.webdataset import WebDatasetSource
 
@@ -138,6 +138,13 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
 
 
 def demo_result(config: DemoConfig, stages: dict, timings: dict) -> Result:
+    shown = [stage for stage in stages if stage != "forget"]
+    plot = plots.bar_plot(storage.join(config.report, "demo.png"), shown,
+                          {"all queries": [stages[s]["all"] for s in shown],
+                           "old classes": [stages[s]["old"] for s in shown],
+                           config.new_class: [stages[s]["new"] for s in shown]},
+                          "accuracy (HTTP answers, rank voting, k = 100)", "The served memory, edited live",
+                          ylim=(0.0, 1.0))
     rows = [[stage, s["size"], s["version"], pct(s["all"]), pct(s["old"]), pct(s["new"]), s["seconds"]]
             for stage, s in stages.items() if stage != "forget"]
     served, added, forgotten = (stages[k] for k in list(stages)[:3])
@@ -160,7 +167,7 @@ def demo_result(config: DemoConfig, stages: dict, timings: dict) -> Result:
     return Result("demo", "Demo: serve, add a class, forget", "Knowledge is added by adding images and removed "
                   "by deleting them, with no training; each answer comes with its evidence.", setup,
                   ["stage", "memory size", "version", "accuracy", "old classes", config.new_class, "seconds"],
-                  rows, checks, data={"stages": stages, "timings": timings}, seconds=timings["total"])
+                  rows, checks, plot, data={"stages": stages, "timings": timings}, seconds=timings["total"])
 
 
 def run_demo(config: DemoConfig) -> list[Result]:

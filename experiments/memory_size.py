@@ -26,8 +26,9 @@ CLAIM = ("Error falls monotonically with the number of images in memory, for eve
 log = logging.getLogger("vmem.eval")
 
 
-def embedded_with(context: Context, encoder: str) -> tuple[EmbeddedSet, EmbeddedSet]:
-    """Memory and query sets embedded by ``encoder``: the context's own, or a Beam ingest of the
+def embedded_with(context: Context, encoder: str, weights: str = "") -> tuple[EmbeddedSet, EmbeddedSet]:
+    """Memory and query sets embedded by ``encoder`` (``weights``: a local or fsspec checkpoint,
+    for open_clip / timm models with no hub in reach): the context's own, or a Beam ingest of the
     same input shards into the work folder (kept, so a re-run reuses it)."""
     if encoder == context.memory.encoder:
         return context.memory, context.queries
@@ -41,16 +42,17 @@ def embedded_with(context: Context, encoder: str) -> tuple[EmbeddedSet, Embedded
         if role not in list_batches(root):
             log.info("embedding the %s images with %s (Beam)", role, encoder)
             run_ingest(IngestConfig(inputs=list(source.inputs), memory=root, batch=role,
-                                    encoder=encoder, device=context.device))
+                                    encoder=encoder, weights=weights, device=context.device))
         embedded = EmbeddedSet.load(root, [role])
         sets.append(embedded.subset(np.isin(embedded.ids, source.ids)))  # the same images
     return sets[0], sets[1]
 
 
-def run(context: Context, encoders: list[str], per_class: list[int], tolerance: float = 0.01) -> Result:
+def run(context: Context, encoders: list[str], per_class: list[int], tolerance: float = 0.01,
+        weights: dict[str, str] | None = None) -> Result:
     started = time.monotonic()
     table, curves, series, checks = [], {}, {}, []
-    embedded = {encoder: embedded_with(context, encoder) for encoder in encoders}
+    embedded = {encoder: embedded_with(context, encoder, (weights or {}).get(encoder, "")) for encoder in encoders}
     # Every encoder sees the same images: those all of them could embed (items added through the
     # API have no input shards to re-embed), and the queries of classes that memory holds.
     common = np.asarray(sorted(set.intersection(*(set(m.ids.tolist()) for m, _ in embedded.values()))))

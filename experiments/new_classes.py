@@ -73,11 +73,11 @@ def run(context: Context, hold_out: list[str] | None = None, count: int = 2,
                     after["new"]["rank"]["accuracy_at_max_k"] >= 0.5,
                     f"rank at k={context.k}: {pct(after['new']['rank']['accuracy_at_max_k'])}% "
                     f"(chance {pct(1 / len(context.memory.classes))}%)")]
-    series = {f"{part} classes, {when}": (list(range(1, len(c['rank']['accuracy_at_k']) + 1)),
-                                          c["rank"]["accuracy_at_k"])
-              for when, scores in (("before", before), ("after", after)) for part, c in scores.items()}
-    plot = plots.line_plot(storage.join(context.out, f"{NAME}.png"), series, "k", "top-1 accuracy (rank voting)",
-                           f"Adding {', '.join(held)} to memory")
+    plot = plots.accuracy_vs_k(storage.join(context.out, f"{NAME}.png"),
+                               {f"{part} classes, {when}": c["rank"]["accuracy_at_k"]
+                                for when, scores in (("before", before), ("after", after))
+                                for part, c in scores.items()},
+                               f"Adding {', '.join(held)} to memory", "top-1 accuracy (rank voting)")
     setup = (f"held out {held}: {int(is_new.sum())} of {len(context.memory)} memory images; "
              f"{int(old_queries.sum())} old-class and {int(new_queries.sum())} new-class queries; "
              f"added as version {manifest.version} in {add_seconds:.2f} s (no retraining)")

@@ -14,12 +14,10 @@ Series = dict[str, tuple[list[float], list[float]]]
 
 
 def line_plot(url: str, series: Series, xlabel: str, ylabel: str, title: str,
-              logx: bool = False, diagonal: bool = False, markers: bool = False) -> str:
+              logx: bool = False, markers: bool = False) -> str:
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for name, (x, y) in series.items():
         axes.plot(x, y, label=name, marker="o" if markers else None, linewidth=1.6)
-    if diagonal:
-        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     if logx:
         axes.set_xscale("log")
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -27,6 +25,13 @@ def line_plot(url: str, series: Series, xlabel: str, ylabel: str, title: str,
     axes.legend(fontsize=8)
     figure.tight_layout()
     return save(figure, url)
+
+
+def accuracy_vs_k(url: str, curves: dict[str, list[float]], title: str,
+                  ylabel: str = "top-1 accuracy") -> str:
+    """Accuracy at k = 1..K, one line per named curve."""
+    return line_plot(url, {name: (list(range(1, len(values) + 1)), values) for name, values in curves.items()},
+                     "k (neighbours voting)", ylabel, title)
 
 
 def bar_plot(url: str, groups: list[str], bars: dict[str, list[float]], ylabel: str, title: str,

@@ -56,10 +56,9 @@ def run(context: Context, name: str = "prototype", top: int = 50, weight: float 
               Check("re-ranking only reorders the retrieved candidates",
                     bool(np.array_equal(np.sort(after.ids, axis=1), np.sort(neighbours.ids, axis=1))),
                     "the same ids per query, in a new order")]
-    series = {f"{variant}: {m}": (list(range(1, depth + 1)), c[m]["accuracy_at_k"])
-              for variant, c in curves.items() for m in ("plurality", "rank")}
-    plot = plots.line_plot(storage.join(context.out, f"{NAME}.png"), series, "k", "top-1 accuracy",
-                           f"Re-ranking the top-{top} ({name})")
+    plot = plots.accuracy_vs_k(storage.join(context.out, f"{NAME}.png"),
+                               {f"{variant}: {m}": c[m]["accuracy_at_k"] for variant, c in curves.items()
+                                for m in ("plurality", "rank")}, f"Re-ranking the top-{top} ({name})")
     setup = (f"{name} re-ranker over the top-{top} of {depth} neighbours (weight {weight}); "
              f"{rerank_ms:.2f} ms per query on this machine incl. fetching vectors; "
              f"{int(scored.sum())} queries")

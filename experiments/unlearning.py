@@ -73,9 +73,9 @@ def run(context: Context, fraction: float = 0.05, single: int = 5) -> Result:
               Check("deleted items never come back", resurfaced == 0,
                     f"{len(forget)} deleted ids: {resurfaced} appearances in the answers after the delete "
                     "(test queries and the deleted images themselves as queries)")]
-    series = {name: (list(range(1, depth + 1)), c["rank"]["accuracy_at_k"]) for name, c in curves.items()}
-    plot = plots.line_plot(storage.join(context.out, f"{NAME}.png"), series, "k",
-                           "top-1 accuracy (rank voting)", "Before / after deleting / rebuilt without")
+    plot = plots.accuracy_vs_k(storage.join(context.out, f"{NAME}.png"),
+                               {name: c["rank"]["accuracy_at_k"] for name, c in curves.items()},
+                               "Before / after deleting / rebuilt without", "top-1 accuracy (rank voting)")
     setup = (f"deleted {len(forget)} of {len(memory)} memory images (seeded, {100 * fraction:.0f}%) in one "
              f"request: {report['seconds']:.3f} s, {1000 * report['seconds_per_item']:.1f} ms per item; "
              f"{single} single-image deletions: median {np.median(timings):.0f} ms each (each writes and "

@@ -29,5 +29,6 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     names = {p.stem for p in report.glob("*.json")}
     assert names == {"demo", "aggregation", "new-classes", "memory-size", "unlearning", "pruning",
                      "label-noise", "interpretability", "reranking"}
+    assert (report / "demo.png").read_bytes().startswith(b"\x89PNG")
     page = (report / "index.html").read_text()
     assert all(f'id="{name}"' in page for name in names)

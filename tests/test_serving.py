@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import io
 import shutil
 import socket
 import time
 
-import numpy as np
 import pytest
 import requests
 
