@@ -46,10 +46,12 @@ class MemoryClient:
 
     def add(self, records: list[ImageRecord]) -> list[dict]:
         """Remember labelled images (each request publishes one new version)."""
-        return [self._call("POST", "/v1/memory/items", {"items": [
-            {"key": r.key, "label": r.label, "source": r.source,
-             "image_base64": base64.b64encode(r.data).decode()} for r in records[start:start + self.batch]]},
-            mutate=True) for start in range(0, len(records), self.batch)]
+        answers = []
+        for start in range(0, len(records), self.batch):
+            items = [{"key": r.key, "label": r.label, "source": r.source,
+                      "image_base64": base64.b64encode(r.data).decode()} for r in records[start:start + self.batch]]
+            answers.append(self._call("POST", "/v1/memory/items", {"items": items}, mutate=True))
+        return answers
 
     def forget(self, keys: list[str]) -> dict:
         return self._call("DELETE", "/v1/memory/items", {"keys": keys}, mutate=True)

@@ -72,7 +72,7 @@ def gallery(context: Context, queries: EmbeddedSet, neighbours: Neighbours, pred
     correct = np.asarray([p == t for p, t in zip(predicted, queries.labels)])
     picks = [rng.permutation(np.flatnonzero(correct == flag))[:count // 2] for flag in (True, False)]
     memory = context.memory
-    rows = {int(r): None for r in np.concatenate(picks)}
+    rows = [int(r) for r in np.concatenate(picks)]
     wanted = [queries.sources[r] for r in rows]
     for r in rows:
         wanted += [memory.sources[np.searchsorted(memory.ids, i)] for i in neighbours.ids[r, :shown] if i >= 0]

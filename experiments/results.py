@@ -62,13 +62,13 @@ class Context:
     k: int = 100
     seed: int = 0
     device: str = "auto"
-    _full: tuple[str, object] | None = None
+    full_root: str = field(default="", init=False, repr=False)
 
     def full_memory(self) -> str:
         """The whole memory set as one index (built once per context, shared by experiments)."""
-        if self._full is None:
-            self._full = self.memories.build("full", self.memory)
-        return self._full[0]
+        if not self.full_root:
+            self.full_root = self.memories.build("full", self.memory)[0]
+        return self.full_root
 
     def depth(self, memory_size: int) -> int:
         return max(1, min(self.k, memory_size))
