@@ -116,3 +116,18 @@ def test_checkpoints_holding_arbitrary_objects_are_refused(tmp_path):
     torch.save({"w": torch.zeros(1), "payload": NotATensor()}, tmp_path / "evil.pth")
     with pytest.raises(pickle.UnpicklingError):
         load_state_dict(str(tmp_path / "evil.pth"))
+
+
+@pytest.mark.parametrize("model", ["mobilenetv3_small_100", "resnet18", "vit_small_patch14_dinov2"])
+def test_timm_declared_width_equals_the_pooled_output(model):
+    """The schema's embedding width (known before weights load) must be what forward returns:
+    MobileNetV3's pre-logits layer makes it 1024, not its 576 `num_features`."""
+    import timm
+    import torch
+
+    spec = EncoderSpec.parse(f"timm:{model}", device="cpu")
+    extra = {"img_size": 224} if "dinov2" in model else {}
+    network = timm.create_model(model, pretrained=False, num_classes=0, **extra).eval()
+    with torch.no_grad():
+        width = network(torch.zeros(1, 3, 224, 224)).shape[-1]
+    assert embedding_dim(spec) == width

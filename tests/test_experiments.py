@@ -206,3 +206,20 @@ def test_report_opens_in_a_real_browser_with_every_image(context):
     broken = index.with_name("broken.html")
     broken.write_text(probe.read_text().replace("</body>", '<img src="missing.png"></body>'))
     assert browse(broken)["broken"] == ["missing.png"]
+
+
+def test_memory_size_with_a_timm_encoder_from_local_weights(context, tmp_path):
+    """Any open_clip / timm encoder joins the comparison when given weights (no hub here): a
+    timm MobileNetV3 saved as safetensors, re-embedding the same images through the Beam job."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=0)
+    weights = tmp_path / "mobilenetv3.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    encoder = "timm:mobilenetv3_small_100"
+    result = memory_size.run(context, [encoder], [10, 0], weights={encoder: str(weights)})
+    rows = {(row[0], row[1]): row for row in result.rows}
+    assert rows[(encoder, 10)][2] == 100 and rows[(encoder, "all")][2] == 600
+    assert rows[(encoder, "all")][3] == 1024  # the model's pooled feature width, recorded by ingest
+    assert (Path(context.memories.work) / "encoders" / encoder / "memory").is_dir()

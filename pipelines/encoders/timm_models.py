@@ -38,11 +38,18 @@ def build(spec: EncoderSpec) -> tuple[torch.nn.Module, int]:
     else:
         model = timm.create_model(name, pretrained=bool(spec.pretrained) or "." in spec.model,
                                   num_classes=0, **extra)
-    return model, int(model.num_features)
+    return model, pooled_width(model)
+
+
+def pooled_width(model: torch.nn.Module) -> int:
+    """Width of the pooled output with the classifier removed: ``head_hidden_size`` where a
+    model has a pre-logits layer after pooling (MobileNetV3: 576 features -> 1024), else
+    ``num_features``."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def embedding_dim(spec: EncoderSpec) -> int:
     """Built on the meta device: the architecture's feature size without allocating weights."""
     with torch.device("meta"):
         model = timm.create_model(spec.model.split(".")[0], pretrained=False, num_classes=0)
-    return int(model.num_features)
+    return pooled_width(model)
