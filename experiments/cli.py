@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmem eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="experiment")
-    specific = {name: sub.add_parser(name, parents=[common], help=text, description=text)
+    specific = {name: sub.add_parser(name, parents=[common], help=text, description=text.replace("%%", "%"))
                 for name, text in EXPERIMENTS.items()}
     everything = sub.add_parser("all", parents=[common], help="every experiment, then the report")
     sub.add_parser("report", help="re-render OUT/index.html from the results in OUT").add_argument(
