@@ -44,6 +44,19 @@ def test_rayservice_serves_the_tested_application():
     ServingOptions.from_args(app["args"])  # every option is one the application knows
 
 
+@pytest.mark.parametrize("args, message", [
+    ({"typo_k": 3}, "unknown serving option"),
+    ({"default_aggregator": "median"}, "default_aggregator"),
+    ({"default_rerank": "gemini"}, "rerank must be one of"),
+    ({"default_k": 0}, "default_k"),
+])
+def test_bad_serving_options_fail_at_deploy(args, message):
+    from serving.options import ServingOptions
+
+    with pytest.raises(ValueError, match=message):
+        ServingOptions.from_args({"memory": "/m", **args})
+
+
 K8S_VERSION = "1.33.0"
 
 
