@@ -223,3 +223,9 @@ def test_memory_size_with_a_timm_encoder_from_local_weights(context, tmp_path):
     assert rows[(encoder, 10)][2] == 100 and rows[(encoder, "all")][2] == 600
     assert rows[(encoder, "all")][3] == 1024  # the model's pooled feature width, recorded by ingest
     assert (Path(context.memories.work) / "encoders" / encoder / "memory").is_dir()
+
+
+def test_derived_memories_built_on_ray_give_the_same_numbers(context, ray_executor, tmp_path):
+    on_ray = Context(context.memory, context.queries, str(tmp_path), Memories(str(tmp_path / "work"), ray_executor,
+                                                                              num_shards=2))
+    assert aggregation.run(on_ray).data["curves"] == aggregation.run(context).data["curves"]

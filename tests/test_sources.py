@@ -122,3 +122,24 @@ def test_format_detection():
     assert detect_format("gs://b/{000..009}.tar") == "webdataset"
     assert detect_format("s3://b/x/*.parquet") == "parquet"
     assert detect_format("/data/imagenet/train") == "folder"
+
+
+def test_sources_read_back_from_every_container_kind(memfs):
+    """Evidence images come back from the `source` each reader recorded: a tar member, a
+    Parquet row, a plain file; a vanished source is absent, not an error."""
+    from pipelines.sources.fetch import read_sources
+
+    images = [encode(photo(n).resize((8, 8)), "PNG") for n in ("coffee.png", "chelsea.png")]
+    write("memory://t/s.tar", shard_bytes([("a", {"png": images[0], "cls": b"cup"}),
+                                           ("b", {"png": images[1], "cls": b"cat"})]))
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"image": pa.array(images, type=pa.binary())}), buffer)
+    write("memory://t/p.parquet", buffer.getvalue())
+    write("memory://t/tree/cup/x.png", images[0])
+    recorded = [r.source for pattern, kind in [("memory://t/s.tar", "webdataset"),
+                                               ("memory://t/p.parquet", "parquet"),
+                                               ("memory://t/tree", "folder")]
+                for r in records(make_source(kind), pattern)]
+    found = read_sources(recorded + ["memory://t/gone.tar#z.png", "memory://t/gone.png"])
+    assert [found[s] for s in recorded] == [images[0], images[1], images[0], images[1], images[0]]
+    assert "memory://t/gone.tar#z.png" not in found and "memory://t/gone.png" not in found
