@@ -70,9 +70,12 @@ def _section(result: Result) -> str:
 def write_report(out: str) -> str:
     """Render every result under ``out`` into ``out/index.html`` (atomically) and return its URL."""
     results = results_in(out)
-    summary = _table(["experiment", "checks passed", "seconds"],
-                     [[r.title, f"{sum(c.passed for c in r.checks)}/{len(r.checks)}", f"{r.seconds:.1f}"]
-                      for r in results])
+    summary_rows = "".join(
+        f'<tr><td><a href="#{_e(r.experiment)}">{_e(r.title)}</a></td>'
+        f'<td class="{"pass" if r.passed else "fail"}">{sum(c.passed for c in r.checks)}/{len(r.checks)}</td>'
+        f"<td>{r.seconds:.1f}</td></tr>" for r in results)
+    summary = ("<table><thead><tr><th>experiment</th><th>checks passed</th><th>seconds</th></tr></thead>"
+               f"<tbody>{summary_rows}</tbody></table>")
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Visual memory report</title>"
             f"<style>{STYLE}</style></head><body><h1>Visual memory: the paper's claims, measured</h1>"
             f"<p>Geirhos et al., Towards flexible perception with visual memory (arXiv 2408.08172). "
