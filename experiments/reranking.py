@@ -12,22 +12,16 @@ import numpy as np
 
 from experiments import plots
 from experiments.results import Check, Context, Result, labelled, pct
-from experiments.workbench import Neighbours, retrieve, vectors_of
+from experiments.workbench import Neighbours, search
 from pipelines import storage
 from serving.aggregation import AGGREGATORS
 from serving.evaluate import accuracy_curves
-from serving.rerank import Candidates, make_reranker
+from serving.rerank import make_reranker, rerank_answer
 
 NAME = "reranking"
 CLAIM = ("A re-ranking stage over the retrieved neighbours can add accuracy on top of voting "
          "(Gemini over the top-50: 83.6 -> 88.5 on ImageNet, method.md section 2). Here: an offline "
          "class-prototype re-ranker, no network.")
-
-
-def reordered(neighbours: Neighbours, order: np.ndarray) -> Neighbours:
-    take = lambda values: np.take_along_axis(values, order, axis=1)  # noqa: E731
-    return Neighbours(take(neighbours.ids), take(neighbours.distances), take(neighbours.labels),
-                      take(neighbours.item_weights))
 
 
 def run(context: Context, name: str = "prototype", top: int = 50, weight: float = 1.0,
@@ -37,16 +31,14 @@ def run(context: Context, name: str = "prototype", top: int = 50, weight: float 
     queries, truth = context.queries.vectors[scored], context.queries.labels[scored]
     root = context.full_memory()
     depth = context.depth(len(context.memory))
-    neighbours = retrieve(root, queries, depth)
     reranker = make_reranker(name, top, weight)
+    merged = search(root, queries, depth, with_vectors=reranker.needs_vectors)
     tick = time.perf_counter()
-    candidates = Candidates(neighbours.ids, 1.0 - neighbours.distances, neighbours.labels,
-                            vectors_of(root, neighbours.ids) if reranker.needs_vectors else None)
-    order = reranker.order(queries, candidates)
+    after = Neighbours.from_answer(rerank_answer(reranker, queries, merged))  # the serving code's stage
     rerank_ms = 1000 * (time.perf_counter() - tick) / max(len(queries), 1)
+    neighbours = Neighbours.from_answer(merged)
     curves = {"retrieval order": accuracy_curves(neighbours.labels, neighbours.distances,
                                                  neighbours.item_weights, truth)}
-    after = reordered(neighbours, order)
     curves[f"{name} re-ranked"] = accuracy_curves(after.labels, after.distances, after.item_weights, truth)
     base, new = (c["rank"]["best_accuracy"] for c in curves.values())
     rows = [[variant, *(pct(c[m]["best_accuracy"]) for m in AGGREGATORS), pct(c["rank"]["accuracy_at_k"][0]),
@@ -60,7 +52,7 @@ def run(context: Context, name: str = "prototype", top: int = 50, weight: float 
                                {f"{variant}: {m}": c[m]["accuracy_at_k"] for variant, c in curves.items()
                                 for m in ("plurality", "rank")}, f"Re-ranking the top-{top} ({name})")
     setup = (f"{name} re-ranker over the top-{top} of {depth} neighbours (weight {weight}); "
-             f"{rerank_ms:.2f} ms per query on this machine incl. fetching vectors; "
+             f"{rerank_ms:.2f} ms per query on this machine (vectors come with the search); "
              f"{int(scored.sum())} queries")
     return Result(NAME, "Re-ranking (beyond the paper)", CLAIM, setup,
                   ["neighbours", *(f"{m} (best k)" for m in AGGREGATORS), "k=1", f"rank k={depth}"], rows,

@@ -20,7 +20,7 @@ from indexer.store import resolve_version
 from pipelines import storage
 from pipelines.manifest import BatchManifest, list_batches, read_embeddings, write_embedding_batch
 from pipelines.schema import embedding_batch, embeddings_matrix
-from serving.answers import ShardAnswer, answer, merge_answers
+from serving.answers import ShardAnswer, answer, concatenate, merge_answers
 
 COLUMNS = ["id", "key", "label", "source", "content_hash", "embedding"]
 
@@ -133,18 +133,14 @@ class Memories:
         return run_add(root, [batch], self.executor)
 
 
-def retrieve(root: str, queries: np.ndarray, k: int, version: str | None = None,
-             chunk: int = 1024) -> Neighbours:
-    """Top-k of every query over every shard of a version, merged like the router merges."""
-    manifest = resolve_version(root, version)
-    index = ShardedIndex(root, manifest)
-    parts = [merge_answers([answer(shard, queries[start:start + chunk], k) for shard in index.shards], k)
-             for start in range(0, len(queries), chunk)]
-    merged = ShardAnswer(np.concatenate([p.scores for p in parts]), np.concatenate([p.ids for p in parts]),
-                         {f: np.concatenate([p.meta[f] for p in parts]) for f in parts[0].meta})
-    return Neighbours.from_answer(merged)
+def search(root: str, queries: np.ndarray, k: int, version: str | None = None, with_vectors: bool = False,
+           chunk: int = 1024) -> ShardAnswer:
+    """Top-k of every query over every shard of a version, merged as the router merges."""
+    index = ShardedIndex(root, resolve_version(root, version))
+    return concatenate([merge_answers([answer(shard, queries[start:start + chunk], k, with_vectors=with_vectors)
+                                       for shard in index.shards], k)
+                        for start in range(0, len(queries), chunk)])
 
 
-def vectors_of(root: str, ids: np.ndarray, version: str | None = None) -> np.ndarray:
-    manifest = resolve_version(root, version)
-    return ShardedIndex(root, manifest).vectors_of(ids)
+def retrieve(root: str, queries: np.ndarray, k: int, version: str | None = None) -> Neighbours:
+    return Neighbours.from_answer(search(root, queries, k, version))

@@ -160,16 +160,6 @@ class ShardedIndex:
             found |= shard.rows_of(ids) >= 0
         return found
 
-    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
-        """Vectors for (n, k) ids from whichever shard holds each (zeros where none does)."""
-        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
-        out = np.zeros((len(flat), self.manifest.dim), dtype=np.float32)
-        for shard in self.shards:
-            hit = shard.rows_of(flat) >= 0
-            if hit.any():
-                out[hit] = shard.vectors_of(flat[hit])
-        return out.reshape(*np.shape(ids), self.manifest.dim)
-
     def lookup(self, ids: np.ndarray, column: str) -> np.ndarray:
         """A metadata column for each id (None where no shard holds it)."""
         flat = ids.reshape(-1)

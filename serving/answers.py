@@ -23,6 +23,11 @@ class ShardAnswer:
     shard: int = -1
     vectors: np.ndarray | None = None  # (n, k, dim), only when a re-ranker asked for them
 
+    def select(self, rows: slice) -> "ShardAnswer":
+        """The answers of some of the queries (a slice of rows)."""
+        return ShardAnswer(self.scores[rows], self.ids[rows], {f: v[rows] for f, v in self.meta.items()},
+                           self.version, self.shard, None if self.vectors is None else self.vectors[rows])
+
 
 def answer(searcher: ShardSearcher, queries: np.ndarray, k: int, nprobe: int | None = None,
            version: str = "", shard: int = -1, with_vectors: bool = False) -> ShardAnswer:
@@ -54,6 +59,15 @@ def merge_answers(answers: list[ShardAnswer], k: int) -> ShardAnswer:
     versions = {a.version for a in answers}
     return ShardAnswer(merged_scores, merged_ids, merged, versions.pop() if len(versions) == 1 else "mixed",
                        vectors=vectors)
+
+
+def concatenate(parts: list[ShardAnswer]) -> ShardAnswer:
+    """Answers of consecutive query chunks as one answer (the inverse of ``select``)."""
+    vectors = (np.concatenate([p.vectors for p in parts]) if all(p.vectors is not None for p in parts)
+               else None)
+    return ShardAnswer(np.concatenate([p.scores for p in parts]), np.concatenate([p.ids for p in parts]),
+                       {f: np.concatenate([p.meta[f] for p in parts]) for f in META_FIELDS},
+                       parts[0].version, parts[0].shard, vectors)
 
 
 def reordered(merged: ShardAnswer, order: np.ndarray) -> ShardAnswer:

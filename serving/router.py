@@ -26,7 +26,7 @@ from indexer.store import resolve_version
 from pipelines.decode import DecodePolicy, ImageRejected, decode_image
 from pipelines.encoders import EncoderSpec, preprocessing_for
 from serving.aggregation import Aggregator
-from serving.answers import ShardAnswer, merge_answers
+from serving.answers import merge_answers
 from serving.decision import decide
 from serving.editing import add_items, forget_items
 from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
@@ -198,9 +198,7 @@ class Router:
         merged, answered = await self._search(vectors, max(ks), nprobe, with_vectors)
         results = []
         for i, (request, k, aggregator, reranker) in enumerate(zip(requests, ks, aggregators, rerankers)):
-            row = ShardAnswer(merged.scores[i:i + 1], merged.ids[i:i + 1],
-                              {f: v[i:i + 1] for f, v in merged.meta.items()}, merged.version,
-                              vectors=None if merged.vectors is None else merged.vectors[i:i + 1])
+            row = merged.select(slice(i, i + 1))
             if reranker is not None:
                 row = rerank_answer(reranker, vectors[i:i + 1], row)
             ids, scores = row.ids[:, :k], row.scores[:, :k]

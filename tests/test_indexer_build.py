@@ -187,3 +187,20 @@ def test_opq_factory_builds_and_searches(tmp_path):
 def test_opq_rotation_with_too_few_vectors_is_a_clear_error(memory_copy):
     with pytest.raises(ValueError, match="needs at least 1280 training vectors"):
         run_build(BuildConfig(memory_copy, factory="OPQ16,IVF8,PQ16x8"), LocalExecutor())
+
+
+def test_vectors_for_a_reranker_exact_from_flat_or_kept_and_refused_from_pq(embedded_memory, memory_copy):
+    """Flat indexes reconstruct exactly; IVF-PQ returns kept vectors, and without them refuses
+    with the fix named (never silently approximate)."""
+    ids, vectors, _ = load_embeddings(memory_copy)
+    pick = ids[[0, 7, 42]]
+    flat = ShardedIndex(memory_copy, run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor()))
+    shard = next(s for s in flat.shards if (s.rows_of(pick[:1]) >= 0).all())
+    got = shard.vectors_of(np.array([pick[0], -1]))
+    assert np.allclose(got[0], vectors[0], atol=1e-6) and not got[1].any()
+    kept = ShardedIndex(memory_copy, run_build(BuildConfig(memory_copy, factory="IVF16,PQ16x4",
+                                                           keep_vectors="fp32"), LocalExecutor()))
+    assert np.allclose(kept.shards[0].vectors_of(pick), vectors[[0, 7, 42]], atol=1e-6)
+    bare = ShardedIndex(memory_copy, run_build(BuildConfig(memory_copy, factory="IVF16,PQ16x4"), LocalExecutor()))
+    with pytest.raises(ValueError, match="keep-vectors"):
+        bare.shards[0].vectors_of(pick)
