@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from experiments import plots
 from experiments.api_client import MemoryClient
-from experiments.report import summary_lines, write_report
+from experiments.report import clear_results, summary_lines, write_report
 from experiments.results import Check, Result, pct
 from pipelines import storage
 from pipelines.records import ImageRecord
@@ -179,6 +179,7 @@ def run_demo(config: DemoConfig) -> list[Result]:
     memory, queries = storage.join(config.work, "memory"), storage.join(config.work, "queries")
     for root in (memory, queries, storage.join(config.work, "work")):
         storage.remove(root)  # the demo owns these: every run starts from the data
+    clear_results(config.report)
     print("[demo] 1/8 data: Fashion-MNIST shards", flush=True)
     inputs = prepare_data(config)
     timings = {}

@@ -21,6 +21,15 @@ th{background:#f3f3f3}.pass{color:#0a7a2f}.fail{color:#b00020}section{border-top
 """
 
 
+def clear_results(out: str) -> None:
+    """Remove the results a previous run left in ``out`` (only files this package writes), so a
+    fresh run's report shows only what it measured."""
+    for name in ORDER:
+        for suffix in (".json", ".png"):
+            storage.remove(storage.join(out, name + suffix))
+    storage.remove(storage.join(out, "gallery"))
+
+
 def results_in(out: str) -> list[Result]:
     names = [n[:-5] for n in storage.list_names(out) if n.endswith(".json")]
     ordered = [n for n in ORDER if n in names] + sorted(n for n in names if n not in ORDER)

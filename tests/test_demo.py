@@ -13,6 +13,9 @@ pytestmark = pytest.mark.slow
 
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     report = tmp_path / "report"
+    report.mkdir()
+    (report / "pruning.json").write_text("{}")  # a previous run's result: replaced, not kept
+    (report / "notes.txt").write_text("mine")  # not the demo's: left alone
     done = subprocess.run(
         [sys.executable, "-m", "vmem", "demo", "--work", str(tmp_path / "work"), "--report", str(report),
          "--train-per-class", "20", "--test-per-class", "6", "--forget", "5", "--encoders",
@@ -30,5 +33,6 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert names == {"demo", "aggregation", "new-classes", "memory-size", "unlearning", "pruning",
                      "label-noise", "interpretability", "reranking"}
     assert (report / "demo.png").read_bytes().startswith(b"\x89PNG")
+    assert (report / "notes.txt").read_text() == "mine"
     page = (report / "index.html").read_text()
     assert all(f'id="{name}"' in page for name in names)
