@@ -27,11 +27,10 @@ def corrupt(memory: EmbeddedSet, fraction: float, seed: int) -> np.ndarray:
     """Labels with ``fraction`` of the rows moved to a different, uniformly chosen class."""
     rng = np.random.default_rng(seed)
     classes = np.asarray(memory.classes, dtype=object)
-    labels = memory.labels.copy()
-    rows = rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False)
-    for row in rows:
-        labels[row] = rng.choice(classes[classes != labels[row]])
-    return labels
+    codes = np.searchsorted(classes, memory.labels)
+    rows = rng.choice(len(codes), size=int(round(fraction * len(codes))), replace=False)
+    codes[rows] = (codes[rows] + rng.integers(1, len(classes), size=len(rows))) % len(classes)
+    return classes[codes]
 
 
 def run(context: Context, fractions: list[float], tolerance: float = 0.05) -> Result:
@@ -43,7 +42,7 @@ def run(context: Context, fractions: list[float], tolerance: float = 0.05) -> Re
     curves = {}
     for fraction in fractions:
         labels = corrupt(context.memory, fraction, context.seed)
-        noisy = neighbours.relabelled(dict(zip(context.memory.ids.tolist(), labels.tolist())))
+        noisy = neighbours.relabelled(context.memory.ids, labels)
         curves[fraction] = accuracy_curves(noisy.labels, noisy.distances, noisy.item_weights, truth)
     worst = max(fractions)
     root, _ = context.memories.build(f"{NAME}-{worst}", context.memory.relabelled(

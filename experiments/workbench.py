@@ -104,10 +104,11 @@ class Neighbours:
                    np.where(valid, merged.meta["label"], None),
                    np.where(valid, np.nan_to_num(merged.meta["weight"].astype(float), nan=1.0), 0.0))
 
-    def relabelled(self, label_of_id: dict[int, str]) -> "Neighbours":
-        labels = np.array([[label_of_id.get(int(i)) if i >= 0 else None for i in row] for row in self.ids],
-                          dtype=object)
-        return replace(self, labels=labels)
+    def relabelled(self, ids: np.ndarray, labels: np.ndarray) -> "Neighbours":
+        """The same neighbours with other labels: ``labels[i]`` for item ``ids[i]`` (ids sorted)."""
+        rows = np.clip(np.searchsorted(ids, self.ids), 0, len(ids) - 1)
+        found = (self.ids >= 0) & (ids[rows] == self.ids)
+        return replace(self, labels=np.where(found, np.asarray(labels, dtype=object)[rows], None))
 
 
 class Memories:

@@ -114,6 +114,13 @@ def test_label_noise_numbers_equal_a_relabelled_build(context):
     assert curves["0.0"]["rank"]["accuracy_at_k"] == clean["accuracy_at_k"]
 
 
+def test_corruption_moves_exactly_the_fraction_to_other_classes(context):
+    labels = label_noise.corrupt(context.memory, 0.3, seed=5)
+    changed = labels != context.memory.labels
+    assert changed.sum() == 180 and set(labels.tolist()) <= set(context.memory.classes)
+    assert np.array_equal(labels, label_noise.corrupt(context.memory, 0.3, seed=5))
+
+
 def test_interpretability_gallery_and_calibration(context):
     result = interpretability.run(context, gallery_size=6)
     data = written(context, result)
