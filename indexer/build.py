@@ -69,6 +69,8 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     ids = np.concatenate(executor.get([executor.submit(part_ids, p) for p in inputs.parts], "reading ids"))
     check_unique_ids(ids)
     count = len(ids)  # rows as read: unlearned ids (indexer/forgotten.py) are already dropped
+    if count < inputs.count:
+        log.info("left out %d rows of unlearned items (the forget ledger)", inputs.count - count)
     factory = (factories.choose_factory(count, dim, config.bytes_per_vector)
                if config.factory == "auto" else config.factory)
     log.info("building %s over %d vectors (dim %d) from %d parts into %d shards on %s",
@@ -104,6 +106,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
         search_defaults={"k": config.k, "nprobe": nprobe, "rerank": rerank},
         shards=entries, batches=inputs.batches,
         details={"executor": executor.name, "parts": len(inputs.parts),
+                 "unlearned_rows_left_out": inputs.count - count,
                  "train_vectors": 0 if sample is None else int(len(sample)),
                  "prepare_seconds": round(prepare_s, 3), "train_seconds": round(train_s, 3),
                  "add_merge_seconds": round(add_merge_s, 3),

@@ -93,7 +93,7 @@ def test_unlearned_items_stay_out_of_rebuilds_and_adds(memory_copy):
     assert np.array_equal(forgotten_ids(memory_copy), np.sort(report["ids"]))
     # The embedding batches still hold the rows; a rebuild from them must not bring them back.
     rebuilt = run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
-    assert rebuilt.count == 600 - 60
+    assert rebuilt.count == 600 - 60 and rebuilt.details["unlearned_rows_left_out"] == 60
     assert not np.isin(ShardedIndex.ids_of(memory_copy, rebuilt), report["ids"]).any()
     # Pruning is not unlearning: hard-pruned items are not written to the ledger.
     run_hard_prune(memory_copy, LOCAL, 100, 32)
