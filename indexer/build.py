@@ -20,7 +20,8 @@ from indexer.layout import index_root, new_version_name, read_latest, set_latest
 from indexer.manifest import IndexManifest
 from indexer.reader import check_unique_ids, plan_inputs, read_part
 from indexer.tasks import VECTOR_DTYPES, add_part, merge_shard, sample_part
-from indexer.tuning import tune_nprobe
+from indexer.search import ShardedIndex
+from indexer.tuning import tune
 
 log = logging.getLogger("vmem.index")
 
@@ -97,21 +98,24 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     add_merge_s = time.monotonic() - started - train_s - prepare_s
 
     rerank = config.keep_vectors != "none"
-    nprobe, curve = (tune_nprobe(trained, sample, rerank, config.recall_target, seed=config.seed)
-                     if sample is not None and factories.nlist_of(factory) else (0, {}))
     manifest = IndexManifest(
         version=version, parent=read_latest(config.memory),
         created=datetime.now(timezone.utc).isoformat(), operation="build", encoder=inputs.encoder,
         dim=dim, factory=factory, num_shards=shards, count=sum(e.count for e in entries),
-        search_defaults={"k": config.k, "nprobe": nprobe, "rerank": rerank},
-        shards=entries, batches=inputs.batches,
-        details={"executor": executor.name, "parts": len(inputs.parts),
-                 "unlearned_rows_left_out": inputs.count - count,
-                 "train_vectors": 0 if sample is None else int(len(sample)),
-                 "prepare_seconds": round(prepare_s, 3), "train_seconds": round(train_s, 3),
-                 "add_merge_seconds": round(add_merge_s, 3),
-                 "seconds": round(time.monotonic() - started, 3), "seed": config.seed,
-                 "recall_at_10_by_nprobe": {str(p): round(r, 4) for p, r in curve.items()}})
+        search_defaults={"k": config.k, "nprobe": 0, "rerank": rerank},
+        shards=entries, batches=inputs.batches)
+    tuning_started = time.monotonic()
+    tuned = tune(ShardedIndex(config.memory, manifest), executor, inputs.parts, count,
+                 ks=(10, config.k), target=config.recall_target, seed=config.seed)
+    manifest.search_defaults.update(tuned.defaults())
+    manifest.details = {
+        "executor": executor.name, "parts": len(inputs.parts),
+        "unlearned_rows_left_out": inputs.count - count,
+        "train_vectors": 0 if sample is None else int(len(sample)),
+        "prepare_seconds": round(prepare_s, 3), "train_seconds": round(train_s, 3),
+        "add_merge_seconds": round(add_merge_s, 3),
+        "tuning_seconds": round(time.monotonic() - tuning_started, 3),
+        "seconds": round(time.monotonic() - started, 3), "seed": config.seed, **tuned.details()}
     if manifest.count != count:
         raise RuntimeError(f"built {manifest.count} vectors from {count} inputs; not publishing")
     manifest.write(config.memory)

@@ -35,9 +35,13 @@ def cmd_build(args) -> int:
                          seed=args.seed)
     manifest = run_build(config, _executor(args))
     _print_manifest(manifest)
+    defaults = manifest.search_defaults
     print(f"  train {manifest.details['train_seconds']}s, add+merge "
-          f"{manifest.details['add_merge_seconds']}s, recall@10 by nprobe "
-          f"{manifest.details['recall_at_10_by_nprobe'] or 'exact'}")
+          f"{manifest.details['add_merge_seconds']}s, tuning {manifest.details['tuning_seconds']}s; "
+          f"at nprobe {defaults['nprobe']} (k_factor {defaults['k_factor']}): "
+          + ", ".join(f"{name.replace('_at_', '@')} {value}" for name, value in defaults.items()
+                      if name.startswith("recall_at_"))
+          + ("" if manifest.details["tuning_reached_target"] else " (target not reached)"))
     return 0
 
 

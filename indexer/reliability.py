@@ -76,7 +76,7 @@ class Reliability:
     seconds: float
 
     def soft_weights(self, c: float = SOFT_C, d: float = SOFT_D) -> np.ndarray:
-        return np.where(self.v_wrong == 0, 1.0, d / (c + self.v_wrong)).astype(np.float32)
+        return np.where(self.v_wrong == 0, 1.0, d / (c + self.v_wrong)).astype(np.float64)
 
 
 def measure(root: str, manifest: IndexManifest, k: int, executor) -> Reliability:

@@ -2,6 +2,16 @@
 
 numpy in, numpy out. Scores are inner products of unit vectors (cosine similarity); missing
 results are id -1 with score -inf, as FAISS reports them.
+
+Determinism: the order of results is total — score descending, then id ascending — and the
+same whatever the shard count. FAISS gives no order among equal scores and cuts a tie group
+at k (facebookresearch/faiss#1201), so a shard fetches past its k-th result until the tie
+group ends, and only then sorts and truncates. Hence the top-k for k is a prefix of the top-k
+for k + 1, and S shards merged give what one index over their union gives.
+
+Concurrency: per-request search parameters go to FAISS per call (``SearchParametersIVF``,
+faiss wiki "Setting search parameters for one query"), never into the shared index, so
+concurrent requests with different ``nprobe`` cannot see each other's settings.
 """
 from __future__ import annotations
 
@@ -12,15 +22,57 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.manifest import IndexManifest, ShardEntry
+from indexer.metadata import ShardMetadata, with_weights
 from indexer.store import load_index, load_metadata, load_vectors
 
-RERANK_FACTOR = 4  # PQ candidates fetched per requested neighbour when re-ranking exactly
+K_FACTOR = 4  # PQ candidates per requested neighbour when re-ranking exactly (default)
+RERANK_FLOOR = 100  # re-rank at least K_FACTOR * 100 candidates: k <= 100 share one candidate set
 
 
-def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+@dataclass(frozen=True)
+class SearchParams:
+    """Per-call search parameters; 0 / None mean the version's recorded default.
+
+    ``nprobe``: IVF lists visited (1 ... nlist). ``rerank``: re-rank PQ candidates exactly
+    with the stored vectors. ``k_factor``: candidates per neighbour for that re-rank."""
+
+    nprobe: int = 0
+    rerank: bool | None = None
+    k_factor: int = 0
+
+    def resolved(self, defaults: "SearchParams") -> "SearchParams":
+        return SearchParams(self.nprobe or defaults.nprobe,
+                            defaults.rerank if self.rerank is None else self.rerank,
+                            self.k_factor or defaults.k_factor or K_FACTOR)
+
+    @classmethod
+    def from_manifest(cls, manifest: IndexManifest) -> "SearchParams":
+        defaults = manifest.search_defaults
+        return cls(int(defaults.get("nprobe", 0) or 0), bool(defaults.get("rerank", False)),
+                   int(defaults.get("k_factor", K_FACTOR) or K_FACTOR))
+
+
+def nlist_of_index(index: faiss.Index) -> int:
+    """IVF lists of an index (0 when it is not an IVF index)."""
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and nprobe:
-        ivf.nprobe = int(nprobe)
+    return int(ivf.nlist) if ivf is not None else 0
+
+
+def faiss_params(index: faiss.Index, nprobe: int) -> faiss.SearchParameters | None:
+    """FAISS per-call parameters that set ``nprobe`` on the IVF level of ``index`` (through
+    an OPQ/PCA pre-transform), or None when there is nothing to set. Raises ValueError for an
+    nprobe outside 1 ... nlist."""
+    nlist = nlist_of_index(index)
+    if not nlist or not nprobe:
+        return None
+    if not 1 <= nprobe <= nlist:
+        raise ValueError(f"nprobe must be between 1 and nlist={nlist}, not {nprobe}")
+    ivf_params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+    if isinstance(index, faiss.IndexPreTransform):
+        outer = faiss.SearchParametersPreTransform(index_params=ivf_params)
+        outer.referenced = ivf_params  # keep the inner object alive with the outer one
+        return outer
+    return ivf_params
 
 
 def topk_order(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -30,66 +82,100 @@ def topk_order(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)[:, :k]
 
 
+def take_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (score, id) per row in ``topk_order``, padded with (-inf, -1) to width k."""
+    order = topk_order(scores, ids, k)
+    ids = np.take_along_axis(ids, order, axis=1)
+    scores = np.where(ids < 0, -np.inf, np.take_along_axis(scores, order, axis=1))
+    return _pad(scores, ids, k)
+
+
 def merge_topk(scores: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query, the k best (score, id) over all shards' answers."""
-    all_scores, all_ids = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
-    order = topk_order(all_scores, all_ids, k)
-    merged_ids = np.take_along_axis(all_ids, order, axis=1)
-    merged_scores = np.where(merged_ids < 0, -np.inf, np.take_along_axis(all_scores, order, axis=1))
-    return merged_scores, merged_ids
+    return take_topk(np.concatenate(scores, axis=1), np.concatenate(ids, axis=1), k)
 
 
-@dataclass
+def search_with_ties(index: faiss.Index, queries: np.ndarray, k: int,
+                     params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS top-k of each query, extended past the k-th result while scores equal it, then
+    ordered by (score desc, id asc). Returns (n, >= k) arrays; rows padded with (-inf, -1)."""
+    n = len(queries)
+    fetch = min(k + 1, max(index.ntotal, 1))
+    scores, ids = index.search(queries, fetch, params=params)
+    if not _tied(scores, ids, k, fetch, index.ntotal).any():  # the usual case: one call
+        order = topk_order(scores, ids, fetch)
+        ids = np.take_along_axis(ids, order, axis=1)
+        return np.where(ids < 0, -np.inf, np.take_along_axis(scores, order, axis=1)), ids
+    pending = np.arange(n)
+    out_scores, out_ids = [None] * n, [None] * n
+    while True:
+        tied = _tied(scores, ids, k, fetch, index.ntotal)
+        for local in np.flatnonzero(~tied):
+            out_scores[pending[local]], out_ids[pending[local]] = scores[local], ids[local]
+        if not tied.any():
+            break
+        pending = pending[tied]
+        fetch = min(fetch * 2, index.ntotal)
+        scores, ids = index.search(np.ascontiguousarray(queries[pending]), fetch, params=params)
+    width = max(max(len(row) for row in out_ids), k)
+    all_scores = np.full((n, width), -np.inf, dtype=np.float32)
+    all_ids = np.full((n, width), -1, dtype=np.int64)
+    for row in range(n):
+        all_scores[row, :len(out_scores[row])] = out_scores[row]
+        all_ids[row, :len(out_ids[row])] = out_ids[row]
+    order = topk_order(all_scores, all_ids, width)
+    all_ids = np.take_along_axis(all_ids, order, axis=1)
+    return np.where(all_ids < 0, -np.inf, np.take_along_axis(all_scores, order, axis=1)), all_ids
+
+
+def _tied(scores: np.ndarray, ids: np.ndarray, k: int, fetch: int, ntotal: int) -> np.ndarray:
+    """Rows whose last fetched result still ties the k-th: their tie group may go on."""
+    kth = min(k, fetch) - 1
+    return (ids[:, -1] >= 0) & (scores[:, -1] == scores[:, kth]) & (fetch < ntotal)
+
+
 class ShardSearcher:
-    """One loaded shard: the FAISS index, its metadata (sorted by id) and, optionally, the
-    stored vectors for exact re-ranking of PQ candidates."""
+    """One loaded shard: the FAISS index (memory-mapped), its metadata (memory-mapped Arrow,
+    sorted by id) and, optionally, the stored vectors (memory-mapped) for exact re-ranking of
+    PQ candidates. Safe to share between threads: searching mutates nothing."""
 
-    entry: ShardEntry
-    index: faiss.Index
-    meta: pa.Table
-    vectors: np.ndarray | None
-    nprobe: int = 0
+    def __init__(self, entry: ShardEntry, index: faiss.Index, meta: pa.Table,
+                 vectors: np.ndarray | None, defaults: SearchParams = SearchParams()) -> None:
+        self.entry, self.index, self.vectors = entry, index, vectors
+        self.metadata = ShardMetadata(meta)
+        self.defaults = defaults
+        self.nlist = nlist_of_index(index)
 
     @classmethod
     def load(cls, root: str, manifest: IndexManifest, shard: int, verify: bool = True,
              mmap: bool = True) -> "ShardSearcher":
+        """Verify, then memory-map shard ``shard`` of ``manifest``. Raises ChecksumMismatch."""
         entry = manifest.shards[shard]
-        searcher = cls(entry, load_index(root, entry, verify, mmap), load_metadata(root, entry, verify),
-                       load_vectors(root, entry, verify), manifest.search_defaults.get("nprobe", 0))
-        set_nprobe(searcher.index, searcher.nprobe)
-        return searcher
+        return cls(entry, load_index(root, entry, verify, mmap), load_metadata(root, entry, verify),
+                   load_vectors(root, entry, verify), SearchParams.from_manifest(manifest))
 
-    def __post_init__(self) -> None:
-        self._columns: dict[str, np.ndarray] = {}
+    @property
+    def meta(self) -> pa.Table:
+        return self.metadata.table
 
     @property
     def ids(self) -> np.ndarray:
-        return self.column("id")
-
-    def column(self, name: str) -> np.ndarray:
-        """A metadata column as a numpy array, converted once (strings become objects)."""
-        if name not in self._columns:
-            values = self.meta.column(name).to_numpy(zero_copy_only=False)
-            self._columns[name] = values if values.dtype != object else np.asarray(values, dtype=object)
-        return self._columns[name]
+        return self.metadata.ids
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Metadata row of each id (-1 where the shard does not hold it)."""
-        sorted_ids = self.ids
-        if len(sorted_ids) == 0:
-            return np.full(ids.shape, -1, dtype=np.int64)
-        rows = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-        return np.where(sorted_ids[rows] == ids, rows, -1)
+        return self.metadata.rows_of(ids)
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """(len(ids), dim) float32 vectors of stored ids: the kept full-precision vectors, else
-        the index's own reconstruction (exact for Flat, approximate for PQ); zeros for id -1."""
+        the index's own reconstruction (exact for Flat, approximate for PQ); zeros for id -1.
+        Raises ValueError when the index cannot reconstruct and no vectors are kept."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         out = np.zeros((len(ids), self.index.d), dtype=np.float32)
         rows = self.rows_of(ids)
         hit = rows >= 0
         if self.vectors is not None:
-            out[hit] = self.vectors[rows[hit]].astype(np.float32)
+            out[hit] = self._rows(rows[hit])
             return out
         try:
             out[hit] = self.index.reconstruct_batch(ids[hit])
@@ -98,27 +184,40 @@ class ShardSearcher:
                              "index with --keep-vectors fp16|fp32") from error
         return out
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored vectors at ``rows`` as float32, read in row order (sequential page access)."""
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), self.vectors.shape[1]), dtype=np.float32)
+        out[order] = self.vectors[rows[order]]
+        return out
+
+    def search(self, queries: np.ndarray, k: int, params: SearchParams | int | None = None,
                rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) float32 unit queries -> (n, k) scores and ids in (score desc, id asc) order.
+
+        ``params``: per-call SearchParams (an int is read as nprobe, for older callers).
+        Raises ValueError for an nprobe outside 1 ... nlist."""
+        if not isinstance(params, SearchParams):
+            params = SearchParams(nprobe=int(params or 0), rerank=rerank)
+        elif rerank is not None:
+            params = SearchParams(params.nprobe, rerank, params.k_factor)
+        params = params.resolved(self.defaults)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if nprobe:
-            set_nprobe(self.index, nprobe)
-        rerank = self.vectors is not None if rerank is None else rerank and self.vectors is not None
-        fetch = min(k * RERANK_FACTOR, max(self.index.ntotal, 1)) if rerank else k
-        scores, ids = self.index.search(queries, max(fetch, 1))
-        if nprobe:
-            set_nprobe(self.index, self.nprobe)
-        if rerank:
-            scores, ids = self._rerank(queries, ids, k)
+        call = faiss_params(self.index, params.nprobe)
+        if params.rerank and self.vectors is not None:
+            candidates = params.k_factor * max(k, RERANK_FLOOR)
+            scores, ids = search_with_ties(self.index, queries, candidates, call)
+            return self._rerank(queries, ids, k)
+        scores, ids = search_with_ties(self.index, queries, k, call)
         return _pad(scores[:, :k], ids[:, :k], k)
 
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.rows_of(ids.reshape(-1)).reshape(ids.shape)
-        candidates = self.vectors[np.maximum(rows, 0)].astype(np.float32)
+        rows = self.rows_of(ids)
+        hit = rows >= 0
+        candidates = np.zeros(ids.shape + (self.vectors.shape[1],), dtype=np.float32)
+        candidates[hit] = self._rows(rows[hit])
         exact = np.einsum("qkd,qd->qk", candidates, queries)
-        exact = np.where(rows >= 0, exact, -np.inf)
-        order = topk_order(exact, ids, k)
-        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(ids, order, axis=1)
+        return take_topk(np.where(hit, exact, -np.inf), np.where(hit, ids, -1), k)
 
 
 def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,29 +229,27 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 class ShardedIndex:
-    """Every shard of a version in this process: for batch jobs, pruning and tests. Serving
-    puts each ShardSearcher in its own deployment and merges with the same merge_topk."""
+    """Every shard of a version in this process: for batch jobs, pruning, tuning and tests.
+    Serving groups shards per replica (serving/searchers.py) and merges with the same code."""
 
     def __init__(self, root: str, manifest: IndexManifest, verify: bool = True, mmap: bool = True):
         self.manifest = manifest
         self.shards = [ShardSearcher.load(root, manifest, s, verify, mmap)
                        for s in range(manifest.num_shards)]
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+    def search(self, queries: np.ndarray, k: int, params: SearchParams | int | None = None,
                rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        answers = [shard.search(queries, k, nprobe, rerank) for shard in self.shards]
+        answers = [shard.search(queries, k, params, rerank) for shard in self.shards]
         return merge_topk([a[0] for a in answers], [a[1] for a in answers], k)
 
     @staticmethod
     def ids_of(root: str, manifest: IndexManifest) -> np.ndarray:
         """Every id in a version, from its metadata files alone (no index loaded)."""
-        from indexer.store import load_metadata
-
         return np.concatenate([load_metadata(root, e).column("id").to_numpy()
                                for e in manifest.shards])
 
     def metadata(self) -> pa.Table:
-        return pa.concat_tables([shard.meta for shard in self.shards])
+        return pa.concat_tables([with_weights(shard.meta) for shard in self.shards])
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         found = np.zeros(ids.shape, dtype=bool)
@@ -168,5 +265,5 @@ class ShardedIndex:
             rows = shard.rows_of(flat)
             hit = rows >= 0
             if hit.any():
-                out[hit] = shard.column(column)[rows[hit]]
+                out[hit] = shard.metadata.take(rows[hit], (column,))[column]
         return out.reshape(ids.shape)

@@ -1,19 +1,15 @@
 """Load a published version's shards, verifying every file against the manifest first."""
 from __future__ import annotations
 
-import io
-import os
-
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from indexer.checksums import verify_file
 from indexer.layout import index_root, read_latest
 from indexer.manifest import IndexManifest, ShardEntry
+from indexer.metadata import open_table
 from pipelines import storage
-from pipelines.encoders.weights import localize
 
 
 def resolve_version(root: str, version: str | None = None) -> IndexManifest:
@@ -24,38 +20,42 @@ def resolve_version(root: str, version: str | None = None) -> IndexManifest:
     return IndexManifest.read(root, version)
 
 
-def _read_bytes(url: str) -> bytes:
-    fs, path = storage.filesystem(url)
-    with fs.open(path, "rb") as handle:
-        return handle.read()
+def _url(root: str, path: str) -> str:
+    return storage.join(index_root(root), path)
 
 
 def load_index(root: str, entry: ShardEntry, verify: bool = True, mmap: bool = True) -> faiss.Index:
-    """Verify the checksum, then read the index, memory-mapped where the file is local."""
-    url = storage.join(index_root(root), entry.index_path)
+    """Verify the checksum, then read the index; with ``mmap`` the inverted lists (or flat
+    codes) stay in the file, memory-mapped read-only (faiss ``IO_FLAG_MMAP_IFC``: zero-copy
+    views for ArrayInvertedLists and IndexFlatCodes; ``IO_FLAG_MMAP`` where faiss is older), so
+    heap holds the coarse quantizer and tables, and the page cache the codes queries touch.
+    Remote files are cached locally first. Raises ChecksumMismatch, FileNotFoundError."""
+    url = _url(root, entry.index_path)
     if verify:
         verify_file(url, entry.index_sha256)
-    local = localize(url)
-    flags = faiss.IO_FLAG_MMAP if mmap else 0
-    if not os.path.exists(local):
-        raise FileNotFoundError(url)
-    return faiss.read_index(local, flags)
+    local = storage.localize(url, cache="index")
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) if mmap else 0
+    return faiss.read_index(local, flags | faiss.IO_FLAG_READ_ONLY)
 
 
 def load_metadata(root: str, entry: ShardEntry, verify: bool = True) -> pa.Table:
-    url = storage.join(index_root(root), entry.metadata_path)
+    """A shard's metadata table (indexer/metadata.py): memory-mapped Arrow IPC, zero-copy."""
+    url = _url(root, entry.metadata_path)
     if verify:
         verify_file(url, entry.metadata_sha256)
-    return pq.read_table(io.BytesIO(_read_bytes(url)))
+    return open_table(url)
 
 
 def load_vectors(root: str, entry: ShardEntry, verify: bool = True) -> np.ndarray | None:
+    """The shard's re-rank vectors ((count, dim) float16/float32, rows aligned with the
+    metadata) memory-mapped read-only: only the rows a query re-ranks are read. None when the
+    version keeps no vectors."""
     if not entry.vectors_path:
         return None
-    url = storage.join(index_root(root), entry.vectors_path)
+    url = _url(root, entry.vectors_path)
     if verify:
         verify_file(url, entry.vectors_sha256)
-    return np.load(io.BytesIO(_read_bytes(url)), allow_pickle=False)
+    return np.load(storage.localize(url, cache="index"), mmap_mode="r", allow_pickle=False)
 
 
 def verify_version(root: str, manifest: IndexManifest) -> int:
@@ -66,6 +66,6 @@ def verify_version(root: str, manifest: IndexManifest) -> int:
                              (entry.metadata_path, entry.metadata_sha256),
                              (entry.vectors_path, entry.vectors_sha256)):
             if path:
-                verify_file(storage.join(index_root(root), path), digest)
+                verify_file(_url(root, path), digest)
                 checked += 1
     return checked

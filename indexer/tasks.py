@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from indexer.checksums import sha256_bytes
 from indexer.manifest import ShardEntry
+from indexer.metadata import SUFFIX as METADATA_SUFFIX
+from indexer.metadata import ipc_bytes, sorted_by_id, with_weights
 from indexer.reader import Part, read_part
 from pipelines import storage
 
@@ -72,25 +73,12 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
-def with_weights(meta: pa.Table) -> pa.Table:
-    if "weight" in meta.column_names:
-        return meta
-    return meta.append_column("weight", pa.array(np.ones(meta.num_rows, dtype=np.float32)))
-
-
 def write_shard(index_root: str, version: str, shard: int, index: faiss.Index | None,
                 meta: pa.Table, vectors: np.ndarray | None,
                 reuse_index: ShardEntry | None = None) -> ShardEntry:
     """Write one shard's files (each atomically) with metadata and vectors sorted by id;
     ``reuse_index`` points the new entry at an existing, unchanged index file instead."""
-    order = np.argsort(meta.column("id").to_numpy(), kind="stable")
-    meta = with_weights(meta).take(pa.array(order))
+    meta, order = sorted_by_id(with_weights(meta))
     stem = f"{version}/shard-{shard:05d}"
     if reuse_index is not None:
         count, index_path, index_sha = reuse_index.count, reuse_index.index_path, reuse_index.index_sha256
@@ -99,8 +87,8 @@ def write_shard(index_root: str, version: str, shard: int, index: faiss.Index | 
         index_sha = _write(storage.join(index_root, index_path), faiss.serialize_index(index).tobytes())
     entry = ShardEntry(
         shard=shard, count=count, index_path=index_path, index_sha256=index_sha,
-        metadata_path=f"{stem}.meta.parquet",
-        metadata_sha256=_write(storage.join(index_root, f"{stem}.meta.parquet"), _parquet_bytes(meta)))
+        metadata_path=f"{stem}{METADATA_SUFFIX}",
+        metadata_sha256=_write(storage.join(index_root, f"{stem}{METADATA_SUFFIX}"), ipc_bytes(meta)))
     if vectors is not None:
         entry.vectors_path = f"{stem}.vectors.npy"
         entry.vectors_sha256 = _write(storage.join(index_root, entry.vectors_path),
@@ -148,7 +136,7 @@ def edit_shard(root: str, version: str, entry: ShardEntry, remove: np.ndarray,
     from indexer.layout import index_root
     from indexer.store import load_index, load_metadata, load_vectors
 
-    meta = load_metadata(root, entry)
+    meta = with_weights(load_metadata(root, entry))
     ids = meta.column("id").to_numpy()
     removing = np.isin(ids, remove) if len(remove) else np.zeros(len(ids), bool)
     if not removing.any() and not pieces and weights is None:
@@ -174,11 +162,12 @@ def edit_shard(root: str, version: str, entry: ShardEntry, remove: np.ndarray,
 
 def set_weights(meta: pa.Table, ids: np.ndarray, weights: np.ndarray) -> pa.Table:
     """Per-item weights (soft pruning) for the given ids; other rows keep theirs."""
-    current = meta.column("weight").to_numpy().astype(np.float32, copy=True)
+    current = with_weights(meta).column("weight").to_numpy().astype(np.float64, copy=True)
     order = np.argsort(ids)
     sorted_ids, sorted_weights = ids[order], weights[order]
     rows = np.searchsorted(sorted_ids, meta.column("id").to_numpy())
     rows = np.minimum(rows, len(sorted_ids) - 1)
     hit = sorted_ids[rows] == meta.column("id").to_numpy()
-    current[hit] = sorted_weights[rows[hit]]
+    current[hit] = np.asarray(sorted_weights, dtype=np.float64)[rows[hit]]
+    meta = with_weights(meta)
     return meta.set_column(meta.column_names.index("weight"), "weight", pa.array(current))

@@ -1,60 +1,140 @@
-"""Choose search defaults that reach a recall target, measured against exact search."""
+"""Search defaults measured on the built index: recall that a query really gets.
+
+Queries are drawn from the memory (seeded) and held out leave-one-out: each query's own item
+is removed from its exact neighbours and from what the index returns, so a query cannot score
+by finding itself. Ground truth is brute force over every part of the input, streamed part by
+part as tasks (``exact_part_topk``), merged with the serving merge. The built shards are then
+searched as serving searches them (the same ``ShardSearcher``, re-rank vectors read from
+disk), for k = 10 and the serving k.
+
+Choice (cost-bounded, as autofaiss bounds query time): candidates are nprobe = 1, 2, 4, ...
+up to ``max_nprobe_fraction`` x nlist (at least 8) and, when vectors are kept, re-rank factors 4, 8, 16.
+The cheapest pair reaching ``target`` at both k is taken; if none does, the cheapest pair
+within 0.005 of the best recall seen (the plateau), and the manifest says the target was
+missed. Recall@k = |returned top-k ∩ exact top-k| / k (faiss wiki, "Index IO and
+benchmarks"), averaged over queries.
+"""
 from __future__ import annotations
 
-import faiss
+import logging
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from indexer.factory import nlist_of
-from indexer.search import RERANK_FACTOR, set_nprobe
+from indexer.reader import Part, read_part
+from indexer.search import K_FACTOR, SearchParams, merge_topk
+
+log = logging.getLogger("vmem.index")
+K_FACTORS = (K_FACTOR, 8, 16)
+PLATEAU = 0.005
 
 
-def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Brute-force inner-product top-k row numbers (the ground truth)."""
-    flat = faiss.IndexFlatIP(base.shape[1])
-    flat.add(np.ascontiguousarray(base, dtype=np.float32))
-    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+@dataclass
+class TuningResult:
+    params: SearchParams
+    recall: dict[int, float]  # k -> recall@k at ``params``
+    reached_target: bool
+    queries: int
+    curve: list[dict] = field(default_factory=list)  # every (nprobe, k_factor) tried
+
+    def defaults(self) -> dict:
+        """The manifest's ``search_defaults`` entries this result sets."""
+        return {"nprobe": self.params.nprobe, "k_factor": self.params.k_factor,
+                **{f"recall_at_{k}": round(r, 4) for k, r in self.recall.items()}}
+
+    def details(self) -> dict:
+        return {"tuning_queries": self.queries, "tuning_reached_target": self.reached_target,
+                "tuning_curve": self.curve}
+
+
+def sample_queries(part: Part, probability: float, seed: int, part_number: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded Bernoulli sample of one part's (ids, vectors), independent of the training
+    sample's stream (seed sequence [seed, part, 1])."""
+    meta, vectors = read_part(part)
+    keep = np.random.default_rng([seed, part_number, 1]).random(len(vectors)) < probability
+    return meta.column("id").to_numpy()[keep], vectors[keep]
+
+
+def exact_part_topk(part: Part, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k of ``queries`` within one part: (n, k) scores, ids."""
+    meta, vectors = read_part(part)
+    scores = np.asarray(queries, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
+    ids = np.broadcast_to(meta.column("id").to_numpy(), scores.shape)
+    return merge_topk([scores], [np.ascontiguousarray(ids)], k)
+
+
+def without_self(ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ids minus the query's own id, first k kept (order preserved), -1 padded."""
+    out = np.full((len(ids), k), -1, dtype=np.int64)
+    for row, (found, own) in enumerate(zip(ids, query_ids)):
+        kept = found[found != own][:k]
+        out[row, :len(kept)] = kept
+    return out
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of the true top-k found in the returned top-k (k = truth's width)."""
-    k = truth.shape[1]
-    return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth)]))
+    """Mean over queries of |found ∩ truth| / (valid truth entries) (truth's width = k)."""
+    values = []
+    for f, t in zip(found, truth):
+        valid = set(t[t >= 0].tolist())
+        if valid:
+            values.append(len(valid & set(f.tolist())) / len(valid))
+    return float(np.mean(values)) if values else 1.0
 
 
-def tune_nprobe(trained: faiss.Index, sample: np.ndarray, rerank: bool, target: float = 0.95,
-                k: int = 10, queries: int = 256, seed: int = 0) -> tuple[int, dict[int, float]]:
-    """Smallest nprobe whose recall@k on the sample reaches ``target``; if none does, the one
-    past which recall stops improving (PQ's own error caps recall without re-ranking).
-
-    The sample is indexed with the trained quantizer and searched for held-in queries: recall
-    as a function of nprobe depends on the data's geometry, not on the memory's size.
-    """
-    nlist = nlist_of(_factory_string(trained))
-    if not nlist:
-        return 0, {}
-    index = faiss.clone_index(trained)
-    index.add_with_ids(np.ascontiguousarray(sample), np.arange(len(sample), dtype=np.int64))
-    rng = np.random.default_rng(seed)
-    query_rows = rng.choice(len(sample), size=min(queries, len(sample)), replace=False)
-    truth = exact_topk(sample, sample[query_rows], k)
-    curve: dict[int, float] = {}
-    nprobe = 1
-    while nprobe <= nlist:
-        set_nprobe(index, nprobe)
-        fetch = k * RERANK_FACTOR if rerank else k
-        _, ids = index.search(np.ascontiguousarray(sample[query_rows]), fetch)
-        if rerank:
-            exact = np.einsum("qkd,qd->qk", sample[np.maximum(ids, 0)], sample[query_rows])
-            exact = np.where(ids >= 0, exact, -np.inf)
-            ids = np.take_along_axis(ids, np.argsort(-exact, axis=1), axis=1)
-        curve[nprobe] = recall_at(ids[:, :k], truth)
-        if curve[nprobe] >= target:
-            return nprobe, curve
-        nprobe *= 2
-    best = max(curve.values())
-    return min(p for p, r in curve.items() if r >= best - 0.005), curve
+def draw_queries(executor, parts: list[Part], count: int, wanted: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    probability = min(1.0, 1.5 * wanted / max(count, 1))
+    drawn = executor.get([executor.submit(sample_queries, part, probability, seed, number)
+                          for number, part in enumerate(parts)], "drawing tuning queries")
+    ids = np.concatenate([d[0] for d in drawn])
+    vectors = np.concatenate([d[1] for d in drawn])
+    keep = np.random.default_rng([seed, 2]).permutation(len(ids))[:wanted]
+    return ids[keep], np.ascontiguousarray(vectors[keep], dtype=np.float32)
 
 
-def _factory_string(index: faiss.Index) -> str:
-    ivf = faiss.try_extract_index_ivf(index)
-    return f"IVF{ivf.nlist}" if ivf is not None else ""
+def ground_truth(executor, parts: list[Part], queries: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) exact neighbour ids over every part (ties by id), streamed as one task a part."""
+    answers = executor.get([executor.submit(exact_part_topk, part, queries, k) for part in parts],
+                           "exact neighbours")
+    return merge_topk([a[0] for a in answers], [a[1] for a in answers], k)[1]
+
+
+def tune(index, executor, parts: list[Part], count: int, ks: tuple[int, ...] = (10, 100),
+         target: float = 0.95, queries: int = 256, max_nprobe_fraction: float = 0.125,
+         seed: int = 0) -> TuningResult:
+    """Search defaults for ``index`` (an indexer.search.ShardedIndex over the built shards)."""
+    ks = tuple(sorted({max(1, min(k, count - 1)) for k in ks}))
+    query_ids, vectors = draw_queries(executor, parts, count, queries, seed)
+    deepest = max(ks)
+    truth = without_self(ground_truth(executor, parts, vectors, deepest + 1), query_ids, deepest)
+    nlist = max((shard.nlist for shard in index.shards), default=0)
+    rerank = any(shard.vectors is not None for shard in index.shards)
+    probes = [0] if not nlist else _powers(min(nlist, max(8, int(nlist * max_nprobe_fraction))))
+    factors = K_FACTORS if rerank and nlist else (K_FACTOR,)
+    curve, best = [], None
+    for k_factor in factors:
+        for nprobe in probes:
+            params = SearchParams(nprobe, rerank, k_factor)
+            _, found = index.search(vectors, deepest + 1, params)
+            found = without_self(found, query_ids, deepest)
+            recall = {k: recall_at(found[:, :k], truth[:, :k]) for k in ks}
+            curve.append({"nprobe": nprobe, "k_factor": k_factor,
+                          **{f"recall_at_{k}": round(r, 4) for k, r in recall.items()}})
+            log.info("tuning: nprobe %d, k_factor %d: %s", nprobe, k_factor,
+                     ", ".join(f"recall@{k} {r:.4f}" for k, r in recall.items()))
+            if min(recall.values()) >= target:
+                return TuningResult(params, recall, True, len(query_ids), curve)
+            if best is None or min(recall.values()) > min(best[1].values()) + PLATEAU:
+                best = (params, recall)
+    params, recall = best
+    log.warning("no nprobe <= %d reaches recall %.2f at k = %s; using nprobe %d (recall %s)",
+                probes[-1], target, ks, params.nprobe, recall)
+    return TuningResult(params, recall, False, len(query_ids), curve)
+
+
+def _powers(limit: int) -> list[int]:
+    values, value = [], 1
+    while value < limit:
+        values.append(value)
+        value *= 2
+    return values + [limit]

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import posixpath
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 import fsspec
+
+CACHE_DIR = Path(os.environ.get("VMEM_CACHE", Path.home() / ".cache" / "visual-memory"))
 
 
 def join(url: str, *parts: str) -> str:
@@ -16,6 +23,31 @@ def join(url: str, *parts: str) -> str:
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(url)
+
+
+def is_local(url: str) -> bool:
+    fs, _ = filesystem(url)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def localize(url: str, cache: str = "weights") -> str:
+    """A local file path for ``url``: the path itself when local, else a copy cached under
+    ``CACHE_DIR/<cache>/`` (written to a temp file and renamed, so a half-copied file never has
+    the final name). Raises FileNotFoundError when a local path does not exist."""
+    fs, path = filesystem(url)
+    if is_local(url):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{cache} file not found: {url}")
+        return path
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    target = CACHE_DIR / cache / f"{digest}-{Path(path).name}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".", delete=False) as tmp:
+            with fs.open(path, "rb") as remote:
+                shutil.copyfileobj(remote, tmp)
+        os.replace(tmp.name, target)
+    return str(target)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.search import ShardSearcher, topk_order
+from indexer.search import SearchParams, ShardSearcher, topk_order
 
 META_FIELDS = ("key", "source", "label", "weight")
 
@@ -18,7 +18,7 @@ META_FIELDS = ("key", "source", "label", "weight")
 class ShardAnswer:
     scores: np.ndarray  # (n, k) cosine similarity, -inf where missing
     ids: np.ndarray  # (n, k) int64, -1 where missing
-    meta: dict[str, np.ndarray]  # META_FIELDS -> (n, k) object/float arrays
+    meta: dict[str, np.ndarray]  # META_FIELDS -> (n, k): text as object (None if missing), weight float64 (NaN)
     version: str = ""
     shard: int = -1
     vectors: np.ndarray | None = None  # (n, k, dim), only when a re-ranker asked for them
@@ -29,18 +29,13 @@ class ShardAnswer:
                            self.version, self.shard, None if self.vectors is None else self.vectors[rows])
 
 
-def answer(searcher: ShardSearcher, queries: np.ndarray, k: int, nprobe: int | None = None,
-           version: str = "", shard: int = -1, with_vectors: bool = False) -> ShardAnswer:
+def answer(searcher: ShardSearcher, queries: np.ndarray, k: int,
+           params: SearchParams | int | None = None, version: str = "", shard: int = -1,
+           with_vectors: bool = False) -> ShardAnswer:
     """Search one shard and attach each neighbour's metadata (the shard owns it) and, for a
-    re-ranker, each neighbour's vector."""
-    scores, ids = searcher.search(queries, k, nprobe)
-    rows = searcher.rows_of(ids.reshape(-1)).reshape(ids.shape)
-    meta = {}
-    for field in META_FIELDS:
-        values = searcher.column(field)
-        values = values.astype(float) if field == "weight" else values
-        picked = values[np.maximum(rows, 0)] if len(values) else np.zeros(rows.shape, values.dtype)
-        meta[field] = np.where(rows >= 0, picked, np.nan if field == "weight" else None)
+    re-ranker, each neighbour's vector. Reads only the k answers' rows: O(n k log N)."""
+    scores, ids = searcher.search(queries, k, params)
+    meta = searcher.metadata.take(searcher.rows_of(ids), META_FIELDS)
     vectors = searcher.vectors_of(ids.reshape(-1)).reshape(*ids.shape, -1) if with_vectors else None
     return ShardAnswer(scores, ids, meta, version, shard, vectors)
 

@@ -52,8 +52,10 @@ def decide(ids: np.ndarray, scores: np.ndarray, metadata: dict[str, np.ndarray],
     item_weights = np.where(ids >= 0, np.nan_to_num(metadata["weight"].astype(float), nan=1.0), 0.0)
     votes = np.nan_to_num(aggregator.weights(np.nan_to_num(distances, nan=1.0), item_weights))
     codes, vocabulary = encode_labels(np.where(ids >= 0, metadata["label"], None))
-    per_class = class_scores(codes, votes, len(vocabulary))
-    final = predict_every_k(codes, votes, len(vocabulary))[:, -1] if ids.shape[1] else np.full(len(ids), -1)
+    exact = aggregator.exact_weights(np.nan_to_num(distances, nan=1.0), item_weights)
+    per_class = class_scores(codes, votes, len(vocabulary), exact=exact)
+    final = (predict_every_k(codes, votes, len(vocabulary), exact=exact)[:, -1] if ids.shape[1]
+             else np.full(len(ids), -1))
     decisions = []
     for row in range(len(ids)):
         total = float(per_class[row].sum())

@@ -22,7 +22,8 @@ def predictions_every_k(neighbour_labels: np.ndarray, distances: np.ndarray,
     """(n, K) predicted vocabulary codes, column j voting with the first j + 1 neighbours."""
     codes, _ = encode_labels(neighbour_labels, vocabulary)
     votes = aggregator.weights(np.nan_to_num(distances, nan=1.0), item_weights)
-    return predict_every_k(codes, np.where(codes >= 0, votes, 0.0), len(vocabulary))
+    exact = aggregator.exact_weights(distances, item_weights)
+    return predict_every_k(codes, np.where(codes >= 0, votes, 0.0), len(vocabulary), exact=exact)
 
 
 def accuracy_curves(neighbour_labels: np.ndarray, distances: np.ndarray,

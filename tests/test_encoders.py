@@ -93,9 +93,10 @@ def test_timm_dinov2_from_local_torch_checkpoint(tmp_path):
 def test_weights_from_fsspec_url_are_cached_atomically(tmp_path, monkeypatch):
     import fsspec
 
+    from pipelines import storage
     from pipelines.encoders import weights
 
-    monkeypatch.setattr(weights, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(storage, "CACHE_DIR", tmp_path / "cache")
     tensors = {"w": torch.arange(6.0).reshape(2, 3)}
     with fsspec.open("memory://weights/tiny.pt", "wb") as handle:
         torch.save(tensors, handle)

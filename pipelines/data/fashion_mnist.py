@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.data.shard_writer import write_shards
-from pipelines.encoders.weights import CACHE_DIR
+from pipelines.storage import CACHE_DIR
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

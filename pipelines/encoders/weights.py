@@ -2,34 +2,9 @@
 weights-only unpickler (never arbitrary pickle)."""
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
-import fsspec
 import torch
 
-CACHE_DIR = Path(os.environ.get("VMEM_CACHE", Path.home() / ".cache" / "visual-memory"))
-
-
-def localize(url: str) -> str:
-    """A local file path for ``url``: the path itself when local, else an atomic cached copy."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"weights file not found: {url}")
-        return path
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    target = CACHE_DIR / "weights" / f"{digest}-{Path(path).name}"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-            with fs.open(path, "rb") as remote:
-                shutil.copyfileobj(remote, tmp)
-        os.replace(tmp.name, target)  # atomic: a half-copied file never has the final name
-    return str(target)
+from pipelines.storage import localize
 
 
 def load_state_dict(url: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,123 @@
+"""A shard's metadata as a memory-mapped Arrow IPC file, read by row for the k answers only.
+
+One row per stored item, sorted by id: ``id`` int64, ``label``, ``key``, ``source``,
+``content_hash``, ``batch`` (strings) and ``weight`` float64 (soft pruning; 1.0 when unpruned).
+The file is Arrow IPC (Feather v2) without compression and with a single record batch, so
+``pyarrow.memory_map`` gives every column zero-copy: opening a shard costs page-cache, not
+heap, and a lookup touches O(k log N) pages (binary search on ``id``, then k row reads).
+Format: https://arrow.apache.org/docs/format/Columnar.html#ipc-file-format
+Legacy versions (``.meta.parquet``) are read whole into memory, with the same interface.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from pipelines import storage
+
+SUFFIX = ".meta.arrow"
+TEXT_FIELDS = ("key", "source", "label")
+WEIGHT = "weight"
+
+
+def with_weights(meta: pa.Table) -> pa.Table:
+    """``meta`` with a float64 ``weight`` column (ones when it has none; float32 widened)."""
+    if WEIGHT not in meta.column_names:
+        return meta.append_column(WEIGHT, pa.array(np.ones(meta.num_rows, dtype=np.float64)))
+    column = meta.column(WEIGHT)
+    if column.type != pa.float64():
+        meta = meta.set_column(meta.column_names.index(WEIGHT), WEIGHT, column.cast(pa.float64()))
+    return meta
+
+
+def sorted_by_id(meta: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Rows sorted by id (stable) and the permutation applied (to align vectors with them)."""
+    order = np.argsort(meta.column("id").to_numpy(), kind="stable")
+    return meta.take(pa.array(order)), order
+
+
+def ipc_bytes(meta: pa.Table) -> bytes:
+    """The table as one uncompressed Arrow IPC file with one record batch (zero-copy on read)."""
+    meta = meta.combine_chunks()
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, meta.schema) as writer:
+        writer.write_table(meta, max_chunksize=max(meta.num_rows, 1))
+    return sink.getvalue().to_pybytes()
+
+
+def open_table(url: str) -> pa.Table:
+    """The metadata table of a shard file: memory-mapped (zero-copy) when the file is Arrow
+    IPC on a local disk, copied to the local cache first when remote; read into memory for
+    legacy Parquet files. Raises FileNotFoundError, pyarrow.ArrowInvalid on a damaged file."""
+    if url.endswith(".parquet"):
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as handle:
+            return pq.read_table(io.BytesIO(handle.read()))
+    local = storage.localize(url, cache="index")
+    return ipc.open_file(pa.memory_map(local, "r")).read_all()
+
+
+class ShardMetadata:
+    """Row lookups on one shard's metadata table (sorted by id), never touching all N rows
+    per call. ``ids`` is a zero-copy int64 view of the id column."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        column = table.column("id")
+        self.ids = (column.chunk(0).to_numpy() if column.num_chunks == 1
+                    else column.to_numpy()).astype(np.int64, copy=False)
+        if len(self.ids) > 1 and not bool(np.all(self.ids[1:] > self.ids[:-1])):
+            raise ValueError("shard metadata must be sorted by unique id")
+        self._columns = {name: (table.column(name).chunk(0) if table.column(name).num_chunks == 1
+                                else table.column(name).combine_chunks())
+                         for name in table.column_names}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id, -1 where the shard does not hold it (any shape; O(len(ids) log N))."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[rows] == ids, rows, -1)
+
+    def take(self, rows: np.ndarray, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Each field at ``rows`` (any shape; -1 = missing): text fields as object arrays with
+        None where missing, ``weight`` as float64 with NaN where missing. O(rows.size)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        flat = rows.reshape(-1)
+        hit = flat >= 0
+        picked = pa.array(np.where(hit, flat, 0) if len(self.ids) else np.zeros(0, np.int64))
+        out = {}
+        for field in fields:
+            if field == WEIGHT and WEIGHT not in self._columns:
+                values = np.ones(len(flat))
+            elif len(self.ids) == 0:
+                values = np.full(len(flat), np.nan if field == WEIGHT else None,
+                                 dtype=np.float64 if field == WEIGHT else object)
+            elif field == WEIGHT:
+                values = self._columns[WEIGHT].take(picked).to_numpy(zero_copy_only=False)
+                values = values.astype(np.float64)
+            else:
+                values = np.asarray(self._columns[field].take(picked).to_pylist(), dtype=object)
+            if field == WEIGHT:
+                values = np.where(hit, values, np.nan)
+            else:
+                values = np.where(hit, values, None)
+            out[field] = values.reshape(rows.shape)
+        return out
+
+    def label_counts(self) -> dict[str, int]:
+        """Items per label, counted in Arrow (no per-item Python objects)."""
+        if len(self.ids) == 0:
+            return {}
+        counts = pc.value_counts(self._columns["label"])
+        return {str(v): int(c) for v, c in zip(counts.field("values").to_pylist(),
+                                               counts.field("counts").to_pylist())}
