@@ -23,6 +23,13 @@ class ShardAnswer:
     shard: int = -1
     vectors: np.ndarray | None = None  # (n, k, dim), only when a re-ranker asked for them
 
+    def first(self, k: int) -> "ShardAnswer":
+        """The first k neighbours of every query (a prefix: answers are in top-k order)."""
+        if self.ids.shape[1] == k:
+            return self
+        return ShardAnswer(self.scores[:, :k], self.ids[:, :k], {f: v[:, :k] for f, v in self.meta.items()},
+                           self.version, self.shard, None if self.vectors is None else self.vectors[:, :k])
+
     def select(self, rows: slice) -> "ShardAnswer":
         """The answers of some of the queries (a slice of rows)."""
         return ShardAnswer(self.scores[rows], self.ids[rows], {f: v[rows] for f, v in self.meta.items()},

@@ -5,7 +5,7 @@ weight, so each answer can be explained by — and edited through — the memory
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,9 +34,10 @@ class Decision:
     neighbours: list[Neighbour] = field(default_factory=list)
 
     def to_dict(self, with_evidence: bool = True) -> dict:
-        out = asdict(self)
-        if not with_evidence:
-            out.pop("neighbours")
+        """JSON-ready fields (a shallow build: ``dataclasses.asdict`` deep-copies every value)."""
+        out = {"label": self.label, "scores": dict(self.scores), "confidence": self.confidence}
+        if with_evidence:
+            out["neighbours"] = [dict(vars(n)) for n in self.neighbours]
         return out
 
 

@@ -7,11 +7,12 @@ from pydantic import BaseModel, Field
 class QueryRequest(BaseModel):
     image_base64: str | None = Field(None, description="An image file (JPEG, PNG, WebP, ...), base64.")
     embedding: list[float] | None = Field(None, description="A query embedding from the memory's encoder.")
-    k: int | None = Field(None, description="Neighbours to retrieve (default 100).")
+    k: int | None = Field(None, description="Neighbours to retrieve, 1 ... max_k (default 100).")
     aggregator: str | None = Field(None, description="plurality | distance | softmax | rank (default).")
     parameter: float | None = Field(None, description="xi (distance), tau (softmax) or alpha (rank).")
     unknown_below: float | None = Field(None, description="Answer 'unknown' below this vote share.")
-    nprobe: int | None = Field(None, description="IVF lists to visit (default: the manifest's).")
+    nprobe: int | None = Field(None, ge=1, description="IVF lists to visit, 1 ... nlist (default: "
+                               "the version's tuned value; ignored by exact memories).")
     explain: bool = Field(True, description="Return every neighbour behind the decision.")
     rerank: str | None = Field(None, description="Re-rank the neighbours before voting: 'prototype' "
                                "(serving/rerank.py); '' for none (default: the server's).")

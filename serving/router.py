@@ -17,25 +17,29 @@ import numpy as np
 import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import ORJSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
 
+from indexer.factory import nlist_of
 from indexer.layout import read_latest
+from indexer.search import SearchParams
 from indexer.store import resolve_version
-from pipelines.decode import DecodePolicy, ImageRejected, decode_image
-from pipelines.encoders import EncoderSpec, preprocessing_for
 from serving.aggregation import Aggregator
 from serving.answers import merge_answers
+from serving.body_limit import BodyLimit, BodyTooLarge
 from serving.decision import decide
 from serving.editing import add_items, forget_items
 from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
 from serving.options import ServingOptions
 from serving.rerank import Reranker, make_reranker, rerank_answer
+from serving.searchers import ShardQuery
 
 log = logging.getLogger("ray.serve")
-api = FastAPI(title="visual memory", version="1",
+api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,
               description="Classify images by retrieval; every answer comes with its evidence.")
+api.add_middleware(BodyLimit, limit=lambda: getattr(api.state, "max_body_bytes", None))
+JSONResponse = ORJSONResponse
 
 
 class ApiError(Exception):
@@ -49,6 +53,11 @@ async def _api_error(request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse({"error": error.message, "field": error.field}, status_code=error.status)
 
 
+@api.exception_handler(BodyTooLarge)
+async def _body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
+    return JSONResponse({"error": error.detail, "field": "body"}, status_code=413)
+
+
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {"loc": ["body"], "msg": "invalid request"}
@@ -59,32 +68,18 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
                         status_code=422)
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    limit = request.app.state.max_body_bytes if hasattr(request.app.state, "max_body_bytes") else None
-    length = request.headers.get("content-length")
-    if limit and length and length.isdigit() and int(length) > limit:
-        return JSONResponse({"error": f"body of {length} bytes exceeds {limit}", "field": "body"},
-                            status_code=413)
-    return await call_next(request)
-
-
 @serve.deployment(max_ongoing_requests=100)
 @serve.ingress(api)
 class Router:
-    def __init__(self, options: dict, encoder, shards: list) -> None:
+    def __init__(self, options: dict, encoder, groups: list, group_shards: list[list[int]]) -> None:
         self.options = ServingOptions.from_args(options)
         api.state.max_body_bytes = self.options.max_body_bytes
-        self.encoder, self.shards = encoder, shards
+        self.encoder, self.groups, self.group_shards = encoder, groups, group_shards
+        self.num_shards = sum(len(shards) for shards in group_shards)
         manifest = resolve_version(self.options.memory, self.options.version or None)
         self.version, self.dim, self.count = manifest.version, manifest.dim, manifest.count
         self.encoder_name = manifest.encoder
-        self.preprocessing = None
-        if encoder is not None:
-            spec = EncoderSpec.parse(manifest.encoder, self.options.encoder_weights, self.options.device)
-            self.preprocessing = preprocessing_for(spec)
-        self.policy = DecodePolicy(max_pixels=self.options.max_pixels,
-                                   max_bytes=self.options.max_body_bytes)
+        self.nlist = nlist_of(manifest.factory)
         self.edit_lock = asyncio.Lock()
         self.registry = CollectorRegistry()
         self.queries = Counter("vmem_queries", "Queries answered", ["endpoint"], registry=self.registry)
@@ -98,14 +93,6 @@ class Router:
                                       ["shard"], registry=self.registry)
 
     # ---- queries -------------------------------------------------------------------------
-    def _pixels(self, data: bytes, field: str) -> np.ndarray:
-        if self.preprocessing is None:
-            raise ApiError(422, field, "this memory is served for embedding queries only")
-        try:
-            return self.preprocessing(decode_image(data, self.policy))
-        except ImageRejected as error:
-            raise ApiError(422, field, str(error)) from error
-
     def _image_bytes(self, text: str, field: str) -> bytes:
         try:
             return base64.b64decode(text, validate=True)
@@ -113,17 +100,32 @@ class Router:
             raise ApiError(422, field, f"not valid base64: {error}") from error
 
     def _check_embedding(self, values: list[float], field: str) -> np.ndarray:
-        vector = np.asarray(values, dtype=np.float32)
+        """A query embedding as a float32 unit vector. Scale-invariant: the vector is divided
+        by its largest magnitude (float64) before the norm, so 1e20s or 1e-23s are valid
+        directions; zero, NaN or Inf are refused (422)."""
+        vector = np.asarray(values, dtype=np.float64)
         if vector.shape != (self.dim,):
             raise ApiError(422, field, f"expected {self.dim} numbers, got {vector.size}")
-        norm = float(np.linalg.norm(vector))
-        if not np.isfinite(vector).all() or norm == 0:
-            raise ApiError(422, field, "must be finite and non-zero")
-        return vector / norm
+        if not np.isfinite(vector).all():
+            raise ApiError(422, field, "must be finite (no NaN or Inf)")
+        scale = float(np.abs(vector).max())
+        if scale == 0.0:
+            raise ApiError(422, field, "must be non-zero")
+        vector = vector / scale
+        return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+    async def _embed_images(self, images: list[bytes], fields: list[str]) -> list[np.ndarray]:
+        if self.encoder is None:
+            raise ApiError(422, fields[0], "this memory is served for embedding queries only")
+        embedded = await self.encoder.embed_images.remote(images)
+        for field, result in zip(fields, embedded):
+            if isinstance(result, str):
+                raise ApiError(422, field, result)
+        return embedded
 
     async def _embed(self, requests: list[QueryRequest], prefix: str = "") -> np.ndarray:
         vectors: list[np.ndarray | None] = [None] * len(requests)
-        images, where = [], []
+        images, fields, where = [], [], []
         for i, request in enumerate(requests):
             field = f"{prefix}{i}." if prefix else ""
             if (request.image_base64 is None) == (request.embedding is None):
@@ -131,14 +133,21 @@ class Router:
             if request.embedding is not None:
                 vectors[i] = self._check_embedding(request.embedding, f"{field}embedding")
             else:
-                data = self._image_bytes(request.image_base64, f"{field}image_base64")
-                images.append(await asyncio.to_thread(self._pixels, data, f"{field}image_base64"))
+                images.append(self._image_bytes(request.image_base64, f"{field}image_base64"))
+                fields.append(f"{field}image_base64")
                 where.append(i)
         if images:
-            embedded = await self.encoder.embed.remote(np.stack(images))
-            for i, vector in zip(where, embedded):
+            for i, vector in zip(where, await self._embed_images(images, fields)):
                 vectors[i] = vector
         return np.stack(vectors).astype(np.float32)
+
+    def _nprobe(self, request: QueryRequest, prefix: str = "") -> int:
+        """The request's nprobe (0 = the version's default); 422 outside 1 ... nlist."""
+        if request.nprobe is None:
+            return 0
+        if self.nlist and not 1 <= request.nprobe <= self.nlist:
+            raise ApiError(422, f"{prefix}nprobe", f"nprobe must be between 1 and nlist={self.nlist}")
+        return request.nprobe if self.nlist else 0
 
     def _k(self, request: QueryRequest, prefix: str = "") -> int:
         k = self.options.default_k if request.k is None else request.k
@@ -159,46 +168,53 @@ class Router:
         except ValueError as error:
             raise ApiError(422, f"{prefix}rerank", str(error)) from error
 
-    async def _shard(self, number: int, handle, vectors: np.ndarray, k: int, nprobe: int | None,
-                     with_vectors: bool = False):
+    async def _group(self, number: int, handle, query: ShardQuery):
         for attempt in range(self.options.shard_retries + 1):
             try:
-                return await asyncio.wait_for(handle.search.remote(vectors, k, nprobe, self.version, with_vectors),
-                                              self.options.shard_timeout_s)
+                return await asyncio.wait_for(handle.search.remote(query), self.options.shard_timeout_s)
             except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
-                self.shard_failures.labels(shard=str(number)).inc()
-                log.warning("shard %d attempt %d failed: %s", number, attempt + 1, error)
+                for shard in self.group_shards[number]:
+                    self.shard_failures.labels(shard=str(shard)).inc()
+                log.warning("searcher group %d attempt %d failed: %s", number, attempt + 1, error)
         return None
 
-    async def _search(self, vectors: np.ndarray, k: int, nprobe: int | None,
+    async def _search(self, vectors: np.ndarray, k: int, nprobe: int,
                       with_vectors: bool = False) -> tuple:
-        answers = await asyncio.gather(*[self._shard(n, h, vectors, k, nprobe, with_vectors)
-                                         for n, h in enumerate(self.shards)])
-        answered = [n for n, a in enumerate(answers) if a is not None]
+        query = ShardQuery(vectors, k, SearchParams(nprobe=nprobe), self.version, with_vectors)
+        answers = await asyncio.gather(*[self._group(n, h, query) for n, h in enumerate(self.groups)])
+        answered = sorted(s for a in answers if a is not None for s in a.shards)
         if not answered:
             raise ApiError(503, "shards", "no shard answered; try again")
-        merged = merge_answers([a for a in answers if a is not None], k)
+        merged = merge_answers([a.answer for a in answers if a is not None], k)
         self.shards_answered.observe(len(answered))
-        if len(answered) < len(self.shards):
+        if len(answered) < self.num_shards:
             self.partial.inc()
         return merged, answered
 
     def _envelope(self, merged, answered: list[int], k: int) -> dict:
         return {"version": merged.version, "k": k, "shards_answered": answered,
-                "shards_total": len(self.shards), "partial": len(answered) < len(self.shards)}
+                "shards_total": self.num_shards, "partial": len(answered) < self.num_shards}
 
     async def _answer(self, requests: list[QueryRequest], vote: bool, prefix: str = "") -> list[dict]:
         fields = [f"{prefix}{i}." if prefix else "" for i in range(len(requests))]
         ks = [self._k(r, f) for r, f in zip(requests, fields)]
         aggregators = [self._aggregator(r, f) for r, f in zip(requests, fields)]
         rerankers = [self._reranker(r, f) for r, f in zip(requests, fields)]
+        nprobes = [self._nprobe(r, f) for r, f in zip(requests, fields)]
         vectors = await self._embed(requests, prefix)
-        nprobe = requests[0].nprobe
         with_vectors = any(r is not None and r.needs_vectors for r in rerankers)
-        merged, answered = await self._search(vectors, max(ks), nprobe, with_vectors)
+        rows = np.empty(len(requests), dtype=np.int64)  # each query's row in its group's answer
+        groups = {nprobe: [i for i, p in enumerate(nprobes) if p == nprobe] for nprobe in nprobes}
+        for members in groups.values():
+            rows[members] = np.arange(len(members))
+        answers = await asyncio.gather(*[self._search(vectors[members], max(ks[i] for i in members),
+                                                      nprobe, with_vectors)
+                                         for nprobe, members in groups.items()])
+        searched = dict(zip(groups, answers))
         results = []
         for i, (request, k, aggregator, reranker) in enumerate(zip(requests, ks, aggregators, rerankers)):
-            row = merged.select(slice(i, i + 1))
+            merged, answered = searched[nprobes[i]]
+            row = merged.select(slice(rows[i], rows[i] + 1))
             if reranker is not None:
                 row = rerank_answer(reranker, vectors[i:i + 1], row)
             ids, scores = row.ids[:, :k], row.scores[:, :k]
@@ -227,49 +243,49 @@ class Router:
         return result
 
     @api.post("/v1/classify")
-    async def classify(self, request: QueryRequest) -> dict:
-        return (await self._timed("classify", self._answer([request], vote=True)))[0]
+    async def classify(self, request: QueryRequest) -> ORJSONResponse:
+        return ORJSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
 
     @api.post("/v1/neighbors")
-    async def neighbors(self, request: QueryRequest) -> dict:
-        return (await self._timed("neighbors", self._answer([request], vote=False)))[0]
+    async def neighbors(self, request: QueryRequest) -> ORJSONResponse:
+        return ORJSONResponse((await self._timed("neighbors", self._answer([request], vote=False)))[0])
 
     @api.post("/v1/classify/image")
     async def classify_image(self, http: Request, k: int | None = Query(None),
                              aggregator: str | None = Query(None),
-                             parameter: float | None = Query(None)) -> dict:
+                             parameter: float | None = Query(None)) -> ORJSONResponse:
         """The image itself as the request body (any allowed format), options as query parameters."""
         data = await http.body()
         request = QueryRequest(image_base64=base64.b64encode(data).decode(), k=k,
                                aggregator=aggregator, parameter=parameter)
-        return (await self._timed("classify", self._answer([request], vote=True)))[0]
+        return ORJSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
 
     def _check_batch(self, batch: BatchRequest) -> None:
         if not 1 <= len(batch.queries) <= self.options.max_batch:
             raise ApiError(422, "queries", f"send 1 to {self.options.max_batch} queries")
 
     @api.post("/v1/classify/batch")
-    async def classify_batch(self, batch: BatchRequest) -> dict:
+    async def classify_batch(self, batch: BatchRequest) -> ORJSONResponse:
         self._check_batch(batch)
-        return {"results": await self._timed("classify_batch",
-                                             self._answer(batch.queries, True, "queries."))}
+        return ORJSONResponse({"results": await self._timed("classify_batch",
+                                                           self._answer(batch.queries, True, "queries."))})
 
     @api.post("/v1/neighbors/batch")
-    async def neighbors_batch(self, batch: BatchRequest) -> dict:
+    async def neighbors_batch(self, batch: BatchRequest) -> ORJSONResponse:
         self._check_batch(batch)
-        return {"results": await self._timed("neighbors_batch",
-                                             self._answer(batch.queries, False, "queries."))}
+        return ORJSONResponse({"results": await self._timed("neighbors_batch",
+                                                           self._answer(batch.queries, False, "queries."))})
 
     # ---- the memory ----------------------------------------------------------------------
     @api.get("/v1/memory")
     async def memory(self) -> dict:
-        stats = await asyncio.gather(*[h.stats.remote(self.version) for h in self.shards])
+        stats = await asyncio.gather(*[h.stats.remote(self.version) for h in self.groups])
         classes: dict[str, int] = {}
         for shard_classes in stats:
             for label, count in shard_classes.items():
                 classes[label] = classes.get(label, 0) + count
         return {"version": self.version, "size": sum(classes.values()), "classes": classes,
-                "encoder": self.encoder_name, "dim": self.dim, "shards": len(self.shards)}
+                "encoder": self.encoder_name, "dim": self.dim, "shards": self.num_shards}
 
     def _authorize(self, http: Request) -> None:
         """Bearer token on every mutating endpoint: 401 without one, 403 with a wrong one (or
@@ -283,7 +299,7 @@ class Router:
 
     async def _switch(self, version: str) -> str:
         """Point every shard at ``version`` before answering: read-your-writes."""
-        await asyncio.gather(*[h.reload.remote(version) for h in self.shards])
+        await asyncio.gather(*[h.reload.remote(version) for h in self.groups])
         self.version = version
         return version
 
@@ -292,9 +308,9 @@ class Router:
         self._authorize(http)
         if not body.items:
             raise ApiError(422, "items", "send at least one item")
-        pixels = [self._pixels(self._image_bytes(item.image_base64, f"items.{i}.image_base64"),
-                               f"items.{i}.image_base64") for i, item in enumerate(body.items)]
-        vectors = await self.encoder.embed.remote(np.stack(pixels))
+        fields = [f"items.{i}.image_base64" for i in range(len(body.items))]
+        images = [self._image_bytes(item.image_base64, field) for item, field in zip(body.items, fields)]
+        vectors = np.stack(await self._embed_images(images, fields))
         async with self.edit_lock:
             manifest = await asyncio.to_thread(add_items, self.options.memory, body.items, vectors,
                                                self.encoder_name)
@@ -326,7 +342,7 @@ class Router:
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "version": self.version, "shards": len(self.shards)}
+        return {"status": "ok", "version": self.version, "shards": self.num_shards}
 
     @api.get("/metrics")
     async def metrics(self) -> PlainTextResponse:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import shutil
 import socket
 import time
@@ -41,7 +42,7 @@ def server(embedded_memory, tmp_path_factory, ray_executor):
     shutil.copytree(embedded_memory / "memory", root)
     run_build(BuildConfig(root, num_shards=2), LocalExecutor())
     port = free_port()
-    config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port, {"token": TOKEN})
+    config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port, {"token": TOKEN, "searcher_groups": 2})
     start(config)
     url = f"http://127.0.0.1:{port}"
     yield url, root
@@ -137,7 +138,10 @@ def test_unknown_below_the_evidence_threshold(server, embedded_memory):
 
 @pytest.mark.parametrize("payload, status, field", [
     ({"embedding": [0.1] * 5}, 422, "embedding"),
-    ({"embedding": [1e39] * 1280}, 422, "embedding"),
+    ({"embedding": [float("nan")] * 1280}, 422, "embedding"),
+    ({"embedding": [float("inf")] + [1.0] * 1279}, 422, "embedding"),
+    ({"embedding": [0.1] * 1280, "nprobe": -1}, 422, "nprobe"),
+    ({"embedding": [0.1] * 1280, "nprobe": 0}, 422, "nprobe"),
     ({"embedding": [0.0] * 1280}, 422, "embedding"),
     ({"image_base64": "***"}, 422, "image_base64"),
     ({"image_base64": b64(b"not an image at all" * 10)}, 422, "image_base64"),
@@ -151,9 +155,41 @@ def test_unknown_below_the_evidence_threshold(server, embedded_memory):
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
     url, _ = server
-    response = requests.post(f"{url}/v1/classify", json=payload)
+    response = requests.post(f"{url}/v1/classify", data=json.dumps(payload),  # NaN as clients send it
+                             headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
+
+
+def test_embeddings_are_directions_whatever_their_scale(server):
+    """1e20s, 1e-23s and 1e39s are the direction of ones (scaled before the norm, float64);
+    a single huge component is that axis. Never a zero query."""
+    url, _ = server
+    ones = requests.post(f"{url}/v1/neighbors", json={"embedding": [1.0] * 1280, "k": 5}).json()
+    for scale in (1e20, 1e-23, 1e39):
+        got = requests.post(f"{url}/v1/neighbors", json={"embedding": [scale] * 1280, "k": 5})
+        assert got.status_code == 200, got.text
+        assert [n["id"] for n in got.json()["neighbours"]] == [n["id"] for n in ones["neighbours"]]
+    axis = requests.post(f"{url}/v1/neighbors", json={"embedding": [1.0] + [0.0] * 1279, "k": 5}).json()
+    huge = requests.post(f"{url}/v1/neighbors", json={"embedding": [3e38] + [0.0] * 1279, "k": 5}).json()
+    assert [n["id"] for n in huge["neighbours"]] == [n["id"] for n in axis["neighbours"]]
+    assert min(n["distance"] for n in axis["neighbours"]) < 1.0  # a real direction, not zero
+
+
+def test_chunked_bodies_over_the_limit_get_413(server):
+    """The size limit holds without Content-Length: a chunked body is counted as it arrives."""
+    url, _ = server
+
+    def chunks():
+        for _ in range(22):
+            yield b" " * (1024 * 1024)
+
+    response = requests.post(f"{url}/v1/classify", data=chunks(),
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["field"] == "body"
+    small = requests.post(f"{url}/v1/classify", data=iter([b'{"embedding": ', b"[1.0]}"]),
+                          headers={"Content-Type": "application/json"})
+    assert small.status_code == 422 and small.json()["field"] == "embedding"  # parsed, not refused
 
 
 def test_limits_on_body_size_pixels_and_batch(server):
@@ -232,7 +268,7 @@ def test_a_killed_shard_replica_recovers_and_answers_stay_honest(server):
     url, root = server
     vector = load_embeddings(root)[1][0].tolist()
     replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
-                   if "Shard1" in a["name"] and "REPLICA" in a["name"].upper())
+                   if "Searcher1" in a["name"] and "REPLICA" in a["name"].upper())
     ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
     seen_partial, deadline, complete_again = False, time.monotonic() + 90, False
     while time.monotonic() < deadline:

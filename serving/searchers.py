@@ -1,0 +1,153 @@
+"""The searcher deployment: one replica serves a group of shards in-process.
+
+Each replica memory-maps its shards (indexer/search.py: codes and ids on the page cache,
+metadata and re-rank vectors read by row) and answers a query for all of them, merged, in one
+call: S shards on one machine cost one actor hop, not S. Concurrent queries are coalesced by
+Serve's dynamic batching (``@serve.batch``) into one FAISS call per shard. This module imports
+neither torch nor Beam: a searcher's process holds FAISS, numpy and pyarrow only.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from indexer.search import RERANK_FLOOR, SearchParams, ShardSearcher
+from indexer.store import resolve_version
+from serving.answers import ShardAnswer, answer, merge_answers
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class ShardQuery:
+    """One router request to a searcher group: (n, dim) float32 unit queries."""
+
+    queries: np.ndarray
+    k: int
+    params: SearchParams
+    version: str = ""
+    with_vectors: bool = False
+
+    def batch_key(self, defaults: SearchParams) -> tuple:
+        """Requests with equal keys can share one FAISS call searched at their largest k: the
+        top-k is a prefix of the top-(k+1) at the same parameters and candidate count."""
+        params = self.params.resolved(defaults)
+        candidates = params.k_factor * max(self.k, RERANK_FLOOR) if params.rerank else 0
+        return self.version, params, candidates if candidates else None
+
+
+@dataclass
+class GroupAnswer:
+    """A group's merged top-k with the shard numbers that produced it."""
+
+    answer: ShardAnswer
+    shards: tuple[int, ...]
+
+
+class ShardGroup:
+    """The shards of one version that one replica serves, searched and merged together."""
+
+    def __init__(self, memory: str, shards: tuple[int, ...], version: str = "") -> None:
+        manifest = resolve_version(memory, version or None)
+        missing = [s for s in shards if s >= manifest.num_shards]
+        if missing:
+            raise ValueError(f"version {manifest.version} has {manifest.num_shards} shards; "
+                             f"this replica serves {list(shards)}")
+        self.version, self.shards = manifest.version, shards
+        self.searchers = [ShardSearcher.load(memory, manifest, s) for s in shards]
+        self.defaults = self.searchers[0].defaults if self.searchers else SearchParams()
+        self.dim = manifest.dim
+
+    def search(self, queries: np.ndarray, k: int, params: SearchParams,
+               with_vectors: bool = False) -> ShardAnswer:
+        answers = [answer(searcher, queries, k, params, self.version, shard, with_vectors)
+                   for shard, searcher in zip(self.shards, self.searchers)]
+        return merge_answers(answers, k) if len(answers) > 1 else answers[0]
+
+    def label_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for searcher in self.searchers:
+            for label, count in searcher.metadata.label_counts().items():
+                out[label] = out.get(label, 0) + count
+        return out
+
+
+def search_batch(group: ShardGroup, requests: list[ShardQuery]) -> list[GroupAnswer]:
+    """Answer many requests with one search per distinct batch key (see ShardQuery)."""
+    results: list[GroupAnswer | None] = [None] * len(requests)
+    by_key: dict[tuple, list[int]] = {}
+    for position, request in enumerate(requests):
+        by_key.setdefault(request.batch_key(group.defaults), []).append(position)
+    for positions in by_key.values():
+        chosen = [requests[p] for p in positions]
+        k = max(r.k for r in chosen)
+        queries = np.concatenate([r.queries for r in chosen]) if len(chosen) > 1 else chosen[0].queries
+        merged = group.search(queries, k, chosen[0].params, any(r.with_vectors for r in chosen))
+        start = 0
+        for position, request in zip(positions, chosen):
+            rows = slice(start, start + len(request.queries))
+            start += len(request.queries)
+            results[position] = GroupAnswer(merged.select(rows).first(request.k), group.shards)
+    return results
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
+                  health_check_period_s=5)
+class SearcherDeployment:
+    """Serves shards ``shards`` of the memory at ``memory``; follows the router's version."""
+
+    def __init__(self, memory: str, shards: list[int], version: str = "",
+                 omp_threads: int = 0) -> None:
+        if omp_threads:
+            import faiss
+
+            faiss.omp_set_num_threads(int(omp_threads))
+        self.memory, self.shard_numbers = memory, tuple(shards)
+        self.lock = asyncio.Lock()
+        self.group = ShardGroup(memory, self.shard_numbers, version)
+
+    async def _ensure(self, version: str) -> ShardGroup:
+        """Serve ``version`` (the router's): a replica that missed a reload catches up here."""
+        group = self.group
+        if version and version != group.version:
+            async with self.lock:
+                if version != self.group.version:
+                    self.group = await asyncio.to_thread(ShardGroup, self.memory, self.shard_numbers,
+                                                         version)
+                    log.info("shards %s now serve version %s", self.shard_numbers, version)
+            group = self.group
+        return group
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0005)
+    async def search(self, requests: list[ShardQuery]) -> list[GroupAnswer]:
+        """Answers in request order; a request's answer comes from the version it names."""
+        results: list[GroupAnswer | None] = [None] * len(requests)
+        for version in dict.fromkeys(r.version for r in requests):
+            group = await self._ensure(version)
+            positions = [p for p, r in enumerate(requests) if r.version == version]
+            answers = await asyncio.to_thread(search_batch, group, [requests[p] for p in positions])
+            for position, result in zip(positions, answers):
+                results[position] = result
+        return results
+
+    async def reload(self, version: str = "") -> str:
+        return (await self._ensure(version or resolve_version(self.memory).version)).version
+
+    async def stats(self, version: str = "") -> dict[str, int]:
+        group = await self._ensure(version)
+        return await asyncio.to_thread(group.label_counts)
+
+    def current_version(self) -> str:
+        return self.group.version
+
+    def check_health(self) -> None:
+        """A real search (k = 1) on every shard of the group: a replica whose files or index
+        cannot answer is reported unhealthy and replaced by Serve."""
+        group = self.group
+        probe = np.zeros((1, group.dim), dtype=np.float32)
+        probe[0, 0] = 1.0
+        group.search(probe, 1, SearchParams())
