@@ -37,13 +37,14 @@ def free_port() -> int:
 def direct_baseline(vectors: np.ndarray, queries: np.ndarray, factory: str, nprobe: int,
                     batch: int) -> dict:
     """The same data in one in-process FAISS index: what the router's fan-out costs on top."""
+    import faiss
+
     from indexer import factory as factories
-    from indexer.search import set_nprobe
 
     wanted = factories.training_size(factory, len(vectors))
     index = factories.train(factory, vectors.shape[1], vectors[:wanted]) if wanted else factories.make_index(factory, vectors.shape[1])
     index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
-    set_nprobe(index, nprobe)
+    faiss.extract_index_ivf(index).nprobe = nprobe if nprobe else 1
     latencies = []
     for q in queries:
         started = time.perf_counter()
@@ -110,7 +111,12 @@ def main() -> int:
     from bench.synthetic import mixture, write_batch
     from indexer.build import BuildConfig, run_build
     from indexer.executor import LocalExecutor
-    from indexer.tuning import exact_topk, recall_at
+    from indexer.tuning import recall_at
+
+    def exact_topk(base, q, k):
+        import faiss
+        flat = faiss.IndexFlatIP(base.shape[1]); flat.add(base)
+        return flat.search(q, k)[1]
 
     ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     data = mixture(args.vectors + args.requests, args.dim, clusters=500, seed=0)

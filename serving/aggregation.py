@@ -48,6 +48,7 @@ AGGREGATORS = ("plurality", "distance", "softmax", "rank")
 DEFAULT_PARAMETER = {"plurality": 0.0, "distance": 1.0, "softmax": 0.07, "rank": 2.0}
 NO_NEIGHBOUR = -1
 NEAR_TIE = 1e-9  # relative to the row's running sum of |weights|; see the module docstring
+SMALL_BATCH = 16  # rows; up to this, predict_every_k runs exactly row by row in Python
 
 
 @lru_cache(maxsize=64)
@@ -171,6 +172,19 @@ def _exact_row(labels: list[int], numerators: list[int]) -> list[int]:
     return out
 
 
+def _float_row(labels: list[int], weights: list[float]) -> list[int]:
+    """The running-maximum rule on one row of float weights (what the vectorised pass does)."""
+    sums: dict[int, float] = {}
+    best, prediction, out = -math.inf, NO_NEIGHBOUR, []
+    for label, weight in zip(labels, weights):
+        if label >= 0:
+            total = sums[label] = sums.get(label, 0.0) + weight
+            if total > best:
+                best, prediction = total, label
+        out.append(prediction)
+    return out
+
+
 def _check_exact(exact: ExactWeights, labels: np.ndarray) -> None:
     shape = (labels.shape[0], exact.depth) if exact.item_weights is None else exact.item_weights.shape
     if shape != labels.shape:
@@ -185,6 +199,16 @@ def predict_every_k(labels: np.ndarray, weights: np.ndarray, num_classes: int,
     it, near ties are decided in exact arithmetic (module docstring)."""
     labels = np.asarray(labels, dtype=np.int64)
     n, depth = labels.shape
+    if exact is not None:
+        _check_exact(exact, labels)
+    if n <= SMALL_BATCH:  # a few queries (online serving): one Python pass per row is faster
+        rows_weights = np.broadcast_to(np.asarray(weights, dtype=np.float64), labels.shape).tolist()
+        out = np.empty((n, depth), dtype=np.int64)
+        for row in range(n):
+            numerators = exact.row_numerators(row) if exact is not None else None
+            out[row] = (_exact_row(labels[row].tolist(), numerators[0]) if numerators is not None
+                        else _float_row(labels[row].tolist(), rows_weights[row]))
+        return out
     votes = labels.T >= 0  # (K, n): one contiguous row per step
     columns = np.where(votes, labels.T, num_classes)  # the last column of sums absorbs -1
     weights = np.where(votes, np.asarray(weights, dtype=np.float64).T, 0.0)
@@ -194,7 +218,6 @@ def predict_every_k(labels: np.ndarray, weights: np.ndarray, num_classes: int,
     out = np.empty((depth, n), dtype=np.int64)
     rows = np.arange(n)
     if exact is not None:  # see the module docstring
-        _check_exact(exact, labels)
         weight_exact = exact.float_exact(weights.T).T | ~votes
         tolerance = NEAR_TIE * np.cumsum(np.abs(weights), axis=0) + 1e-300
         class_exact = np.ones((n, num_classes + 1), dtype=bool)  # float sum == exact sum

@@ -3,8 +3,9 @@
 One encoder deployment (absent with ``embeddings_only``), ``searcher_groups`` searcher
 deployments (``Searcher0`` ... so a config can size and place each; shard s is served by group
 s mod G, all of a group's shards in one replica's process) and the router that fans out to
-them. On one machine one group is cheapest (one actor hop for every shard); across machines,
-one group per machine spreads memory and CPU.
+them. ``searcher_groups: 0`` searches inside each router replica (no searcher hop: the fastest
+path on one machine; replicas on a node share the memory-mapped files' page cache); across
+machines, one group per machine spreads memory and CPU.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from serving.searchers import SearcherDeployment
 
 def shard_groups(num_shards: int, groups: int) -> list[list[int]]:
     """Shards per searcher group: shard s in group s mod G (G capped at the shard count)."""
-    groups = max(1, min(groups, num_shards))
+    groups = max(1, min(groups, num_shards))  # 0 (in the router) is one group too
     return [list(range(g, num_shards, groups)) for g in range(groups)]
 
 
@@ -34,7 +35,8 @@ def build_app(args: dict, deployment_options: dict[str, dict] | None = None) -> 
             manifest.encoder, options.encoder_weights, options.device, options.max_pixels,
             options.max_body_bytes)
     groups = shard_groups(manifest.num_shards, options.searcher_groups)
-    searchers = [SearcherDeployment.options(name=f"Searcher{g}", **overrides.get(f"Searcher{g}", {}))
-                 .bind(options.memory, shards, manifest.version, options.searcher_omp_threads)
-                 for g, shards in enumerate(groups)]
+    searchers = [] if options.searcher_groups == 0 else [
+        SearcherDeployment.options(name=f"Searcher{g}", **overrides.get(f"Searcher{g}", {}))
+        .bind(options.memory, shards, manifest.version, options.searcher_omp_threads)
+        for g, shards in enumerate(groups)]
     return Router.options(**overrides.get("Router", {})).bind(dict(args), encoder, searchers, groups)

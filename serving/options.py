@@ -21,7 +21,7 @@ class ServingOptions:
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_batch: int = 256  # queries per batch request
-    searcher_groups: int = 1  # searcher deployments; shard s is served by group s mod G
+    searcher_groups: int = 1  # searcher deployments (shard s in group s mod G); 0 = in the router
     searcher_omp_threads: int = 0  # FAISS threads per searcher replica; 0 = Ray's default
     shard_timeout_s: float = 10.0
     shard_retries: int = 1
@@ -42,8 +42,8 @@ class ServingOptions:
             from serving.rerank import make_reranker
 
             make_reranker(options.default_rerank)  # an unknown name fails at deploy, not per query
-        if options.searcher_groups < 1:
-            raise ValueError("searcher_groups must be >= 1")
+        if options.searcher_groups < 0:
+            raise ValueError("searcher_groups must be >= 0 (0: search inside the router)")
         if not 1 <= options.default_k <= options.max_k:
             raise ValueError("default_k must be between 1 and max_k")
         return options

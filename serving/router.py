@@ -33,7 +33,7 @@ from serving.editing import add_items, forget_items
 from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
 from serving.options import ServingOptions
 from serving.rerank import Reranker, make_reranker, rerank_answer
-from serving.searchers import ShardQuery
+from serving.searchers import RemoteSearchers, SearcherService, ShardQuery
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,
@@ -74,9 +74,12 @@ class Router:
     def __init__(self, options: dict, encoder, groups: list, group_shards: list[list[int]]) -> None:
         self.options = ServingOptions.from_args(options)
         api.state.max_body_bytes = self.options.max_body_bytes
-        self.encoder, self.groups, self.group_shards = encoder, groups, group_shards
-        self.num_shards = sum(len(shards) for shards in group_shards)
         manifest = resolve_version(self.options.memory, self.options.version or None)
+        self.encoder, self.group_shards = encoder, group_shards
+        self.groups = ([RemoteSearchers(handle) for handle in groups] if groups else
+                       [SearcherService(self.options.memory, shards, manifest.version,
+                                        self.options.searcher_omp_threads) for shards in group_shards])
+        self.num_shards = sum(len(shards) for shards in group_shards)
         self.version, self.dim, self.count = manifest.version, manifest.dim, manifest.count
         self.encoder_name = manifest.encoder
         self.nlist = nlist_of(manifest.factory)
@@ -171,7 +174,7 @@ class Router:
     async def _group(self, number: int, handle, query: ShardQuery):
         for attempt in range(self.options.shard_retries + 1):
             try:
-                return await asyncio.wait_for(handle.search.remote(query), self.options.shard_timeout_s)
+                return await asyncio.wait_for(handle.search(query), self.options.shard_timeout_s)
             except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
                 for shard in self.group_shards[number]:
                     self.shard_failures.labels(shard=str(shard)).inc()
@@ -279,7 +282,7 @@ class Router:
     # ---- the memory ----------------------------------------------------------------------
     @api.get("/v1/memory")
     async def memory(self) -> dict:
-        stats = await asyncio.gather(*[h.stats.remote(self.version) for h in self.groups])
+        stats = await asyncio.gather(*[h.stats(self.version) for h in self.groups])
         classes: dict[str, int] = {}
         for shard_classes in stats:
             for label, count in shard_classes.items():
@@ -299,7 +302,7 @@ class Router:
 
     async def _switch(self, version: str) -> str:
         """Point every shard at ``version`` before answering: read-your-writes."""
-        await asyncio.gather(*[h.reload.remote(version) for h in self.groups])
+        await asyncio.gather(*[h.reload(version) for h in self.groups])
         self.version = version
         return version
 
@@ -339,6 +342,12 @@ class Router:
             raise ApiError(404, "version", "the memory has no published version")
         async with self.edit_lock:
             return {"version": await self._switch(latest)}
+
+    def check_health(self) -> None:
+        """Serve's health check: searcher groups in this replica run a real search."""
+        for group in self.groups:
+            if isinstance(group, SearcherService):
+                group.check_health()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -95,10 +95,9 @@ def search_batch(group: ShardGroup, requests: list[ShardQuery]) -> list[GroupAns
     return results
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
-                  health_check_period_s=5)
-class SearcherDeployment:
-    """Serves shards ``shards`` of the memory at ``memory``; follows the router's version."""
+class SearcherService:
+    """Serves shards ``shards`` of the memory at ``memory`` and follows the router's version:
+    the logic of a searcher replica, also run inside the router (``searcher_groups: 0``)."""
 
     def __init__(self, memory: str, shards: list[int], version: str = "",
                  omp_threads: int = 0) -> None:
@@ -129,7 +128,8 @@ class SearcherDeployment:
         for version in dict.fromkeys(r.version for r in requests):
             group = await self._ensure(version)
             positions = [p for p, r in enumerate(requests) if r.version == version]
-            answers = await asyncio.to_thread(search_batch, group, [requests[p] for p in positions])
+            # Inline, not in a thread: one FAISS call per batch, no per-request thread hop.
+            answers = search_batch(group, [requests[p] for p in positions])
             for position, result in zip(positions, answers):
                 results[position] = result
         return results
@@ -151,3 +151,26 @@ class SearcherDeployment:
         probe = np.zeros((1, group.dim), dtype=np.float32)
         probe[0, 0] = 1.0
         group.search(probe, 1, SearchParams())
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
+                  health_check_period_s=5)
+class SearcherDeployment(SearcherService):
+    """A SearcherService as its own Serve deployment (one per group, sized in the config)."""
+
+
+class RemoteSearchers:
+    """A SearcherDeployment's handle with SearcherService's awaitable methods, so the router
+    calls a searcher group the same way wherever it runs."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def search(self, query: ShardQuery) -> GroupAnswer:
+        return await self.handle.search.remote(query)
+
+    async def reload(self, version: str = "") -> str:
+        return await self.handle.reload.remote(version)
+
+    async def stats(self, version: str = "") -> dict[str, int]:
+        return await self.handle.stats.remote(version)
