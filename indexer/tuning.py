@@ -10,8 +10,8 @@ disk), for k = 10 and the serving k.
 Choice (cost-bounded, as autofaiss bounds query time): candidates are nprobe = 1, 2, 4, ...
 up to ``max_nprobe_fraction`` x nlist (at least 8) and, when vectors are kept, re-rank factors 4, 8, 16.
 The cheapest pair reaching ``target`` at both k is taken; if none does, the cheapest pair
-within 0.005 of the best recall seen (the plateau), and the manifest says the target was
-missed. Recall@k = |returned top-k ∩ exact top-k| / k (faiss wiki, "Index IO and
+within 0.005 of the best mean recall (over the k) seen — the plateau — and the manifest says
+the target was missed. Recall@k = |returned top-k ∩ exact top-k| / k (faiss wiki, "Index IO and
 benchmarks"), averaged over queries.
 """
 from __future__ import annotations
@@ -111,7 +111,7 @@ def tune(index, executor, parts: list[Part], count: int, ks: tuple[int, ...] = (
     rerank = any(shard.vectors is not None for shard in index.shards)
     probes = [0] if not nlist else _powers(min(nlist, max(8, int(nlist * max_nprobe_fraction))))
     factors = K_FACTORS if rerank and nlist else (K_FACTOR,)
-    curve, best = [], None
+    curve, tried = [], []
     for k_factor in factors:
         for nprobe in probes:
             params = SearchParams(nprobe, rerank, k_factor)
@@ -124,12 +124,16 @@ def tune(index, executor, parts: list[Part], count: int, ks: tuple[int, ...] = (
                      ", ".join(f"recall@{k} {r:.4f}" for k, r in recall.items()))
             if min(recall.values()) >= target:
                 return TuningResult(params, recall, True, len(query_ids), curve)
-            if best is None or min(recall.values()) > min(best[1].values()) + PLATEAU:
-                best = (params, recall)
-    params, recall = best
+            tried.append((params, recall))
+    top = max(_mean(recall) for _, recall in tried)
+    params, recall = next((p, r) for p, r in tried if _mean(r) >= top - PLATEAU)
     log.warning("no nprobe <= %d reaches recall %.2f at k = %s; using nprobe %d (recall %s)",
                 probes[-1], target, ks, params.nprobe, recall)
     return TuningResult(params, recall, False, len(query_ids), curve)
+
+
+def _mean(recall: dict[int, float]) -> float:
+    return sum(recall.values()) / len(recall)
 
 
 def _powers(limit: int) -> list[int]:
