@@ -83,8 +83,9 @@ def cmd_log(args) -> int:
 
     for row in reversed(history(args.memory)):
         mark = "*" if row["latest"] else " "
+        search = " ".join(f"{k}={v}" for k, v in row["search"].items())
         print(f"{mark} {row['version']}  {row['operation']:<10} count={row['count']:<10} "
-              f"shards={row['shards']} parent={row['parent']}")
+              f"shards={row['shards']} {search} parent={row['parent']}")
     return 0
 
 

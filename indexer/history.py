@@ -14,7 +14,9 @@ def history(root: str) -> list[dict]:
         rows.append({"version": version, "latest": version == latest, "parent": manifest.parent,
                      "operation": manifest.operation, "count": manifest.count,
                      "shards": manifest.num_shards, "factory": manifest.factory,
-                     "created": manifest.created})
+                     "created": manifest.created,
+                     "search": {k: v for k, v in manifest.search_defaults.items()
+                                if k in ("nprobe", "k_factor") or k.startswith("recall_at_")}})
     return rows
 
 

@@ -92,6 +92,11 @@ class Router:
         self.shards_answered = Histogram("vmem_shards_answered", "Shards that answered a query",
                                          buckets=[0, 1, 2, 4, 8, 16, 32, 64, 128],
                                          registry=self.registry)
+        self.stage = Histogram("vmem_stage_seconds", "Router time per stage of a query request "
+                               "(embed: validate + encoder; search: fan-out to every shard group "
+                               "and merge; decide: votes and evidence)", ["stage"],
+                               buckets=[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5],
+                               registry=self.registry)
         self.shard_failures = Counter("vmem_shard_failures", "Shard calls that failed or timed out",
                                       ["shard"], registry=self.registry)
 
@@ -204,7 +209,9 @@ class Router:
         aggregators = [self._aggregator(r, f) for r, f in zip(requests, fields)]
         rerankers = [self._reranker(r, f) for r, f in zip(requests, fields)]
         nprobes = [self._nprobe(r, f) for r, f in zip(requests, fields)]
+        started = time.perf_counter()
         vectors = await self._embed(requests, prefix)
+        embedded = time.perf_counter()
         with_vectors = any(r is not None and r.needs_vectors for r in rerankers)
         rows = np.empty(len(requests), dtype=np.int64)  # each query's row in its group's answer
         groups = {nprobe: [i for i, p in enumerate(nprobes) if p == nprobe] for nprobe in nprobes}
@@ -214,6 +221,9 @@ class Router:
                                                       nprobe, with_vectors)
                                          for nprobe, members in groups.items()])
         searched = dict(zip(groups, answers))
+        self.stage.labels(stage="embed").observe(embedded - started)
+        self.stage.labels(stage="search").observe(time.perf_counter() - embedded)
+        deciding = time.perf_counter()
         results = []
         for i, (request, k, aggregator, reranker) in enumerate(zip(requests, ks, aggregators, rerankers)):
             merged, answered = searched[nprobes[i]]
@@ -236,6 +246,7 @@ class Router:
                 for neighbour in body["neighbours"]:
                     neighbour.pop("vote")
             results.append(body)
+        self.stage.labels(stage="decide").observe(time.perf_counter() - deciding)
         return results
 
     async def _timed(self, endpoint: str, coroutine):

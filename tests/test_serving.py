@@ -291,5 +291,6 @@ def test_health_metrics_and_openapi(server):
     metrics = requests.get(f"{url}/metrics").text
     assert "vmem_queries_total" in metrics and "vmem_query_latency_seconds_bucket" in metrics
     assert "vmem_shards_answered_bucket" in metrics
+    assert all(f'vmem_stage_seconds_count{{stage="{s}"}}' in metrics for s in ("embed", "search", "decide"))
     spec = requests.get(f"{url}/openapi.json").json()
     assert "/v1/classify" in spec["paths"] and "/v1/memory/items" in spec["paths"]
