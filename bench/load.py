@@ -1,5 +1,5 @@
-"""Closed-loop load: ``concurrency`` threads, each with its own client, send queries 0 ... n-1
-(each once, in order of who is free) and wait for each answer before the next.
+"""Closed-loop load: ``concurrency`` threads, each with its own client, send the given query
+rows (each once, taken by whichever thread is free) and wait for each answer before the next.
 
 A client is made per thread by ``make_client()`` and is ``fetch(row, k) -> raw answer``; only
 the fetch is timed. Answers are turned into ids (``ids_of``) after the clock stops, so that a
@@ -11,7 +11,7 @@ import concurrent.futures
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -36,15 +36,16 @@ class LoadResult:
                 **({"first_error": self.first_error} if self.first_error else {})}
 
 
-def run_load(make_client: Callable[[], Callable[[int, int], Any]], rows: int, k: int,
+def run_load(make_client: Callable[[], Callable[[int, int], Any]], rows: Sequence[int], k: int,
              concurrency: int) -> LoadResult:
-    """Send rows 0 ... rows-1 at ``k`` with ``concurrency`` threads; QPS = answered / wall time."""
+    """Send ``rows`` at ``k`` with ``concurrency`` threads; QPS = answered / wall time."""
     counter = itertools.count()  # next() on a count is atomic under the GIL
 
     def worker() -> list[tuple[int, float, Any, str]]:
         fetch = make_client()
         done = []
-        while (row := next(counter)) < rows:
+        while (position := next(counter)) < len(rows):
+            row = rows[position]
             started = time.perf_counter()
             try:
                 answer, error = fetch(row, k), ""

@@ -9,6 +9,8 @@ descendants.
 from __future__ import annotations
 
 import os
+import time
+from typing import Callable
 
 
 def _psutil():
@@ -76,32 +78,69 @@ def memory(tree: list[psutil.Process]) -> dict:
         try:
             info = process.memory_full_info()
             processes.append({"pid": process.pid, "name": process_name(process), "rss_bytes": info.rss,
-                              "pss_bytes": info.pss, "uss_bytes": info.uss})
+                              "pss_bytes": info.pss, "uss_bytes": info.uss,
+                              **_anon_and_file(process.pid)})
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     processes.sort(key=lambda p: -p["rss_bytes"])
     return {"processes": processes, "count": len(processes),
             **{f"{kind}_total_bytes": sum(p[f"{kind}_bytes"] for p in processes)
-               for kind in ("rss", "pss", "uss")}}
+               for kind in ("rss", "pss", "uss", "rss_anon", "rss_file")}}
 
 
-def cpu_snapshot(tree: list[psutil.Process]) -> dict[int, tuple[float, float]]:
-    """pid -> (create time, user + system CPU seconds so far)."""
+def _anon_and_file(pid: int) -> dict:
+    """RSS split into anonymous memory (heap: what the process really holds) and file-backed
+    pages (memory-mapped files and libraries: page cache, reclaimable), from /proc/PID/status."""
+    fields = {"RssAnon:": "rss_anon_bytes", "RssFile:": "rss_file_bytes"}
+    out = dict.fromkeys(fields.values(), 0)
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                name, *value = line.split()
+                if name in fields and value:
+                    out[fields[name]] = int(value[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def cpu_snapshot(tree: list[psutil.Process]) -> dict[int, tuple[float, float, str]]:
+    """pid -> (create time, user + system CPU seconds so far, name)."""
     out = {}
     for process in tree:
         try:
             times = process.cpu_times()
-            out[process.pid] = (process.create_time(), times.user + times.system)
+            out[process.pid] = (process.create_time(), times.user + times.system, process_name(process))
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return out
 
 
-def cpu_seconds(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]) -> float:
-    """CPU seconds the tree used between two snapshots (a process started in between counts
-    from its start; one that ended in between is lost)."""
-    used = 0.0
-    for pid, (created, seconds) in after.items():
+def cpu_by_process(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds each process of the tree used between two snapshots, by name (a process
+    started in between counts from its start; one that ended in between is lost)."""
+    used: dict[str, float] = {}
+    for pid, (created, seconds, name) in after.items():
         earlier = before.get(pid)
-        used += seconds - (earlier[1] if earlier and earlier[0] == created else 0.0)
+        spent = seconds - (earlier[1] if earlier and earlier[0] == created else 0.0)
+        used[name] = used.get(name, 0.0) + spent
     return used
+
+
+def cpu_seconds(before: dict, after: dict) -> float:
+    """CPU seconds the whole tree used between two snapshots."""
+    return sum(cpu_by_process(before, after).values())
+
+
+def wait_quiet(tree_of: Callable[[], list], below: float = 0.15, window: float = 1.0,
+               timeout: float = 30.0) -> float:
+    """Wait (up to ``timeout`` s) until the tree uses less than ``below`` CPU-seconds per
+    second over ``window``: a server just started (or Ray's start-up work) is not measured.
+    Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_snapshot(tree_of())
+        time.sleep(window)
+        if cpu_seconds(before, cpu_snapshot(tree_of())) / window < below:
+            break
+    return round(time.monotonic() - started, 1)

@@ -25,6 +25,9 @@ class Inputs:
     id_bytes: int = 8
     list_overhead_bytes: float = 6.0  # measured: 78.7 bytes/vector at PQ64 in one index (bench/index.py)
     rerank_bytes_per_dim: int = 2  # fp16 vectors kept for exact re-ranking (0 to drop them)
+    metadata_bytes: float = 120.0  # Arrow IPC metadata per item (key, label, source, hash, weight)
+    ram_overhead: float = 1.2  # resident bytes over codes + ids (quantizer, tables, hot pages)
+    node_ssd_tib: float = 3.5  # assumed local NVMe per serving node, for memory-mapped files
     gpu_images_per_s: float = 900.0  # assumed: ViT-L/14 bf16 on one L4, 224 px, batch 256
     gpu_hour_usd: float = 0.70  # assumed on-demand L4 price
     node_ram_gib: float = 256.0  # assumed serving node
@@ -42,9 +45,14 @@ def plan(images: float, encoder: str, inputs: Inputs) -> dict:
     embedding_bytes = images * dim * 4  # float32 Parquet (compression gains little on floats)
     index_bpv = inputs.pq_bytes + inputs.id_bytes + inputs.list_overhead_bytes
     rerank_bpv = dim * inputs.rerank_bytes_per_dim
-    serving_bytes = images * (index_bpv + rerank_bpv)
+    # RAM holds the codes and ids (IVF lists are scanned); metadata and re-rank vectors are
+    # memory-mapped from local SSD and read for the k answers / k_factor x k candidates only.
+    ram_bpv = index_bpv * inputs.ram_overhead
+    disk_bpv = index_bpv + rerank_bpv + inputs.metadata_bytes
+    serving_bytes = images * disk_bpv
     usable = inputs.node_ram_gib * 2**30 * inputs.node_usable_fraction
-    shards = max(1, math.ceil(serving_bytes / usable))
+    ssd = inputs.node_ssd_tib * 2**40 * inputs.node_usable_fraction
+    shards = max(1, math.ceil(images * ram_bpv / usable), math.ceil(serving_bytes / ssd))
     replicas_for_qps = max(inputs.replicas, math.ceil(inputs.target_qps / inputs.shard_qps_per_node))
     nodes = shards * replicas_for_qps
     gpu_hours = images / inputs.gpu_images_per_s / 3600
@@ -55,7 +63,8 @@ def plan(images: float, encoder: str, inputs: Inputs) -> dict:
         "embedding_cost_usd": round(gpu_hours * inputs.gpu_hour_usd),
         "embedding_pflops": round(images * spec["gflops"] / 1e6, 1),
         "embeddings_tib": round(embedding_bytes / 2**40, 2),
-        "index_bytes_per_vector": round(index_bpv + rerank_bpv, 1),
+        "index_bytes_per_vector": round(disk_bpv, 1),
+        "ram_bytes_per_vector": round(ram_bpv, 1),
         "index_tib": round(serving_bytes / 2**40, 2),
         "nlist": nlist,
         "shards": shards, "replicas_per_shard": replicas_for_qps, "serving_nodes": nodes,
@@ -77,11 +86,11 @@ def main() -> int:
     if args.json:
         print(json.dumps({"inputs": asdict(inputs), "plans": rows}, indent=2))
         return 0
-    print(f"{'images':>8} {'encoder':<15} {'GPU-h':>8} {'emb TiB':>8} {'idx B/v':>8} {'idx TiB':>8} "
+    print(f"{'images':>8} {'encoder':<15} {'GPU-h':>8} {'emb TiB':>8} {'disk B/v':>8} {'RAM B/v':>7} {'idx TiB':>8} "
           f"{'shards':>6} {'repl':>4} {'nodes':>5} {'QPS':>6} {'$/day':>7}")
     for r in rows:
         print(f"{r['images']:>8.0e} {r['encoder']:<15} {r['embedding_gpu_hours']:>8} {r['embeddings_tib']:>8} "
-              f"{r['index_bytes_per_vector']:>8} {r['index_tib']:>8} {r['shards']:>6} "
+              f"{r['index_bytes_per_vector']:>8} {r['ram_bytes_per_vector']:>7} {r['index_tib']:>8} {r['shards']:>6} "
               f"{r['replicas_per_shard']:>4} {r['serving_nodes']:>5} {r['expected_qps']:>6} {r['cost_per_day_usd']:>7}")
     return 0
 

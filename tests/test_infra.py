@@ -142,7 +142,8 @@ def test_capacity_plan_is_consistent():
     inputs = capacity.Inputs()
     one, five = (capacity.plan(n, "dinov2-vit-l14", inputs) for n in (1e9, 5e9))
     assert five["embedding_gpu_hours"] == pytest.approx(5 * one["embedding_gpu_hours"], rel=1e-3)
-    assert one["index_bytes_per_vector"] == 64 + 8 + 6 + 2 * 1024
+    assert one["index_bytes_per_vector"] == 64 + 8 + 6 + 2 * 1024 + 120  # codes, ids, lists, fp16, metadata
+    assert one["ram_bytes_per_vector"] == pytest.approx((64 + 8 + 6) * 1.2)  # resident: codes + ids
     assert 4 * one["shards"] <= five["shards"] <= 5 * one["shards"]  # ceil(N * B / node) per N
     assert one["serving_nodes"] == one["shards"] * one["replicas_per_shard"]
 
