@@ -3,18 +3,17 @@ loads shard 0 of a memory and answers 150 queries (k = 100), per vector.
 
     python bench/searcher_memory.py     # builds /tmp/anon/mem (200k x 384, IVF1024,PQ64x8, fp16) once
 """
-import sys, time, os, json
-sys.path.insert(0, "/work/main")
+import json
+import os
+import sys
+from pathlib import Path
+
+PROJECT = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, PROJECT)
 import numpy as np
 from bench.synthetic import mixture, write_batch
 from indexer.build import BuildConfig, run_build
 from indexer.executor import LocalExecutor
-def status():
-    out = {}
-    for line in open("/proc/self/status"):
-        k, *v = line.split()
-        if k in ("RssAnon:", "RssFile:"): out[k[:-1]] = int(v[0]) * 1024
-    return out
 root = "/tmp/anon/mem"; n = 200_000
 vectors = mixture(n + 150, 384, 200, 1)
 if not os.path.exists(root + "/index/LATEST"):
@@ -23,7 +22,7 @@ if not os.path.exists(root + "/index/LATEST"):
 # measure in a fresh process
 import subprocess
 code = f'''
-import sys, json; sys.path.insert(0, "/work/main")
+import sys, json; sys.path.insert(0, {PROJECT!r})
 import numpy as np
 def status():
     out = {{}}
