@@ -18,9 +18,14 @@ def version_dir(root: str, version: str) -> str:
     return storage.join(index_root(root), version)
 
 
-def new_version_name() -> str:
-    """Sortable by creation time, unique across concurrent writers."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3] + "-" + uuid.uuid4().hex[:6]
+def new_version_name(after: str | None = None) -> str:
+    """Sortable by creation time, unique across concurrent writers, and greater than
+    ``after`` (the parent) even if the clock stepped back: clients compare versions by name
+    (``min_version``), so a child must sort after its parent."""
+    name = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3] + "-" + uuid.uuid4().hex[:6]
+    if after and name <= after:
+        name = after.split("-")[0] + "~" + uuid.uuid4().hex[:6]  # '~' sorts after '-'
+    return name
 
 
 def read_latest(root: str) -> str | None:

@@ -1,4 +1,11 @@
-"""The index version manifest: everything a searcher needs, and the version's history link."""
+"""The index version manifest: everything a searcher needs, and the version's history link.
+
+A shard of a version is a list of immutable **segments** (the trained base segment plus small
+delta segments written by adds, all encoded with the version's one trained quantizer) and a
+list of **tombstone** files (ids deleted since the segments were written). Paths are relative to
+``ROOT/index/`` so a version reuses its parent's unchanged files: versions are immutable, so
+sharing is safe, and an edit writes only what it changes (indexer/segments.py).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,15 +13,15 @@ from dataclasses import dataclass, field
 from indexer.layout import MANIFEST, version_dir
 from pipelines import storage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards are segments + tombstones; 1 (one file set per shard) still reads
 
 
 @dataclass
-class ShardEntry:
-    """One serving shard. Paths are relative to ``ROOT/index/`` so an edit can reuse the
-    unchanged files of its parent version (versions are immutable, so sharing is safe)."""
+class SegmentEntry:
+    """One immutable segment of a shard: a FAISS index, its metadata (Arrow IPC, sorted by id)
+    and optionally its re-rank vectors (rows aligned with the metadata). ``count`` is the rows
+    stored in the files, tombstoned ones included."""
 
-    shard: int
     count: int
     index_path: str
     index_sha256: str
@@ -23,13 +30,99 @@ class ShardEntry:
     vectors_path: str = ""  # fp16/fp32 vectors for exact re-ranking, rows aligned with metadata
     vectors_sha256: str = ""
 
+    def files(self) -> list[tuple[str, str]]:
+        """(path, sha256) of every file of the segment."""
+        return [(p, d) for p, d in ((self.index_path, self.index_sha256),
+                                    (self.metadata_path, self.metadata_sha256),
+                                    (self.vectors_path, self.vectors_sha256)) if p]
+
+
+@dataclass
+class TombstoneEntry:
+    """Ids deleted from a shard: a sorted int64 ``.npy``. It hides those ids in the shard's
+    first ``segments`` segments (the ones that existed when it was written), so an id added
+    again later, in a newer segment, is not hidden."""
+
+    path: str
+    sha256: str
+    count: int
+    segments: int
+
+
+@dataclass
+class ShardEntry:
+    """One serving shard: ``segments[0]`` is the base segment, the rest are deltas, oldest
+    first; ``count`` is the live items (stored minus tombstoned)."""
+
+    shard: int
+    count: int
+    segments: list[SegmentEntry] = field(default_factory=list)
+    tombstones: list[TombstoneEntry] = field(default_factory=list)
+
+    # The base segment's files, for code that reads a single-segment shard.
+    @property
+    def base(self) -> SegmentEntry:
+        return self.segments[0]
+
+    @property
+    def index_path(self) -> str:
+        return self.base.index_path
+
+    @property
+    def index_sha256(self) -> str:
+        return self.base.index_sha256
+
+    @property
+    def metadata_path(self) -> str:
+        return self.base.metadata_path
+
+    @property
+    def metadata_sha256(self) -> str:
+        return self.base.metadata_sha256
+
+    @property
+    def vectors_path(self) -> str:
+        return self.base.vectors_path
+
+    @property
+    def vectors_sha256(self) -> str:
+        return self.base.vectors_sha256
+
+    @property
+    def stored(self) -> int:
+        """Rows in the shard's segment files, tombstoned included."""
+        return sum(s.count for s in self.segments)
+
+    @property
+    def tombstoned(self) -> int:
+        return sum(t.count for t in self.tombstones)
+
+    @property
+    def compacted(self) -> bool:
+        """One segment and no tombstones: what a build or a compaction writes."""
+        return len(self.segments) == 1 and not self.tombstones
+
+    def files(self) -> list[tuple[str, str]]:
+        """(path, sha256) of every file the shard reads."""
+        return ([f for s in self.segments for f in s.files()]
+                + [(t.path, t.sha256) for t in self.tombstones])
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "ShardEntry":
+        if "segments" not in fields:  # format 1: one file set per shard
+            segment = SegmentEntry(**{k: v for k, v in fields.items() if k not in ("shard",)})
+            return cls(fields["shard"], fields["count"], [segment])
+        return cls(fields["shard"], fields["count"],
+                   [SegmentEntry(**s) for s in fields["segments"]],
+                   [TombstoneEntry(**t) for t in fields.get("tombstones", [])])
+
 
 @dataclass
 class IndexManifest(storage.JsonRecord):
     version: str
     parent: str | None
     created: str
-    operation: str  # build, add, delete, prune-hard, prune-soft
+    operation: str  # build, add, delete, compact, prune-hard, prune-soft, rollback
     encoder: str
     dim: int
     factory: str
@@ -40,6 +133,8 @@ class IndexManifest(storage.JsonRecord):
     shards: list[ShardEntry] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # operation-specific: timings, recall, report
+    trained_path: str = ""  # the empty trained index (quantizer + codebooks), shared by segments
+    trained_sha256: str = ""
     format_version: int = FORMAT_VERSION
 
     # Written last inside the version folder: its presence makes the version complete.
@@ -51,4 +146,12 @@ class IndexManifest(storage.JsonRecord):
 
     @classmethod
     def from_fields(cls, fields: dict) -> "IndexManifest":
-        return cls(**{**fields, "shards": [ShardEntry(**entry) for entry in fields["shards"]]})
+        return cls(**{**fields, "shards": [ShardEntry.from_fields(e) for e in fields["shards"]]})
+
+    def files(self) -> list[tuple[str, str]]:
+        """(path relative to ``ROOT/index/``, sha256) of every data file this version reads:
+        what garbage collection must keep while the version is kept."""
+        out = [f for entry in self.shards for f in entry.files()]
+        if self.trained_path:
+            out.append((self.trained_path, self.trained_sha256))
+        return out
