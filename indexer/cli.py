@@ -104,6 +104,15 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from indexer.gc import run_gc, summary
+
+    report = run_gc(args.memory, args.keep, grace_seconds=args.grace_seconds, dry_run=args.dry_run)
+    print(summary(report), file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmem index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", default=None, help="Version (default: the parent of LATEST).")
     verify = command("verify", cmd_verify, "Check every file of a version against its checksums.", ray=False)
     verify.add_argument("--version", default=None, help="Version (default: LATEST).")
+    gc = command("gc", cmd_gc, "Remove old versions (file by file: shared files stay), stale temp "
+                 "files, orphan folders of killed runs and online batches of failed adds; "
+                 "never LATEST, a pinned version or one a live replica lease names. Prints a "
+                 "summary (stderr) and the report as JSON (stdout).", ray=False)
+    gc.add_argument("--keep", type=int, required=True,
+                    help="Keep the N newest complete versions (besides LATEST, pinned, leased).")
+    gc.add_argument("--grace-seconds", type=float, default=3600.0,
+                    help="Leftovers (temp files, orphan folders, unlisted online batches) "
+                         "younger than this are kept: a run may still be writing them.")
+    gc.add_argument("--dry-run", action="store_true", help="Report what would go; remove nothing.")
     return parser
 
 

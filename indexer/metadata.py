@@ -1,7 +1,11 @@
 """A shard's metadata as a memory-mapped Arrow IPC file, read by row for the k answers only.
 
 One row per stored item, sorted by id: ``id`` int64, ``label``, ``key``, ``source``,
-``content_hash``, ``batch`` (strings) and ``weight`` float64 (soft pruning; 1.0 when unpruned).
+``content_hash``, ``batch`` (strings) and ``weight`` float64 (soft pruning; 1.0 when unpruned):
+``METADATA_SCHEMA``, the one schema every metadata table has inside the indexer. ``conform``
+brings a table to it where tables enter (``reader.read_part``, ``with_weights``), so tables
+from different batches (an API batch with all-null sources, a part whose rows were all
+forgotten) always concatenate.
 The file is Arrow IPC (Feather v2) without compression and with a single record batch, so
 ``pyarrow.memory_map`` gives every column zero-copy: opening a shard costs page-cache, not
 heap, and a lookup touches O(k log N) pages (binary search on ``id``, then k row reads).
@@ -24,15 +28,82 @@ SUFFIX = ".meta.arrow"
 TEXT_FIELDS = ("key", "source", "label")
 WEIGHT = "weight"
 
+# Every column nullable except in meaning: ``id`` must be present and non-null.
+METADATA_SCHEMA = pa.schema([
+    ("id", pa.int64()),
+    ("label", pa.string()),
+    ("key", pa.string()),
+    ("source", pa.string()),
+    ("content_hash", pa.string()),
+    ("batch", pa.string()),
+    (WEIGHT, pa.float64()),
+])
+BATCH_ONLY_COLUMNS = ("embedding", "encoder")  # boundary 1 columns that metadata does not hold
+
+
+def _compatible(actual: pa.DataType, wanted: pa.DataType) -> bool:
+    """A cast that changes the representation, never the meaning (wider or equivalent)."""
+    if pa.types.is_null(actual):
+        return True
+    if pa.types.is_string(wanted):
+        if pa.types.is_dictionary(actual):
+            actual = actual.value_type
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual) or (
+            hasattr(pa.types, "is_string_view") and pa.types.is_string_view(actual))
+    if pa.types.is_int64(wanted):
+        return pa.types.is_integer(actual)
+    if pa.types.is_float64(wanted):
+        return pa.types.is_floating(actual) or pa.types.is_integer(actual)
+    return False
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` with exactly ``METADATA_SCHEMA`` (column order, types, no schema metadata):
+    null-typed columns (e.g. an empty or all-None column) cast to their type, equivalent types
+    (large_string, dictionary<string>, narrower ints, float32) cast, a missing ``weight``
+    added as ones and any other missing column as typed nulls; the embedding batch's own
+    columns (``embedding``, ``encoder``), which metadata does not store, are dropped. Columns
+    already right are kept as they are (zero-copy: a memory-mapped table stays memory-mapped).
+
+    Raises ValueError naming the column when ``id`` is missing or has nulls, when a column has
+    a conflicting type (e.g. ``label`` int64), when a cast would lose values, or when the
+    table has a column the schema does not know."""
+    unknown = [name for name in table.column_names if METADATA_SCHEMA.get_field_index(name) < 0
+               and name not in BATCH_ONLY_COLUMNS]
+    if unknown:
+        raise ValueError(f"shard metadata has unknown columns {unknown}; "
+                         f"expected {METADATA_SCHEMA.names}")
+    if len(set(table.column_names)) != len(table.column_names):
+        raise ValueError(f"shard metadata has duplicate columns: {table.column_names}")
+    if "id" not in table.column_names:
+        raise ValueError("shard metadata has no 'id' column")
+    columns = []
+    for field in METADATA_SCHEMA:
+        if field.name not in table.column_names:
+            columns.append(pa.array(np.ones(table.num_rows, dtype=np.float64))
+                           if field.name == WEIGHT else pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if column.type != field.type:
+            if not _compatible(column.type, field.type):
+                raise ValueError(f"shard metadata column {field.name!r} is {column.type}, "
+                                 f"expected {field.type} (batches disagree on its type?)")
+            try:
+                column = column.cast(field.type)  # safe: overflow or truncation raises
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise ValueError(f"shard metadata column {field.name!r}: cannot cast "
+                                 f"{column.type} to {field.type}: {error}") from error
+        columns.append(column)
+    if columns[0].null_count:
+        raise ValueError(f"shard metadata column 'id' has {columns[0].null_count} nulls")
+    return pa.Table.from_arrays(columns, schema=METADATA_SCHEMA)
+
 
 def with_weights(meta: pa.Table) -> pa.Table:
-    """``meta`` with a float64 ``weight`` column (ones when it has none; float32 widened)."""
-    if WEIGHT not in meta.column_names:
-        return meta.append_column(WEIGHT, pa.array(np.ones(meta.num_rows, dtype=np.float64)))
-    column = meta.column(WEIGHT)
-    if column.type != pa.float64():
-        meta = meta.set_column(meta.column_names.index(WEIGHT), WEIGHT, column.cast(pa.float64()))
-    return meta
+    """``meta`` conformed to ``METADATA_SCHEMA`` (``conform``): a float64 ``weight`` column
+    (ones when it has none; float32 widened), every other column typed. Raises ValueError as
+    ``conform`` does."""
+    return conform(meta)
 
 
 def sorted_by_id(meta: pa.Table) -> tuple[pa.Table, np.ndarray]:

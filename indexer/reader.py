@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from indexer.metadata import conform
 from pipelines.manifest import BatchManifest, list_batches, read_parquet_files
 from pipelines.schema import embeddings_matrix
 
@@ -68,14 +69,18 @@ def plan_inputs(root: str, batches: list[str] | None = None, encoder: str | None
 
 
 def read_part(part: Part, with_vectors: bool = True) -> tuple[pa.Table, np.ndarray | None]:
-    """The part's metadata (with its batch name) and, optionally, its (n, dim) vectors."""
+    """The part's metadata (with its batch name) conformed to ``metadata.METADATA_SCHEMA``
+    (typed even when a column is all null or every row was forgotten, so parts of any batch
+    concatenate) and, optionally, its (n, dim) vectors. Raises ValueError naming a column of
+    a conflicting type."""
     columns = META_COLUMNS + (["embedding"] if with_vectors else [])
     table = read_parquet_files([part.url], columns)
     if part.forgotten is not None:
         table = table.filter(pa.array(~np.isin(table.column("id").to_numpy(), part.forgotten)))
     vectors = embeddings_matrix(table) if with_vectors else None
-    meta = table.select(META_COLUMNS).append_column("batch", pa.array([part.batch] * table.num_rows))
-    return meta, vectors
+    meta = table.select(META_COLUMNS).append_column(
+        "batch", pa.array([part.batch] * table.num_rows, type=pa.string()))
+    return conform(meta), vectors
 
 
 def check_unique_ids(ids: np.ndarray, what: str = "the input batches") -> None:

@@ -31,7 +31,7 @@ from pipelines.encoders import (DEFAULT_ENCODER, EncoderSpec, embedding_dim, pre
 from pipelines.inference import EncoderModelHandler
 from pipelines.manifest import (BatchManifest, embeddings_dir, rejected_dir, remove_stale_files,
                                 run_files)
-from pipelines.schema import REJECTED_SCHEMA, embedding_schema
+from pipelines.schema import REJECTED_SCHEMA, USE_COMPLIANT_NESTED_TYPE, embedding_schema
 from pipelines.sources import SOURCE_FORMATS, detect_format, make_source
 from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFirstOfKey,
                                   ProgressLogger, ReadShard, failed_batch_to_rejected,
@@ -91,6 +91,15 @@ def default_batch_size(spec: EncoderSpec) -> int:
     return 256 if resolve_device(spec.device).type == "cuda" else 16
 
 
+def embeddings_sink(memory: str, batch: str, run_id: str, dim: int) -> beam.PTransform:
+    """Boundary 1's Beam sink: Arrow tables of ``embedding_schema(dim)`` in, Parquet files
+    ``ROOT/embeddings/<batch>/part-<run_id>-*.parquet`` out, written with the same Parquet
+    options as ``manifest.write_embedding_batch`` (``schema.USE_COMPLIANT_NESTED_TYPE``)."""
+    return beam.io.WriteToParquetBatched(
+        f"{embeddings_dir(memory, batch)}/part-{run_id}", schema=embedding_schema(dim),
+        file_name_suffix=".parquet", use_compliant_nested_type=USE_COMPLIANT_NESTED_TYPE)
+
+
 def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -> None:
     source = make_source(config.resolved_format(), config.image_column, config.label_column,
                          config.key_column)
@@ -124,9 +133,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
      | "Progress" >> beam.ParDo(ProgressLogger())
      | "BatchRows" >> beam.BatchElements(min_batch_size=256, max_batch_size=config.write_batch_rows)
      | "ToArrow" >> beam.Map(results_to_table, encoder=spec.name)
-     | "WriteEmbeddings" >> beam.io.WriteToParquetBatched(
-         f"{embeddings_dir(config.memory, batch)}/part-{run_id}",
-         schema=embedding_schema(dim), file_name_suffix=".parquet"))
+     | "WriteEmbeddings" >> embeddings_sink(config.memory, batch, run_id, dim))
     ((read[REJECTED], unique[REJECTED], prepared[REJECTED], failed_embeds)
      | "AllRejected" >> beam.Flatten()
      | "BatchRejected" >> beam.BatchElements(min_batch_size=1, max_batch_size=4096)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.schema import USE_COMPLIANT_NESTED_TYPE, conform_embeddings
 
 MANIFEST = "_manifest.json"
 FORMAT_VERSION = 1
@@ -65,11 +66,13 @@ def list_batches(root: str) -> list[str]:
 
 
 def read_parquet_files(urls: list[str], columns: list[str] | None = None) -> pa.Table:
+    """The files' rows as one table, boundary-1 columns typed as ``embedding_schema`` types
+    them (``schema.conform_embeddings``: files of any writer concatenate)."""
     tables = []
     for url in urls:
         fs, path = storage.filesystem(url)
         with fs.open(path, "rb") as handle:
-            tables.append(pq.read_table(handle, columns=columns))
+            tables.append(conform_embeddings(pq.read_table(handle, columns=columns)))
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
@@ -112,7 +115,7 @@ def write_embedding_batch(root: str, batch: str, table: pa.Table, encoder: str,
     """A complete embedding batch from an in-memory table (online adds, derived memories of the
     experiments): one Parquet part written atomically, then the manifest, the commit point."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, use_compliant_nested_type=USE_COMPLIANT_NESTED_TYPE)
     name = f"part-{batch}-00000.parquet"
     storage.write_bytes_atomic(storage.join(embeddings_dir(root, batch), name), sink.getvalue().to_pybytes())
     dim = table.schema.field("embedding").type.list_size

@@ -22,6 +22,15 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
+# How every boundary-1 Parquet file is written, by Beam (``WriteToParquetBatched``, ingest) and
+# by ``pq.write_table`` (``manifest.write_embedding_batch``: online adds, derived memories)
+# alike: lists keep Arrow's child name ("item"), so a file reads back as exactly
+# ``embedding_schema(dim)`` whichever writer made it. (pyarrow's write_table default, the
+# "compliant" naming, reads back as ``fixed_size_list<element: float>``: another Arrow type,
+# and tables of the two kinds do not concatenate.)
+USE_COMPLIANT_NESTED_TYPE = False
+
+
 def embedding_schema(dim: int) -> pa.Schema:
     """One row per remembered image; the embedding is L2-normalised float32 of fixed length."""
     return pa.schema(
@@ -62,6 +71,25 @@ def embedding_batch(
         ],
         schema=embedding_schema(dim),
     )
+
+
+def conform_embeddings(table: pa.Table) -> pa.Table:
+    """A table read from boundary-1 files with the columns ``embedding_schema`` names typed as
+    there: an all-null column stored as type null gets its type, and an ``embedding`` list
+    written with the compliant child name ("element": online batches written before
+    ``USE_COMPLIANT_NESTED_TYPE``) becomes ``fixed_size_list<item: float>``. Other columns,
+    and columns of a conflicting type (their readers check), are left as they are."""
+    kind = table.schema.field("embedding").type if "embedding" in table.column_names else None
+    dim = kind.list_size if kind is not None and pa.types.is_fixed_size_list(kind) else None
+    for field in embedding_schema(dim or 1):
+        if field.name not in table.column_names or (field.name == "embedding" and dim is None):
+            continue
+        actual = table.schema.field(field.name).type
+        if actual != field.type and (pa.types.is_null(actual) or (
+                field.name == "embedding" and actual.value_type == pa.float32())):
+            table = table.set_column(table.column_names.index(field.name), field.name,
+                                     table.column(field.name).cast(field.type))
+    return table
 
 
 def rejected_batch(rows: Sequence[Rejected]) -> pa.RecordBatch:

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("experiments.cli", "Experiments: the paper's claims measured on your memory; writes a report."),
     "update": ("vmem.update", "Scheduled step: ingest new shards, publish a version, verify, reload serving."),
     "demo": ("experiments.demo", "The whole system on Fashion-MNIST: ingest, build, serve, add, forget, report."),
-    "index": ("indexer.cli", "Ray jobs: build, add, delete, prune, log, rollback, verify index versions."),
+    "index": ("indexer.cli", "Ray jobs: build, add, delete, prune, log, rollback, verify, gc index versions."),
 }
 
 
