@@ -15,13 +15,16 @@ import faiss
 import numpy as np
 
 from indexer import factory as factories
+from indexer.checksums import sha256_bytes
 from indexer.executor import LocalExecutor, RayExecutor
 from indexer.layout import index_root, new_version_name, read_latest, set_latest
+from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
 from indexer.reader import check_unique_ids, plan_inputs, read_part
 from indexer.tasks import VECTOR_DTYPES, add_part, merge_shard, sample_part
 from indexer.search import ShardedIndex
 from indexer.tuning import tune
+from pipelines import storage
 
 log = logging.getLogger("vmem.index")
 
@@ -95,6 +98,10 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     merges = [executor.submit(merge_shard, index_root(config.memory), version, shard,
                               *[pieces[shard] for pieces in per_part]) for shard in range(shards)]
     entries = executor.get(merges, "adding and merging")
+    trained_path = f"{version}/trained.faiss"  # one copy per version: every new segment's encoder
+    trained_sha = sha256_bytes(trained_bytes.tobytes())
+    storage.write_bytes_atomic(storage.join(index_root(config.memory), trained_path),
+                               trained_bytes.tobytes())
     add_merge_s = time.monotonic() - started - train_s - prepare_s
 
     rerank = config.keep_vectors != "none"
@@ -103,7 +110,8 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
         created=datetime.now(timezone.utc).isoformat(), operation="build", encoder=inputs.encoder,
         dim=dim, factory=factory, num_shards=shards, count=sum(e.count for e in entries),
         search_defaults={"k": config.k, "nprobe": 0, "rerank": rerank},
-        shards=entries, batches=inputs.batches)
+        shards=entries, batches=inputs.batches, trained_path=trained_path,
+        trained_sha256=trained_sha)
     tuning_started = time.monotonic()
     tuned = tune(ShardedIndex(config.memory, manifest), executor, inputs.parts, count,
                  ks=(10, config.k), target=config.recall_target, seed=config.seed)
@@ -118,6 +126,25 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
         "seconds": round(time.monotonic() - started, 3), "seed": config.seed, **tuned.details()}
     if manifest.count != count:
         raise RuntimeError(f"built {manifest.count} vectors from {count} inputs; not publishing")
-    manifest.write(config.memory)
-    set_latest(config.memory, version)  # the publish: last, atomic
+    with writer_lock(config.memory):
+        _check_unchanged(config.memory, manifest, inputs)
+        manifest.parent = read_latest(config.memory)
+        manifest.write(config.memory)
+        set_latest(config.memory, version)  # the publish: last, atomic
     return manifest
+
+
+def _check_unchanged(root: str, manifest: IndexManifest, inputs) -> None:
+    """Edits published while the build ran must not be lost by publishing it: an item
+    unlearned meanwhile (the forget ledger grew) or a batch added meanwhile refuses the
+    publish (nothing is committed; run the build again)."""
+    from indexer.forgotten import forgotten_ids
+
+    latest = read_latest(root)
+    if latest and latest != manifest.parent:
+        added = sorted(set(IndexManifest.read(root, latest).batches) - set(inputs.batches))
+        if added:
+            raise RuntimeError(f"batches {added} were added while the build ran; not publishing")
+    known = inputs.parts[0].forgotten if inputs.parts and inputs.parts[0].forgotten is not None else []
+    if len(np.setdiff1d(forgotten_ids(root), known)):
+        raise RuntimeError("items were unlearned while the build ran; not publishing (run it again)")

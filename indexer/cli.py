@@ -59,10 +59,30 @@ def cmd_delete(args) -> int:
                             labels=args.label or [])
     if not (request.ids or request.keys or request.labels):
         raise SystemExit("vmem index delete: name what to forget with --id, --key or --label")
-    manifest, report = run_delete(args.memory, request, _executor(args))
+    manifest, report = run_delete(args.memory, request, _executor(args), purge=args.purge)
     _print_manifest(manifest)
-    print(f"  forgot {report['removed']} items in {report['seconds']}s, verified absent from "
-          f"{len(report['verified_shards'])} shard files; not found: {report['not_found']}")
+    removed = report["bytes_removed"]
+    print(f"  forgot {report['removed']} items in {report['seconds']}s: no longer returned from "
+          f"version {report['stopped_returning']['version']}; "
+          + (f"bytes removed from every file of version {removed['version']} (verified)"
+             if removed else "bytes remain until compaction (vmem index compact, or --purge)")
+          + f"; not found: {report['not_found']}")
+    if args.wait_served:
+        from indexer.leases import wait_until_served
+
+        served = wait_until_served(args.memory, manifest.version, args.wait_served)
+        print(f"  serving replicas on this version: {served['served']}/{served['replicas']}"
+              + (f" (lagging: {served['lagging']})" if served["lagging"] else ""))
+    return 0
+
+
+def cmd_compact(args) -> int:
+    from indexer.edit import run_compact
+
+    manifest = run_compact(args.memory, _executor(args))
+    _print_manifest(manifest)
+    if manifest.operation == "compact":
+        print("  " + json.dumps({k: manifest.details[k] for k in ("shards", "purged", "seconds")}))
     return 0
 
 
@@ -146,7 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     add = command("add", cmd_add, "Add embedding batches to LATEST with its trained quantizer.")
     add.add_argument("--batch", action="append", required=True, help="Batch to add (repeatable).")
 
-    delete = command("delete", cmd_delete, "Forget items (unlearning): physically removed, verified.")
+    delete = command("delete", cmd_delete, "Forget items (unlearning): tombstoned at once (no query "
+                     "returns them from the new version on), bytes purged by compaction (--purge: now).")
+    delete.add_argument("--purge", action="store_true",
+                        help="Compact the shards at once, so the items' bytes leave every file of "
+                             "the live version (verified by reading the files back).")
+    delete.add_argument("--wait-served", type=float, default=0.0, metavar="SECONDS",
+                        help="Then wait up to SECONDS until every serving replica (live lease) "
+                             "serves the new version.")
     delete.add_argument("--id", action="append", help="Item id (repeatable).")
     delete.add_argument("--key", action="append", help="Source key (repeatable).")
     delete.add_argument("--label", action="append", help="Forget a whole label (repeatable).")
@@ -159,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--c", type=float, default=SOFT_C, help="Soft: gamma = d / (c + v_wrong).")
     prune.add_argument("--d", type=float, default=SOFT_D, help="Soft: gamma = d / (c + v_wrong).")
 
+    command("compact", cmd_compact, "Merge every shard's segments into one and drop tombstoned "
+            "items physically, as a new version (edits also compact past a threshold).")
     command("log", cmd_log, "List versions, newest first; * marks LATEST.", ray=False)
     rollback = command("rollback", cmd_rollback, "Move LATEST to a verified earlier version.", ray=False)
     rollback.add_argument("--to", default=None, help="Version (default: the parent of LATEST).")

@@ -1,5 +1,11 @@
-"""Edits of a published memory, each a new immutable version sharing the trained quantizer:
-add batches (new samples, whole new classes), delete (unlearn) by id / key / label, set weights.
+"""Edits of a published memory, each a new immutable version (indexer/segments.py model):
+add (a delta segment per shard reached: O(items added)), delete (tombstones: O(items deleted)),
+compact (segments merged, tombstoned rows dropped physically: O(shard)), set weights.
+
+Every edit runs under the memory's single-writer lock (indexer/leases.py), reads LATEST inside
+it, writes new files only, and publishes by writing the manifest and then LATEST: an edit that
+fails at any point commits nothing and leaves the previous version serving. After an edit, a
+shard past the ``CompactionPolicy`` is compacted in a following version (same lock hold).
 """
 from __future__ import annotations
 
@@ -10,80 +16,141 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow as pa
 
+from indexer.checksums import sha256_bytes
 from indexer.forgotten import record_forgotten
-from indexer.layout import new_version_name, set_latest, version_dir
-from indexer.manifest import IndexManifest
+from indexer.layout import index_root, new_version_name, set_latest, version_dir
+from indexer.leases import writer_lock
+from indexer.manifest import IndexManifest, ShardEntry
 from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
-from indexer.store import load_index, load_metadata, resolve_version
-from indexer.tasks import add_part, edit_shard, empty_like, shard_of, stored_ids
+from indexer.segments import CompactionPolicy, Shard, stored_ids
+from indexer.store import load_index, load_metadata, load_trained, resolve_version
+from indexer.tasks import (add_part, add_segment, compact_shard, shard_of, split_into_pieces,
+                           tombstone_shard, weigh_shard)
 from pipelines import storage
 
 log = logging.getLogger("vmem.index")
 FORGET_REPORT = "forget-report.json"
+COMPACTION_REPORT = "compaction-report.json"
 
 
-def _publish(root: str, parent: IndexManifest, version: str, operation: str, entries: list,
-             batches: list[str], details: dict) -> IndexManifest:
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def publish(root: str, parent: IndexManifest, version: str, operation: str,
+            entries: list[ShardEntry], batches: list[str], details: dict,
+            trained: bytes | None = None) -> IndexManifest:
+    """Write the manifest of ``version`` (a child of ``parent``) and point LATEST at it: the
+    commit point of every edit. The caller holds the writer lock. A parent without a stored
+    trained index gets one in this version (``trained``), so later edits encode from it."""
+    trained_path, trained_sha = parent.trained_path, parent.trained_sha256
+    if not trained_path and trained is not None:
+        trained_path, trained_sha = f"{version}/trained.faiss", sha256_bytes(trained)
+        storage.write_bytes_atomic(storage.join(index_root(root), trained_path), trained)
     manifest = IndexManifest(
-        version=version, parent=parent.version, created=datetime.now(timezone.utc).isoformat(),
-        operation=operation, encoder=parent.encoder, dim=parent.dim, factory=parent.factory,
+        version=version, parent=parent.version, created=_now(), operation=operation,
+        encoder=parent.encoder, dim=parent.dim, factory=parent.factory,
         num_shards=parent.num_shards, count=sum(e.count for e in entries),
         search_defaults=dict(parent.search_defaults), shards=entries, batches=batches,
-        details=details)
+        details=details, trained_path=trained_path, trained_sha256=trained_sha)
     manifest.write(root)
     set_latest(root, version)
     return manifest
 
 
-def _memory_ids(root: str, manifest: IndexManifest, columns=("id",)):
-    import pyarrow as pa
+def _live(root: str, manifest: IndexManifest, ids: np.ndarray) -> np.ndarray:
+    """Which ids the version serves: per shard, binary searches on its segments' sorted ids
+    and tombstones. O(len(ids) · log N), no full scan."""
+    ids = np.asarray(ids, dtype=np.int64)
+    found = np.zeros(len(ids), dtype=bool)
+    owner = shard_of(ids, manifest.num_shards)
+    for entry in manifest.shards:
+        mine = owner == entry.shard
+        if mine.any():
+            found[mine] = Shard(root, entry).live(ids[mine])
+    return found
 
-    return pa.concat_tables([load_metadata(root, e).select(list(columns)) for e in manifest.shards])
 
-
-def run_add(root: str, batches: list[str], executor, version: str | None = None) -> IndexManifest:
-    """Add new embedding batches to LATEST with its trained quantizer: no retraining.
-    Batches already in the memory are skipped, so a scheduled re-run adds nothing twice."""
-    started = time.monotonic()
-    parent = resolve_version(root, version)
-    new = [b for b in batches if b not in parent.batches]
-    if not new:
-        log.info("every batch is already in version %s: nothing to add", parent.version)
-        return parent
-    inputs = plan_inputs(root, new, parent.encoder, parent.dim)
-    existing = _memory_ids(root, parent).column("id").to_numpy()
-    incoming = np.concatenate([_part_ids(p) for p in inputs.parts])
-    check_unique_ids(incoming, "the new batches")
-    clash = np.intersect1d(incoming, existing)
+def _check_new(root: str, manifest: IndexManifest, ids: np.ndarray, what: str) -> None:
+    check_unique_ids(ids, what)
+    clash = ids[_live(root, manifest, ids)]
     if len(clash):
-        raise DuplicateIds(f"{len(clash)} ids of the new batches are already in the memory "
+        raise DuplicateIds(f"{len(clash)} ids of {what} are already in the memory "
                            f"(e.g. {clash[:5].tolist()}); delete them first to replace them")
-    keep_vectors = _vector_kind(root, parent) if parent.search_defaults.get("rerank") else "none"
-    trained = executor.put(empty_like(load_index(root, parent.shards[0], mmap=False)))
-    shards = parent.num_shards
-    pieces = executor.get([executor.submit(add_part, p, trained, shards, keep_vectors)
-                           for p in inputs.parts], "encoding new parts")
-    new_version = new_version_name()
-    entries = executor.get([executor.submit(edit_shard, root, new_version, parent.shards[s],
-                                            np.empty(0, np.int64), [pp[s] for pp in pieces], None)
-                            for s in range(shards)], "adding")
-    return _publish(root, parent, new_version, "add", entries, parent.batches + new,
-                    {"added": int(len(incoming)), "batches_added": new,
-                     "seconds": round(time.monotonic() - started, 3)})
+
+
+def _vector_kind(root: str, manifest: IndexManifest) -> str:
+    from indexer.store import load_vectors
+
+    if not manifest.search_defaults.get("rerank"):
+        return "none"
+    vectors = load_vectors(root, manifest.shards[0].base)
+    return "fp32" if vectors is not None and vectors.dtype == np.float32 else "fp16"
+
+
+def run_add(root: str, batches: list[str], executor, version: str | None = None,
+            policy: CompactionPolicy = CompactionPolicy()) -> IndexManifest:
+    """Add embedding batches to LATEST as delta segments encoded with the version's trained
+    index (no retraining; cost O(rows added)). Batches already in the memory are skipped, so a
+    scheduled re-run adds nothing twice. Raises DuplicateIds when an incoming id is live."""
+    with writer_lock(root):
+        started = time.monotonic()
+        parent = resolve_version(root, version)
+        new = [b for b in batches if b not in parent.batches]
+        if not new:
+            log.info("every batch is already in version %s: nothing to add", parent.version)
+            return parent
+        inputs = plan_inputs(root, new, parent.encoder, parent.dim)
+        incoming = np.concatenate([_part_ids(p) for p in inputs.parts])
+        _check_new(root, parent, incoming, "the new batches")
+        trained = load_trained(root, parent)
+        trained_ref = executor.put(np.frombuffer(trained, dtype=np.uint8))
+        pieces = executor.get([executor.submit(add_part, p, trained_ref, parent.num_shards,
+                                               _vector_kind(root, parent))
+                               for p in inputs.parts], "encoding new parts")
+        new_version = new_version_name(parent.version)
+        entries = executor.get([executor.submit(add_segment, root, new_version, parent.shards[s],
+                                                *[pp[s] for pp in pieces])
+                                for s in range(parent.num_shards)], "writing segments")
+        manifest = publish(root, parent, new_version, "add", entries, parent.batches + new,
+                           {"added": int(len(incoming)), "batches_added": new,
+                            "seconds": round(time.monotonic() - started, 3)}, trained)
+        return _maybe_compact(root, manifest, executor, policy)
+
+
+def add_rows(root: str, meta: pa.Table, vectors: np.ndarray, batch: str,
+             policy: CompactionPolicy = CompactionPolicy()) -> IndexManifest:
+    """Add rows already in memory (the online API: ``meta`` as in an embedding batch, (n, dim)
+    float32 unit ``vectors``) from the embedding batch ``batch`` to LATEST: one delta segment
+    per shard reached. Cost O(n + shards). Raises DuplicateIds, ValueError on a bad shape."""
+    from indexer.executor import LocalExecutor
+    from indexer.segments import encode
+
+    with writer_lock(root):
+        started = time.monotonic()
+        parent = resolve_version(root)
+        if vectors.shape != (meta.num_rows, parent.dim):
+            raise ValueError(f"expected ({meta.num_rows}, {parent.dim}) vectors, got {vectors.shape}")
+        ids = meta.column("id").to_numpy()
+        _check_new(root, parent, ids, "the new items")
+        trained = load_trained(root, parent)
+        pieces = split_into_pieces(encode(trained, vectors[:0], ids[:0]), meta, vectors,
+                                   parent.num_shards, _vector_kind(root, parent))
+        version = new_version_name(parent.version)
+        entries = [add_segment(root, version, parent.shards[s], pieces[s])
+                   if len(pieces[s].meta) else parent.shards[s] for s in range(parent.num_shards)]
+        manifest = publish(root, parent, version, "add", entries, parent.batches + [batch],
+                           {"added": int(len(ids)), "batches_added": [batch],
+                            "seconds": round(time.monotonic() - started, 3)}, trained)
+        return _maybe_compact(root, manifest, LocalExecutor(), policy)
 
 
 def _part_ids(part) -> np.ndarray:
     from indexer.reader import read_part
 
     return read_part(part, with_vectors=False)[0].column("id").to_numpy()
-
-
-def _vector_kind(root: str, manifest: IndexManifest) -> str:
-    from indexer.store import load_vectors
-
-    vectors = load_vectors(root, manifest.shards[0])
-    return "fp32" if vectors is not None and vectors.dtype == np.float32 else "fp16"
 
 
 @dataclass
@@ -94,74 +161,192 @@ class ForgetRequest:
 
 
 def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -> tuple[np.ndarray, dict]:
-    """The ids a request names, and what it named that the memory does not hold."""
-    table = _memory_ids(root, manifest, ("id", "key", "label"))
-    ids = table.column("id").to_numpy()
-    keys = np.asarray(table.column("key").to_pylist(), dtype=object)
-    labels = np.asarray(table.column("label").to_pylist(), dtype=object)
-    selected = (np.isin(ids, np.asarray(request.ids, dtype=np.int64))
-                | np.isin(keys, np.asarray(request.keys, dtype=object))
-                | np.isin(labels, np.asarray(request.labels, dtype=object)))
-    missing = {"ids": sorted(set(request.ids) - set(ids[np.isin(ids, request.ids)].tolist())),
-               "keys": sorted(set(request.keys) - set(keys[selected].tolist())),
-               "labels": sorted(set(request.labels) - set(labels[selected].tolist()))}
-    return ids[selected], {"keys": keys[selected].tolist(), "labels": labels[selected].tolist(),
-                           "not_found": missing}
+    """The live ids a request names, and what it named that the memory does not hold. Ids
+    alone cost O(ids · log N); keys or labels scan the metadata columns (O(N) reads)."""
+    wanted = np.unique(np.asarray(request.ids, dtype=np.int64))
+    live_ids = wanted[_live(root, manifest, wanted)] if len(wanted) else wanted
+    chosen = {int(i) for i in live_ids}
+    keys_of, labels_of = {}, {}
+    if request.keys or request.labels or len(live_ids):
+        keys, labels = set(request.keys), set(request.labels)
+        for entry in manifest.shards:
+            if not (keys or labels) and not np.isin(shard_of(live_ids, manifest.num_shards), entry.shard).any():
+                continue
+            meta = _live_table(root, entry, ("id", "key", "label"))
+            ids = meta.column("id").to_numpy()
+            key_col = np.asarray(meta.column("key").to_pylist(), dtype=object)
+            label_col = np.asarray(meta.column("label").to_pylist(), dtype=object)
+            hit = (np.isin(ids, live_ids) | np.isin(key_col, list(keys) or [object()])
+                   | np.isin(label_col, list(labels) or [object()]))
+            for i, k, lab in zip(ids[hit].tolist(), key_col[hit].tolist(), label_col[hit].tolist()):
+                chosen.add(i)
+                keys_of[i], labels_of[i] = k, lab
+    ids = np.asarray(sorted(chosen), dtype=np.int64)
+    found_keys = {keys_of.get(i) for i in ids.tolist()}
+    found_labels = {labels_of.get(i) for i in ids.tolist()}
+    missing = {"ids": sorted(set(int(i) for i in request.ids) - set(live_ids.tolist())),
+               "keys": sorted(set(request.keys) - found_keys),
+               "labels": sorted(set(request.labels) - found_labels)}
+    return ids, {"keys": [keys_of.get(i) for i in ids.tolist()],
+                 "labels": [labels_of.get(i) for i in ids.tolist()], "not_found": missing}
 
 
-def verify_forgotten(root: str, manifest: IndexManifest, forgotten: np.ndarray) -> dict:
-    """Read every shard file of the new version back and check none holds a forgotten id."""
+def _live_table(root: str, entry: ShardEntry, columns: tuple[str, ...]) -> pa.Table:
+    if entry.compacted:
+        return load_metadata(root, entry.base).select(list(columns))
+    return Shard(root, entry).live_metadata().select(list(columns))
+
+
+def verify_purged(root: str, manifest: IndexManifest, purged: np.ndarray) -> dict:
+    """Read every index and metadata file of ``manifest`` back and check that none holds a
+    purged id (physically: the index's stored ids, the metadata's id column; re-rank vectors
+    are row-aligned with the metadata). Returns {shard: [files checked]}; raises RuntimeError."""
     checked = {}
     for entry in manifest.shards:
-        in_index = np.isin(stored_ids(load_index(root, entry, mmap=False)), forgotten).sum()
-        in_meta = np.isin(load_metadata(root, entry).column("id").to_numpy(), forgotten).sum()
-        if in_index or in_meta:
-            raise RuntimeError(f"shard {entry.shard} still holds {in_index + in_meta} forgotten ids")
-        checked[entry.shard] = entry.index_path
+        files = []
+        for segment in entry.segments:
+            in_index = np.isin(stored_ids(load_index(root, segment, mmap=False)), purged).sum()
+            in_meta = np.isin(load_metadata(root, segment).column("id").to_numpy(), purged).sum()
+            if in_index or in_meta:
+                raise RuntimeError(f"shard {entry.shard} ({segment.index_path}) still holds "
+                                   f"{in_index + in_meta} purged ids")
+            files += [path for path, _ in segment.files()]
+        checked[str(entry.shard)] = files
     return checked
 
 
 def run_delete(root: str, request: ForgetRequest, executor, operation: str = "delete",
-               details: dict | None = None) -> tuple[IndexManifest, dict]:
-    """Physically remove items from every shard that holds them; write a verified forget report."""
+               details: dict | None = None, purge: bool = False,
+               policy: CompactionPolicy = CompactionPolicy()) -> tuple[IndexManifest, dict]:
+    """Tombstone the named items in every shard that serves them (O(items deleted)): from the
+    new version on, no search returns them. With ``purge`` (or past the policy) the shards are
+    compacted in a following version, so their bytes leave every file of the live version.
+    Writes the forget report (method.md section 5): when the items stopped being returned
+    (version, time) and, when purged, when their bytes left the live version's files (version,
+    time), verified by reading those files back. Raises ValueError when nothing matches."""
+    with writer_lock(root):
+        started = time.monotonic()
+        parent = resolve_version(root)
+        forget, found = resolve_forget(root, parent, request)
+        if not len(forget):
+            raise ValueError(f"nothing to delete: none of {found['not_found']} is in the memory")
+        owner = shard_of(forget, parent.num_shards)
+        version = new_version_name(parent.version)
+        entries = executor.get([executor.submit(tombstone_shard, root, version, parent.shards[s],
+                                                forget[owner == s])
+                                if (owner == s).any() else _ready(executor, parent.shards[s])
+                                for s in range(parent.num_shards)], "tombstoning")
+        seconds = time.monotonic() - started
+        report = {"version": version, "parent": parent.version, "operation": operation,
+                  "removed": int(len(forget)), "ids": forget.tolist(), "keys": found["keys"],
+                  "labels": dict(Counter(found["labels"])), "not_found": found["not_found"],
+                  "stopped_returning": {"version": version, "time": _now()},
+                  "bytes_removed": None, "seconds": round(seconds, 3),
+                  "seconds_per_item": round(seconds / len(forget), 6)}
+        storage.write_json_atomic(storage.join(version_dir(root, version), FORGET_REPORT), report)
+        if operation == "delete":  # unlearning: rebuilds from the batches must not bring them back
+            record_forgotten(root, version, forget)
+        manifest = publish(root, parent, version, operation, entries, parent.batches,
+                           {"removed": int(len(forget)), "forget_report": FORGET_REPORT,
+                            "seconds": round(seconds, 3), **(details or {})})
+        compacted = (_compact(root, manifest, executor, {e.shard for e in manifest.shards
+                                                          if (owner == e.shard).any()})
+                     if purge else _maybe_compact(root, manifest, executor, policy))
+        if compacted.version != manifest.version:
+            report["bytes_removed"] = _purged(root, compacted.version, version)
+        return compacted, report
+
+
+def _ready(executor, value):
+    """An already-computed task result (an untouched shard) in the executor's currency."""
+    return executor.put(value)
+
+
+def run_compact(root: str, executor, shards: set[int] | None = None) -> IndexManifest:
+    """Merge every shard's segments and drop tombstoned rows physically into a new version
+    (``vmem index compact``); a memory already compacted is returned as is."""
+    with writer_lock(root):
+        parent = resolve_version(root)
+        return _compact(root, parent, executor, shards)
+
+
+def _maybe_compact(root: str, manifest: IndexManifest, executor,
+                   policy: CompactionPolicy) -> IndexManifest:
+    due = {e.shard for e in manifest.shards if policy.due(e)}
+    return _compact(root, manifest, executor, due) if due else manifest
+
+
+def _compact(root: str, parent: IndexManifest, executor, shards: set[int] | None) -> IndexManifest:
+    """Compact ``shards`` (default: every shard not compacted) of ``parent`` (caller holds the
+    lock), verify the purged ids are in no file of the new version, record which deletes'
+    bytes left it."""
     started = time.monotonic()
-    parent = resolve_version(root)
-    forget, found = resolve_forget(root, parent, request)
-    if not len(forget):
-        raise ValueError(f"nothing to delete: none of {found['not_found']} is in the memory")
-    shard_of_id = shard_of(forget, parent.num_shards)
-    version = new_version_name()
-    entries = executor.get([executor.submit(edit_shard, root, version, parent.shards[s],
-                                            forget[shard_of_id == s], [], None)
-                            for s in range(parent.num_shards)], "deleting")
-    pending = IndexManifest(version, parent.version, "", operation, parent.encoder, parent.dim,
+    chosen = {e.shard for e in parent.shards if not e.compacted and (shards is None or e.shard in shards)}
+    if not chosen:
+        return parent
+    version = new_version_name(parent.version)
+    entries = executor.get([executor.submit(compact_shard, root, version, e)
+                            if e.shard in chosen else _ready(executor, e)
+                            for e in parent.shards], "compacting")
+    purged_by: dict[str, list[int]] = {}
+    for entry in parent.shards:
+        if entry.shard in chosen:
+            for tombstone in entry.tombstones:
+                from indexer.store import load_tombstones
+
+                ids = load_tombstones(root, tombstone).tolist()
+                purged_by.setdefault(tombstone.path.split("/")[0], []).extend(ids)
+    purged = np.asarray(sorted({i for ids in purged_by.values() for i in ids}), dtype=np.int64)
+    pending = IndexManifest(version, parent.version, "", "compact", parent.encoder, parent.dim,
                             parent.factory, parent.num_shards, sum(e.count for e in entries),
                             shards=entries)
-    verified = verify_forgotten(root, pending, forget)
+    verified = verify_purged(root, pending, purged) if len(purged) else {}
     seconds = time.monotonic() - started
-    report = {"version": version, "parent": parent.version, "operation": operation,
-              "removed": int(len(forget)), "ids": forget.tolist(), "keys": found["keys"],
-              "labels": dict(Counter(found["labels"])), "not_found": found["not_found"],
-              "verified_shards": {str(k): v for k, v in verified.items()},
-              "seconds": round(seconds, 3),
-              "seconds_per_item": round(seconds / len(forget), 6)}
-    storage.write_json_atomic(storage.join(version_dir(root, version), FORGET_REPORT), report)
-    if operation == "delete":  # unlearning: rebuilds from the batches must not bring them back
-        record_forgotten(root, version, forget)
-    manifest = _publish(root, parent, version, operation, entries, parent.batches,
-                        {"removed": int(len(forget)), "forget_report": FORGET_REPORT,
-                         "seconds": round(seconds, 3), **(details or {})})
-    return manifest, report
+    stored = sum(parent.shards[s].stored for s in chosen)
+    report = {"version": version, "parent": parent.version, "time": _now(),
+              "shards": sorted(chosen), "purged": {v: len(ids) for v, ids in purged_by.items()},
+              "verified_files": verified, "rows_read": int(stored), "seconds": round(seconds, 3),
+              "vectors_per_second": round(stored / max(seconds, 1e-9), 1)}
+    storage.write_json_atomic(storage.join(version_dir(root, version), COMPACTION_REPORT), report)
+    log.info("compacted shards %s into version %s: %d rows purged, %.2f s", sorted(chosen),
+             version, len(purged), seconds)
+    return publish(root, parent, version, "compact", entries, parent.batches,
+                   {"compaction_report": COMPACTION_REPORT, "shards": sorted(chosen),
+                    "purged": int(len(purged)), "seconds": round(seconds, 3)})
+
+
+def _purged(root: str, compaction_version: str, delete_version: str) -> dict | None:
+    url = storage.join(version_dir(root, compaction_version), COMPACTION_REPORT)
+    report = storage.read_json(url)
+    if delete_version not in report["purged"]:
+        return None
+    return {"version": compaction_version, "time": report["time"], "verified": True}
+
+
+def forget_status(root: str, delete_version: str) -> dict:
+    """The forget report of ``delete_version`` with ``bytes_removed`` filled in from the first
+    compaction on LATEST's history that purged it (None while its tombstones still stand)."""
+    report = storage.read_json(storage.join(version_dir(root, delete_version), FORGET_REPORT))
+    chain, version = [], resolve_version(root).version
+    while version and version != delete_version:
+        chain.append(version)
+        version = IndexManifest.read(root, version).parent
+    for candidate in reversed(chain):  # oldest first
+        if storage.exists(storage.join(version_dir(root, candidate), COMPACTION_REPORT)):
+            purged = _purged(root, candidate, delete_version)
+            if purged:
+                report["bytes_removed"] = purged
+                break
+    report["live"] = version == delete_version  # False: not on LATEST's history (rolled back)
+    return report
 
 
 def run_set_weights(root: str, ids: np.ndarray, weights: np.ndarray, executor,
                     operation: str, details: dict) -> IndexManifest:
-    """New version whose metadata carries per-item weights; index files are shared."""
-    parent = resolve_version(root)
-    version = new_version_name()
-    entries = executor.get([executor.submit(edit_shard, root, version, parent.shards[s],
-                                            np.empty(0, np.int64), [], (ids, weights))
-                            for s in range(parent.num_shards)], "weighting")
-    return _publish(root, parent, version, operation, entries, parent.batches, details)
-
-
+    """New version whose metadata carries per-item weights; index and vector files shared."""
+    with writer_lock(root):
+        parent = resolve_version(root)
+        version = new_version_name(parent.version)
+        entries = executor.get([executor.submit(weigh_shard, root, version, parent.shards[s], ids, weights)
+                                for s in range(parent.num_shards)], "weighting")
+        return publish(root, parent, version, operation, entries, parent.batches, details)

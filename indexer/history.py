@@ -1,7 +1,7 @@
 """Versions form a history through their parents: list it, and move LATEST back."""
 from __future__ import annotations
 
-from indexer.layout import list_versions, read_latest, set_latest
+from indexer.layout import list_versions, read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import verify_version
 
@@ -21,14 +21,25 @@ def history(root: str) -> list[dict]:
 
 
 def rollback(root: str, to: str | None = None) -> str:
-    """Point LATEST at ``to`` (default: the current version's parent), after verifying every
-    file of that version against its checksums."""
-    current = read_latest(root)
-    if current is None:
-        raise FileNotFoundError(f"no index under {root}")
-    target = to or IndexManifest.read(root, current).parent
-    if target is None:
-        raise ValueError(f"version {current} has no parent to roll back to")
-    verify_version(root, IndexManifest.read(root, target))
-    set_latest(root, target)
-    return target
+    """Serve ``to`` again (default: the current version's parent), after verifying every file
+    of that version against its checksums: published as a new version with ``to``'s files
+    (operation "rollback"), so versions only move forward and replicas and clients comparing
+    versions (``min_version``) see a newer one. Returns the new version's name."""
+    from indexer.edit import publish
+    from indexer.layout import new_version_name
+    from indexer.leases import writer_lock
+
+    with writer_lock(root):
+        current = read_latest(root)
+        if current is None:
+            raise FileNotFoundError(f"no index under {root}")
+        target = to or IndexManifest.read(root, current).parent
+        if target is None:
+            raise ValueError(f"version {current} has no parent to roll back to")
+        old = IndexManifest.read(root, target)
+        verify_version(root, old)
+        parent = IndexManifest.read(root, current)
+        old.version = parent.version  # publish() names the parent; the files are the target's
+        manifest = publish(root, old, new_version_name(current), "rollback", old.shards,
+                           old.batches, {"rolled_back_to": target, "from": current})
+        return manifest.version

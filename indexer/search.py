@@ -21,9 +21,9 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from indexer.manifest import IndexManifest, ShardEntry
+from indexer.manifest import IndexManifest, SegmentEntry, ShardEntry, TombstoneEntry
 from indexer.metadata import ShardMetadata, with_weights
-from indexer.store import load_index, load_metadata, load_vectors
+from indexer.store import load_index, load_metadata, load_tombstones, load_vectors
 
 K_FACTOR = 4  # PQ candidates per requested neighbour when re-ranking exactly (default)
 RERANK_FLOOR = 100  # re-rank at least K_FACTOR * 100 candidates: k <= 100 share one candidate set
@@ -58,16 +58,30 @@ def nlist_of_index(index: faiss.Index) -> int:
     return int(ivf.nlist) if ivf is not None else 0
 
 
-def faiss_params(index: faiss.Index, nprobe: int) -> faiss.SearchParameters | None:
+def faiss_params(index: faiss.Index, nprobe: int,
+                 selector: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
     """FAISS per-call parameters that set ``nprobe`` on the IVF level of ``index`` (through
-    an OPQ/PCA pre-transform), or None when there is nothing to set. Raises ValueError for an
-    nprobe outside 1 ... nlist."""
+    an OPQ/PCA pre-transform) and restrict the search to ``selector``'s ids (tombstones: faiss
+    wiki "Setting search parameters for one query", IDSelector), or None when there is nothing
+    to set. Raises ValueError for an nprobe outside 1 ... nlist."""
     nlist = nlist_of_index(index)
-    if not nlist or not nprobe:
-        return None
-    if not 1 <= nprobe <= nlist:
+    if nlist and nprobe and not 1 <= nprobe <= nlist:
         raise ValueError(f"nprobe must be between 1 and nlist={nlist}, not {nprobe}")
-    ivf_params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+    if not (nlist and nprobe) and selector is None:
+        return None
+    if not nlist:
+        if isinstance(index, faiss.IndexPreTransform):
+            inner = faiss.SearchParameters(sel=selector)
+            outer = faiss.SearchParametersPreTransform(index_params=inner)
+            outer.referenced = (inner, selector)
+            return outer
+        params = faiss.SearchParameters(sel=selector)
+        params.referenced = selector
+        return params
+    ivf_params = faiss.SearchParametersIVF(nprobe=int(nprobe or faiss.extract_index_ivf(index).nprobe))
+    if selector is not None:
+        ivf_params.sel = selector
+        ivf_params.referenced = selector
     if isinstance(index, faiss.IndexPreTransform):
         outer = faiss.SearchParametersPreTransform(index_params=ivf_params)
         outer.referenced = ivf_params  # keep the inner object alive with the outer one
@@ -134,25 +148,39 @@ def _tied(scores: np.ndarray, ids: np.ndarray, k: int, fetch: int, ntotal: int) 
     return (ids[:, -1] >= 0) & (scores[:, -1] == scores[:, kth]) & (fetch < ntotal)
 
 
-class ShardSearcher:
-    """One loaded shard: the FAISS index (memory-mapped), its metadata (memory-mapped Arrow,
+class SegmentSearcher:
+    """One loaded segment: the FAISS index (memory-mapped), its metadata (memory-mapped Arrow,
     sorted by id) and, optionally, the stored vectors (memory-mapped) for exact re-ranking of
-    PQ candidates. Safe to share between threads: searching mutates nothing."""
+    PQ candidates; ``hidden`` (sorted int64) are its tombstoned ids, excluded from every
+    search by a FAISS ID selector and from every lookup. Safe to share between threads:
+    searching mutates nothing."""
 
-    def __init__(self, entry: ShardEntry, index: faiss.Index, meta: pa.Table,
-                 vectors: np.ndarray | None, defaults: SearchParams = SearchParams()) -> None:
+    def __init__(self, entry: SegmentEntry | ShardEntry, index: faiss.Index, meta: pa.Table,
+                 vectors: np.ndarray | None, defaults: SearchParams = SearchParams(),
+                 hidden: np.ndarray | None = None) -> None:
         self.entry, self.index, self.vectors = entry, index, vectors
         self.metadata = ShardMetadata(meta)
         self.defaults = defaults
         self.nlist = nlist_of_index(index)
+        self.hidden = np.empty(0, np.int64) if hidden is None else np.asarray(hidden, np.int64)
+        self.selector = None
+        if len(self.hidden):  # IDSelectorBatch copies the ids into its own hash set
+            self.selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.hidden))
 
     @classmethod
-    def load(cls, root: str, manifest: IndexManifest, shard: int, verify: bool = True,
-             mmap: bool = True) -> "ShardSearcher":
-        """Verify, then memory-map shard ``shard`` of ``manifest``. Raises ChecksumMismatch."""
-        entry = manifest.shards[shard]
+    def load(cls, root: str, entry: SegmentEntry | ShardEntry, defaults: SearchParams,
+             verify: bool = True, mmap: bool = True) -> "SegmentSearcher":
+        """Verify, then memory-map one segment. Raises ChecksumMismatch."""
         return cls(entry, load_index(root, entry, verify, mmap), load_metadata(root, entry, verify),
-                   load_vectors(root, entry, verify), SearchParams.from_manifest(manifest))
+                   load_vectors(root, entry, verify), defaults)
+
+    def with_hidden(self, hidden: np.ndarray) -> "SegmentSearcher":
+        """The same loaded files with another tombstone set (no file is read again)."""
+        view = SegmentSearcher.__new__(SegmentSearcher)
+        view.__dict__.update(self.__dict__)
+        view.hidden = np.asarray(hidden, np.int64)
+        view.selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(view.hidden)) if len(hidden) else None
+        return view
 
     @property
     def meta(self) -> pa.Table:
@@ -163,8 +191,13 @@ class ShardSearcher:
         return self.metadata.ids
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Metadata row of each id (-1 where the shard does not hold it)."""
-        return self.metadata.rows_of(ids)
+        """Metadata row of each id (-1 where the segment does not serve it: absent or hidden)."""
+        rows = self.metadata.rows_of(ids)
+        if len(self.hidden):
+            flat = np.asarray(ids, dtype=np.int64)
+            at = np.minimum(np.searchsorted(self.hidden, flat), len(self.hidden) - 1)
+            rows = np.where(self.hidden[at] == flat, -1, rows)
+        return rows
 
     def vectors_of(self, ids: np.ndarray) -> np.ndarray:
         """(len(ids), dim) float32 vectors of stored ids: the kept full-precision vectors, else
@@ -203,7 +236,7 @@ class ShardSearcher:
             params = SearchParams(params.nprobe, rerank, params.k_factor)
         params = params.resolved(self.defaults)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        call = faiss_params(self.index, params.nprobe)
+        call = faiss_params(self.index, params.nprobe, self.selector)
         if params.rerank and self.vectors is not None:
             candidates = params.k_factor * max(k, RERANK_FLOOR)
             scores, ids = search_with_ties(self.index, queries, candidates, call)
@@ -228,13 +261,162 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
             np.pad(ids, ((0, 0), (0, extra)), constant_values=-1))
 
 
+class SegmentCache:
+    """Loaded segments and tombstone files by (path, sha256), so a process that follows new
+    versions loads only what changed: an add costs its delta segment, a delete its tombstone
+    file; unchanged segments (memory-mapped) are reused. ``retain`` drops what a version no
+    longer uses. Not thread-safe: one loader at a time (the searcher's version lock)."""
+
+    def __init__(self) -> None:
+        self.segments: dict[tuple[str, str], SegmentSearcher] = {}
+        self.tombstones: dict[tuple[str, str], np.ndarray] = {}
+
+    def segment(self, root: str, entry: SegmentEntry, defaults: SearchParams, verify: bool,
+                mmap: bool) -> SegmentSearcher:
+        key = (entry.index_path, entry.index_sha256, entry.metadata_path, entry.metadata_sha256)
+        if key not in self.segments:
+            self.segments[key] = SegmentSearcher.load(root, entry, defaults, verify, mmap)
+        loaded = self.segments[key]
+        if loaded.defaults != defaults:
+            loaded = loaded.with_hidden(loaded.hidden)
+            loaded.defaults = defaults
+        return loaded
+
+    def tombstone(self, root: str, entry: TombstoneEntry, verify: bool) -> np.ndarray:
+        key = (entry.path, entry.sha256)
+        if key not in self.tombstones:
+            self.tombstones[key] = load_tombstones(root, entry, verify)
+        return self.tombstones[key]
+
+    def retain(self, manifests: list[IndexManifest]) -> None:
+        keep_segments = {(s.index_path, s.index_sha256, s.metadata_path, s.metadata_sha256)
+                         for m in manifests for e in m.shards for s in e.segments}
+        keep_tombstones = {(t.path, t.sha256) for m in manifests for e in m.shards for t in e.tombstones}
+        self.segments = {k: v for k, v in self.segments.items() if k in keep_segments}
+        self.tombstones = {k: v for k, v in self.tombstones.items() if k in keep_tombstones}
+
+
+class ShardSearcher:
+    """One shard of a version: its segments searched together, tombstones applied, answers
+    merged in (score desc, id asc) order. Each segment returns a tie-complete top-k of its
+    live items, so the merge is the top-k one index over the shard's live items would give
+    (the same argument as for shards, module docstring). Re-ranking is exact per segment over
+    its own PQ candidates. Safe to share between threads."""
+
+    def __init__(self, entry: ShardEntry, segments: list[SegmentSearcher],
+                 defaults: SearchParams = SearchParams()) -> None:
+        self.entry, self.segments, self.defaults = entry, segments, defaults
+        self.nlist = segments[0].nlist
+        self.dim = segments[0].index.d
+
+    @classmethod
+    def load(cls, root: str, manifest: IndexManifest, shard: int, verify: bool = True,
+             mmap: bool = True, cache: SegmentCache | None = None) -> "ShardSearcher":
+        """Verify, then memory-map every segment of shard ``shard`` of ``manifest`` and read
+        its tombstones (through ``cache`` when given). Raises ChecksumMismatch."""
+        entry, defaults = manifest.shards[shard], SearchParams.from_manifest(manifest)
+        cache = cache or SegmentCache()
+        tombstones = [(t.segments, cache.tombstone(root, t, verify)) for t in entry.tombstones]
+        segments = []
+        for number, segment in enumerate(entry.segments):
+            loaded = cache.segment(root, segment, defaults, verify, mmap)
+            hidden = [ids for applies_to, ids in tombstones if applies_to > number]
+            if hidden:
+                ids = np.unique(np.concatenate(hidden))
+                at = loaded.metadata.rows_of(ids)  # only the ids this segment stores
+                loaded = loaded.with_hidden(ids[at >= 0])
+            segments.append(loaded)
+        return cls(entry, segments, defaults)
+
+    @property
+    def vectors(self) -> np.ndarray | None:
+        """The base segment's re-rank vectors (None when the version keeps none)."""
+        return self.segments[0].vectors
+
+    @property
+    def metadata(self) -> ShardMetadata:
+        """The base segment's metadata (tests and single-segment tools; use ``lookup``)."""
+        return self.segments[0].metadata
+
+    @property
+    def meta(self) -> pa.Table:
+        """Metadata rows of every live item (O(shard): batch jobs and tests, not queries)."""
+        tables = []
+        for segment in self.segments:
+            table = with_weights(segment.metadata.table)
+            if len(segment.hidden):
+                table = table.filter(pa.array(~np.isin(table.column("id").to_numpy(), segment.hidden)))
+            tables.append(table)
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.meta.column("id").to_numpy() if len(self.segments) > 1 else self.segments[0].ids
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Which ids the shard serves (stored and not tombstoned)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.zeros(ids.shape, dtype=bool)
+        for segment in self.segments:
+            found |= segment.rows_of(ids.reshape(-1)).reshape(ids.shape) >= 0
+        return found
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Base-segment metadata row of each id (-1 elsewhere); see ``lookup`` for all segments."""
+        return self.segments[0].rows_of(ids)
+
+    def lookup(self, ids: np.ndarray, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Metadata ``fields`` of each id ((n, k) int64; -1 = missing) from the segment that
+        serves it: text as object arrays (None where missing), weight float64 (NaN). O(n k
+        log N) per segment: k rows read."""
+        out = None
+        for segment in self.segments:
+            rows = segment.rows_of(ids)
+            found = segment.metadata.take(rows, fields)
+            if out is None:
+                out = found
+                continue
+            hit = rows >= 0
+            for field in fields:
+                out[field] = np.where(hit, found[field], out[field])
+        return out
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dim) float32 vectors of served ids (see SegmentSearcher.vectors_of)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(self.segments) == 1:
+            return self.segments[0].vectors_of(ids)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        for segment in self.segments:
+            hit = segment.rows_of(ids) >= 0
+            if hit.any():
+                out[hit] = segment.vectors_of(ids[hit])
+        return out
+
+    def search(self, queries: np.ndarray, k: int, params: SearchParams | int | None = None,
+               rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) float32 unit queries -> (n, k) scores and ids in (score desc, id asc) order,
+        over the shard's live items. Raises ValueError for an nprobe outside 1 ... nlist."""
+        answers = [segment.search(queries, k, params, rerank) for segment in self.segments]
+        if len(answers) == 1:
+            return answers[0]
+        return merge_topk([a[0] for a in answers], [a[1] for a in answers], k)
+
+    def label_counts(self) -> dict[str, int]:
+        """Live items per label (Arrow compute over the label columns)."""
+        if len(self.segments) == 1 and not len(self.segments[0].hidden):
+            return self.segments[0].metadata.label_counts()
+        return ShardMetadata(self.meta).label_counts()
+
+
 class ShardedIndex:
     """Every shard of a version in this process: for batch jobs, pruning, tuning and tests.
     Serving groups shards per replica (serving/searchers.py) and merges with the same code."""
 
-    def __init__(self, root: str, manifest: IndexManifest, verify: bool = True, mmap: bool = True):
+    def __init__(self, root: str, manifest: IndexManifest, verify: bool = True, mmap: bool = True,
+                 cache: SegmentCache | None = None):
         self.manifest = manifest
-        self.shards = [ShardSearcher.load(root, manifest, s, verify, mmap)
+        self.shards = [ShardSearcher.load(root, manifest, s, verify, mmap, cache)
                        for s in range(manifest.num_shards)]
 
     def search(self, queries: np.ndarray, k: int, params: SearchParams | int | None = None,
@@ -244,8 +426,11 @@ class ShardedIndex:
 
     @staticmethod
     def ids_of(root: str, manifest: IndexManifest) -> np.ndarray:
-        """Every id in a version, from its metadata files alone (no index loaded)."""
-        return np.concatenate([load_metadata(root, e).column("id").to_numpy()
+        """Every live id in a version, from its metadata and tombstone files (no index loaded)."""
+        from indexer.segments import Shard
+
+        return np.concatenate([Shard(root, e).live_metadata().column("id").to_numpy()
+                               if not e.compacted else load_metadata(root, e).column("id").to_numpy()
                                for e in manifest.shards])
 
     def metadata(self) -> pa.Table:
@@ -254,7 +439,7 @@ class ShardedIndex:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         found = np.zeros(ids.shape, dtype=bool)
         for shard in self.shards:
-            found |= shard.rows_of(ids) >= 0
+            found |= shard.contains(ids)
         return found
 
     def lookup(self, ids: np.ndarray, column: str) -> np.ndarray:
@@ -262,8 +447,7 @@ class ShardedIndex:
         flat = ids.reshape(-1)
         out = np.full(flat.shape, None, dtype=object)
         for shard in self.shards:
-            rows = shard.rows_of(flat)
-            hit = rows >= 0
+            hit = shard.contains(flat)
             if hit.any():
-                out[hit] = shard.metadata.take(rows[hit], (column,))[column]
+                out[hit] = shard.lookup(flat[hit], (column,))[column]
         return out.reshape(ids.shape)

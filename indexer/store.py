@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from indexer.checksums import verify_file
 from indexer.layout import index_root, read_latest
-from indexer.manifest import IndexManifest, ShardEntry
+from indexer.manifest import IndexManifest, SegmentEntry, ShardEntry, TombstoneEntry
 from indexer.metadata import open_table
 from pipelines import storage
 
@@ -24,7 +24,7 @@ def _url(root: str, path: str) -> str:
     return storage.join(index_root(root), path)
 
 
-def load_index(root: str, entry: ShardEntry, verify: bool = True, mmap: bool = True) -> faiss.Index:
+def load_index(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True, mmap: bool = True) -> faiss.Index:
     """Verify the checksum, then read the index; with ``mmap`` the inverted lists (or flat
     codes) stay in the file, memory-mapped read-only (faiss ``IO_FLAG_MMAP_IFC``: zero-copy
     views for ArrayInvertedLists and IndexFlatCodes; ``IO_FLAG_MMAP`` where faiss is older), so
@@ -38,7 +38,7 @@ def load_index(root: str, entry: ShardEntry, verify: bool = True, mmap: bool = T
     return faiss.read_index(local, flags | faiss.IO_FLAG_READ_ONLY)
 
 
-def load_metadata(root: str, entry: ShardEntry, verify: bool = True) -> pa.Table:
+def load_metadata(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True) -> pa.Table:
     """A shard's metadata table (indexer/metadata.py): memory-mapped Arrow IPC, zero-copy."""
     url = _url(root, entry.metadata_path)
     if verify:
@@ -46,7 +46,7 @@ def load_metadata(root: str, entry: ShardEntry, verify: bool = True) -> pa.Table
     return open_table(url)
 
 
-def load_vectors(root: str, entry: ShardEntry, verify: bool = True) -> np.ndarray | None:
+def load_vectors(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True) -> np.ndarray | None:
     """The shard's re-rank vectors ((count, dim) float16/float32, rows aligned with the
     metadata) memory-mapped read-only: only the rows a query re-ranks are read. None when the
     version keeps no vectors."""
@@ -58,14 +58,34 @@ def load_vectors(root: str, entry: ShardEntry, verify: bool = True) -> np.ndarra
     return np.load(storage.localize(url, cache="index"), mmap_mode="r", allow_pickle=False)
 
 
+def load_tombstones(root: str, entry: TombstoneEntry, verify: bool = True) -> np.ndarray:
+    """A tombstone file's ids: sorted int64, read whole (they are few: compaction bounds them)."""
+    url = _url(root, entry.path)
+    if verify:
+        verify_file(url, entry.sha256)
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle:
+        return np.load(handle, allow_pickle=False).astype(np.int64, copy=False)
+
+
+def load_trained(root: str, manifest: IndexManifest) -> bytes:
+    """The version's empty trained index (coarse quantizer and codebooks), serialized: what
+    every new segment is encoded with. Versions written before it was stored derive it from
+    shard 0's base segment (read whole, once; the next edit stores it)."""
+    if manifest.trained_path:
+        url = _url(root, manifest.trained_path)
+        verify_file(url, manifest.trained_sha256)
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as handle:
+            return handle.read()
+    index = load_index(root, manifest.shards[0].base, mmap=False)
+    index.reset()
+    return faiss.serialize_index(index).tobytes()
+
+
 def verify_version(root: str, manifest: IndexManifest) -> int:
     """Check every file of a version; returns how many were checked (raises on a mismatch)."""
-    checked = 0
-    for entry in manifest.shards:
-        for path, digest in ((entry.index_path, entry.index_sha256),
-                             (entry.metadata_path, entry.metadata_sha256),
-                             (entry.vectors_path, entry.vectors_sha256)):
-            if path:
-                verify_file(_url(root, path), digest)
-                checked += 1
-    return checked
+    files = manifest.files()
+    for path, digest in files:
+        verify_file(_url(root, path), digest)
+    return len(files)

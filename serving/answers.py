@@ -42,7 +42,7 @@ def answer(searcher: ShardSearcher, queries: np.ndarray, k: int,
     """Search one shard and attach each neighbour's metadata (the shard owns it) and, for a
     re-ranker, each neighbour's vector. Reads only the k answers' rows: O(n k log N)."""
     scores, ids = searcher.search(queries, k, params)
-    meta = searcher.metadata.take(searcher.rows_of(ids), META_FIELDS)
+    meta = searcher.lookup(ids, META_FIELDS)
     vectors = searcher.vectors_of(ids.reshape(-1)).reshape(*ids.shape, -1) if with_vectors else None
     return ShardAnswer(scores, ids, meta, version, shard, vectors)
 

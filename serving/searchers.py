@@ -71,7 +71,7 @@ class ShardGroup:
     def label_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for searcher in self.searchers:
-            for label, count in searcher.metadata.label_counts().items():
+            for label, count in searcher.label_counts().items():
                 out[label] = out.get(label, 0) + count
         return out
 

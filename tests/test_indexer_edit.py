@@ -8,18 +8,20 @@ import pytest
 
 from indexer.build import BuildConfig, run_build
 from indexer.checksums import ChecksumMismatch
-from indexer.edit import ForgetRequest, run_add, run_delete
+from indexer.edit import ForgetRequest, forget_status, run_add, run_compact, run_delete
 from indexer.executor import LocalExecutor
 from indexer.history import history, rollback
 from indexer.layout import read_latest
 from indexer.prune import run_hard_prune, run_soft_prune
 from indexer.reliability import Reliability, leave_one_out_neighbours, measure
 from indexer.search import ShardedIndex
+from indexer.segments import CompactionPolicy
 from indexer.store import load_index, resolve_version
 from indexer.tasks import stored_ids
-from tests.indexer_helpers import brute_force, load_embeddings
+from tests.indexer_helpers import assert_same_topk, brute_force, load_embeddings
 
 LOCAL = LocalExecutor()
+NEVER = CompactionPolicy(max_tombstone_fraction=1.0, max_segments=1000)  # compact only when asked
 
 
 def test_add_then_search_equals_build_with_everything(embedded_memory, memory_copy, tmp_path):
@@ -57,21 +59,32 @@ def test_delete_forgets_everywhere_and_changes_nothing_else(embedded_memory, mem
     some_keys = [k for k, l in zip(keys_table.column("key").to_pylist(),
                                    keys_table.column("label").to_pylist()) if l == "Sneaker"][:7]
     manifest, report = run_delete(memory_copy, ForgetRequest(labels=["Bag"], keys=some_keys + ["nope"]),
-                                  LOCAL)
+                                  LOCAL, policy=NEVER)
     forgotten = np.asarray(report["ids"])
     assert report["removed"] == 60 + 7 and report["labels"] == {"Bag": 60, "Sneaker": 7}
     assert report["not_found"]["keys"] == ["nope"] and manifest.count == 600 - 67
-    for entry in manifest.shards:
-        assert not np.isin(stored_ids(load_index(memory_copy, entry, mmap=False)), forgotten).any()
+    assert manifest.operation == "delete" and report["bytes_removed"] is None  # tombstones only
+    assert all(len(e.tombstones) == 1 for e in manifest.shards)
 
     queries = np.concatenate([vectors[np.isin(ids, forgotten)],  # the forgotten images themselves
                               load_embeddings(str(embedded_memory / "queries"))[1]])
     queries = np.resize(np.concatenate([queries, vectors]), (1000, vectors.shape[1]))
-    scores, found = ShardedIndex(memory_copy, manifest).search(queries, 100)
-    assert not np.isin(found, forgotten).any()
     keep = ~np.isin(ids, forgotten)
     exact_scores, exact_ids = brute_force(ids[keep], vectors[keep], queries, 100)
-    np.testing.assert_array_equal(found, exact_ids)  # as if they had never been added
+    scores, found = ShardedIndex(memory_copy, manifest).search(queries, 100)
+    assert not np.isin(found, forgotten).any()
+    assert_same_topk((scores, found), (exact_scores, exact_ids))  # as if they had never been added
+
+    compacted = run_compact(memory_copy, LOCAL)  # bytes leave every file of the live version
+    assert compacted.operation == "compact" and compacted.count == 600 - 67
+    for entry in compacted.shards:
+        assert entry.compacted
+        assert not np.isin(stored_ids(load_index(memory_copy, entry, mmap=False)), forgotten).any()
+    scores, found = ShardedIndex(memory_copy, compacted).search(queries, 100)
+    np.testing.assert_array_equal(found, exact_ids)  # physically gone: BLAS path, exact order
+    status = forget_status(memory_copy, manifest.version)
+    assert status["bytes_removed"]["version"] == compacted.version
+    assert status["stopped_returning"]["version"] == manifest.version
 
 
 def test_forget_report_is_written_with_the_version(memory_copy):
@@ -80,7 +93,8 @@ def test_forget_report_is_written_with_the_version(memory_copy):
     run_build(BuildConfig(memory_copy), LOCAL)
     manifest, report = run_delete(memory_copy, ForgetRequest(labels=["Coat"]), LOCAL)
     stored = storage.read_json(f"{memory_copy}/index/{manifest.version}/forget-report.json")
-    assert stored["removed"] == 60 and stored["verified_shards"] and stored["seconds_per_item"] > 0
+    assert stored["removed"] == 60 and stored["seconds_per_item"] > 0
+    assert stored["stopped_returning"]["version"] == manifest.version
     with pytest.raises(ValueError, match="nothing to delete"):
         run_delete(memory_copy, ForgetRequest(labels=["Coat"]), LOCAL)
 
@@ -148,12 +162,14 @@ def test_hard_and_soft_pruning_make_versions(memory_copy):
 
 def test_log_and_rollback(memory_copy):
     first = run_build(BuildConfig(memory_copy), LOCAL)
-    second, _ = run_delete(memory_copy, ForgetRequest(labels=["Dress"]), LOCAL)
+    second, _ = run_delete(memory_copy, ForgetRequest(labels=["Dress"]), LOCAL, policy=NEVER)
     rows = history(memory_copy)
     assert [(r["version"], r["latest"]) for r in rows] == [(first.version, False), (second.version, True)]
-    assert rollback(memory_copy) == first.version == read_latest(memory_copy)
-    with pytest.raises(ValueError, match="no parent"):
-        rollback(memory_copy)
+    back = rollback(memory_copy)  # a new version with the first one's files: versions move forward
+    assert back == read_latest(memory_copy) and back > second.version
+    restored = resolve_version(memory_copy)
+    assert restored.operation == "rollback" and restored.count == first.count
+    assert [e.files() for e in restored.shards] == [e.files() for e in first.shards]
 
 
 def test_corrupted_shard_is_detected_by_checksum(memory_copy):

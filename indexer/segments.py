@@ -1,0 +1,250 @@
+"""The segment model: a shard is immutable segments plus tombstones; edits cost what they change.
+
+A shard of a version (``ShardEntry``) is
+
+- **segments**: the base segment written by a build or a compaction, then delta segments, one
+  per add that reached the shard. Every segment is a small FAISS index of the version's one
+  trained kind (same coarse quantizer and codebooks: encoding needs no retraining), its
+  metadata (Arrow IPC, sorted by id) and, when the memory re-ranks, its vectors.
+- **tombstones**: sorted id files, one per delete that reached the shard. A tombstone hides its
+  ids in the segments that existed when it was written (``TombstoneEntry.segments``).
+
+``Shard`` is the object that edits one shard. ``add`` writes one delta segment: cost
+O(items added). ``tombstone`` writes one id file: cost O(items deleted). ``compact`` merges
+every segment into one and drops tombstoned rows physically: cost O(shard), run by
+``vmem index compact`` and automatically past ``CompactionPolicy`` (indexer/edit.py). Search
+applies tombstones with a FAISS ID selector, so the top-k stays full and exact
+(indexer/search.py). Every method returns the new ``ShardEntry``; nothing is written in place.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from indexer.checksums import sha256_bytes
+from indexer.manifest import SegmentEntry, ShardEntry, TombstoneEntry
+from indexer.metadata import SUFFIX as METADATA_SUFFIX
+from indexer.metadata import ipc_bytes, sorted_by_id, with_weights
+from pipelines import storage
+
+TOMBSTONE_SUFFIX = ".tombstones.npy"
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """When an edit also compacts a shard (Milvus and Lucene compact on similar triggers):
+    tombstoned rows over ``max_tombstone_fraction`` of the stored rows, or more than
+    ``max_segments`` segments."""
+
+    max_tombstone_fraction: float = 0.10
+    max_segments: int = 8
+
+    def due(self, entry: ShardEntry) -> bool:
+        stored = max(entry.stored, 1)
+        return (entry.tombstoned / stored > self.max_tombstone_fraction
+                or len(entry.segments) > self.max_segments)
+
+
+def _write(index_root: str, path: str, data: bytes) -> str:
+    storage.write_bytes_atomic(storage.join(index_root, path), data)
+    return sha256_bytes(data)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_segment(index_root: str, stem: str, index: faiss.Index, meta: pa.Table,
+                  vectors: np.ndarray | None) -> SegmentEntry:
+    """Write one segment's files (each atomically) under ``ROOT/index/<stem>.*``: metadata
+    sorted by id (float64 weights), vectors in the same row order. Raises RuntimeError when
+    the index and the metadata disagree on the row count."""
+    meta, order = sorted_by_id(with_weights(meta))
+    if int(index.ntotal) != meta.num_rows:
+        raise RuntimeError(f"{stem}: index holds {index.ntotal} vectors, metadata {meta.num_rows}")
+    segment = SegmentEntry(
+        count=int(index.ntotal), index_path=f"{stem}.faiss",
+        index_sha256=_write(index_root, f"{stem}.faiss", faiss.serialize_index(index).tobytes()),
+        metadata_path=f"{stem}{METADATA_SUFFIX}",
+        metadata_sha256=_write(index_root, f"{stem}{METADATA_SUFFIX}", ipc_bytes(meta)))
+    if vectors is not None:
+        segment.vectors_path = f"{stem}.vectors.npy"
+        segment.vectors_sha256 = _write(index_root, segment.vectors_path,
+                                        npy_bytes(np.ascontiguousarray(vectors[order])))
+    return segment
+
+
+def encode(trained: faiss.Index | bytes | np.ndarray, vectors: np.ndarray,
+           ids: np.ndarray) -> faiss.Index:
+    """(n, d) float32 unit vectors with their int64 ids on a copy of the trained empty index."""
+    if isinstance(trained, bytes):
+        trained = np.frombuffer(trained, dtype=np.uint8)
+    index = (faiss.deserialize_index(trained) if isinstance(trained, np.ndarray)
+             else faiss.clone_index(trained))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                           np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+class Shard:
+    """One shard of a published version, to edit: reads its files from ``root`` (any fsspec
+    URL) and writes new files under ``ROOT/index/<version>/``. Immutable: every edit returns
+    a new ``ShardEntry`` for the next version's manifest."""
+
+    def __init__(self, root: str, entry: ShardEntry) -> None:
+        from indexer.layout import index_root
+
+        self.root, self.entry, self.index_root = root, entry, index_root(root)
+
+    def _stem(self, version: str, kind: str) -> str:
+        return f"{version}/shard-{self.entry.shard:05d}{kind}"
+
+    # ---- reading -------------------------------------------------------------------------
+    def segment_ids(self, number: int) -> np.ndarray:
+        """Sorted ids stored in segment ``number`` (tombstoned included)."""
+        from indexer.store import load_metadata
+
+        return load_metadata(self.root, self.entry.segments[number]).column("id").to_numpy()
+
+    def hidden(self, number: int) -> np.ndarray:
+        """Sorted ids tombstoned in segment ``number``."""
+        from indexer.store import load_tombstones
+
+        parts = [load_tombstones(self.root, t) for t in self.entry.tombstones if t.segments > number]
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    def live(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` (int64) the shard serves: stored in a segment and not hidden there.
+        O(len(ids) · log N · segments): binary searches on the sorted id columns."""
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.zeros(len(ids), dtype=bool)
+        for number in range(len(self.entry.segments)):
+            stored = self.segment_ids(number)
+            at = np.minimum(np.searchsorted(stored, ids), max(len(stored) - 1, 0))
+            present = (stored[at] == ids) if len(stored) else np.zeros(len(ids), bool)
+            hidden = self.hidden(number)
+            if len(hidden):
+                at = np.minimum(np.searchsorted(hidden, ids), len(hidden) - 1)
+                present &= hidden[at] != ids
+            found |= present
+        return found
+
+    def live_metadata(self) -> pa.Table:
+        """Metadata rows of every live item (O(shard): for batch jobs, not queries)."""
+        from indexer.store import load_metadata
+
+        tables = []
+        for number, segment in enumerate(self.entry.segments):
+            meta = with_weights(load_metadata(self.root, segment))
+            hidden = self.hidden(number)
+            if len(hidden):
+                meta = meta.filter(pa.array(~np.isin(meta.column("id").to_numpy(), hidden)))
+            tables.append(meta)
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    # ---- edits ---------------------------------------------------------------------------
+    def add(self, version: str, index: faiss.Index, meta: pa.Table,
+            vectors: np.ndarray | None) -> ShardEntry:
+        """A new delta segment holding ``index`` (encoded with the version's trained index),
+        its metadata rows and vectors. Cost: O(rows added)."""
+        if not index.ntotal:
+            return self.entry
+        number = len(self.entry.segments)
+        segment = write_segment(self.index_root, self._stem(version, f".seg{number:03d}"),
+                                index, meta, vectors)
+        return ShardEntry(self.entry.shard, self.entry.count + segment.count,
+                          self.entry.segments + [segment], list(self.entry.tombstones))
+
+    def tombstone(self, version: str, ids: np.ndarray) -> ShardEntry:
+        """Hide ``ids`` (int64; each must be live in this shard) from every current segment:
+        one sorted id file. Cost: O(ids). Raises ValueError for an id the shard does not serve."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if not len(ids):
+            return self.entry
+        live = self.live(ids)
+        if not live.all():
+            raise ValueError(f"shard {self.entry.shard} does not serve ids {ids[~live][:5].tolist()}")
+        path = f"{self._stem(version, '')}{TOMBSTONE_SUFFIX}"
+        entry = TombstoneEntry(path, _write(self.index_root, path, npy_bytes(ids)), int(len(ids)),
+                               len(self.entry.segments))
+        return ShardEntry(self.entry.shard, self.entry.count - len(ids), list(self.entry.segments),
+                          self.entry.tombstones + [entry])
+
+    def set_weights(self, version: str, ids: np.ndarray, weights: np.ndarray) -> ShardEntry:
+        """Per-item weights (soft pruning) in new metadata files; index and vector files are
+        shared with the parent. Cost: O(shard metadata)."""
+        from indexer.store import load_metadata
+
+        segments = []
+        for number, segment in enumerate(self.entry.segments):
+            meta = set_weights(with_weights(load_metadata(self.root, segment)), ids, weights)
+            stem = self._stem(version, f".seg{number:03d}")
+            segments.append(SegmentEntry(
+                segment.count, segment.index_path, segment.index_sha256, f"{stem}{METADATA_SUFFIX}",
+                _write(self.index_root, f"{stem}{METADATA_SUFFIX}", ipc_bytes(meta)),
+                segment.vectors_path, segment.vectors_sha256))
+        return ShardEntry(self.entry.shard, self.entry.count, segments, list(self.entry.tombstones))
+
+    def compact(self, version: str) -> ShardEntry:
+        """One segment holding exactly the live items, tombstoned rows physically dropped from
+        the index, the metadata and the vectors. Cost: O(shard). A compacted shard is returned
+        as is."""
+        from indexer.store import load_index, load_metadata, load_vectors
+
+        if self.entry.compacted:
+            return self.entry
+        index, metas, vectors = None, [], []
+        for number, segment in enumerate(self.entry.segments):
+            part = load_index(self.root, segment, mmap=False)
+            meta = with_weights(load_metadata(self.root, segment))
+            kept_vectors = load_vectors(self.root, segment)
+            hidden = self.hidden(number)
+            if len(hidden):
+                drop = np.isin(meta.column("id").to_numpy(), hidden)
+                part.remove_ids(faiss.IDSelectorBatch(hidden))
+                meta = meta.filter(pa.array(~drop))
+                kept_vectors = None if kept_vectors is None else kept_vectors[~drop]
+            metas.append(meta)
+            vectors.append(None if kept_vectors is None else np.asarray(kept_vectors))
+            if index is None:
+                index = part
+            elif part.ntotal:
+                index.merge_from(part, 0)
+        meta = pa.concat_tables(metas, promote_options="permissive")
+        stacked = None if vectors[0] is None else np.concatenate(vectors)
+        segment = write_segment(self.index_root, self._stem(version, ""), index, meta, stacked)
+        return ShardEntry(self.entry.shard, segment.count, [segment], [])
+
+
+def set_weights(meta: pa.Table, ids: np.ndarray, weights: np.ndarray) -> pa.Table:
+    """Per-item weights (soft pruning) for the given ids; other rows keep theirs."""
+    current = with_weights(meta).column("weight").to_numpy().astype(np.float64, copy=True)
+    if len(ids):
+        order = np.argsort(ids)
+        sorted_ids, sorted_weights = ids[order], np.asarray(weights, dtype=np.float64)[order]
+        own = meta.column("id").to_numpy()
+        rows = np.minimum(np.searchsorted(sorted_ids, own), len(sorted_ids) - 1)
+        hit = sorted_ids[rows] == own
+        current[hit] = sorted_weights[rows[hit]]
+    meta = with_weights(meta)
+    return meta.set_column(meta.column_names.index("weight"), "weight", pa.array(current))
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """Every id physically present in an index's storage (IVF lists or the IDMap)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        lists = ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(l), lists.list_size(l)).copy()
+                 for l in range(ivf.nlist) if lists.list_size(l)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map)
+    raise TypeError(f"cannot list the ids of a {type(index).__name__}")
