@@ -213,7 +213,7 @@ class SegmentSearcher:
         try:
             out[hit] = self.index.reconstruct_batch(ids[hit])
         except RuntimeError as error:
-            raise ValueError(f"shard {self.entry.shard} cannot return vectors ({error}); build the "
+            raise ValueError(f"{self.entry.index_path} cannot return vectors ({error}); build the "
                              "index with --keep-vectors fp16|fp32") from error
         return out
 
