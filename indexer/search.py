@@ -404,9 +404,17 @@ class ShardSearcher:
 
     def label_counts(self) -> dict[str, int]:
         """Live items per label (Arrow compute over the label columns)."""
-        if len(self.segments) == 1 and not len(self.segments[0].hidden):
-            return self.segments[0].metadata.label_counts()
-        return ShardMetadata(self.meta).label_counts()
+        out: dict[str, int] = {}
+        for segment in self.segments:
+            counts = segment.metadata.label_counts()
+            if len(segment.hidden):  # minus the tombstoned rows' labels (k rows read)
+                gone = segment.metadata.take(segment.metadata.rows_of(segment.hidden), ("label",))
+                for label in gone["label"].tolist():
+                    if label is not None:
+                        counts[str(label)] -= 1
+            for label, count in counts.items():
+                out[label] = out.get(label, 0) + count
+        return {label: count for label, count in out.items() if count}
 
 
 class ShardedIndex:

@@ -15,6 +15,7 @@ from indexer.store import resolve_version
 from serving.options import ServingOptions
 from serving.router import Router
 from serving.searchers import SearcherDeployment
+from serving.writer import Writer
 
 
 def shard_groups(num_shards: int, groups: int) -> list[list[int]]:
@@ -39,4 +40,6 @@ def build_app(args: dict, deployment_options: dict[str, dict] | None = None) -> 
         SearcherDeployment.options(name=f"Searcher{g}", **overrides.get(f"Searcher{g}", {}))
         .bind(options.memory, shards, manifest.version, options.searcher_omp_threads)
         for g, shards in enumerate(groups)]
-    return Router.options(**overrides.get("Router", {})).bind(dict(args), encoder, searchers, groups)
+    writer = Writer.options(**overrides.get("Writer", {})).bind(options.memory, options.confirm_timeout_s)
+    return Router.options(**overrides.get("Router", {})).bind(dict(args), encoder, searchers, groups,
+                                                              writer)

@@ -1,5 +1,7 @@
-"""Online edits, persisted through the indexer: new items become an embedding batch and an
-``add`` version; forgetting is the indexer's verified delete. Runs in the router's thread pool."""
+"""Online edits, persisted through the indexer: new items become an embedding batch and a
+delta segment (indexer.edit.add_rows); forgetting is the indexer's tombstone delete. A failed
+add removes the batch it wrote, so it leaves no trace (``vmem index gc`` collects what a
+killed process leaves)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,30 +11,45 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from indexer.edit import ForgetRequest, run_add, run_delete
+from indexer.edit import ForgetRequest, add_rows, run_delete
 from indexer.executor import LocalExecutor
 from indexer.manifest import IndexManifest
+from pipelines import storage
 from pipelines.manifest import write_embedding_batch
 from pipelines.records import stable_id
 from pipelines.schema import embedding_batch
 
 
-def write_online_batch(root: str, items, vectors: np.ndarray, encoder: str) -> str:
-    """The added items as an ordinary embedding batch, so rebuilds and audits see them too."""
-    batch = "online-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    table = pa.Table.from_batches([embedding_batch(
+def online_table(items, vectors: np.ndarray, encoder: str) -> pa.Table:
+    """The added items as embedding-batch rows (boundary 1 schema)."""
+    return pa.Table.from_batches([embedding_batch(
         [stable_id(item.key) for item in items], [item.key for item in items],
         [item.label for item in items], [item.source or f"api:{item.key}" for item in items],
         [hashlib.sha256(item.image_base64.encode()).hexdigest() for item in items],
         vectors, encoder)])
+
+
+def write_online_batch(root: str, table: pa.Table, encoder: str) -> str:
+    """The rows as an ordinary embedding batch, so rebuilds and audits see them too."""
+    batch = "online-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     write_embedding_batch(root, batch, table, encoder, "api")
     return batch
 
 
 def add_items(root: str, items, vectors: np.ndarray, encoder: str) -> IndexManifest:
-    return run_add(root, [write_online_batch(root, items, vectors, encoder)], LocalExecutor())
+    """Write the batch, then the delta segments and the version; on any failure remove the
+    batch again and re-raise (nothing committed)."""
+    table = online_table(items, vectors, encoder)
+    batch = write_online_batch(root, table, encoder)
+    meta = table.drop_columns([c for c in ("embedding", "encoder") if c in table.column_names])
+    meta = meta.append_column("batch", pa.array([batch] * meta.num_rows, pa.string()))
+    try:
+        return add_rows(root, meta, np.asarray(vectors, dtype=np.float32), batch)
+    except BaseException:
+        storage.remove(storage.join(root, "embeddings", batch))
+        raise
 
 
 def forget_items(root: str, body) -> tuple[IndexManifest, dict]:
     return run_delete(root, ForgetRequest(ids=body.ids, keys=body.keys, labels=body.labels),
-                      LocalExecutor())
+                      LocalExecutor(), purge=bool(getattr(body, "purge", False)))

@@ -16,6 +16,9 @@ class QueryRequest(BaseModel):
     explain: bool = Field(True, description="Return every neighbour behind the decision.")
     rerank: str | None = Field(None, description="Re-rank the neighbours before voting: 'prototype' "
                                "(serving/rerank.py); '' for none (default: the server's).")
+    min_version: str | None = Field(None, description="Answer from this version or a newer one "
+                                    "(an edit's response names its version: read-your-writes); "
+                                    "503 with Retry-After if it is not served in time.")
 
 
 class BatchRequest(BaseModel):
@@ -37,3 +40,5 @@ class ForgetRequestBody(BaseModel):
     ids: list[int] = Field(default_factory=list)
     keys: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
+    purge: bool = Field(False, description="Also compact at once, so the items' bytes leave every "
+                        "file of the live version (verified); otherwise compaction does it later.")

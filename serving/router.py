@@ -1,7 +1,8 @@
 """The HTTP ingress: embed, fan out to every shard, merge the top-k, vote, explain.
 
-Versioned under /v1; OpenAPI at /docs and /openapi.json. Mutating endpoints need
-``Authorization: Bearer <token>``. Every bad request gets a 4xx JSON body naming the field.
+Versioned under /v1; OpenAPI at /docs and /openapi.json. Mutating endpoints need the admin
+bearer token, queries the read (or admin) token when one is configured (serving/auth.py).
+Every bad request gets a 4xx JSON body naming the field.
 (No ``from __future__ import annotations`` here: Serve's class-based views resolve the
 endpoint annotations at run time, and string annotations would turn them into body fields.)
 """
@@ -9,7 +10,6 @@ endpoint annotations at run time, and string annotations would turn them into bo
 import asyncio
 import base64
 import binascii
-import hmac
 import logging
 import time
 
@@ -18,7 +18,7 @@ import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 
 from indexer.factory import nlist_of
@@ -27,9 +27,12 @@ from indexer.search import SearchParams
 from indexer.store import resolve_version
 from serving.aggregation import Aggregator
 from serving.answers import merge_answers
+from serving.auth import ADMIN, READ, Refused, authorize, check_sources
 from serving.body_limit import BodyLimit, BodyTooLarge
 from serving.decision import decide
-from serving.editing import add_items, forget_items
+from serving.admission import Admission
+from serving.follower import FollowOptions, VersionFollower, VersionUnavailable
+from serving.writer import EditFailure
 from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
 from serving.options import ServingOptions
 from serving.rerank import Reranker, make_reranker, rerank_answer
@@ -39,6 +42,7 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,
               description="Classify images by retrieval; every answer comes with its evidence.")
 api.add_middleware(BodyLimit, limit=lambda: getattr(api.state, "max_body_bytes", None))
+api.add_middleware(Admission, limit=lambda: getattr(api.state, "max_inflight_requests", None))
 JSONResponse = ORJSONResponse
 
 
@@ -50,6 +54,11 @@ class ApiError(Exception):
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse({"error": error.message, "field": error.field}, status_code=error.status)
+
+
+@api.exception_handler(Refused)
+async def _refused(request: Request, error: Refused) -> JSONResponse:
     return JSONResponse({"error": error.message, "field": error.field}, status_code=error.status)
 
 
@@ -71,20 +80,32 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 @serve.deployment(max_ongoing_requests=100)
 @serve.ingress(api)
 class Router:
-    def __init__(self, options: dict, encoder, groups: list, group_shards: list[list[int]]) -> None:
+    def __init__(self, options: dict, encoder, groups: list, group_shards: list[list[int]],
+                 writer=None) -> None:
         self.options = ServingOptions.from_args(options)
         api.state.max_body_bytes = self.options.max_body_bytes
+        api.state.max_inflight_requests = self.options.max_inflight_requests
         manifest = resolve_version(self.options.memory, self.options.version or None)
-        self.encoder, self.group_shards = encoder, group_shards
+        self.encoder, self.group_shards, self.writer = encoder, group_shards, writer
         self.groups = ([RemoteSearchers(handle) for handle in groups] if groups else
                        [SearcherService(self.options.memory, shards, manifest.version,
                                         self.options.searcher_omp_threads) for shards in group_shards])
         self.num_shards = sum(len(shards) for shards in group_shards)
-        self.version, self.dim, self.count = manifest.version, manifest.dim, manifest.count
+        self.dim, self.count = manifest.dim, manifest.count
         self.encoder_name = manifest.encoder
         self.nlist = nlist_of(manifest.factory)
-        self.edit_lock = asyncio.Lock()
+        served = {g.current_version() for g in self.groups if isinstance(g, SearcherService)}
+        # A pinned version (options.version) is served as is; otherwise follow LATEST.
+        self.pinned = bool(self.options.version)
+        self.follower = VersionFollower(self.options.memory, served.pop() if len(served) == 1
+                                        else manifest.version, self._load, self.options.follow())
+        self.started = False
         self.registry = CollectorRegistry()
+        self.version_refused = Gauge("vmem_versions_refused", "Newer versions this replica could "
+                                     "not load (corrupt or missing files); it keeps serving its own",
+                                     registry=self.registry)
+        self.staleness = Gauge("vmem_version_check_age_seconds", "Seconds since this replica last "
+                               "read LATEST", registry=self.registry)
         self.queries = Counter("vmem_queries", "Queries answered", ["endpoint"], registry=self.registry)
         self.latency = Histogram("vmem_query_latency_seconds", "Query latency", ["endpoint"],
                                  registry=self.registry)
@@ -176,20 +197,28 @@ class Router:
         except ValueError as error:
             raise ApiError(422, f"{prefix}rerank", str(error)) from error
 
-    async def _group(self, number: int, handle, query: ShardQuery):
+    async def _group(self, number: int, handle, query: ShardQuery, deadline: float):
+        """One group's answer within the request's deadline (one budget across retries: a
+        hung group costs at most ``request_deadline_s``, not tries x timeout); None if none."""
         for attempt in range(self.options.shard_retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                return await asyncio.wait_for(handle.search(query), self.options.shard_timeout_s)
+                return await asyncio.wait_for(handle.search(query),
+                                              min(self.options.shard_timeout_s, remaining))
             except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
                 for shard in self.group_shards[number]:
                     self.shard_failures.labels(shard=str(shard)).inc()
                 log.warning("searcher group %d attempt %d failed: %s", number, attempt + 1, error)
         return None
 
-    async def _search(self, vectors: np.ndarray, k: int, nprobe: int,
+    async def _search(self, vectors: np.ndarray, k: int, nprobe: int, version: str,
                       with_vectors: bool = False) -> tuple:
-        query = ShardQuery(vectors, k, SearchParams(nprobe=nprobe), self.version, with_vectors)
-        answers = await asyncio.gather(*[self._group(n, h, query) for n, h in enumerate(self.groups)])
+        query = ShardQuery(vectors, k, SearchParams(nprobe=nprobe), version, with_vectors)
+        deadline = time.monotonic() + self.options.request_deadline_s
+        answers = await asyncio.gather(*[self._group(n, h, query, deadline)
+                                         for n, h in enumerate(self.groups)])
         answered = sorted(s for a in answers if a is not None for s in a.shards)
         if not answered:
             raise ApiError(503, "shards", "no shard answered; try again")
@@ -210,6 +239,7 @@ class Router:
         rerankers = [self._reranker(r, f) for r, f in zip(requests, fields)]
         nprobes = [self._nprobe(r, f) for r, f in zip(requests, fields)]
         started = time.perf_counter()
+        version = await self._version(max((r.min_version or "" for r in requests), default=""))
         vectors = await self._embed(requests, prefix)
         embedded = time.perf_counter()
         with_vectors = any(r is not None and r.needs_vectors for r in rerankers)
@@ -218,7 +248,7 @@ class Router:
         for members in groups.values():
             rows[members] = np.arange(len(members))
         answers = await asyncio.gather(*[self._search(vectors[members], max(ks[i] for i in members),
-                                                      nprobe, with_vectors)
+                                                      nprobe, version, with_vectors)
                                          for nprobe, members in groups.items()])
         searched = dict(zip(groups, answers))
         self.stage.labels(stage="embed").observe(embedded - started)
@@ -257,11 +287,13 @@ class Router:
         return result
 
     @api.post("/v1/classify")
-    async def classify(self, request: QueryRequest) -> ORJSONResponse:
+    async def classify(self, request: QueryRequest, http: Request) -> ORJSONResponse:
+        self._authorize(http, READ)
         return ORJSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
 
     @api.post("/v1/neighbors")
-    async def neighbors(self, request: QueryRequest) -> ORJSONResponse:
+    async def neighbors(self, request: QueryRequest, http: Request) -> ORJSONResponse:
+        self._authorize(http, READ)
         return ORJSONResponse((await self._timed("neighbors", self._answer([request], vote=False)))[0])
 
     @api.post("/v1/classify/image")
@@ -269,6 +301,7 @@ class Router:
                              aggregator: str | None = Query(None),
                              parameter: float | None = Query(None)) -> ORJSONResponse:
         """The image itself as the request body (any allowed format), options as query parameters."""
+        self._authorize(http, READ)
         data = await http.body()
         request = QueryRequest(image_base64=base64.b64encode(data).decode(), k=k,
                                aggregator=aggregator, parameter=parameter)
@@ -279,20 +312,23 @@ class Router:
             raise ApiError(422, "queries", f"send 1 to {self.options.max_batch} queries")
 
     @api.post("/v1/classify/batch")
-    async def classify_batch(self, batch: BatchRequest) -> ORJSONResponse:
+    async def classify_batch(self, batch: BatchRequest, http: Request) -> ORJSONResponse:
+        self._authorize(http, READ)
         self._check_batch(batch)
         return ORJSONResponse({"results": await self._timed("classify_batch",
                                                            self._answer(batch.queries, True, "queries."))})
 
     @api.post("/v1/neighbors/batch")
-    async def neighbors_batch(self, batch: BatchRequest) -> ORJSONResponse:
+    async def neighbors_batch(self, batch: BatchRequest, http: Request) -> ORJSONResponse:
+        self._authorize(http, READ)
         self._check_batch(batch)
         return ORJSONResponse({"results": await self._timed("neighbors_batch",
                                                            self._answer(batch.queries, False, "queries."))})
 
     # ---- the memory ----------------------------------------------------------------------
     @api.get("/v1/memory")
-    async def memory(self) -> dict:
+    async def memory(self, http: Request) -> dict:
+        self._authorize(http, READ)
         stats = await asyncio.gather(*[h.stats(self.version) for h in self.groups])
         classes: dict[str, int] = {}
         for shard_classes in stats:
@@ -301,70 +337,97 @@ class Router:
         return {"version": self.version, "size": sum(classes.values()), "classes": classes,
                 "encoder": self.encoder_name, "dim": self.dim, "shards": self.num_shards}
 
-    def _authorize(self, http: Request) -> None:
-        """Bearer token on every mutating endpoint: 401 without one, 403 with a wrong one (or
-        when the server has no token configured: mutation is then disabled)."""
-        authorization = http.headers.get("authorization")
-        token = self.options.resolved_token()
-        if not authorization or not authorization.startswith("Bearer "):
-            raise ApiError(401, "Authorization", "a bearer token is required")
-        if not token or not hmac.compare_digest(authorization[len("Bearer "):], token):
-            raise ApiError(403, "Authorization", "token not accepted")
+    def _authorize(self, http: Request, role: str = ADMIN) -> None:
+        """The bearer token must grant ``role`` (serving/auth.py): 401 without one, 403 with one
+        that does not (or, for ADMIN, when no admin token is configured: mutation disabled)."""
+        authorize(self.options, http.headers.get("authorization"), role)
 
-    async def _switch(self, version: str) -> str:
-        """Point every shard at ``version`` before answering: read-your-writes."""
+    # ---- the version served ----------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self.follower.version
+
+    async def _load(self, version: str) -> None:
+        """Make every searcher group serve ``version`` (raises if any cannot: the follower then
+        keeps the current one)."""
         await asyncio.gather(*[h.reload(version) for h in self.groups])
-        self.version = version
-        return version
+
+    async def _start(self) -> None:
+        """First use in the replica's event loop: serve LATEST (or its newest loadable
+        ancestor) and start following it."""
+        if self.started or self.pinned:
+            return
+        self.started = True
+        latest = await asyncio.to_thread(read_latest, self.options.memory)
+        if latest and latest != self.follower.version:
+            await self.follower.start_on_loadable(latest)
+        self.follower.start()
+
+    async def _version(self, min_version: str = "") -> str:
+        """The version this request is answered from (serving/follower.py guarantees)."""
+        await self._start()
+        if self.pinned:
+            return self.version
+        try:
+            return await self.follower.ensure(min_version or None)
+        except VersionUnavailable as error:
+            raise ApiError(503, "min_version", str(error)) from error
+
+    async def _edit(self, call) -> dict:
+        """Run an edit on the writer; its failures become JSON errors. This replica then serves
+        the edit's version before answering (the writer already waited for every replica)."""
+        if self.writer is None:
+            raise ApiError(503, "memory", "this deployment has no writer: edits are disabled")
+        result = await call
+        if isinstance(result, EditFailure):
+            raise ApiError(result.status, result.field, result.message)
+        await self._version(result["version"])
+        return result
 
     @api.post("/v1/memory/items")
     async def add(self, body: AddRequest, http: Request) -> dict:
         self._authorize(http)
+        check_sources([item.source for item in body.items], self.options.source_policy())
         if not body.items:
             raise ApiError(422, "items", "send at least one item")
         fields = [f"items.{i}.image_base64" for i in range(len(body.items))]
         images = [self._image_bytes(item.image_base64, field) for item, field in zip(body.items, fields)]
         vectors = np.stack(await self._embed_images(images, fields))
-        async with self.edit_lock:
-            manifest = await asyncio.to_thread(add_items, self.options.memory, body.items, vectors,
-                                               self.encoder_name)
-            await self._switch(manifest.version)
-        return {"version": manifest.version, "added": len(body.items), "size": manifest.count}
+        return await self._edit(self.writer.add.remote(body.items, vectors, self.encoder_name))
 
     @api.delete("/v1/memory/items")
     async def forget(self, body: ForgetRequestBody, http: Request) -> dict:
         self._authorize(http)
         if not (body.ids or body.keys or body.labels):
             raise ApiError(422, "ids", "name what to forget: ids, keys or labels")
-        async with self.edit_lock:
-            try:
-                manifest, report = await asyncio.to_thread(forget_items, self.options.memory, body)
-            except ValueError as error:
-                raise ApiError(404, "ids", str(error)) from error
-            await self._switch(manifest.version)
-        return {"version": manifest.version, "removed": report["removed"], "size": manifest.count,
-                "not_found": report["not_found"], "seconds": report["seconds"]}
+        return await self._edit(self.writer.forget.remote(body))
 
     @api.post("/v1/memory/reload")
     async def reload(self, http: Request) -> dict:
+        """Every replica follows LATEST by itself; this waits (bounded by the writer's confirm
+        timeout, never holding the edit lock) until every replica serves it."""
         self._authorize(http)
-        latest = read_latest(self.options.memory)
-        if latest is None:
-            raise ApiError(404, "version", "the memory has no published version")
-        async with self.edit_lock:
-            return {"version": await self._switch(latest)}
+        return await self._edit(self.writer.reload.remote())
 
-    def check_health(self) -> None:
-        """Serve's health check: searcher groups in this replica run a real search."""
+    async def check_health(self) -> None:
+        """Serve's health check: searcher groups in this replica run a real search; the
+        version follower is (re)started here too."""
+        await self._start()
         for group in self.groups:
             if isinstance(group, SearcherService):
                 group.check_health()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "version": self.version, "shards": self.num_shards}
+        """``status``: ok, or degraded when a newer version was refused (the reason is listed;
+        the replica keeps answering from ``version``)."""
+        await self._start()
+        return {**self.follower.status(), "shards": self.num_shards}
 
     @api.get("/metrics")
     async def metrics(self) -> PlainTextResponse:
+        status = self.follower.status()
+        self.version_refused.set(len(status["refused_versions"]))
+        self.staleness.set(status["seconds_since_check"])
         return PlainTextResponse(generate_latest(self.registry).decode(),
                                  media_type="text/plain; version=0.0.4")

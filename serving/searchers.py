@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from indexer.search import RERANK_FLOOR, SearchParams, ShardSearcher
+from indexer.manifest import IndexManifest
+from indexer.search import RERANK_FLOOR, SearchParams, SegmentCache, ShardSearcher
 from indexer.store import resolve_version
 from serving.answers import ShardAnswer, answer, merge_answers
 
@@ -51,14 +52,16 @@ class GroupAnswer:
 class ShardGroup:
     """The shards of one version that one replica serves, searched and merged together."""
 
-    def __init__(self, memory: str, shards: tuple[int, ...], version: str = "") -> None:
+    def __init__(self, memory: str, shards: tuple[int, ...], version: str = "",
+                 cache: SegmentCache | None = None) -> None:
         manifest = resolve_version(memory, version or None)
         missing = [s for s in shards if s >= manifest.num_shards]
         if missing:
             raise ValueError(f"version {manifest.version} has {manifest.num_shards} shards; "
                              f"this replica serves {list(shards)}")
         self.version, self.shards = manifest.version, shards
-        self.searchers = [ShardSearcher.load(memory, manifest, s) for s in shards]
+        self.manifest = manifest
+        self.searchers = [ShardSearcher.load(memory, manifest, s, cache=cache) for s in shards]
         self.defaults = self.searchers[0].defaults if self.searchers else SearchParams()
         self.dim = manifest.dim
 
@@ -107,7 +110,30 @@ class SearcherService:
             faiss.omp_set_num_threads(int(omp_threads))
         self.memory, self.shard_numbers = memory, tuple(shards)
         self.lock = asyncio.Lock()
-        self.group = ShardGroup(memory, self.shard_numbers, version)
+        self.cache = SegmentCache()  # a new version loads only its new segments and tombstones
+        self.group = self._load_with_fallback(version or resolve_version(memory).version)
+
+    def _load_with_fallback(self, version: str, depth: int = 10) -> ShardGroup:
+        """``version``'s shards or, when a file fails to load (checksum, corruption), those of
+        its newest loadable ancestor: a restarted replica keeps answering. Raises the first
+        error when no ancestor loads."""
+        candidate, first = version, None
+        for _ in range(depth):
+            try:
+                return self._load(candidate)
+            except Exception as error:  # noqa: BLE001 - fall back to the parent
+                first = first or error
+                log.error("shards %s cannot serve version %s (%s); trying its parent",
+                          self.shard_numbers, candidate, error)
+                candidate = IndexManifest.read(self.memory, candidate).parent
+                if not candidate:
+                    break
+        raise first
+
+    def _load(self, version: str) -> ShardGroup:
+        group = ShardGroup(self.memory, self.shard_numbers, version, self.cache)
+        self.cache.retain([group.manifest])
+        return group
 
     async def _ensure(self, version: str) -> ShardGroup:
         """Serve ``version`` (the router's): a replica that missed a reload catches up here."""
@@ -115,8 +141,7 @@ class SearcherService:
         if version and version != group.version:
             async with self.lock:
                 if version != self.group.version:
-                    self.group = await asyncio.to_thread(ShardGroup, self.memory, self.shard_numbers,
-                                                         version)
+                    self.group = await asyncio.to_thread(self._load, version)
                     log.info("shards %s now serve version %s", self.shard_numbers, version)
             group = self.group
         return group

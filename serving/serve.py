@@ -5,11 +5,23 @@
 Options come from a Serve config file (default: the packaged serving/serve_config.yaml); the
 flags override its memory, host and port. On a cluster, deploy the same file with
 ``serve deploy``.
+
+Tokens: ``vmem serve`` reads the token variables (``token_env``, default VMEM_TOKEN, and
+``read_token_env``, default VMEM_READ_TOKEN) from its own environment and hands them to the
+Router replicas in their runtime_env ``env_vars`` (a token given literally as ``token`` /
+``read_token`` is moved there too), so the replicas see them whether Ray was started here or
+joined with ``--ray-address`` (a replica runs in a Ray worker, which inherits the environment of
+its node's ``ray start``, not this process's). With ``serve deploy`` the config file's
+``runtime_env`` or the nodes' own environment must carry them (infra/kuberay/rayservice.yaml:
+pod env from a Secret). runtime_env values are visible to whoever can read Ray's dashboard or
+state API; that access already means running code on the cluster, so keep it private.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,6 +30,8 @@ from pathlib import Path
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
+TOKEN_DEPLOYMENTS = ("Router",)  # the deployments that check bearer tokens (serving/auth.py)
+TOKEN_OPTIONS = (("token", "token_env"), ("read_token", "read_token_env"))
 
 
 def load_config(path: str | Path, memory: str | None = None, host: str | None = None,
@@ -34,8 +48,64 @@ def load_config(path: str | Path, memory: str | None = None, host: str | None = 
     return config
 
 
+def token_env_vars(args: dict, environ: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
+    """Split the tokens out of an application's ``args``: returns (args without literal
+    ``token`` / ``read_token``, ``{variable: value}``) where the variables are ``token_env`` and
+    ``read_token_env`` (their defaults when absent) with the literal value if one was given,
+    else the value in ``environ`` (default ``os.environ``) if set. A literal token whose
+    variable name is "" stays in the args. Raises nothing."""
+    from serving.options import ServingOptions
+
+    environ = os.environ if environ is None else environ
+    args, env_vars = dict(args), {}
+    for literal, variable in TOKEN_OPTIONS:
+        name = args.get(variable, getattr(ServingOptions, variable))
+        if not name:
+            continue
+        if args.get(literal):
+            env_vars[name] = str(args.pop(literal))
+        elif environ.get(name):
+            env_vars[name] = environ[name]
+    return args, env_vars
+
+
+def merge_runtime_env(parent: dict | None, child: dict | None) -> dict:
+    """``child`` over ``parent`` as Serve merges an application's and a deployment's
+    runtime_env: keys replaced, ``env_vars`` combined (child wins). Neither is modified."""
+    merged = copy.deepcopy(dict(parent or {}))
+    child = copy.deepcopy(dict(child or {}))
+    env_vars = {**merged.get("env_vars", {}), **child.get("env_vars", {})}
+    merged.update(child)
+    if env_vars:
+        merged["env_vars"] = env_vars
+    return merged
+
+
+def deployment_overrides(application: dict, env_vars: dict[str, str], job_runtime_env: dict | None = None) -> dict:
+    """Per-deployment ``.options()`` from the config's ``deployments``, with runtime_envs as
+    ``serve deploy`` would give them (the application's ``runtime_env`` under each deployment's
+    own) and ``env_vars`` added to the token-checking deployments (TOKEN_DEPLOYMENTS). Setting a
+    deployment's runtime_env stops Serve from giving it the driver job's, so that
+    (``job_runtime_env``) is the base."""
+    overrides = {d["name"]: copy.deepcopy({k: v for k, v in d.items() if k != "name"})
+                 for d in application.get("deployments", [])}
+    app_env = application.get("runtime_env") or {}
+    names = set(overrides) if app_env else set()
+    names |= set(TOKEN_DEPLOYMENTS) if env_vars else set()
+    for name in sorted(names):
+        options = overrides.setdefault(name, {})
+        actor = options.setdefault("ray_actor_options", {})
+        env = merge_runtime_env(merge_runtime_env(job_runtime_env, app_env), actor.get("runtime_env"))
+        if name in TOKEN_DEPLOYMENTS:
+            env = merge_runtime_env(env, {"env_vars": env_vars})
+        actor["runtime_env"] = env
+    return overrides
+
+
 def start(config: dict, ray_address: str | None = None):
-    """Start Ray (local on loopback unless an address is given), Serve, and the application."""
+    """Start Ray (local on loopback unless an address is given), Serve, and the application.
+    Token variables go to the Router replicas in their runtime_env (``token_env_vars``), never
+    as application args. Returns the ingress deployment's handle."""
     import ray
     from ray import serve
 
@@ -49,9 +119,9 @@ def start(config: dict, ray_address: str | None = None):
     serve.start(http_options={"host": config["http_options"]["host"],
                               "port": config["http_options"]["port"]})
     application = config["applications"][0]
-    overrides = {d["name"]: {k: v for k, v in d.items() if k != "name"}
-                 for d in application.get("deployments", [])}
-    app = build_app(application["args"], overrides)
+    args, env_vars = token_env_vars(application["args"])
+    overrides = deployment_overrides(application, env_vars, ray.get_runtime_context().runtime_env)
+    app = build_app(args, overrides)
     return serve.run(app, name=application["name"], route_prefix=application.get("route_prefix", "/"))
 
 

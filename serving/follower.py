@@ -1,0 +1,169 @@
+"""Which version a router replica serves: every replica follows ``LATEST``, within bounds.
+
+Each router replica polls ``ROOT/index/LATEST`` (a tiny file) every ``version_poll_s`` and
+switches its searcher groups to a newer version as soon as it appears (a switch loads only the
+segments and tombstones that changed: indexer/search.py ``SegmentCache``). It renews a lease
+(indexer/leases.py) naming the version it serves, which is how the writer knows when every
+replica has a new version. Guarantees (Milvus's vocabulary):
+
+- **bounded staleness**: a replica answers from a version at most ``max_staleness_s`` older
+  than LATEST; if its last successful check is older than that, it re-reads LATEST before
+  answering (a replica paused past its lease catches up before its next answer);
+- **session** (read-your-writes): an edit's response carries its version; a query with
+  ``min_version`` is answered from that version or newer, after waiting up to
+  ``min_version_wait_s``, else 503 with Retry-After;
+- **strong for deletes**: the writer returns from a delete only when every live lease serves
+  the new version (or lapsed, which forces the check above).
+
+A version that fails to load (corrupt file, checksum mismatch) is refused: the replica keeps
+the version it serves, reports it in ``status()`` (``/healthz``) and metrics, and retries it
+after ``retry_failed_s``. A replica that starts on a LATEST it cannot load falls back to the
+newest loadable ancestor.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from indexer.layout import read_latest
+from indexer.leases import drop_lease, renew_lease
+from indexer.manifest import IndexManifest
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    version_poll_s: float = 0.1  # how often a replica reads LATEST
+    max_staleness_s: float = 2.0  # answer only after a LATEST check this recent
+    lease_ttl_s: float = 10.0  # > max_staleness_s: a lapsed lease means the replica re-checks
+    min_version_wait_s: float = 2.0  # a query's min_version: wait this long, then 503
+    reload_timeout_s: float = 60.0  # one switch (loading a version) at most
+    retry_failed_s: float = 10.0  # a version that failed to load is tried again after this
+    fallback_depth: int = 10  # ancestors tried when LATEST cannot be loaded at start
+
+
+class VersionUnavailable(Exception):
+    """The requested version is not served here yet (the router answers 503 + Retry-After)."""
+
+
+class VersionFollower:
+    """Follows LATEST for one replica. ``switch(version)`` is the replica's loader (an async
+    callable that makes every searcher group serve ``version`` or raises)."""
+
+    def __init__(self, memory: str, version: str, switch, options: FollowOptions,
+                 holder: str | None = None) -> None:
+        self.memory, self.version, self._switch, self.options = memory, version, switch, options
+        self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.confirmed_at = time.monotonic()
+        self.lease_renewed = 0.0
+        self.refused: dict[str, tuple[float, str]] = {}  # version -> (when, why)
+        self.lock = asyncio.Lock()
+        self.task: asyncio.Task | None = None
+        self.switches = 0
+
+    # ---- the loop ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start polling (idempotent; needs a running event loop)."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as error:  # noqa: BLE001 - a poll failure must not stop following
+                log.warning("version poll failed: %s", error)
+            await asyncio.sleep(self.options.version_poll_s)
+
+    async def refresh(self) -> str:
+        """Read LATEST and switch to it when newer (and not recently refused). Returns the
+        version served afterwards."""
+        latest = await asyncio.to_thread(read_latest, self.memory)
+        now = time.monotonic()
+        if latest and latest > self.version and not self._recently_refused(latest, now):
+            async with self.lock:
+                if latest > self.version:
+                    await self._try_switch(latest)
+        self.confirmed_at = now
+        if self.version and (now - self.lease_renewed > self.options.lease_ttl_s / 3):
+            await asyncio.to_thread(renew_lease, self.memory, self.holder, self.version,
+                                    self.options.lease_ttl_s)
+            self.lease_renewed = now
+        return self.version
+
+    def _recently_refused(self, version: str, now: float) -> bool:
+        refused = self.refused.get(version)
+        return refused is not None and now - refused[0] < self.options.retry_failed_s
+
+    async def _try_switch(self, version: str) -> None:
+        try:
+            await asyncio.wait_for(self._switch(version), self.options.reload_timeout_s)
+        except Exception as error:  # noqa: BLE001 - refused: keep serving what we have
+            why = f"{type(error).__name__}: {error}"
+            self.refused[version] = (time.monotonic(), why)
+            log.error("version %s refused, still serving %s: %s", version, self.version, why)
+            return
+        self.version = version
+        self.switches += 1
+        self.refused.pop(version, None)
+        self.lease_renewed = time.monotonic()
+        await asyncio.to_thread(renew_lease, self.memory, self.holder, version, self.options.lease_ttl_s)
+
+    async def start_on_loadable(self, latest: str) -> str:
+        """At start: serve ``latest`` or, if it cannot be loaded, its newest loadable ancestor
+        (each refusal recorded). Raises the last error when none loads."""
+        candidate, error = latest, None
+        for _ in range(self.options.fallback_depth):
+            try:
+                await asyncio.wait_for(self._switch(candidate), self.options.reload_timeout_s)
+                self.version = candidate
+                await asyncio.to_thread(renew_lease, self.memory, self.holder, candidate,
+                                        self.options.lease_ttl_s)
+                self.lease_renewed = self.confirmed_at = time.monotonic()
+                return candidate
+            except Exception as failure:  # noqa: BLE001 - try the parent
+                error = failure
+                self.refused[candidate] = (time.monotonic(), f"{type(failure).__name__}: {failure}")
+                log.error("cannot serve version %s (%s); trying its parent", candidate, failure)
+                candidate = await asyncio.to_thread(lambda v=candidate: IndexManifest.read(self.memory, v).parent)
+                if not candidate:
+                    break
+        raise RuntimeError(f"no loadable version from {latest}") from error
+
+    # ---- per request ---------------------------------------------------------------------
+    async def ensure(self, min_version: str | None = None) -> str:
+        """The version to answer from: re-check LATEST when the last check is older than
+        ``max_staleness_s``; wait for ``min_version`` up to ``min_version_wait_s``. Raises
+        VersionUnavailable when it does not arrive in time."""
+        if time.monotonic() - self.confirmed_at > self.options.max_staleness_s:
+            await self.refresh()
+        if min_version and min_version > self.version:
+            deadline = time.monotonic() + self.options.min_version_wait_s
+            while min_version > self.version and time.monotonic() < deadline:
+                await self.refresh()
+                if min_version > self.version:
+                    await asyncio.sleep(min(self.options.version_poll_s, 0.05))
+            if min_version > self.version:
+                raise VersionUnavailable(f"version {min_version} is not served yet "
+                                         f"(this replica serves {self.version})")
+        return self.version
+
+    def status(self) -> dict:
+        latest_refused = {v: why for v, (_, why) in self.refused.items() if v > self.version}
+        return {"status": "degraded" if latest_refused else "ok", "version": self.version,
+                "refused_versions": latest_refused,
+                "seconds_since_check": round(time.monotonic() - self.confirmed_at, 3),
+                "switches": self.switches}
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        try:
+            drop_lease(self.memory, self.holder)
+        except OSError as error:
+            log.warning("could not drop lease %s: %s", self.holder, error)

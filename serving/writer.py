@@ -1,0 +1,88 @@
+"""The single writer: one Serve deployment (one replica) through which every online edit goes.
+
+Routers authenticate and validate an edit, then hand it here; the writer runs edits one at a
+time (an asyncio lock, plus the memory's file lock shared with the CLI and scheduled jobs:
+indexer/leases.py), publishes a version, and returns only when every serving replica serves it
+(their leases; indexer/leases.py ``wait_until_served``), so a deleted item is never returned
+after the delete returns, by any replica. A failed edit commits nothing (serving/editing.py).
+Expected failures come back as data (``EditFailure``), so routers answer them as JSON 4xx/5xx.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from indexer.layout import read_latest
+from indexer.leases import WriterBusy, wait_until_served
+from indexer.reader import DuplicateIds
+from serving.editing import add_items, forget_items
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class EditFailure:
+    status: int
+    field: str
+    message: str
+
+
+class WriterService:
+    """The writer's logic (also usable in-process). ``confirm_timeout_s`` bounds the wait for
+    replicas; it should exceed the replicas' lease TTL, after which a silent replica re-reads
+    LATEST before answering anyway."""
+
+    def __init__(self, memory: str, confirm_timeout_s: float = 12.0) -> None:
+        self.memory, self.confirm_timeout_s = memory, confirm_timeout_s
+        self.lock = asyncio.Lock()
+
+    async def _confirm(self, version: str) -> dict:
+        return await asyncio.to_thread(wait_until_served, self.memory, version, self.confirm_timeout_s)
+
+    async def add(self, items: list, vectors: np.ndarray, encoder: str) -> dict | EditFailure:
+        async with self.lock:
+            try:
+                manifest = await asyncio.to_thread(add_items, self.memory, items, vectors, encoder)
+            except DuplicateIds as error:
+                return EditFailure(409, "items", str(error))
+            except WriterBusy as error:
+                return EditFailure(503, "memory", str(error))
+            except Exception as error:  # noqa: BLE001 - reported to the client, nothing committed
+                log.exception("add failed; nothing committed")
+                return EditFailure(500, "items", f"add failed, nothing committed: {error}")
+            served = await self._confirm(manifest.version)
+        return {"version": manifest.version, "added": len(items), "size": manifest.count,
+                "replicas": served}
+
+    async def forget(self, body) -> dict | EditFailure:
+        async with self.lock:
+            try:
+                manifest, report = await asyncio.to_thread(forget_items, self.memory, body)
+            except ValueError as error:
+                return EditFailure(404, "ids", str(error))
+            except WriterBusy as error:
+                return EditFailure(503, "memory", str(error))
+            except Exception as error:  # noqa: BLE001 - reported to the client, nothing committed
+                log.exception("delete failed; nothing committed")
+                return EditFailure(500, "ids", f"delete failed, nothing committed: {error}")
+            served = await self._confirm(manifest.version)
+        return {"version": manifest.version, "removed": report["removed"], "size": manifest.count,
+                "not_found": report["not_found"], "seconds": report["seconds"],
+                "stopped_returning": report["stopped_returning"],
+                "bytes_removed": report["bytes_removed"], "replicas": served}
+
+    async def reload(self) -> dict | EditFailure:
+        """Wait (bounded) until every replica serves LATEST; never takes the edit lock."""
+        latest = await asyncio.to_thread(read_latest, self.memory)
+        if latest is None:
+            return EditFailure(404, "version", "the memory has no published version")
+        return {"version": latest, "replicas": await self._confirm(latest)}
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=16)
+class Writer(WriterService):
+    """WriterService as the one writer deployment of the application."""
