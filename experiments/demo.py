@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -95,7 +96,11 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
     ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     token = secrets.token_urlsafe(24)  # this run's mutation token; never leaves the process
     port = config.port or free_port()
-    start(load_config(DEFAULT_CONFIG, memory, "127.0.0.1", port, {"token": token}))
+    # the only place item sources may point to (the API refuses others; read-back reads only here)
+    data = storage.join(config.work, "data")
+    roots = [data if "://" in data else os.path.abspath(data)]
+    start(load_config(DEFAULT_CONFIG, memory, "127.0.0.1", port,
+                      {"token": token, "allowed_source_roots": roots}))
     client = MemoryClient(f"http://127.0.0.1:{port}", token)
     queries, unseen = read_records(inputs["queries"]), read_records(inputs["new-class"])
     stages = {}
@@ -123,7 +128,7 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
         report = client.forget(doomed)
         forgot = time.monotonic() - tick
         after_forget = classify("after forgetting", {"forgotten": report["removed"], "edit_seconds": round(forgot, 2)})
-        images = read_sources(list(sources.values()))
+        images = read_sources(list(sources.values()), roots)
         themselves = client.classify([ImageRecord(k, s, "", images[s]) for k, s in sources.items() if s in images])
         returned = sum(n["key"] in doomed for a in after_forget + themselves for n in a["neighbours"])
         influenced = sum(any(n["key"] in doomed for n in a["neighbours"]) for a in after_add)

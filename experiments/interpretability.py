@@ -7,6 +7,7 @@ behind it, their labels, distances and vote weights: correct and wrong decisions
 from __future__ import annotations
 
 import io
+import logging
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ from experiments.workbench import EmbeddedSet, Neighbours, retrieve
 from pipelines import storage
 from pipelines.decode import DecodePolicy, ImageRejected, decode_image
 from pipelines.sources.fetch import read_sources
+from pipelines.sources.policy import SourcePolicy, input_roots
 from serving.aggregation import Aggregator
 from serving.evaluate import predictions_every_k
 
@@ -27,6 +29,7 @@ CLAIM = ("Each decision is attributable to its nearest neighbours; accuracy trac
          "among the top-100 neighbours ~98% of the time (Fig. 11); single-neighbour accuracy falls "
          "with rank as a*ln(rank+1)+b (Fig. 1).")
 THUMBNAIL = 96
+log = logging.getLogger(__name__)
 
 
 def calibration(neighbours: Neighbours, truth: np.ndarray, bins: int = 10) -> dict:
@@ -76,7 +79,14 @@ def gallery(context: Context, queries: EmbeddedSet, neighbours: Neighbours, pred
     wanted = [queries.sources[r] for r in rows]
     for r in rows:
         wanted += [memory.sources[np.searchsorted(memory.ids, i)] for i in neighbours.ids[r, :shown] if i >= 0]
-    images = read_sources(wanted)
+    # read back only from where the memory's and the queries' batches were ingested: a source
+    # stored through the API is data, never a reason to open an arbitrary URL or local file
+    policy = SourcePolicy(input_roots([*memory.inputs, *queries.inputs]))
+    readable = [source for source in wanted if policy.allows(source)]
+    if len(readable) < len(wanted):
+        log.warning("gallery: %d source(s) outside the ingest inputs %s not read",
+                    len(wanted) - len(readable), list(policy.roots))
+    images = read_sources(readable, policy)
 
     def picture(source: str, name: str) -> str:
         if source not in images:

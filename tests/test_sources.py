@@ -140,6 +140,6 @@ def test_sources_read_back_from_every_container_kind(memfs):
                                                ("memory://t/p.parquet", "parquet"),
                                                ("memory://t/tree", "folder")]
                 for r in records(make_source(kind), pattern)]
-    found = read_sources(recorded + ["memory://t/gone.tar#z.png", "memory://t/gone.png"])
+    found = read_sources(recorded + ["memory://t/gone.tar#z.png", "memory://t/gone.png"], ["memory://t/"])
     assert [found[s] for s in recorded] == [images[0], images[1], images[0], images[1], images[0]]
     assert "memory://t/gone.tar#z.png" not in found and "memory://t/gone.png" not in found
