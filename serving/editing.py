@@ -25,8 +25,15 @@ def online_table(items, vectors: np.ndarray, encoder: str) -> pa.Table:
     return pa.Table.from_batches([embedding_batch(
         [stable_id(item.key) for item in items], [item.key for item in items],
         [item.label for item in items], [item.source or f"api:{item.key}" for item in items],
-        [hashlib.sha256(item.image_base64.encode()).hexdigest() for item in items],
+        [content_hash(item, vector) for item, vector in zip(items, vectors)],
         vectors, encoder)])
+
+
+def content_hash(item, vector: np.ndarray) -> str:
+    """SHA-256 of the image as sent, or of the float32 embedding when only that was sent."""
+    data = (item.image_base64.encode() if item.image_base64 is not None
+            else np.asarray(vector, dtype=np.float32).tobytes())
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_online_batch(root: str, table: pa.Table, encoder: str) -> str:

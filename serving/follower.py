@@ -161,8 +161,12 @@ class VersionFollower:
                 "switches": self.switches}
 
     def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        """Stop polling and drop the lease (a stopped replica must not hold edits back)."""
+        if self.task is not None and not self.task.done():
+            try:
+                self.task.cancel()
+            except RuntimeError:  # the loop is already closed: nothing left to cancel
+                pass
         try:
             drop_lease(self.memory, self.holder)
         except OSError as error:

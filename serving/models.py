@@ -28,7 +28,9 @@ class BatchRequest(BaseModel):
 class AddItem(BaseModel):
     key: str = Field(..., min_length=1, description="Unique key (the item's id derives from it).")
     label: str = Field(..., min_length=1)
-    image_base64: str
+    image_base64: str | None = Field(None, description="The image (embedded by the memory's encoder).")
+    embedding: list[float] | None = Field(None, description="Or its embedding from the memory's "
+                                          "encoder (e.g. computed offline): give exactly one.")
     source: str = ""
 
 

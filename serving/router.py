@@ -342,6 +342,13 @@ class Router:
         that does not (or, for ADMIN, when no admin token is configured: mutation disabled)."""
         authorize(self.options, http.headers.get("authorization"), role)
 
+    def __del__(self) -> None:
+        """Serve calls this when it stops a replica gracefully: its lease goes with it, so edits
+        do not wait for a replica that no longer serves."""
+        follower = getattr(self, "follower", None)
+        if follower is not None:
+            follower.stop()
+
     # ---- the version served ----------------------------------------------------------------
     @property
     def version(self) -> str:
@@ -390,9 +397,21 @@ class Router:
         check_sources([item.source for item in body.items], self.options.source_policy())
         if not body.items:
             raise ApiError(422, "items", "send at least one item")
-        fields = [f"items.{i}.image_base64" for i in range(len(body.items))]
-        images = [self._image_bytes(item.image_base64, field) for item, field in zip(body.items, fields)]
-        vectors = np.stack(await self._embed_images(images, fields))
+        vectors: list[np.ndarray | None] = [None] * len(body.items)
+        images, fields, where = [], [], []
+        for i, item in enumerate(body.items):
+            if (item.image_base64 is None) == (item.embedding is None):
+                raise ApiError(422, f"items.{i}.image_base64", "give exactly one of image_base64 or embedding")
+            if item.embedding is not None:
+                vectors[i] = self._check_embedding(item.embedding, f"items.{i}.embedding")
+            else:
+                images.append(self._image_bytes(item.image_base64, f"items.{i}.image_base64"))
+                fields.append(f"items.{i}.image_base64")
+                where.append(i)
+        if images:
+            for i, vector in zip(where, await self._embed_images(images, fields)):
+                vectors[i] = vector
+        vectors = np.stack(vectors).astype(np.float32)
         return await self._edit(self.writer.add.remote(body.items, vectors, self.encoder_name))
 
     @api.delete("/v1/memory/items")

@@ -1,0 +1,234 @@
+"""Edits on every replica: the shipped serving config with 2 routers and 2 replicas per searcher
+group, real Ray Serve on 127.0.0.1 (issue 11). Each query opens a fresh connection, so the proxy
+spreads them over both routers."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from indexer.build import BuildConfig, run_build
+from indexer.executor import LocalExecutor
+from indexer.layout import read_latest, set_latest
+from indexer.manifest import IndexManifest
+from indexer.store import resolve_version
+from pipelines import storage
+from tests.indexer_helpers import load_embeddings
+from tests.test_serving import free_port
+
+TOKEN = "consistency-token-not-a-secret"
+pytestmark = pytest.mark.slow
+
+
+def auth() -> dict:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def cluster(embedded_memory, tmp_path_factory, ray_executor):
+    from ray import serve
+
+    from serving.serve import DEFAULT_CONFIG, load_config, start
+
+    root = str(tmp_path_factory.mktemp("consistent") / "memory")
+    shutil.copytree(embedded_memory / "memory", root)
+    run_build(BuildConfig(root, num_shards=2, factory="IVF8,Flat"), LocalExecutor())
+    port = free_port()
+    config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port,
+                         {"token": TOKEN, "searcher_groups": 2, "embeddings_only": True,
+                          "max_inflight_requests": 6, "shard_timeout_s": 1.0,
+                          "request_deadline_s": 3.0})
+    for deployment in config["applications"][0]["deployments"]:  # as the RayService ships it
+        if deployment["name"] in ("Router", "Searcher0", "Searcher1"):
+            deployment["num_replicas"] = 2
+            deployment["ray_actor_options"] = {"num_cpus": 0.2}
+            deployment["health_check_period_s"] = 2
+            deployment["health_check_timeout_s"] = 2
+    start(config)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url)
+    yield url, root
+    serve.shutdown()
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the application did not start")
+
+
+def unit(seed: int, dim: int) -> list[float]:
+    vector = np.random.default_rng(seed).standard_normal(dim)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+def neighbour_keys(url: str, embedding: list[float], k: int = 5, **extra) -> tuple[list[str], dict]:
+    response = requests.post(f"{url}/v1/neighbors", json={"embedding": embedding, "k": k, **extra})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return [n["key"] for n in body["neighbours"]], body
+
+
+def test_adds_and_deletes_are_seen_by_every_replica_at_once(cluster):
+    url, root = cluster
+    dim = resolve_version(root).dim
+    probe = unit(1, dim)
+    added = requests.post(f"{url}/v1/memory/items", headers=auth(), json={"items": [
+        {"key": "probe/one", "label": "Probe", "embedding": probe}]})
+    assert added.status_code == 200, added.text
+    assert added.json()["replicas"]["lagging"] == [] and added.json()["replicas"]["replicas"] >= 2
+    seen = [neighbour_keys(url, probe, 1)[0][0] == "probe/one" for _ in range(100)]
+    assert sum(seen) == 100  # fresh connections: both routers
+
+    deleted = requests.delete(f"{url}/v1/memory/items", headers=auth(), json={"keys": ["probe/one"]})
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["stopped_returning"]["version"] == deleted.json()["version"]
+    returned = ["probe/one" in neighbour_keys(url, probe, 20)[0] for _ in range(100)]
+    assert sum(returned) == 0
+    versions = {neighbour_keys(url, probe, 1)[1]["version"] for _ in range(20)}
+    assert versions == {read_latest(root)}  # one version, whichever replica answers
+
+
+def test_concurrent_adds_from_two_clients_lose_nothing(cluster):
+    url, root = cluster
+    dim = resolve_version(root).dim
+    before = requests.get(f"{url}/v1/memory").json()["size"]
+
+    def add(client: int) -> list[int]:
+        codes = []
+        for i in range(6):
+            item = {"key": f"client{client}/{i}", "label": f"C{client}",
+                    "embedding": unit(100 * client + i, dim)}
+            codes.append(requests.post(f"{url}/v1/memory/items", headers=auth(),
+                                       json={"items": [item]}).status_code)
+        return codes
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        codes = [c for result in pool.map(add, [1, 2]) for c in result]
+    assert codes == [200] * 12
+    memory = requests.get(f"{url}/v1/memory").json()
+    assert memory["size"] == before + 12 and memory["classes"]["C1"] == memory["classes"]["C2"] == 6
+    for client in (1, 2):
+        for i in range(6):
+            keys, _ = neighbour_keys(url, unit(100 * client + i, dim), 1)
+            assert keys == [f"client{client}/{i}"]
+
+
+def test_a_failed_add_leaves_no_trace(cluster):
+    url, root = cluster
+    manifest = resolve_version(root)
+    trained = storage.join(root, "index", manifest.trained_path)
+    original = open(trained, "rb").read()
+    batches = set(storage.list_names(storage.join(root, "embeddings")))
+    try:
+        open(trained, "wb").write(original[:-8] + b"corrupt!")
+        response = requests.post(f"{url}/v1/memory/items", headers=auth(), json={"items": [
+            {"key": "never/added", "label": "Never", "embedding": unit(7, manifest.dim)}]})
+    finally:
+        open(trained, "wb").write(original)
+    assert response.status_code == 500 and response.json()["field"] == "items"
+    assert "nothing committed" in response.json()["error"]
+    assert read_latest(root) == manifest.version
+    assert set(storage.list_names(storage.join(root, "embeddings"))) == batches
+
+
+def test_min_version_not_yet_served_is_503_with_retry_after(cluster):
+    url, root = cluster
+    response = requests.post(f"{url}/v1/neighbors", json={
+        "embedding": unit(3, resolve_version(root).dim), "k": 3, "min_version": "99991231T000000000-ffffff"})
+    assert response.status_code == 503 and response.json()["field"] == "min_version"
+    keys, body = neighbour_keys(url, unit(3, resolve_version(root).dim), 3, min_version=read_latest(root))
+    assert body["version"] == read_latest(root)
+
+
+def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(cluster):
+    url, root = cluster
+    good = resolve_version(root)
+    bad = IndexManifest.from_fields({**storage.read_json(IndexManifest.url_for(root, good.version)),
+                                     "version": good.version + "-bad", "parent": good.version})
+    bad.shards[1].segments[0].index_sha256 = "0" * 64  # its bytes no longer match: refused
+    bad.write(root)
+    set_latest(root, bad.version)
+    try:
+        time.sleep(1.0)
+        answers = [neighbour_keys(url, unit(i, good.dim), 10)[1] for i in range(30)]
+        assert {a["version"] for a in answers} == {good.version}
+        assert not any(a["partial"] for a in answers)
+        health = requests.get(f"{url}/healthz").json()
+        assert health["status"] == "degraded" and bad.version in health["refused_versions"]
+        assert "ChecksumMismatch" in health["refused_versions"][bad.version]
+    finally:  # a forward version with the good files (versions only move forward)
+        fixed = IndexManifest.from_fields({**storage.read_json(IndexManifest.url_for(root, good.version)),
+                                           "version": bad.version + "-fixed", "parent": bad.version})
+        fixed.write(root)
+        set_latest(root, fixed.version)
+    time.sleep(1.0)
+    assert {neighbour_keys(url, unit(1, good.dim), 3)[1]["version"] for _ in range(10)} == {fixed.version}
+
+
+def _searcher_replicas() -> dict[str, int]:
+    """Searcher0's replica actor names -> their process ids (Serve names replica actors
+    ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the "serve" namespace)."""
+    import ray
+
+    out = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if "#Searcher0#" in actor["name"]:
+            handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+            out[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+    return out
+
+
+def _searcher_names() -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#Searcher0#" in a["name"]}
+
+
+def test_overload_is_shed_fast_and_a_hung_searcher_costs_one_deadline(cluster):
+    url, root = cluster
+    dim = resolve_version(root).dim
+    name, victim = sorted(_searcher_replicas().items())[0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        def query(i: int) -> tuple[int, float, dict, str]:
+            started = time.monotonic()
+            response = requests.post(f"{url}/v1/neighbors", json={"embedding": unit(i, dim), "k": 10})
+            return (response.status_code, time.monotonic() - started, response.json(),
+                    response.headers.get("retry-after", ""))
+
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(query, range(48)))
+        answered = [r for r in results if r[0] == 200]
+        shed = [r for r in results if r[0] == 503]
+        assert answered and len(answered) + len(shed) == len(results)
+        assert shed and all(r[2]["field"] == "request" and r[3] for r in shed)
+        # a hung searcher replica costs at most one request deadline (3 s), plus scheduling slack
+        assert max(r[1] for r in answered) < 3.0 + 5.0
+        assert max(r[1] for r in shed) < max(r[1] for r in answered)
+        # Serve's health check (a real search) fails on the stopped replica: it is replaced
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and name in _searcher_names():
+            time.sleep(2)
+        assert name not in _searcher_names()
+    finally:
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    wait_ready(url)
+    codes = [requests.post(f"{url}/v1/neighbors", json={"embedding": unit(i, dim), "k": 10}).status_code
+             for i in range(20)]
+    assert codes == [200] * 20
