@@ -25,7 +25,27 @@ def sha256_file(url: str) -> str:
     return digest.hexdigest()
 
 
+_verified: dict[tuple, bool] = {}  # (url, digest, size, mtime) of files this process checked
+
+
+def _stamp(url: str) -> tuple | None:
+    fs, path = storage.filesystem(url)
+    info = fs.info(path)
+    modified = info.get("mtime") or info.get("updated") or info.get("LastModified") or info.get("created")
+    return (info.get("size"), str(modified)) if modified is not None else None
+
+
 def verify_file(url: str, expected: str) -> None:
+    """Hash ``url`` and compare with ``expected``; raises ChecksumMismatch. A file this process
+    already verified, unchanged since (same size and modification time), is not hashed again:
+    versions share files, so an edit or a replica following a new version hashes only the
+    files that are new (an immutable file's stamp does not change)."""
+    stamp = _stamp(url)
+    key = (url, expected, stamp)
+    if stamp is not None and key in _verified:
+        return
     actual = sha256_file(url)
     if actual != expected:
         raise ChecksumMismatch(f"{url}: sha256 {actual} does not match the manifest's {expected}")
+    if stamp is not None:
+        _verified[key] = True

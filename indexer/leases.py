@@ -91,7 +91,7 @@ def live_leases(root: str, now: float | None = None) -> dict[str, str]:
     return out
 
 
-def wait_until_served(root: str, version: str, timeout_s: float, poll_s: float = 0.05) -> dict:
+def wait_until_served(root: str, version: str, timeout_s: float, poll_s: float = 0.01) -> dict:
     """Wait until every live lease serves ``version`` or newer (version names sort by
     creation), or ``timeout_s`` passes. Returns {"served": n, "replicas": m, "seconds": s,
     "lagging": [holders]}; lagging is empty when every replica serves it."""

@@ -183,3 +183,35 @@ def test_corrupted_shard_is_detected_by_checksum(memory_copy):
     from vmem.cli import main
 
     assert main(["index", "verify", "--memory", memory_copy]) == 1
+
+
+def test_compaction_equals_a_rebuild_and_no_file_keeps_a_deleted_byte(memory_copy):
+    """Segments + tombstones, then compaction: the answers of a rebuild without the deleted
+    items, and no file of the compacted version holds their ids or their vectors' bytes."""
+    run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2, keep_vectors="fp16"), LOCAL)
+    run_add(memory_copy, ["train-b"], LOCAL, policy=NEVER)  # a delta segment per shard
+    ids, vectors, _ = load_embeddings(memory_copy)
+    doomed = np.sort(np.random.default_rng(0).choice(ids, 50, replace=False))
+    deleted, report = run_delete(memory_copy, ForgetRequest(ids=doomed.tolist()), LOCAL, policy=NEVER)
+    assert all(len(e.segments) == 2 and len(e.tombstones) == 1 for e in deleted.shards)
+    compacted = run_compact(memory_copy, LOCAL)
+    assert all(e.compacted for e in compacted.shards) and compacted.count == 600 - 50
+
+    rebuilt_root = memory_copy + "-rebuilt"
+    shutil.copytree(memory_copy, rebuilt_root)  # batches + the forget ledger: rebuild leaves them out
+    rebuilt = run_build(BuildConfig(rebuilt_root, num_shards=2, keep_vectors="fp16"), LOCAL)
+    assert rebuilt.count == compacted.count
+    queries = np.concatenate([vectors[np.isin(ids, doomed)], vectors[:200]])
+    after = ShardedIndex(memory_copy, compacted).search(queries, 50)
+    np.testing.assert_array_equal(after[1], ShardedIndex(rebuilt_root, rebuilt).search(queries, 50)[1])
+    assert not np.isin(after[1], doomed).any()
+
+    gone = vectors[np.isin(ids, doomed)]
+    needles = ([int(i).to_bytes(8, "little", signed=True) for i in doomed]
+               + [row.astype(np.float32).tobytes() for row in gone]
+               + [row.astype(np.float16).tobytes() for row in gone])
+    for path, _ in compacted.files():
+        data = open(f"{memory_copy}/index/{path}", "rb").read()
+        assert not any(needle in data for needle in needles), path
+    status = forget_status(memory_copy, deleted.version)
+    assert status["bytes_removed"]["version"] == compacted.version
