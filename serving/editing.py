@@ -1,4 +1,5 @@
-"""Online edits, persisted through the indexer: new items become an embedding batch and a
+"""Online edits, persisted through the indexer (no compaction inside an edit: the writer
+compacts after the edit has returned, serving/writer.py): new items become an embedding batch and a
 delta segment (indexer.edit.add_rows); forgetting is the indexer's tombstone delete. A failed
 add removes the batch it wrote, so it leaves no trace (``vmem index gc`` collects what a
 killed process leaves)."""
@@ -51,7 +52,7 @@ def add_items(root: str, items, vectors: np.ndarray, encoder: str) -> IndexManif
     meta = table.drop_columns([c for c in ("embedding", "encoder") if c in table.column_names])
     meta = meta.append_column("batch", pa.array([batch] * meta.num_rows, pa.string()))
     try:
-        return add_rows(root, meta, np.asarray(vectors, dtype=np.float32), batch)
+        return add_rows(root, meta, np.asarray(vectors, dtype=np.float32), batch, policy=None)
     except BaseException:
         storage.remove(storage.join(root, "embeddings", batch))
         raise
@@ -59,4 +60,4 @@ def add_items(root: str, items, vectors: np.ndarray, encoder: str) -> IndexManif
 
 def forget_items(root: str, body) -> tuple[IndexManifest, dict]:
     return run_delete(root, ForgetRequest(ids=body.ids, keys=body.keys, labels=body.labels),
-                      LocalExecutor(), purge=bool(getattr(body, "purge", False)))
+                      LocalExecutor(), purge=bool(getattr(body, "purge", False)), policy=None)

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
+from indexer.edit import compact_if_due
+from indexer.executor import LocalExecutor
 from indexer.layout import read_latest
 from indexer.leases import WriterBusy, wait_until_served
 from indexer.reader import DuplicateIds
+from indexer.segments import CompactionPolicy
 from serving.editing import add_items, forget_items
 
 log = logging.getLogger("ray.serve")
@@ -36,9 +39,24 @@ class WriterService:
     replicas; it should exceed the replicas' lease TTL, after which a silent replica re-reads
     LATEST before answering anyway."""
 
-    def __init__(self, memory: str, confirm_timeout_s: float = 12.0) -> None:
-        self.memory, self.confirm_timeout_s = memory, confirm_timeout_s
+    def __init__(self, memory: str, confirm_timeout_s: float = 12.0,
+                 policy: CompactionPolicy = CompactionPolicy()) -> None:
+        self.memory, self.confirm_timeout_s, self.policy = memory, confirm_timeout_s, policy
         self.lock = asyncio.Lock()
+        self.compaction: asyncio.Task | None = None
+
+    def _compact_later(self) -> None:
+        """After an edit has returned: compact the shards past the policy (a new version the
+        replicas follow like any other), one compaction at a time, under the edit lock."""
+        if self.compaction is None or self.compaction.done():
+            self.compaction = asyncio.get_running_loop().create_task(self._compact())
+
+    async def _compact(self) -> None:
+        async with self.lock:
+            try:
+                await asyncio.to_thread(compact_if_due, self.memory, LocalExecutor(), self.policy)
+            except Exception:  # noqa: BLE001 - the edits stand; the next edit retries
+                log.exception("background compaction failed; the memory stays uncompacted")
 
     async def _confirm(self, version: str) -> dict:
         return await asyncio.to_thread(wait_until_served, self.memory, version, self.confirm_timeout_s)
@@ -55,6 +73,7 @@ class WriterService:
                 log.exception("add failed; nothing committed")
                 return EditFailure(500, "items", f"add failed, nothing committed: {error}")
             served = await self._confirm(manifest.version)
+        self._compact_later()
         return {"version": manifest.version, "added": len(items), "size": manifest.count,
                 "replicas": served}
 
@@ -70,6 +89,7 @@ class WriterService:
                 log.exception("delete failed; nothing committed")
                 return EditFailure(500, "ids", f"delete failed, nothing committed: {error}")
             served = await self._confirm(manifest.version)
+        self._compact_later()
         return {"version": manifest.version, "removed": report["removed"], "size": manifest.count,
                 "not_found": report["not_found"], "seconds": report["seconds"],
                 "stopped_returning": report["stopped_returning"],
