@@ -270,11 +270,6 @@ def measure_compaction(root: str, count: int, space, args, work: str) -> dict:
 
 def one_size(count: int, args, work: str) -> dict:
     from bench.synthetic import DecayingSpace
-    from indexer.edit import ForgetRequest, run_delete
-    from indexer.executor import LocalExecutor
-    from indexer.search import ShardedIndex
-    from indexer.segments import CompactionPolicy
-    from indexer.store import resolve_version
 
     space = DecayingSpace(args.dim, args.seed)
     root = os.path.join(work, f"memory-{count}")

@@ -21,8 +21,8 @@ from indexer.layout import index_root, new_version_name, read_latest, set_latest
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
 from indexer.reader import check_unique_ids, plan_inputs, read_part
-from indexer.tasks import VECTOR_DTYPES, add_part, merge_shard, sample_part
 from indexer.search import ShardedIndex
+from indexer.tasks import VECTOR_DTYPES, add_part, merge_shard, sample_part
 from indexer.tuning import tune
 from pipelines import storage
 

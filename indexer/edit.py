@@ -26,10 +26,17 @@ from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest, ShardEntry
 from indexer.metadata import ShardMetadata
 from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
-from indexer.segments import CompactionPolicy, Shard, stored_ids
+from indexer.segments import DEFAULT_POLICY, CompactionPolicy, Shard, stored_ids
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
-from indexer.tasks import (add_part, add_segment, compact_shard, shard_of, split_into_pieces,
-                           tombstone_shard, weigh_shard)
+from indexer.tasks import (
+    add_part,
+    add_segment,
+    compact_shard,
+    shard_of,
+    split_into_pieces,
+    tombstone_shard,
+    weigh_shard,
+)
 from pipelines import storage
 
 log = logging.getLogger("vmem.index")
@@ -93,7 +100,7 @@ def _vector_kind(root: str, manifest: IndexManifest) -> str:
 
 
 def run_add(root: str, batches: list[str], executor, version: str | None = None,
-            policy: CompactionPolicy | None = CompactionPolicy()) -> IndexManifest:
+            policy: CompactionPolicy | None = DEFAULT_POLICY) -> IndexManifest:
     """Add embedding batches to LATEST as delta segments encoded with the version's trained
     index (no retraining; cost O(rows added)). Batches already in the memory are skipped, so a
     scheduled re-run adds nothing twice. Raises DuplicateIds when an incoming id is live."""
@@ -123,7 +130,7 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
 
 
 def add_rows(root: str, meta: pa.Table, vectors: np.ndarray, batch: str,
-             policy: CompactionPolicy | None = CompactionPolicy()) -> IndexManifest:
+             policy: CompactionPolicy | None = DEFAULT_POLICY) -> IndexManifest:
     """Add rows already in memory (the online API: ``meta`` as in an embedding batch, (n, dim)
     float32 unit ``vectors``) from the embedding batch ``batch`` to LATEST: one delta segment
     per shard reached. Cost O(n + shards). Raises DuplicateIds, ValueError on a bad shape."""
@@ -219,7 +226,7 @@ def verify_purged(root: str, manifest: IndexManifest, purged: np.ndarray) -> dic
 
 def run_delete(root: str, request: ForgetRequest, executor, operation: str = "delete",
                details: dict | None = None, purge: bool = False,
-               policy: CompactionPolicy | None = CompactionPolicy()) -> tuple[IndexManifest, dict]:
+               policy: CompactionPolicy | None = DEFAULT_POLICY) -> tuple[IndexManifest, dict]:
     """Tombstone the named items in every shard that serves them (O(items deleted)): from the
     new version on, no search returns them. With ``purge`` (or past the policy) the shards are
     compacted in a following version, so their bytes leave every file of the live version.
@@ -272,7 +279,7 @@ def run_compact(root: str, executor, shards: set[int] | None = None) -> IndexMan
         return _compact(root, parent, executor, shards)
 
 
-def compact_if_due(root: str, executor, policy: CompactionPolicy = CompactionPolicy()) -> IndexManifest:
+def compact_if_due(root: str, executor, policy: CompactionPolicy = DEFAULT_POLICY) -> IndexManifest:
     """Compact the shards of LATEST past ``policy`` (the serving writer runs this after an
     edit has returned, so no client waits for a compaction). Returns LATEST afterwards."""
     with writer_lock(root):

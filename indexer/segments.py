@@ -49,6 +49,9 @@ class CompactionPolicy:
                 or len(entry.segments) > self.max_segments)
 
 
+DEFAULT_POLICY = CompactionPolicy()
+
+
 def _write(index_root: str, path: str, data: bytes) -> str:
     storage.write_bytes_atomic(storage.join(index_root, path), data)
     return sha256_bytes(data)

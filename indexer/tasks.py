@@ -11,7 +11,6 @@ from indexer.manifest import ShardEntry
 from indexer.metadata import with_weights
 from indexer.reader import Part, read_part
 from indexer.segments import Shard, stored_ids, write_segment  # noqa: F401 (stored_ids: re-export)
-from pipelines import storage
 
 VECTOR_DTYPES = {"none": None, "fp16": np.float16, "fp32": np.float32}
 

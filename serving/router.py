@@ -25,18 +25,18 @@ from indexer.factory import nlist_of
 from indexer.layout import read_latest
 from indexer.search import SearchParams
 from indexer.store import resolve_version
+from serving.admission import Admission
 from serving.aggregation import Aggregator
 from serving.answers import merge_answers
 from serving.auth import ADMIN, READ, Refused, authorize, check_sources
 from serving.body_limit import BodyLimit, BodyTooLarge
 from serving.decision import decide
-from serving.admission import Admission
-from serving.follower import FollowOptions, VersionFollower, VersionUnavailable
-from serving.writer import EditFailure
+from serving.follower import VersionFollower, VersionUnavailable
 from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
 from serving.options import ServingOptions
 from serving.rerank import Reranker, make_reranker, rerank_answer
 from serving.searchers import RemoteSearchers, SearcherService, ShardQuery
+from serving.writer import EditFailure
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,

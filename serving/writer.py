@@ -21,7 +21,7 @@ from indexer.executor import LocalExecutor
 from indexer.layout import read_latest
 from indexer.leases import WriterBusy, wait_until_served
 from indexer.reader import DuplicateIds
-from indexer.segments import CompactionPolicy
+from indexer.segments import DEFAULT_POLICY, CompactionPolicy
 from serving.editing import add_items, forget_items
 
 log = logging.getLogger("ray.serve")
@@ -40,7 +40,7 @@ class WriterService:
     LATEST before answering anyway."""
 
     def __init__(self, memory: str, confirm_timeout_s: float = 12.0,
-                 policy: CompactionPolicy = CompactionPolicy()) -> None:
+                 policy: CompactionPolicy = DEFAULT_POLICY) -> None:
         self.memory, self.confirm_timeout_s, self.policy = memory, confirm_timeout_s, policy
         self.lock = asyncio.Lock()
         self.compaction: asyncio.Task | None = None
@@ -55,7 +55,7 @@ class WriterService:
         async with self.lock:
             try:
                 await asyncio.to_thread(compact_if_due, self.memory, LocalExecutor(), self.policy)
-            except Exception:  # noqa: BLE001 - the edits stand; the next edit retries
+            except Exception:
                 log.exception("background compaction failed; the memory stays uncompacted")
 
     async def _confirm(self, version: str) -> dict:
@@ -69,7 +69,7 @@ class WriterService:
                 return EditFailure(409, "items", str(error))
             except WriterBusy as error:
                 return EditFailure(503, "memory", str(error))
-            except Exception as error:  # noqa: BLE001 - reported to the client, nothing committed
+            except Exception as error:
                 log.exception("add failed; nothing committed")
                 return EditFailure(500, "items", f"add failed, nothing committed: {error}")
             served = await self._confirm(manifest.version)
@@ -85,7 +85,7 @@ class WriterService:
                 return EditFailure(404, "ids", str(error))
             except WriterBusy as error:
                 return EditFailure(503, "memory", str(error))
-            except Exception as error:  # noqa: BLE001 - reported to the client, nothing committed
+            except Exception as error:
                 log.exception("delete failed; nothing committed")
                 return EditFailure(500, "ids", f"delete failed, nothing committed: {error}")
             served = await self._confirm(manifest.version)

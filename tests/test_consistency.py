@@ -19,7 +19,6 @@ from indexer.layout import read_latest, set_latest
 from indexer.manifest import IndexManifest
 from indexer.store import resolve_version
 from pipelines import storage
-from tests.indexer_helpers import load_embeddings
 from tests.test_serving import free_port
 
 TOKEN = "consistency-token-not-a-secret"

@@ -19,7 +19,7 @@ import sys
 import urllib.request
 
 from indexer.build import BuildConfig, run_build
-from indexer.edit import run_add
+from indexer.edit import compact_if_due, run_add
 from indexer.executor import make_executor
 from indexer.layout import read_latest
 from indexer.manifest import IndexManifest
@@ -31,10 +31,13 @@ log = logging.getLogger("vmem.update")
 
 
 def publish(memory: str, batch: str, executor, shards: int) -> IndexManifest:
-    """Add the batch to LATEST, or build the first version when there is none."""
+    """Add the batch to LATEST (a delta segment per shard), or build the first version when
+    there is none; then compact the shards past the compaction policy (deletes and adds made
+    online since the last step are folded in here, off the serving path)."""
     if read_latest(memory) is None:
         return run_build(BuildConfig(memory, batches=list_batches(memory), num_shards=shards), executor)
-    return run_add(memory, [batch], executor)
+    run_add(memory, [batch], executor)
+    return compact_if_due(memory, executor)
 
 
 def reload_serving(url: str, token: str, timeout: float = 120.0) -> dict:
