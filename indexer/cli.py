@@ -76,6 +76,13 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_forget_status(args) -> int:
+    from indexer.edit import forget_status
+
+    print(json.dumps(forget_status(args.memory, args.version), indent=2))
+    return 0
+
+
 def cmd_compact(args) -> int:
     from indexer.edit import run_compact
 
@@ -188,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("compact", cmd_compact, "Merge every shard's segments into one and drop tombstoned "
             "items physically, as a new version (edits also compact past a threshold).")
+    status = command("forget-status", cmd_forget_status, "A delete's forget report: when its items "
+                     "stopped being returned and when their bytes left every file of the live "
+                     "version (filled in by the compaction that purged them).", ray=False)
+    status.add_argument("version", help="The version the delete published (its response names it).")
     command("log", cmd_log, "List versions, newest first; * marks LATEST.", ray=False)
     rollback = command("rollback", cmd_rollback, "Move LATEST to a verified earlier version.", ray=False)
     rollback.add_argument("--to", default=None, help="Version (default: the parent of LATEST).")

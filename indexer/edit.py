@@ -23,10 +23,9 @@ from indexer.checksums import sha256_bytes
 from indexer.forgotten import record_forgotten
 from indexer.layout import index_root, new_version_name, set_latest, version_dir
 from indexer.leases import writer_lock
-from indexer.manifest import IndexManifest, ShardEntry
-from indexer.metadata import ShardMetadata
+from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
 from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
-from indexer.segments import DEFAULT_POLICY, CompactionPolicy, Shard, stored_ids
+from indexer.segments import DEFAULT_POLICY, CompactionPolicy, Shard, segment_metadata, stored_ids
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
 from indexer.tasks import (
     add_part,
@@ -171,36 +170,52 @@ class ForgetRequest:
 
 def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -> tuple[np.ndarray, dict]:
     """The live ids a request names (sorted int64) with their keys and labels, and what it
-    named that the memory does not hold. Ids cost O(ids · log N) (binary searches); keys and
-    labels a vectorised Arrow scan of those columns (no per-item Python objects)."""
+    named that the memory does not hold. Ids cost O(ids · log N) (binary searches); a key is
+    first looked up by the id it hashes to (``stable_id``, checked against the stored key),
+    and only keys not found that way, and labels, cost a vectorised Arrow scan of that column
+    (no per-item Python objects)."""
+    from pipelines.records import stable_id
+
     wanted = np.unique(np.asarray(request.ids, dtype=np.int64))
-    chosen, keys_of, labels_of = [], [], []
+    by_key = {k: stable_id(k) for k in request.keys}
+    lookups = np.unique(np.concatenate([wanted, np.asarray(list(by_key.values()), np.int64)]))
+    found: dict[int, tuple] = {}  # id -> (key, label)
+
+    def collect(entry: ShardEntry, number: int, meta, rows: np.ndarray, keep) -> None:
+        ids = meta.ids[rows]
+        hidden = Shard(root, entry).hidden(number)
+        live = ~np.isin(ids, hidden) if len(hidden) else np.ones(len(ids), bool)
+        values = meta.take(rows[live], ("key", "label"))
+        for i, key, label in zip(ids[live].tolist(), values["key"].tolist(), values["label"].tolist()):
+            if keep(i, key, label):
+                found[i] = (key, label)
+
+    wanted_set = set(wanted.tolist())
+    key_of_id = {i: k for k, i in by_key.items()}
+    owner = shard_of(lookups, manifest.num_shards)
     for entry in manifest.shards:
-        shard = Shard(root, entry)
+        mine = lookups[owner == entry.shard]
         for number in range(len(entry.segments)):
-            meta = ShardMetadata(load_metadata(root, entry.segments[number]))
-            rows = meta.rows_of(wanted[shard_of(wanted, manifest.num_shards) == entry.shard])
-            rows = rows[rows >= 0]
-            if request.keys or request.labels:
+            meta = segment_metadata(root, entry.segments[number])
+            rows = meta.rows_of(mine)
+            collect(entry, number, meta, rows[rows >= 0],
+                    lambda i, key, label: i in wanted_set or key_of_id.get(i) == key)
+    scan_keys = sorted(set(request.keys) - {key for key, _ in found.values()})
+    if scan_keys or request.labels:
+        for entry in manifest.shards:
+            for number in range(len(entry.segments)):
+                meta = segment_metadata(root, entry.segments[number])
                 mask = pa.array(np.zeros(len(meta), bool))
-                if request.keys:
-                    mask = pc.or_(mask, pc.is_in(meta.table.column("key"), pa.array(request.keys, pa.string())))
+                if scan_keys:
+                    mask = pc.or_(mask, pc.is_in(meta.table.column("key"), pa.array(scan_keys, pa.string())))
                 if request.labels:
                     mask = pc.or_(mask, pc.is_in(meta.table.column("label"), pa.array(request.labels, pa.string())))
-                rows = np.union1d(rows, np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
-            if not len(rows):
-                continue
-            ids = meta.ids[rows]
-            hidden = shard.hidden(number)
-            live = ~np.isin(ids, hidden) if len(hidden) else np.ones(len(ids), bool)
-            found = meta.take(rows[live], ("key", "label"))
-            chosen.append(ids[live])
-            keys_of += found["key"].tolist()
-            labels_of += found["label"].tolist()
-    ids = np.concatenate(chosen) if chosen else np.empty(0, np.int64)
-    order = np.argsort(ids, kind="stable")
-    ids, keys, labels = ids[order], [keys_of[i] for i in order], [labels_of[i] for i in order]
-    missing = {"ids": sorted(set(wanted.tolist()) - set(ids.tolist())),
+                rows = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+                collect(entry, number, meta, rows, lambda i, key, label: True)
+    ids = np.asarray(sorted(found), dtype=np.int64)
+    keys = [found[i][0] for i in ids.tolist()]
+    labels = [found[i][1] for i in ids.tolist()]
+    missing = {"ids": sorted(wanted_set - set(found)),
                "keys": sorted(set(request.keys) - set(keys)),
                "labels": sorted(set(request.labels) - set(labels))}
     return ids, {"keys": keys, "labels": labels, "not_found": missing}
@@ -280,10 +295,52 @@ def run_compact(root: str, executor, shards: set[int] | None = None) -> IndexMan
 
 
 def compact_if_due(root: str, executor, policy: CompactionPolicy = DEFAULT_POLICY) -> IndexManifest:
-    """Compact the shards of LATEST past ``policy`` (the serving writer runs this after an
-    edit has returned, so no client waits for a compaction). Returns LATEST afterwards."""
+    """Compact the shards of LATEST past ``policy`` without holding the writer lock while it
+    works (the serving writer runs this after an edit has returned, and edits go on meanwhile):
+    the shards of a snapshot are compacted into new files, then, under the lock, rebased onto
+    whatever LATEST became (segments added and tombstones written since the snapshot are kept
+    on top of the compacted base) and published. Returns LATEST afterwards."""
+    snapshot = resolve_version(root)
+    due = {e.shard for e in snapshot.shards if policy.due(e)}
+    if not due:
+        return snapshot
+    started = time.monotonic()
+    folder = new_version_name(snapshot.version) + "-compaction"  # files only; the manifest is named at publish
+    compacted = dict(zip(sorted(due), executor.get(
+        [executor.submit(compact_shard, root, folder, snapshot.shards[s]) for s in sorted(due)],
+        "compacting")))
     with writer_lock(root):
-        return _maybe_compact(root, resolve_version(root), executor, policy)
+        latest = resolve_version(root)
+        entries = []
+        for entry in latest.shards:
+            old = snapshot.shards[entry.shard]
+            if entry.shard not in compacted:
+                entries.append(entry)
+                continue
+            rebased = _rebase(compacted[entry.shard], old, entry)
+            if rebased is None:  # compacted by someone else meanwhile: leave it
+                log.info("shard %d changed under the compaction; not replacing it", entry.shard)
+                entries.append(entry)
+                continue
+            entries.append(rebased)
+        chosen = {s for s in compacted if entries[s] is not latest.shards[s]}
+        if not chosen:
+            return latest
+        return _publish_compaction(root, latest, snapshot, entries, chosen, started)
+
+
+def _rebase(compacted: ShardEntry, snapshot: ShardEntry, latest: ShardEntry) -> ShardEntry | None:
+    """``compacted`` (the snapshot's shard compacted) with what ``latest`` added since the
+    snapshot: its newer segments, and its newer tombstones re-pointed at the same items (a
+    tombstone that hid the snapshot's first n segments hides the compacted base and the newer
+    segments before n). None when ``latest`` is not a descendant of the snapshot's shard."""
+    kept = len(snapshot.segments)
+    if latest.segments[:kept] != snapshot.segments or latest.tombstones[:len(snapshot.tombstones)] != snapshot.tombstones:
+        return None
+    segments = [compacted.segments[0]] + latest.segments[kept:]
+    tombstones = [TombstoneEntry(t.path, t.sha256, t.count, t.segments - kept + 1)
+                  for t in latest.tombstones[len(snapshot.tombstones):]]
+    return ShardEntry(latest.shard, latest.count, segments, tombstones)
 
 
 def _maybe_compact(root: str, manifest: IndexManifest, executor,
@@ -295,40 +352,47 @@ def _maybe_compact(root: str, manifest: IndexManifest, executor,
 
 
 def _compact(root: str, parent: IndexManifest, executor, shards: set[int] | None) -> IndexManifest:
-    """Compact ``shards`` (default: every shard not compacted) of ``parent`` (caller holds the
-    lock), verify the purged ids are in no file of the new version, record which deletes'
-    bytes left it."""
+    """Compact ``shards`` (default: every shard not compacted) of ``parent``; the caller holds
+    the lock (``run_compact``, ``delete --purge``)."""
     started = time.monotonic()
     chosen = {e.shard for e in parent.shards if not e.compacted and (shards is None or e.shard in shards)}
     if not chosen:
         return parent
-    version = new_version_name(parent.version)
-    entries = executor.get([executor.submit(compact_shard, root, version, e)
+    folder = new_version_name(parent.version) + "-compaction"
+    entries = executor.get([executor.submit(compact_shard, root, folder, e)
                             if e.shard in chosen else _ready(executor, e)
                             for e in parent.shards], "compacting")
-    purged_by: dict[str, list[int]] = {}
-    for entry in parent.shards:
-        if entry.shard in chosen:
-            for tombstone in entry.tombstones:
-                from indexer.store import load_tombstones
+    return _publish_compaction(root, parent, parent, entries, chosen, started)
 
-                ids = load_tombstones(root, tombstone).tolist()
-                purged_by.setdefault(tombstone.path.split("/")[0], []).extend(ids)
+
+def _publish_compaction(root: str, latest: IndexManifest, snapshot: IndexManifest,
+                        entries: list[ShardEntry], chosen: set[int], started: float) -> IndexManifest:
+    """Verify that no file of the new version holds an id the compaction purged (the
+    snapshot's tombstones of the chosen shards), write the compaction report (which deletes'
+    bytes left the live version), publish as a child of ``latest``. Caller holds the lock."""
+    from indexer.store import load_tombstones
+
+    purged_by: dict[str, list[int]] = {}
+    for shard in chosen:
+        for tombstone in snapshot.shards[shard].tombstones:
+            purged_by.setdefault(tombstone.path.split("/")[0], []).extend(load_tombstones(root, tombstone).tolist())
     purged = np.asarray(sorted({i for ids in purged_by.values() for i in ids}), dtype=np.int64)
-    pending = IndexManifest(version, parent.version, "", "compact", parent.encoder, parent.dim,
-                            parent.factory, parent.num_shards, sum(e.count for e in entries),
-                            shards=entries)
+    version = new_version_name(latest.version)
+    pending = IndexManifest(version, latest.version, "", "compact", latest.encoder, latest.dim,
+                            latest.factory, latest.num_shards, sum(e.count for e in entries),
+                            shards=[entries[s] for s in sorted(chosen)])
     verified = verify_purged(root, pending, purged) if len(purged) else {}
     seconds = time.monotonic() - started
-    stored = sum(parent.shards[s].stored for s in chosen)
-    report = {"version": version, "parent": parent.version, "time": _now(),
-              "shards": sorted(chosen), "purged": {v: len(ids) for v, ids in purged_by.items()},
+    stored = sum(snapshot.shards[s].stored for s in chosen)
+    report = {"version": version, "parent": latest.version, "snapshot": snapshot.version,
+              "time": _now(), "shards": sorted(chosen),
+              "purged": {v: len(ids) for v, ids in purged_by.items()},
               "verified_files": verified, "rows_read": int(stored), "seconds": round(seconds, 3),
               "vectors_per_second": round(stored / max(seconds, 1e-9), 1)}
     storage.write_json_atomic(storage.join(version_dir(root, version), COMPACTION_REPORT), report)
     log.info("compacted shards %s into version %s: %d rows purged, %.2f s", sorted(chosen),
              version, len(purged), seconds)
-    return publish(root, parent, version, "compact", entries, parent.batches,
+    return publish(root, latest, version, "compact", entries, latest.batches,
                    {"compaction_report": COMPACTION_REPORT, "shards": sorted(chosen),
                     "purged": int(len(purged)), "seconds": round(seconds, 3)})
 

@@ -96,6 +96,25 @@ def encode(trained: faiss.Index | bytes | np.ndarray, vectors: np.ndarray,
     return index
 
 
+_OPENED: dict[tuple[str, str, str], object] = {}  # (root, path, sha256) -> ShardMetadata
+_OPENED_MAX = 256
+
+
+def segment_metadata(root: str, segment: SegmentEntry):
+    """A segment's metadata as a ``ShardMetadata`` (memory-mapped, verified once), kept open
+    per process: segments are immutable, so a long-lived writer reads each file's id column
+    once, and an edit's lookups cost O(ids · log N), not a re-open and re-check of N rows."""
+    from indexer.metadata import ShardMetadata
+    from indexer.store import load_metadata
+
+    key = (root, segment.metadata_path, segment.metadata_sha256)
+    if key not in _OPENED:
+        if len(_OPENED) >= _OPENED_MAX:
+            _OPENED.pop(next(iter(_OPENED)))
+        _OPENED[key] = ShardMetadata(load_metadata(root, segment))
+    return _OPENED[key]
+
+
 class Shard:
     """One shard of a published version, to edit: reads its files from ``root`` (any fsspec
     URL) and writes new files under ``ROOT/index/<version>/``. Immutable: every edit returns
@@ -112,9 +131,7 @@ class Shard:
     # ---- reading -------------------------------------------------------------------------
     def segment_ids(self, number: int) -> np.ndarray:
         """Sorted ids stored in segment ``number`` (tombstoned included)."""
-        from indexer.store import load_metadata
-
-        return load_metadata(self.root, self.entry.segments[number]).column("id").to_numpy()
+        return segment_metadata(self.root, self.entry.segments[number]).ids
 
     def hidden(self, number: int) -> np.ndarray:
         """Sorted ids tombstoned in segment ``number``."""

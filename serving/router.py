@@ -62,6 +62,14 @@ async def _refused(request: Request, error: Refused) -> JSONResponse:
     return JSONResponse({"error": error.message, "field": error.field}, status_code=error.status)
 
 
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    """Every error is JSON, an unexpected one too (logged with its traceback)."""
+    log.error("unhandled error on %s", request.url.path, exc_info=error)
+    return JSONResponse({"error": f"internal error ({type(error).__name__}); see the server log",
+                         "field": ""}, status_code=500)
+
+
 @api.exception_handler(BodyTooLarge)
 async def _body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse:
     return JSONResponse({"error": error.detail, "field": "body"}, status_code=413)
@@ -366,7 +374,7 @@ class Router:
             return
         self.started = True
         latest = await asyncio.to_thread(read_latest, self.options.memory)
-        if latest and latest != self.follower.version:
+        if latest:  # every group (in-process or remote) on LATEST, or its newest loadable ancestor
             await self.follower.start_on_loadable(latest)
         self.follower.start()
 

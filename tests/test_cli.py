@@ -21,7 +21,7 @@ def test_top_level_help_lists_commands():
 @pytest.mark.parametrize("command, expected", [
     ("ingest", ["--input", "--memory", "--encoder", "--weights", "--runner", "DataflowRunner"]),
     ("data", ["fashion-mnist"]),
-    ("index", ["build", "add", "delete", "prune", "log", "rollback", "verify"]),
+    ("index", ["build", "add", "delete", "compact", "forget-status", "prune", "log", "rollback", "verify", "gc"]),
     ("serve", ["--memory", "--port", "--config"]),
     ("classify", ["--queries", "--out", "--aggregator"]),
     ("eval", ["aggregation", "new-classes", "memory-size", "unlearning", "pruning", "label-noise",

@@ -215,3 +215,36 @@ def test_compaction_equals_a_rebuild_and_no_file_keeps_a_deleted_byte(memory_cop
         assert not any(needle in data for needle in needles), path
     status = forget_status(memory_copy, deleted.version)
     assert status["bytes_removed"]["version"] == compacted.version
+
+
+def test_compaction_runs_beside_edits_and_keeps_them(memory_copy, monkeypatch):
+    """compact_if_due works on a snapshot without the writer lock; an add and a delete that
+    land meanwhile are rebased onto the compacted base, not lost."""
+    import indexer.edit as edit
+
+    run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    ids, vectors, _ = load_embeddings(memory_copy)
+    first = np.sort(np.random.default_rng(1).choice(ids[:400], 60, replace=False))
+    first_delete, _ = run_delete(memory_copy, ForgetRequest(ids=first.tolist()), LOCAL, policy=NEVER)  # 15 %
+    later = np.setdiff1d(ids[:400], first)[:5]
+    later_delete = []
+    real_compact = edit.compact_shard
+
+    def compact_while_editing(root, folder, entry):
+        result = real_compact(root, folder, entry)
+        if entry.shard == 0:  # edits land while the compaction works
+            later_delete.append(run_delete(root, ForgetRequest(ids=later.tolist()), LOCAL, policy=NEVER)[0])
+            run_add(root, ["train-b"], LOCAL, policy=NEVER)
+        return result
+
+    monkeypatch.setattr(edit, "compact_shard", compact_while_editing)
+    compacted = edit.compact_if_due(memory_copy, LOCAL)
+    assert compacted.operation == "compact" and compacted.count == 600 - 60 - 5
+    assert all(len(e.segments) == 2 and len(e.tombstones) == 1 for e in compacted.shards)  # rebased
+    keep = ~np.isin(ids, np.concatenate([first, later]))
+    exact = brute_force(ids[keep], vectors[keep], vectors[:300], 30)
+    found = ShardedIndex(memory_copy, compacted).search(vectors[:300], 30)
+    assert not np.isin(found[1], np.concatenate([first, later])).any()
+    assert_same_topk(found, exact)
+    assert forget_status(memory_copy, first_delete.version)["bytes_removed"]["version"] == compacted.version
+    assert forget_status(memory_copy, later_delete[0].version)["bytes_removed"] is None  # still a tombstone
