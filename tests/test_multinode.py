@@ -52,6 +52,13 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and every descendant (a node's raylet, agents and workers)."""
     for member in process_tree(pid):
@@ -145,6 +152,8 @@ def test_a_node_killed_under_query_load(small_memory, tmp_path):  # noqa: F811 (
         for thread in threads:
             thread.start()
         time.sleep(5)
+        on_worker = [pid for pid in process_tree(worker.pid) if "ServeReplica" in cmdline(pid)]
+        assert on_worker, "no Serve replica ran on the second node: the fault would test nothing"
         killed_at = time.monotonic()
         kill_tree(worker.pid)  # the second node: `ray start`, its raylet and all its workers
         worker.wait(30)
