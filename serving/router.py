@@ -161,10 +161,16 @@ class Router:
         return embedded
 
     async def _embed(self, requests: list[QueryRequest], prefix: str = "") -> np.ndarray:
+        return await self._vectors(requests, lambda i: f"{prefix}{i}." if prefix else "")
+
+    async def _vectors(self, requests: list, field_of) -> np.ndarray:
+        """(n, dim) float32 unit vectors of requests or items that each carry exactly one of
+        ``image_base64`` (embedded in one encoder call) or ``embedding``; 422 naming the field
+        (``field_of(i)`` + the attribute) otherwise."""
         vectors: list[np.ndarray | None] = [None] * len(requests)
         images, fields, where = [], [], []
         for i, request in enumerate(requests):
-            field = f"{prefix}{i}." if prefix else ""
+            field = field_of(i)
             if (request.image_base64 is None) == (request.embedding is None):
                 raise ApiError(422, f"{field}image_base64", "give exactly one of image_base64 or embedding")
             if request.embedding is not None:
@@ -405,21 +411,7 @@ class Router:
         check_sources([item.source for item in body.items], self.options.source_policy())
         if not body.items:
             raise ApiError(422, "items", "send at least one item")
-        vectors: list[np.ndarray | None] = [None] * len(body.items)
-        images, fields, where = [], [], []
-        for i, item in enumerate(body.items):
-            if (item.image_base64 is None) == (item.embedding is None):
-                raise ApiError(422, f"items.{i}.image_base64", "give exactly one of image_base64 or embedding")
-            if item.embedding is not None:
-                vectors[i] = self._check_embedding(item.embedding, f"items.{i}.embedding")
-            else:
-                images.append(self._image_bytes(item.image_base64, f"items.{i}.image_base64"))
-                fields.append(f"items.{i}.image_base64")
-                where.append(i)
-        if images:
-            for i, vector in zip(where, await self._embed_images(images, fields)):
-                vectors[i] = vector
-        vectors = np.stack(vectors).astype(np.float32)
+        vectors = await self._vectors(body.items, lambda i: f"items.{i}.")
         return await self._edit(self.writer.add.remote(body.items, vectors, self.encoder_name))
 
     @api.delete("/v1/memory/items")

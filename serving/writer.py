@@ -47,49 +47,55 @@ class WriterService:
 
     def _compact_later(self) -> None:
         """After an edit has returned: compact the shards past the policy (a new version the
-        replicas follow like any other), one compaction at a time, under the edit lock."""
+        replicas follow like any other), one compaction at a time, beside the edits."""
         if self.compaction is None or self.compaction.done():
             self.compaction = asyncio.get_running_loop().create_task(self._compact())
 
     async def _compact(self) -> None:
-        async with self.lock:
-            try:
-                await asyncio.to_thread(compact_if_due, self.memory, LocalExecutor(), self.policy)
-            except Exception:
-                log.exception("background compaction failed; the memory stays uncompacted")
+        """Not under the edit lock: compact_if_due works on a snapshot and takes the memory's
+        writer lock only to rebase and publish, so edits go on while it runs."""
+        try:
+            await asyncio.to_thread(compact_if_due, self.memory, LocalExecutor(), self.policy)
+        except Exception:
+            log.exception("background compaction failed; the memory stays uncompacted")
 
     async def _confirm(self, version: str) -> dict:
         return await asyncio.to_thread(wait_until_served, self.memory, version, self.confirm_timeout_s)
 
-    async def add(self, items: list, vectors: np.ndarray, encoder: str) -> dict | EditFailure:
+    async def _run(self, work, field: str, refusals: tuple[tuple[type, int], ...]):
+        """Run one edit (a blocking callable) under the edit lock, then wait for the replicas.
+        Returns (result, replicas) or an EditFailure: ``refusals`` map expected errors to a
+        status; anything else is a 500 (logged; the edit committed nothing)."""
         async with self.lock:
             try:
-                manifest = await asyncio.to_thread(add_items, self.memory, items, vectors, encoder)
-            except DuplicateIds as error:
-                return EditFailure(409, "items", str(error))
+                result = await asyncio.to_thread(work)
             except WriterBusy as error:
                 return EditFailure(503, "memory", str(error))
             except Exception as error:
-                log.exception("add failed; nothing committed")
-                return EditFailure(500, "items", f"add failed, nothing committed: {error}")
+                status = next((code for kind, code in refusals if isinstance(error, kind)), 500)
+                if status == 500:
+                    log.exception("edit failed; nothing committed")
+                    return EditFailure(500, field, f"edit failed, nothing committed: {error}")
+                return EditFailure(status, field, str(error))
+            manifest = result[0] if isinstance(result, tuple) else result
             served = await self._confirm(manifest.version)
         self._compact_later()
+        return result, served
+
+    async def add(self, items: list, vectors: np.ndarray, encoder: str) -> dict | EditFailure:
+        done = await self._run(lambda: add_items(self.memory, items, vectors, encoder), "items",
+                               ((DuplicateIds, 409),))
+        if isinstance(done, EditFailure):
+            return done
+        manifest, served = done
         return {"version": manifest.version, "added": len(items), "size": manifest.count,
                 "replicas": served}
 
     async def forget(self, body) -> dict | EditFailure:
-        async with self.lock:
-            try:
-                manifest, report = await asyncio.to_thread(forget_items, self.memory, body)
-            except ValueError as error:
-                return EditFailure(404, "ids", str(error))
-            except WriterBusy as error:
-                return EditFailure(503, "memory", str(error))
-            except Exception as error:
-                log.exception("delete failed; nothing committed")
-                return EditFailure(500, "ids", f"delete failed, nothing committed: {error}")
-            served = await self._confirm(manifest.version)
-        self._compact_later()
+        done = await self._run(lambda: forget_items(self.memory, body), "ids", ((ValueError, 404),))
+        if isinstance(done, EditFailure):
+            return done
+        (manifest, report), served = done
         return {"version": manifest.version, "removed": report["removed"], "size": manifest.count,
                 "not_found": report["not_found"], "seconds": report["seconds"],
                 "stopped_returning": report["stopped_returning"],
