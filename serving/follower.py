@@ -38,7 +38,7 @@ log = logging.getLogger("ray.serve")
 
 @dataclass(frozen=True)
 class FollowOptions:
-    version_poll_s: float = 0.05  # how often a replica reads LATEST
+    version_poll_s: float = 0.02  # how often a replica reads LATEST
     max_staleness_s: float = 2.0  # answer only after a LATEST check this recent
     lease_ttl_s: float = 10.0  # > max_staleness_s: a lapsed lease means the replica re-checks
     min_version_wait_s: float = 2.0  # a query's min_version: wait this long, then 503

@@ -31,7 +31,7 @@ class ServingOptions:
     shard_retries: int = 1
     request_deadline_s: float = 5.0  # the whole search fan-out, retries included
     max_inflight_requests: int = 64  # per router replica; past it: 503 + Retry-After at once
-    version_poll_s: float = 0.05  # replicas read LATEST this often (serving/follower.py)
+    version_poll_s: float = 0.02  # replicas read LATEST this often (serving/follower.py)
     max_staleness_s: float = 2.0  # a replica re-reads LATEST before answering past this
     lease_ttl_s: float = 10.0  # replica leases (indexer/leases.py); > max_staleness_s
     min_version_wait_s: float = 2.0  # a query's min_version: wait this long, then 503
