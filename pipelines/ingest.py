@@ -32,7 +32,7 @@ from pipelines.inference import EncoderModelHandler
 from pipelines.manifest import (BatchManifest, embeddings_dir, rejected_dir, remove_stale_files,
                                 run_files)
 from pipelines.schema import REJECTED_SCHEMA, USE_COMPLIANT_NESTED_TYPE, embedding_schema
-from pipelines.sources import SOURCE_FORMATS, detect_format, make_source
+from pipelines.sources import SOURCE_FORMATS, detect_format, expand_urls, make_source
 from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFirstOfKey,
                                   ProgressLogger, ReadShard, failed_batch_to_rejected,
                                   rejected_to_table, results_to_table)
@@ -57,6 +57,7 @@ class IngestConfig:
     key_column: str = "key"
     write_batch_rows: int = 4096
     torch_threads: int = 0  # 0: torch's default (all cores)
+    no_glob: bool = False  # every --input is a literal path (no brace/glob expansion)
     beam_args: list[str] = field(default_factory=list)
 
     def resolved_batch(self) -> str:
@@ -103,6 +104,10 @@ def embeddings_sink(memory: str, batch: str, run_id: str, dim: int) -> beam.PTra
 def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -> None:
     source = make_source(config.resolved_format(), config.image_column, config.label_column,
                          config.key_column)
+    if config.no_glob:
+        # Existing paths are always taken literally (sources/urls.py); --no-glob only forbids
+        # falling back to expansion, so a missing literal path is an error here.
+        expand_urls(config.inputs, glob=False)
     tasks = source.plan(config.inputs)
     spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
     dim = embedding_dim(spec)
@@ -197,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                "--project P --region R --temp_location gs://... --sdk_container_image ...).")
     parser.add_argument("--input", "-i", dest="inputs", action="append", required=True,
                         help="Shard pattern on any fsspec URL; braces and globs expand "
-                             "(e.g. 'gs://b/shards/{00000..00999}.tar'). Repeat for several.")
+                             "(e.g. 'gs://b/shards/{00000..00999}.tar'). A path that exists "
+                             "is taken literally (e.g. 'photos [2024]'); patterns expand only "
+                             "when no such path exists. Repeat for several.")
+    parser.add_argument("--no-glob", action="store_true",
+                        help="Take every --input literally: no brace or glob expansion; a "
+                             "missing path is an error.")
     parser.add_argument("--memory", "-m", required=True,
                         help="ROOT of the visual memory (local folder or fsspec URL).")
     parser.add_argument("--batch", default="",
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
         encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
         max_pixels=args.max_pixels, image_column=args.image_column, label_column=args.label_column,
-        key_column=args.key_column, torch_threads=args.torch_threads, beam_args=beam_args)
+        key_column=args.key_column, torch_threads=args.torch_threads, no_glob=args.no_glob, beam_args=beam_args)
     result = run_ingest(config)
     print(result.summary(), flush=True)
     return 0

@@ -8,11 +8,14 @@ import fsspec
 
 from pipelines.records import ImageRecord, Rejected
 from pipelines.sources.base import IMAGE_EXTENSIONS, ReadTask
-from pipelines.sources.urls import expand_urls
+from pipelines.sources.urls import expand_urls, literal_exists
 
 
 def _root_of(pattern: str) -> str:
-    """The part of a pattern before its first wildcard or brace: labels are paths below it."""
+    """The part of a pattern before its first wildcard or brace: labels are paths below it.
+    A path that exists is literal (``photos [2024]``): it is its own root."""
+    if literal_exists(pattern):
+        return pattern.rstrip("/")
     cut = min((pattern.find(c) for c in "*?[{" if c in pattern), default=len(pattern))
     return pattern[:cut].rstrip("/") if cut < len(pattern) else pattern.rstrip("/")
 

@@ -57,22 +57,46 @@ def _as_url(pattern: str, path: str) -> str:
     return f"file://{path}" if protocol == "file" else f"{protocol}://{path.lstrip('/')}"
 
 
-def expand_urls(patterns: str | list[str]) -> list[str]:
+def _literal_matches(fs, path: str) -> list[str] | None:
+    """The files at a literal path (a directory's files, recursively; or the one file), or
+    None when nothing exists at that path."""
+    if fs.isdir(path):
+        return sorted(fs.find(path))
+    if fs.exists(path):
+        return [path]
+    return None
+
+
+def literal_exists(url: str) -> bool:
+    """Whether a file or directory exists at ``url`` taken literally (no brace/glob expansion)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def expand_urls(patterns: str | list[str], glob: bool = True) -> list[str]:
     """Every file URL matched by the patterns (sorted, deduplicated); a pattern matching
-    nothing is an error naming it, so a typo never silently ingests zero images."""
+    nothing is an error naming it, so a typo never silently ingests zero images.
+
+    A path that exists is always taken literally (``photos [2024]`` or ``a{1,2}`` as real
+    names), before brace and glob expansion; patterns expand only when nothing exists under
+    that exact name. With ``glob=False`` nothing is expanded: every pattern is a literal path.
+    Raises FileNotFoundError naming the first pattern that matches no file.
+    """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     urls: list[str] = []
     for pattern in patterns:
+        fs, path = fsspec.core.url_to_fs(pattern)
+        literal = _literal_matches(fs, path)
+        if literal is not None or not glob:
+            if not literal:
+                raise FileNotFoundError(f"no files match {pattern!r} (taken literally)")
+            urls.extend(_as_url(pattern, m) for m in literal)
+            continue
         for candidate in expand_braces(pattern):
             fs, path = fsspec.core.url_to_fs(candidate)
-            if _has_glob(path):
-                matches = sorted(fs.glob(path))
-            elif fs.isdir(path):
-                matches = sorted(fs.find(path))
-            elif fs.exists(path):
-                matches = [path]
-            else:
-                matches = []
+            matches = _literal_matches(fs, path)
+            if matches is None:
+                matches = sorted(fs.glob(path)) if _has_glob(path) else []
             if not matches:
                 raise FileNotFoundError(f"no files match {candidate!r}")
             urls.extend(_as_url(candidate, m) for m in matches)
