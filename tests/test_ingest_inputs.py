@@ -45,3 +45,51 @@ def test_no_glob_forces_literal(tmp_path):
     args = build_parser().parse_args(["--input", "x", "--memory", "m", "--no-glob"])
     assert args.no_glob
     assert "--no-glob" in build_parser().format_help()
+
+
+# Kind 6: decode and preprocess cost bounded whatever the shape.
+def test_extreme_aspect_ratio_is_rejected_before_decoding():
+    from PIL import Image
+    from pipelines.decode import ImageRejected, decode_image
+
+    strip = encode(Image.new("RGB", (16000, 1), (90, 120, 200)), "PNG")
+    assert len(strip) < 300
+    with pytest.raises(ImageRejected, match="aspect ratio of 16000:1"):
+        decode_image(strip)
+
+
+def test_tiny_file_with_many_pixels_is_rejected_by_compression_ratio():
+    from PIL import Image
+    from pipelines.decode import ImageRejected, decode_image
+
+    bomb = encode(Image.new("1", (6316, 6316), 1), "PNG")
+    assert len(bomb) < 20_000  # ~12 KB: 39.9 M pixels, 3300 pixels per byte
+    with pytest.raises(ImageRejected, match="compression-ratio limit"):
+        decode_image(bomb)
+    # the same check in the serving path: serving/encoder.py uses decode_image + preprocessing
+    with pytest.raises(ImageRejected, match="compression-ratio"):
+        decode_image(bomb, __import__("pipelines.decode").decode.DecodePolicy(max_pixels=40_000_000))
+
+
+def test_preprocessing_output_bounded_for_wide_images():
+    import tracemalloc
+
+    import numpy as np
+    from PIL import Image
+    from pipelines.decode import DecodePolicy, decode_image
+    from pipelines.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+    prep = Preprocessing(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    # past the decode policy (aspect limit off): preprocessing alone still bounds the resize
+    strip = decode_image(encode(Image.new("RGB", (16000, 1), (90, 120, 200)), "PNG"),
+                         DecodePolicy(max_aspect_ratio=0))
+    tracemalloc.start()
+    out = prep(strip)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert out.shape == (3, 224, 224)
+    assert peak < 50 * 1024 * 1024, peak  # was ~3.3 GB (256 x 4,096,000 before the crop)
+    # ordinary shapes are untouched by the bound: same result as without it
+    photo_ = photo("coffee.png")
+    unbounded = Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, max_aspect_ratio=1e9)
+    np.testing.assert_array_equal(prep(photo_), unbounded(photo_))

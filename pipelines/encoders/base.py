@@ -61,8 +61,21 @@ class Preprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     antialias: bool = True
+    max_aspect_ratio: float = 4.0  # the resize output is at most resize x (this x resize) pixels
 
     def __call__(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> float32 (3, crop, crop). Memory is bounded whatever the shape:
+        the long side is first center-cropped to ``max_aspect_ratio`` x the short side (the
+        final center crop lies well inside it), so the resize output never exceeds
+        ``resize * resize * max_aspect_ratio`` pixels (a 1x16000 strip would otherwise
+        become 256x4,096,000). Images within the ratio are not touched by this step."""
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        if long > short * self.max_aspect_ratio:
+            keep = max(1, int(short * self.max_aspect_ratio))
+            offset = (long - keep) // 2
+            box = (offset, 0, offset + keep, height) if width > height else (0, offset, width, offset + keep)
+            image = image.crop(box)
         tensor = TF.pil_to_tensor(image)  # uint8 (3, H, W)
         tensor = TF.resize(tensor, [self.resize], interpolation=InterpolationMode(self.interpolation),
                            antialias=self.antialias)
