@@ -33,6 +33,8 @@ from pipelines.manifest import (BatchManifest, embeddings_dir, rejected_dir, rem
                                 run_files)
 from pipelines.schema import REJECTED_SCHEMA, USE_COMPLIANT_NESTED_TYPE, embedding_schema
 from pipelines.sources import SOURCE_FORMATS, detect_format, expand_urls, make_source
+from pipelines.sources.guard import GuardedSource
+from pipelines.timeouts import DEFAULT_ITEM_TIMEOUT_S
 from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFirstOfKey,
                                   ProgressLogger, ReadShard, failed_batch_to_rejected,
                                   rejected_to_table, results_to_table)
@@ -58,6 +60,7 @@ class IngestConfig:
     write_batch_rows: int = 4096
     torch_threads: int = 0  # 0: torch's default (all cores)
     no_glob: bool = False  # every --input is a literal path (no brace/glob expansion)
+    item_timeout_s: float = DEFAULT_ITEM_TIMEOUT_S  # per item read and decode; <= 0: none
     beam_args: list[str] = field(default_factory=list)
 
     def resolved_batch(self) -> str:
@@ -109,6 +112,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
         # falling back to expansion, so a missing literal path is an error here.
         expand_urls(config.inputs, glob=False)
     tasks = source.plan(config.inputs)
+    # Only regular files are opened, and every item has a time limit (sources/guard.py).
+    source = GuardedSource(source, config.item_timeout_s)
     spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
     dim = embedding_dim(spec)
     batch = config.resolved_batch()
@@ -124,7 +129,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
               | "GroupById" >> beam.GroupByKey()
               | "KeepFirst" >> beam.ParDo(KeepFirstOfKey()).with_outputs(REJECTED, main="images"))
     prepared = unique.images | "Decode" >> beam.ParDo(
-        DecodeAndPrepare(preprocessing_for(spec), DecodePolicy(max_pixels=config.max_pixels))
+        DecodeAndPrepare(preprocessing_for(spec), DecodePolicy(max_pixels=config.max_pixels),
+                         config.item_timeout_s)
     ).with_outputs(REJECTED, main="images")
     batch_size = config.batch_size or default_batch_size(spec)
     # On CPU a fixed batch size (min = max) avoids BatchElements' ramp-up through slow sizes.
@@ -208,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-glob", action="store_true",
                         help="Take every --input literally: no brace or glob expansion; a "
                              "missing path is an error.")
+    parser.add_argument("--item-timeout", type=float, default=DEFAULT_ITEM_TIMEOUT_S,
+                        help="Seconds (default %(default)s) one item may take to read, and "
+                             "again to decode and preprocess; past it the item goes to "
+                             "rejected/ with TimeoutError (0: no limit). Only regular files "
+                             "are read: named pipes, devices and sockets are rejected unopened.")
     parser.add_argument("--memory", "-m", required=True,
                         help="ROOT of the visual memory (local folder or fsspec URL).")
     parser.add_argument("--batch", default="",
@@ -247,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
         encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
         max_pixels=args.max_pixels, image_column=args.image_column, label_column=args.label_column,
-        key_column=args.key_column, torch_threads=args.torch_threads, no_glob=args.no_glob, beam_args=beam_args)
+        key_column=args.key_column, torch_threads=args.torch_threads, no_glob=args.no_glob, item_timeout_s=args.item_timeout, beam_args=beam_args)
     result = run_ingest(config)
     print(result.summary(), flush=True)
     return 0

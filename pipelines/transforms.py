@@ -12,6 +12,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipelines.decode import DecodePolicy, ImageRejected, decode_image
+from pipelines.timeouts import DEFAULT_ITEM_TIMEOUT_S, call_with_timeout
 from pipelines.encoders import Preprocessing
 from pipelines.records import ImageRecord, PreparedImage, Rejected, content_hash
 from pipelines.schema import embedding_batch, rejected_batch
@@ -56,15 +57,20 @@ class KeepFirstOfKey(beam.DoFn):
 class DecodeAndPrepare(beam.DoFn):
     """Decode, validate and preprocess one image, before batching, so one bad image fails alone."""
 
-    def __init__(self, preprocessing: Preprocessing, policy: DecodePolicy) -> None:
+    def __init__(self, preprocessing: Preprocessing, policy: DecodePolicy,
+                 timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> None:
+        """``timeout_s``: seconds one image may take to decode and preprocess (<= 0: no
+        limit); past it the image is rejected (stage decode, TimeoutError)."""
         self.preprocessing = preprocessing
         self.policy = policy
+        self.timeout_s = timeout_s
         self.decoded = Metrics.counter(NAMESPACE, "decoded")
 
     def process(self, record: ImageRecord) -> Iterator:
         try:
-            image = decode_image(record.data, self.policy)
-            pixels = self.preprocessing(image)
+            pixels = call_with_timeout(
+                lambda: self.preprocessing(decode_image(record.data, self.policy)),
+                self.timeout_s, f"decoding {record.key!r}")
         except (ImageRejected, OSError, ValueError) as error:
             yield pvalue.TaggedOutput(REJECTED, Rejected.from_exception(
                 record.key, record.source, "decode", error))

@@ -93,3 +93,84 @@ def test_preprocessing_output_bounded_for_wide_images():
     photo_ = photo("coffee.png")
     unbounded = Preprocessing(256, 224, IMAGENET_MEAN, IMAGENET_STD, max_aspect_ratio=1e9)
     np.testing.assert_array_equal(prep(photo_), unbounded(photo_))
+
+
+# Kind 7: inputs that never end.
+def test_fifo_is_rejected_unopened_and_a_stalled_read_times_out(tmp_path):
+    import os
+    import time
+
+    from pipelines.records import Rejected
+    from pipelines.sources.base import ReadTask
+    from pipelines.sources.guard import GuardedSource
+
+    tree = _folder(tmp_path / "tree", ["cat/a.png"])
+    os.mkfifo(tree / "cat" / "hang.png")
+    source = GuardedSource(make_source("folder"), timeout_s=1.0)
+    started = time.monotonic()
+    items = [item for task in source.plan(str(tree)) for item in source.read(task)]
+    assert time.monotonic() - started < 5
+    rejected = [i for i in items if isinstance(i, Rejected)]
+    assert [(r.key, r.stage, r.error_type) for r in rejected] == [
+        ("cat/hang.png", "read", "NotARegularFile")]
+    assert "named pipe" in rejected[0].message
+
+    class Stalls:
+        name = "stalls"
+
+        def read(self, task):
+            yield from ()
+            time.sleep(30)
+
+    started = time.monotonic()
+    [timed_out] = list(GuardedSource(Stalls(), timeout_s=0.5).read(ReadTask("file:///x.tar")))
+    assert time.monotonic() - started < 5
+    assert (timed_out.stage, timed_out.error_type) == ("read", "TimeoutError")
+
+
+def test_ingest_with_a_fifo_finishes_and_rejects_it(tmp_path, offline_encoder):
+    import os
+    import threading
+
+    from pipelines.ingest import IngestConfig, run_ingest
+    from pipelines.manifest import read_rejected
+
+    tree = _folder(tmp_path / "tree", ["cat/a.png", "cat/b.png", "dog/c.png"])
+    os.mkfifo(tree / "dog" / "hang.png")
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(result=run_ingest(IngestConfig(
+        inputs=[str(tree)], memory=str(tmp_path / "m"), batch="b", device="cpu",
+        item_timeout_s=5))), daemon=True)
+    worker.start()
+    worker.join(180)
+    assert "result" in box, "ingest hung on a named pipe"
+    counts = box["result"].manifest.counts
+    assert (counts["read"], counts["embedded"], counts["rejected"]) == (4, 3, 1)
+    [row] = read_rejected(str(tmp_path / "m"), "b").to_pylist()
+    assert (row["key"], row["stage"], row["error_type"]) == ("dog/hang.png", "read", "NotARegularFile")
+
+
+def test_decode_timeout_rejects_with_timeout_error():
+    import time
+
+    from pipelines.timeouts import call_with_timeout
+
+    with pytest.raises(TimeoutError, match="decoding 'x' did not finish within 0.2 s"):
+        call_with_timeout(lambda: time.sleep(5), 0.2, "decoding 'x'")
+    assert call_with_timeout(lambda: 7, 1.0) == 7
+
+
+def test_decode_and_prepare_routes_a_timeout_to_rejected(offline_encoder):
+    from apache_beam import pvalue
+
+    from pipelines.decode import DecodePolicy
+    from pipelines.records import ImageRecord
+    from pipelines.transforms import DecodeAndPrepare
+
+    record = ImageRecord(key="a.png", source="file:///a.png", label="cat",
+                         data=encode(photo("coffee.png"), "PNG"))
+    [out] = list(DecodeAndPrepare(offline_encoder.preprocessing, DecodePolicy(), 1e-6).process(record))
+    assert isinstance(out, pvalue.TaggedOutput)
+    assert (out.value.stage, out.value.error_type) == ("decode", "TimeoutError")
+    [ok] = list(DecodeAndPrepare(offline_encoder.preprocessing, DecodePolicy(), 30).process(record))
+    assert ok.pixels.shape[0] == 3
