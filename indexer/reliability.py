@@ -47,7 +47,8 @@ def count_part(root: str, manifest: IndexManifest, part: Part, k: int,
     meta, vectors = read_part(part)
     ids = meta.column("id").to_numpy()
     labels = np.asarray(meta.column("label").to_pylist(), dtype=object)
-    queries = index.contains(ids) & (labels != "")  # items still in memory, with a label
+    labelled = np.array([label is not None and label != "" for label in labels], dtype=bool)
+    queries = index.contains(ids) & labelled  # items still in memory, with a label (null: none)
     ids, labels, vectors = ids[queries], labels[queries], vectors[queries]
     wrong: dict[int, int] = {}
     right: dict[int, int] = {}
@@ -56,7 +57,7 @@ def count_part(root: str, manifest: IndexManifest, part: Part, k: int,
         _, found = index.search(vectors[sl], k + 1)
         neighbours = leave_one_out_neighbours(ids[sl], found, k)
         neighbour_labels = index.lookup(neighbours, "label")
-        valid = neighbours >= 0
+        valid = (neighbours >= 0) & (neighbour_labels != None)  # noqa: E711 (unlabelled: no vote)
         disagree = (neighbour_labels != labels[sl][:, None]) & valid
         for target, flags in ((wrong, disagree), (right, ~disagree & valid)):
             unique, counts = np.unique(neighbours[flags], return_counts=True)

@@ -29,16 +29,21 @@ from pipelines.encoders.allocator import tune_glibc_malloc
 from pipelines.encoders import (DEFAULT_ENCODER, EncoderSpec, embedding_dim, preprocessing_for,
                                 resolve_device)
 from pipelines.inference import EncoderModelHandler
-from pipelines.manifest import (BatchManifest, embeddings_dir, rejected_dir, remove_stale_files,
-                                run_files)
+from pipelines.manifest import (BatchManifest, embeddings_dir, read_parquet_files, rejected_dir,
+                                remove_stale_files, run_files)
 from pipelines.schema import REJECTED_SCHEMA, USE_COMPLIANT_NESTED_TYPE, embedding_schema
 from pipelines.sources import SOURCE_FORMATS, detect_format, expand_urls, make_source
+from pipelines.sources.base import DEFAULT_LABEL_FROM
+from pipelines.sources.webdataset import DEFAULT_IMAGE_FIELDS
 from pipelines.sources.guard import GuardedSource
 from pipelines.timeouts import DEFAULT_ITEM_TIMEOUT_S
 from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFirstOfKey,
                                   ProgressLogger, ReadShard, failed_batch_to_rejected,
                                   rejected_to_table, results_to_table)
 
+DEFAULT_MAX_REJECT_RATIO = 0.1
+# Rejections that are the user's policy, not bad input: they never count against the ratio.
+POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"))
 LOCAL_RUNNER = "FnApiRunner"  # Beam's in-process Python runner (Prism needs a download)
 log = logging.getLogger("vmem.ingest")
 
@@ -57,10 +62,15 @@ class IngestConfig:
     image_column: str = "image"
     label_column: str = "label"
     key_column: str = "key"
+    image_field: str = DEFAULT_IMAGE_FIELDS  # WebDataset: ordered image-field preference
+    label_from: str = ""  # "": the format's default (sources.base.DEFAULT_LABEL_FROM)
+    unlabelled: str = "keep"  # keep (label null, no vote, counted) | reject
+    path_roots: list[str] = field(default_factory=list)  # Parquet path-only image structs
     write_batch_rows: int = 4096
     torch_threads: int = 0  # 0: torch's default (all cores)
     no_glob: bool = False  # every --input is a literal path (no brace/glob expansion)
     item_timeout_s: float = DEFAULT_ITEM_TIMEOUT_S  # per item read and decode; <= 0: none
+    max_reject_ratio: float = DEFAULT_MAX_REJECT_RATIO  # bad / read above this: no commit
     beam_args: list[str] = field(default_factory=list)
 
     def resolved_batch(self) -> str:
@@ -68,6 +78,35 @@ class IngestConfig:
 
     def resolved_format(self) -> str:
         return self.source_format if self.source_format != "auto" else detect_format(self.inputs[0])
+
+
+class RejectRatioExceeded(RuntimeError):
+    """More of the input was bad than ``--max-reject-ratio`` allows; the batch was not
+    committed (its rejected rows were written, for inspection)."""
+
+
+def bad_rejections(directory: str, files: list[dict]) -> int:
+    """Rejected rows in ``files`` (under ``directory``) that are bad input: every row but
+    the policy rejections (duplicates, unlabelled items rejected on request)."""
+    if not files:
+        return 0
+    table = read_parquet_files([f"{directory}/{f['path']}" for f in files],
+                               columns=["stage", "error_type"])
+    return sum(1 for stage, error_type in zip(table.column("stage").to_pylist(),
+                                              table.column("error_type").to_pylist())
+               if not any((s is None or s == stage) and (e is None or e == error_type)
+                          for s, e in POLICY_REJECTIONS))
+
+
+def check_reject_ratio(bad: int, read: int, limit: float, batch: str, where: str) -> None:
+    """Raise RejectRatioExceeded when ``bad / read`` (fraction, 0-1) is over ``limit``
+    (a negative limit disables the check; 1.0 allows everything)."""
+    if limit < 0 or not read or bad / read <= limit:
+        return
+    raise RejectRatioExceeded(
+        f"batch {batch}: {bad} of {read} inputs ({bad / read:.0%}) were rejected as bad, more "
+        f"than --max-reject-ratio {limit:g}; not committing (previous content kept). The "
+        f"reasons are in {where}; raise --max-reject-ratio to accept them.")
 
 
 @dataclass
@@ -106,7 +145,8 @@ def embeddings_sink(memory: str, batch: str, run_id: str, dim: int) -> beam.PTra
 
 def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -> None:
     source = make_source(config.resolved_format(), config.image_column, config.label_column,
-                         config.key_column)
+                         config.key_column, image_field=config.image_field,
+                         label_from=config.label_from, path_roots=tuple(config.path_roots))
     if config.no_glob:
         # Existing paths are always taken literally (sources/urls.py); --no-glob only forbids
         # falling back to expansion, so a missing literal path is an error here.
@@ -122,7 +162,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
 
     read = (pipeline
             | "PlanReads" >> beam.Create(tasks)
-            | "ReadShards" >> beam.ParDo(ReadShard(source)).with_outputs(REJECTED, main="images"))
+            | "ReadShards" >> beam.ParDo(ReadShard(source, config.unlabelled)).with_outputs(REJECTED, main="images"))
     # Grouping by stable id both drops duplicate keys and spreads the work across workers.
     unique = (read.images
               | "KeyById" >> beam.Map(lambda record: (record.id, record))
@@ -164,7 +204,9 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
 
 
 def run_ingest(config: IngestConfig) -> IngestResult:
-    """Run the pipeline, then commit the batch manifest; raise if any input went unaccounted."""
+    """Run the pipeline, then commit the batch manifest; raise RuntimeError if any input went
+    unaccounted, RejectRatioExceeded if more of the input was bad than
+    ``config.max_reject_ratio`` (after the rejected rows are written, before the commit)."""
     tune_glibc_malloc()  # before Beam starts its worker threads (see encoders/allocator.py)
     options = PipelineOptions(config.beam_args)
     if not options.view_as(StandardOptions).runner:
@@ -186,12 +228,15 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     if read != embedded + rejected:
         raise RuntimeError(f"batch {batch}: read {read} inputs but wrote {embedded} embeddings + "
                            f"{rejected} rejected; not committing (previous content kept)")
+    check_reject_ratio(bad_rejections(rej_dir, rejected_files), read, config.max_reject_ratio,
+                       batch, rej_dir)
     spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
     manifest = BatchManifest(
         batch=batch, run_id=run_id, created=datetime.now(timezone.utc).isoformat(),
         encoder=spec.name, dim=embedding_dim(spec), files=files, rejected_files=rejected_files,
         counts={"read": read, "embedded": embedded, "rejected": rejected,
-                "decoded": metrics.get("decoded", 0), "bytes": metrics.get("bytes", 0)},
+                "decoded": metrics.get("decoded", 0), "bytes": metrics.get("bytes", 0),
+                "unlabelled": metrics.get("unlabelled", 0)},
         inputs=list(config.inputs), source_format=config.resolved_format(),
         weights=config.weights, runner=str(options.view_as(StandardOptions).runner),
         seconds=round(time.monotonic() - started, 3))
@@ -214,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-glob", action="store_true",
                         help="Take every --input literally: no brace or glob expansion; a "
                              "missing path is an error.")
+    parser.add_argument("--max-reject-ratio", type=float, default=DEFAULT_MAX_REJECT_RATIO,
+                        help="Fail (exit 3, nothing committed, rejected rows written) when more "
+                             "than this fraction of the inputs is bad (default %(default)s; "
+                             "1: never). Duplicates and --unlabelled reject do not count.")
     parser.add_argument("--item-timeout", type=float, default=DEFAULT_ITEM_TIMEOUT_S,
                         help="Seconds (default %(default)s) one item may take to read, and "
                              "again to decode and preprocess; past it the item goes to "
@@ -246,6 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-column", default="label", help="Parquet: label column.")
     parser.add_argument("--key-column", default="key",
                         help="Parquet: key column (default key: <file>/<row>).")
+    parser.add_argument("--image-field", default=DEFAULT_IMAGE_FIELDS,
+                        help="WebDataset: ordered image-field preference, ';'-separated, matched "
+                             "case-insensitively; the first field a sample has is its image "
+                             f"(default {DEFAULT_IMAGE_FIELDS!r}: a 'mask.png' or 'depth.jpg' "
+                             "field is never picked unless named). A sample is every member "
+                             "sharing the name up to the first dot; the rest is the field.")
+    parser.add_argument("--label-from", default="",
+                        help="Where labels come from, ';'-separated in order (first present "
+                             "wins): cls | txt | json:<key> (WebDataset), folder (image "
+                             "folders), column:<name> (Parquet). Default: webdataset "
+                             f"{DEFAULT_LABEL_FROM['webdataset']!r} (a .txt caption is never a "
+                             "label unless asked), parquet 'column:<--label-column>', folder "
+                             "'folder'. Integral numbers are written as integers (3.0 -> '3').")
+    parser.add_argument("--unlabelled", choices=("keep", "reject"), default="keep",
+                        help="An item with no label: keep it unlabelled (label null: it never "
+                             "votes and is no class; counted as 'unlabelled' in the manifest) "
+                             "or reject it (stage read, Unlabelled). Default keep.")
+    parser.add_argument("--path-root", dest="path_roots", action="append", default=[],
+                        help="Parquet: a Hugging Face {bytes, path} image with null bytes is "
+                             "read from its path (relative to the Parquet file's folder); an "
+                             "absolute path must lie under that folder or a --path-root. Repeat.")
     parser.add_argument("--log-level", default="INFO", help="Python logging level.")
     return parser
 
@@ -258,8 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
         encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
         max_pixels=args.max_pixels, image_column=args.image_column, label_column=args.label_column,
-        key_column=args.key_column, torch_threads=args.torch_threads, no_glob=args.no_glob, item_timeout_s=args.item_timeout, beam_args=beam_args)
-    result = run_ingest(config)
+        key_column=args.key_column, image_field=args.image_field,
+        label_from=args.label_from, unlabelled=args.unlabelled, path_roots=args.path_roots,
+        torch_threads=args.torch_threads, no_glob=args.no_glob, item_timeout_s=args.item_timeout,
+        max_reject_ratio=args.max_reject_ratio, beam_args=beam_args)
+    try:
+        result = run_ingest(config)
+    except RejectRatioExceeded as error:
+        print(f"vmem ingest: error: {error}", file=sys.stderr, flush=True)
+        return 3
     print(result.summary(), flush=True)
     return 0
 

@@ -27,7 +27,7 @@ class ImageRecord:
 
     key: str  # unique within the data set, e.g. the WebDataset __key__ or a relative path
     source: str  # where it came from: shard URL + member, or file URL
-    label: str  # "" when the source has no label
+    label: str | None  # None: unlabelled (no class; excluded from kNN votes)
     data: bytes
 
     @property
@@ -42,7 +42,7 @@ class PreparedImage:
     id: int
     key: str
     source: str
-    label: str
+    label: str | None
     content_hash: str
     pixels: np.ndarray
 

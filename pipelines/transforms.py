@@ -26,17 +26,29 @@ log = logging.getLogger(__name__)
 class ReadShard(beam.DoFn):
     """A read task -> ImageRecords (main) and Rejected (tagged): a broken shard is data, not a crash."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, unlabelled: str = "keep") -> None:
+        """``unlabelled``: ``keep`` (label None, counted as ``unlabelled``) or ``reject`` (to
+        ``rejected/`` as ``Unlabelled``). Raises ValueError for another value."""
+        if unlabelled not in ("keep", "reject"):
+            raise ValueError(f"unlabelled={unlabelled!r}: expected keep or reject")
         self.source = source
+        self.unlabelled = unlabelled
         self.read = Metrics.counter(NAMESPACE, "read")
         self.bytes = Metrics.counter(NAMESPACE, "bytes")
+        self.unlabelled_count = Metrics.counter(NAMESPACE, "unlabelled")
 
     def process(self, task: ReadTask) -> Iterator:
         for item in self.source.read(task):
             self.read.inc()
             if isinstance(item, Rejected):
                 yield pvalue.TaggedOutput(REJECTED, item)
+            elif item.label is None and self.unlabelled == "reject":
+                yield pvalue.TaggedOutput(REJECTED, Rejected(
+                    item.key, item.source, "read", "Unlabelled",
+                    "no label from --label-from (--unlabelled reject)"))
             else:
+                if item.label is None:
+                    self.unlabelled_count.inc()
                 self.bytes.inc(len(item.data))
                 yield item
 

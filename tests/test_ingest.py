@@ -93,7 +93,8 @@ def test_corrupt_inputs_are_rejected_with_reasons_and_good_ones_kept(tmp_path, o
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_bytes(data)
 
-    result = ingest(str(tree), tmp_path / "memory", "mixed", max_pixels=5_000_000)
+    result = ingest(str(tree), tmp_path / "memory", "mixed", max_pixels=5_000_000,
+                    max_reject_ratio=1.0)
     counts = result.manifest.counts
     assert (counts["read"], counts["embedded"], counts["rejected"]) == (9, 4, 5)
     rejected = {row["key"]: row for row in read_rejected(str(tmp_path / "memory"), "mixed").to_pylist()}

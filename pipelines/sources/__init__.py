@@ -1,11 +1,12 @@
 """Readers of image shards on any fsspec URL: WebDataset tars, Parquet files, image folders."""
 from __future__ import annotations
 
-from pipelines.sources.base import ReadTask, Source
+from pipelines.sources.base import (DEFAULT_LABEL_FROM, ReadTask, Source, check_label_kinds,
+                                    parse_label_from)
 from pipelines.sources.folder import FolderSource
 from pipelines.sources.parquet import ParquetSource
 from pipelines.sources.urls import expand_braces, expand_urls
-from pipelines.sources.webdataset import WebDatasetSource
+from pipelines.sources.webdataset import DEFAULT_IMAGE_FIELDS, WebDatasetSource
 
 SOURCE_FORMATS = ("webdataset", "parquet", "folder")
 
@@ -21,12 +22,21 @@ def detect_format(pattern: str) -> str:
 
 
 def make_source(source_format: str, image_column: str = "image",
-                label_column: str = "label", key_column: str = "key") -> Source:
+                label_column: str = "label", key_column: str = "key",
+                image_field: str = DEFAULT_IMAGE_FIELDS, label_from: str = "",
+                path_roots: tuple[str, ...] = ()) -> Source:
+    """The reader for ``source_format``. ``image_field``: WebDataset image-field preference;
+    ``label_from``: label origins (``base.parse_label_from``; ``""``: the format's default in
+    ``DEFAULT_LABEL_FROM``); ``path_roots``: Parquet path-only image structs may also point
+    under these. Raises ValueError for an unknown format or an option that does not apply."""
     if source_format == "webdataset":
-        return WebDatasetSource()
+        return WebDatasetSource(image_field, label_from or DEFAULT_LABEL_FROM["webdataset"])
     if source_format == "parquet":
-        return ParquetSource(image_column, label_column, key_column)
+        return ParquetSource(image_column, label_column, key_column,
+                             label_from=label_from or None, path_roots=tuple(path_roots))
     if source_format == "folder":
+        if label_from:
+            check_label_kinds(parse_label_from(label_from), ("folder",), "folder")
         return FolderSource()
     raise ValueError(f"unknown source format {source_format!r}; expected one of {SOURCE_FORMATS}")
 

@@ -40,7 +40,7 @@ class FolderSource:
         path = fsspec.core.url_to_fs(task.url)[1]
         relative = posixpath.relpath(path, root_path) if root_path else posixpath.basename(path)
         directory = posixpath.dirname(relative)
-        label = posixpath.basename(directory) if directory else ""
+        label = posixpath.basename(directory) if directory else None  # unlabelled
         try:
             with fsspec.open(task.url, "rb") as handle:
                 data = handle.read()

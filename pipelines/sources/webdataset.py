@@ -1,4 +1,7 @@
-"""WebDataset tar shards as img2dataset writes them: ``key.jpg`` beside ``key.cls|txt|json``."""
+"""WebDataset tar shards as img2dataset writes them: ``key.jpg`` beside ``key.cls|txt|json``.
+
+A sample is every member sharing the basename up to its first dot; the rest is the field
+(``scene01.png`` + ``scene01.mask.png``: fields ``png`` and ``mask.png``)."""
 from __future__ import annotations
 
 import json
@@ -9,47 +12,86 @@ from typing import Iterator
 import fsspec
 
 from pipelines.records import ImageRecord, Rejected
-from pipelines.sources.base import IMAGE_EXTENSIONS, ReadTask
+from pipelines.sources.base import (DEFAULT_LABEL_FROM, ReadTask, check_label_kinds,
+                                    normalize_label, parse_label_from)
 from pipelines.sources.urls import expand_urls
 
-LABEL_EXTENSIONS = ("cls", "txt", "json")  # in order of preference
+# The webdataset convention (``.decode().to_tuple("jpg;png;webp")``): an ordered list of image
+# fields, the first one a sample has is its image. Only plain extensions: a ``mask.png``,
+# ``depth.jpg`` or ``seg.png`` field is never the image unless named here.
+DEFAULT_IMAGE_FIELDS = "jpg;jpeg;png;webp;gif;bmp;tif;tiff"
+LABEL_KINDS = ("cls", "txt", "json")
 
 
 def split_member(name: str) -> tuple[str, str]:
     """``dir/000123.seg.png`` -> (``dir/000123``, ``seg.png``): the key ends at the first dot of
-    the base name, as in the webdataset library."""
+    the base name, as in the webdataset library; the field keeps the member's case (``.JPG``
+    stays ``JPG``; fields are matched case-insensitively)."""
     directory, base = posixpath.split(name)
     stem, _, extension = base.partition(".")
-    return posixpath.join(directory, stem) if directory else stem, extension.lower()
+    return posixpath.join(directory, stem) if directory else stem, extension
 
 
-def _label(parts: dict[str, bytes]) -> str:
-    for extension in LABEL_EXTENSIONS:
-        if extension in parts:
-            text = parts[extension].decode("utf-8", errors="replace").strip()
-            if extension == "json":
-                meta = json.loads(text or "{}")
-                value = meta.get("label", meta.get("class", "")) if isinstance(meta, dict) else ""
-                return "" if value is None else str(value)
-            return text
-    return ""
+def parse_image_fields(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"jpg;png;webp"`` (or a list) -> ``("jpg", "png", "webp")``, lower-cased, in order.
+    Raises ValueError when empty."""
+    items = spec.split(";") if isinstance(spec, str) else list(spec)
+    fields = tuple(f.strip().lower().lstrip(".") for f in items if f.strip())
+    if not fields:
+        raise ValueError(f"--image-field {spec!r}: no field names")
+    return fields
 
 
-def _sample(url: str, key: str, parts: dict[str, bytes]) -> ImageRecord | Rejected:
-    images = [ext for ext in parts if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
-    if not images:
+def _label(parts: dict[str, tuple[str, bytes]], origins: list[tuple[str, str]]) -> str | None:
+    """The first origin the sample has, normalised; None when none gives a label. Raises
+    ValueError (bad JSON) or UnicodeDecodeError."""
+    for kind, argument in origins:
+        if kind not in parts:
+            continue
+        raw = parts[kind][1]
+        if kind == "json":
+            meta = json.loads(raw.decode("utf-8").strip() or "{}")
+            value = meta.get(argument) if isinstance(meta, dict) else None
+        else:
+            value = raw.decode("utf-8")
+        label = normalize_label(value)
+        if label is not None:
+            return label
+    return None
+
+
+def _sample(url: str, key: str, parts: dict[str, tuple[str, bytes]],
+            image_fields: tuple[str, ...] = parse_image_fields(DEFAULT_IMAGE_FIELDS),
+            origins: list[tuple[str, str]] | None = None) -> ImageRecord | Rejected:
+    """One sample (``parts``: lower-cased field -> (real member name, bytes)) as a record: the
+    image is the first of ``image_fields`` present; MissingImage when none is."""
+    field = next((f for f in image_fields if f in parts), None)
+    if field is None:
         return Rejected(key, f"{url}#{key}", "read", "MissingImage",
-                        f"sample has no image member (found: {sorted(parts)})")
+                        f"sample has no image field of {';'.join(image_fields)} "
+                        f"(found: {sorted(parts)})")
     try:
-        label = _label(parts)
+        label = _label(parts, origins if origins is not None
+                       else parse_label_from(DEFAULT_LABEL_FROM["webdataset"]))
     except (ValueError, UnicodeDecodeError) as error:
         return Rejected.from_exception(key, f"{url}#{key}", "read", error)
-    image_ext = sorted(images)[0]
-    return ImageRecord(key=key, source=f"{url}#{key}.{image_ext}", label=label, data=parts[image_ext])
+    member, data = parts[field]
+    return ImageRecord(key=key, source=f"{url}#{member}", label=label, data=data)
 
 
 class WebDatasetSource:
+    """WebDataset shards. ``image_fields``: ordered image-field preference (``"jpg;png"``);
+    ``label_from``: ordered label origins among ``cls``, ``txt``, ``json:<key>`` (see
+    ``base.parse_label_from``; default ``cls;json:label``, never the ``.txt`` caption).
+    Raises ValueError for a bad spec."""
+
     name = "webdataset"
+
+    def __init__(self, image_fields: str = DEFAULT_IMAGE_FIELDS,
+                 label_from: str = DEFAULT_LABEL_FROM["webdataset"]) -> None:
+        self.image_fields = parse_image_fields(image_fields)
+        self.label_origins = parse_label_from(label_from)
+        check_label_kinds(self.label_origins, LABEL_KINDS, "webdataset")
 
     def plan(self, pattern: str | list[str]) -> list[ReadTask]:
         return [ReadTask(url) for url in expand_urls(pattern)]
@@ -66,15 +108,18 @@ class WebDatasetSource:
                         if key.startswith("__") or not extension:
                             continue  # tar metadata such as __index__
                         if key != current_key and current_key is not None:
-                            yield _sample(task.url, current_key, parts)
+                            yield _sample(task.url, current_key, parts, self.image_fields,
+                                          self.label_origins)
                             parts = {}
                         current_key = key
                         handle = tar.extractfile(member)
-                        parts[extension] = handle.read() if handle else b""
+                        # first member of a field wins (a.JPG and a.jpg: the first read)
+                        parts.setdefault(extension.lower(),
+                                         (member.name, handle.read() if handle else b""))
         except (tarfile.TarError, OSError, EOFError) as error:
             # The rest of a broken shard is unreadable: say so once, keep what was read.
             yield Rejected.from_exception(f"{task.url}@{current_key or 'start'}", task.url,
                                           "read", error)
             return
         if current_key is not None:
-            yield _sample(task.url, current_key, parts)
+            yield _sample(task.url, current_key, parts, self.image_fields, self.label_origins)
