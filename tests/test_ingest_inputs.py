@@ -140,7 +140,7 @@ def test_ingest_with_a_fifo_finishes_and_rejects_it(tmp_path, offline_encoder):
     box = {}
     worker = threading.Thread(target=lambda: box.update(result=run_ingest(IngestConfig(
         inputs=[str(tree)], memory=str(tmp_path / "m"), batch="b", device="cpu",
-        item_timeout_s=5))), daemon=True)
+        item_timeout_s=5, max_reject_ratio=1.0))), daemon=True)
     worker.start()
     worker.join(180)
     assert "result" in box, "ingest hung on a named pipe"
@@ -174,3 +174,26 @@ def test_decode_and_prepare_routes_a_timeout_to_rejected(offline_encoder):
     assert (out.value.stage, out.value.error_type) == ("decode", "TimeoutError")
     [ok] = list(DecodeAndPrepare(offline_encoder.preprocessing, DecodePolicy(), 30).process(record))
     assert ok.pixels.shape[0] == 3
+
+
+# Kind 8: a reject-ratio guard.
+def test_too_many_bad_inputs_fail_the_job_without_committing(tmp_path, capsys, offline_encoder):
+    from pipelines.ingest import main
+    from pipelines.manifest import BatchManifest, read_parquet_files, rejected_dir
+
+    tree = _folder(tmp_path / "tree", ["cat/a.png", "cat/b.png", "dog/c.png"])
+    (tree / "dog" / "broken.png").write_bytes(b"not an image at all")
+    memory = tmp_path / "m"
+    args = ["--input", str(tree), "--memory", str(memory), "--batch", "b", "--device", "cpu",
+            "--log-level", "WARNING"]
+    assert main(args) == 3  # 1 of 4 bad > the default 0.1
+    err = capsys.readouterr().err
+    assert "1 of 4 inputs (25%) were rejected as bad" in err and "not committing" in err
+    assert not (memory / "embeddings" / "b" / "_manifest.json").exists()
+    written = sorted((memory / "rejected" / "b").glob("part-*.parquet"))
+    rows = read_parquet_files([str(p) for p in written]).to_pylist()
+    assert [(r["key"], r["stage"]) for r in rows] == [("dog/broken.png", "decode")]
+    assert main(args + ["--max-reject-ratio", "0.3"]) == 0
+    manifest = BatchManifest.read(str(memory), "b")
+    assert (manifest.counts["read"], manifest.counts["rejected"]) == (4, 1)
+    assert len(list((memory / "rejected" / "b").glob("part-*.parquet"))) == 1  # old run's removed
