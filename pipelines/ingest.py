@@ -43,7 +43,7 @@ from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFir
 
 DEFAULT_MAX_REJECT_RATIO = 0.1
 # Rejections that are the user's policy, not bad input: they never count against the ratio.
-POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"))
+POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"), (None, "SkippedByExtension"))
 LOCAL_RUNNER = "FnApiRunner"  # Beam's in-process Python runner (Prism needs a download)
 log = logging.getLogger("vmem.ingest")
 

@@ -197,3 +197,24 @@ def test_too_many_bad_inputs_fail_the_job_without_committing(tmp_path, capsys, o
     manifest = BatchManifest.read(str(memory), "b")
     assert (manifest.counts["read"], manifest.counts["rejected"]) == (4, 1)
     assert len(list((memory / "rejected" / "b").glob("part-*.parquet"))) == 1  # old run's removed
+
+
+# Kind 9: every file accounted for.
+def test_files_passed_over_by_extension_are_counted_and_listed(tmp_path, offline_encoder):
+    from pipelines.ingest import IngestConfig, run_ingest
+    from pipelines.manifest import read_rejected
+
+    tree = _folder(tmp_path / "tree", ["cat/a.png", "cat/b.png", "dog/c.png"])
+    (tree / "dog" / "vector.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (tree / "README").write_text("notes")
+    result = run_ingest(IngestConfig(inputs=[str(tree)], memory=str(tmp_path / "m"), batch="b",
+                                     device="cpu"))  # skipped files never count as bad input
+    counts = result.manifest.counts
+    assert (counts["read"], counts["embedded"], counts["rejected"]) == (5, 3, 2)
+    assert "read=5 embedded=3 rejected=2" in result.summary()
+    rows = sorted(read_rejected(str(tmp_path / "m"), "b").to_pylist(), key=lambda r: r["key"])
+    assert [(r["key"], r["stage"], r["error_type"]) for r in rows] == [
+        ("README", "read", "SkippedByExtension"), ("dog/vector.svg", "read", "SkippedByExtension")]
+    assert "not an image file name" in rows[1]["message"]
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        make_source("folder").plan(str(tree / "dog" / "vector.svg"))

@@ -91,7 +91,11 @@ def test_folder_labels_are_parent_folders(tmp_path):
         (tmp_path / "tree" / label / name).write_bytes(encode(photo(name), "PNG"))
     (tmp_path / "tree" / "README.txt").write_text("not an image, skipped by extension")
     out = records(make_source("folder"), str(tmp_path / "tree"))
-    assert sorted((r.key, r.label) for r in out) == [("cat/chelsea.png", "cat"), ("cup/coffee.png", "cup")]
+    images = [r for r in out if isinstance(r, ImageRecord)]
+    assert sorted((r.key, r.label) for r in images) == [("cat/chelsea.png", "cat"), ("cup/coffee.png", "cup")]
+    # the passed-over file is accounted for (issue 12 kind 9), never opened
+    assert [(r.key, r.error_type) for r in out if isinstance(r, Rejected)] == [
+        ("README.txt", "SkippedByExtension")]
 
 
 def test_folder_on_memory_url(memfs):

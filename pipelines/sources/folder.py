@@ -20,6 +20,11 @@ def _root_of(pattern: str) -> str:
     return pattern[:cut].rstrip("/") if cut < len(pattern) else pattern.rstrip("/")
 
 
+def _is_image_name(url: str) -> bool:
+    name = posixpath.basename(url)
+    return "." in name and name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+
+
 class FolderSource:
     name = "folder"
 
@@ -28,9 +33,10 @@ class FolderSource:
         tasks = []
         for one in patterns:
             root = _root_of(one)
-            tasks += [ReadTask(url, root) for url in expand_urls(one)
-                      if url.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS]
-        if not tasks:
+            # Every file is a task: one passed over by extension is read as a Rejected
+            # (SkippedByExtension), so read = embedded + rejected covers every file.
+            tasks += [ReadTask(url, root) for url in expand_urls(one)]
+        if not any(_is_image_name(task.url) for task in tasks):
             raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                                     f"under {pattern!r}")
         return tasks
@@ -41,6 +47,11 @@ class FolderSource:
         relative = posixpath.relpath(path, root_path) if root_path else posixpath.basename(path)
         directory = posixpath.dirname(relative)
         label = posixpath.basename(directory) if directory else None  # unlabelled
+        if not _is_image_name(path):
+            yield Rejected(relative, task.url, "read", "SkippedByExtension",
+                           f"not an image file name (extensions: "
+                           f"{', '.join(sorted(IMAGE_EXTENSIONS))}): passed over, not opened")
+            return
         try:
             with fsspec.open(task.url, "rb") as handle:
                 data = handle.read()
