@@ -18,7 +18,8 @@ modification time inside it, so a run in progress is never touched): temporary f
 ``ROOT/embeddings``; orphan version folders without ``manifest.json`` (a killed build or edit;
 files in them that a kept version references stay); online embedding batches
 (``ROOT/embeddings/online-*``) that no version's manifest lists in ``batches`` (a failed API
-add). The grace period must exceed the longest time a run leaves its files unchanged before
+add); Beam's ``beam-temp-*`` folders under ``ROOT/embeddings/<batch>/`` and
+``ROOT/rejected/<batch>/`` (a killed ingest; no committed batch names them). The grace period must exceed the longest time a run leaves its files unchanged before
 it publishes (a build writes its shard files, then tunes, then takes the writer lock to publish).
 
 Never touched: ``ROOT/index/forgotten/`` (the forget ledger), ``LATEST``, ``.leases``,
@@ -36,6 +37,7 @@ from indexer.forgotten import LEDGER
 from indexer.layout import LATEST, MANIFEST, index_root, list_versions, read_latest
 from indexer.manifest import IndexManifest
 from pipelines import storage
+from pipelines.manifest import BEAM_TEMP_PREFIX
 from pipelines.manifest import MANIFEST as BATCH_MANIFEST
 
 TEMP_PREFIX = ".tmp-"  # pipelines.storage.write_bytes_atomic
@@ -169,6 +171,18 @@ def _plan(root: str, keep: int, grace_seconds: float, now: float) -> _Plan:
         if _is_temp(path) and stale(_modified(fs, path)):
             plan.temp.append(path)
             plan.files[path] = int(info.get("size") or 0)
+    for area in ("embeddings", "rejected"):  # Beam temp folders of killed ingest runs
+        _, top = storage.filesystem(storage.join(root, area))
+        for batch in storage.list_names(storage.join(root, area)):
+            for name in storage.list_names(storage.join(root, area, batch)):
+                path = posixpath.join(top, batch, name)
+                if not name.startswith(BEAM_TEMP_PREFIX) or not fs.isdir(path):
+                    continue
+                files = _files(fs, path)
+                if stale(_newest(fs, path, files)):
+                    plan.temp.append(path)
+                    plan.files.update({p: int(i.get("size") or 0) for p, i in files.items()})
+                    plan.folders.append(path)
     if versions:  # with no version at all, no batch can be told apart from one not yet added
         for name in storage.list_names(storage.join(root, "embeddings")):
             path = posixpath.join(embeddings, name)
@@ -206,7 +220,8 @@ def run_gc(root: str, keep: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
 
     ``root``: the memory's ROOT (any fsspec URL); ``keep`` (>= 0): how many of the newest
     complete versions to keep besides LATEST, pinned and leased ones; ``grace_seconds``: how
-    old a leftover (temp file, orphan folder, unlisted online batch) must be; ``now``: the
+    old a leftover (temp file, orphan folder, unlisted online batch, Beam temp folder) must
+    be; ``now``: the
     clock ages are measured against (Unix seconds; default: now).
 
     Returns a JSON-ready report: ``versions_kept`` (version -> reasons), ``versions_removed``,

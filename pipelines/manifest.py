@@ -100,11 +100,16 @@ def run_files(directory: str, run_id: str) -> list[dict]:
             if name.startswith(prefix) and name.endswith(".parquet")]
 
 
+BEAM_TEMP_PREFIX = "beam-temp-"  # Beam file sinks' temporary folders (left by killed runs)
+
+
 def remove_stale_files(directory: str, keep: list[dict]) -> list[str]:
-    """After a manifest commit, delete part files of earlier runs that it no longer names."""
+    """After a manifest commit, delete part files of earlier runs that it no longer names, and
+    the ``beam-temp-*`` folders killed runs left (the committing run's own are gone by then:
+    Beam removes them when its write finalizes). Returns the removed names."""
     keep_names = {f["path"] for f in keep}
     stale = [name for name in storage.list_names(directory)
-             if name.startswith("part-") and name not in keep_names]
+             if name.startswith(("part-", BEAM_TEMP_PREFIX)) and name not in keep_names]
     for name in stale:
         storage.remove(storage.join(directory, name))
     return stale

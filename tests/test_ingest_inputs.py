@@ -218,3 +218,43 @@ def test_files_passed_over_by_extension_are_counted_and_listed(tmp_path, offline
     assert "not an image file name" in rows[1]["message"]
     with pytest.raises(FileNotFoundError, match="no image files"):
         make_source("folder").plan(str(tree / "dog" / "vector.svg"))
+
+
+# Kind 10: leftovers of killed runs.
+def _beam_temp(folder, name="beam-temp-part-20260101T000000-dead00-0123abcd"):
+    leftover = folder / name
+    leftover.mkdir(parents=True)
+    (leftover / "5f2e.parquet").write_bytes(b"half-written")
+    return leftover
+
+
+def test_next_run_removes_beam_temp_folders(tmp_path, offline_encoder):
+    from pipelines.ingest import IngestConfig, run_ingest
+
+    tree = _folder(tmp_path / "tree", ["cat/a.png"])
+    memory = tmp_path / "m"
+    left = [_beam_temp(memory / "embeddings" / "b"), _beam_temp(memory / "rejected" / "b")]
+    run_ingest(IngestConfig(inputs=[str(tree)], memory=str(memory), batch="b", device="cpu"))
+    assert not any(p.exists() for p in left)
+    assert (memory / "embeddings" / "b" / "_manifest.json").exists()
+
+
+def test_gc_removes_stale_beam_temp_folders_only(tmp_path):
+    import os
+    import time
+
+    from indexer.gc import run_gc
+
+    old = [_beam_temp(tmp_path / "embeddings" / "b"), _beam_temp(tmp_path / "rejected" / "b")]
+    fresh = _beam_temp(tmp_path / "embeddings" / "c")
+    committed = tmp_path / "embeddings" / "b" / "part-x-00000-of-00001.parquet"
+    committed.write_bytes(b"kept")
+    hour_ago = time.time() - 7200
+    for folder in old:
+        for path in [folder, *folder.iterdir()]:
+            os.utime(path, (hour_ago, hour_ago))
+    dry = run_gc(str(tmp_path), keep=1, dry_run=True)
+    assert all(p.exists() for p in old)
+    report = run_gc(str(tmp_path), keep=1)
+    assert not any(p.exists() for p in old), (dry, report)
+    assert fresh.exists() and committed.exists()  # within the grace period / not a leftover
