@@ -29,6 +29,15 @@ def test_existing_path_with_brackets_is_literal(tmp_path):
     assert sorted((i.key, i.label) for i in items) == [("cat/a.png", "cat"), ("dog/b.png", "dog")]
 
 
+def test_glob_below_a_bracketed_folder_and_globbed_folders(tmp_path):
+    tree = _folder(tmp_path / "photos [2024]", ["cat/a.png", "dog/b.png"])
+    assert len(expand_urls(str(tree / "*" / "*.png"))) == 2
+    assert len(expand_urls(str(tree / "*"))) == 2  # a matched folder stands for its files
+    source = make_source("folder")
+    items = [item for task in source.plan(str(tree / "*" / "*.png")) for item in source.read(task)]
+    assert sorted((i.key, i.label) for i in items) == [("cat/a.png", "cat"), ("dog/b.png", "dog")]
+
+
 def test_patterns_expand_only_when_no_such_path_exists(tmp_path):
     _folder(tmp_path, ["s1.png", "s2.png", "x.png"])
     assert len(expand_urls(str(tmp_path / "s[12].png"))) == 2

@@ -16,6 +16,14 @@ def _root_of(pattern: str) -> str:
     A path that exists is literal (``photos [2024]``): it is its own root."""
     if literal_exists(pattern):
         return pattern.rstrip("/")
+    # the longest leading part that exists literally (``photos [2024]`` of
+    # ``photos [2024]/*/*.png``), never shorter than the URL's scheme and bucket
+    scheme = pattern.index("://") + 3 if "://" in pattern else 0
+    parts = pattern.rstrip("/").split("/")
+    for n in range(len(parts) - 1, 0, -1):
+        prefix = "/".join(parts[:n])
+        if len(prefix) > scheme and any(c in prefix for c in "*?[{") and literal_exists(prefix):
+            return prefix
     cut = min((pattern.find(c) for c in "*?[{" if c in pattern), default=len(pattern))
     return pattern[:cut].rstrip("/") if cut < len(pattern) else pattern.rstrip("/")
 

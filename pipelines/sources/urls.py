@@ -67,6 +67,29 @@ def _literal_matches(fs, path: str) -> list[str] | None:
     return None
 
 
+def _escape(path: str) -> str:
+    """``path`` with its glob characters matching themselves (``[`` -> ``[[]``)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+def _glob_files(fs, path: str) -> list[str]:
+    """The files a glob matches; a matched directory stands for the files under it. When
+    nothing matches and a leading part of the pattern exists literally with glob characters
+    in its name (``photos [2024]/*/*.png``), that part is taken literally."""
+    found = fs.glob(path, detail=True)
+    if not found:
+        parts = path.split("/")
+        for n in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:n])
+            if prefix and _has_glob(prefix) and fs.exists(prefix):
+                found = fs.glob(_escape(prefix) + "/" + "/".join(parts[n:]), detail=True)
+                break
+    files: list[str] = []
+    for name, info in found.items():
+        files += fs.find(name) if info.get("type") == "directory" else [name]
+    return sorted(files)
+
+
 def literal_exists(url: str) -> bool:
     """Whether a file or directory exists at ``url`` taken literally (no brace/glob expansion)."""
     fs, path = fsspec.core.url_to_fs(url)
@@ -79,7 +102,9 @@ def expand_urls(patterns: str | list[str], glob: bool = True) -> list[str]:
 
     A path that exists is always taken literally (``photos [2024]`` or ``a{1,2}`` as real
     names), before brace and glob expansion; patterns expand only when nothing exists under
-    that exact name. With ``glob=False`` nothing is expanded: every pattern is a literal path.
+    that exact name (and a glob below an existing folder with glob characters in its name,
+    ``photos [2024]/*/*.png``, takes that folder literally). A directory stands for every
+    file under it. With ``glob=False`` nothing is expanded: every pattern is a literal path.
     Raises FileNotFoundError naming the first pattern that matches no file.
     """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
@@ -96,7 +121,7 @@ def expand_urls(patterns: str | list[str], glob: bool = True) -> list[str]:
             fs, path = fsspec.core.url_to_fs(candidate)
             matches = _literal_matches(fs, path)
             if matches is None:
-                matches = sorted(fs.glob(path)) if _has_glob(path) else []
+                matches = _glob_files(fs, path) if _has_glob(path) else []
             if not matches:
                 raise FileNotFoundError(f"no files match {candidate!r}")
             urls.extend(_as_url(candidate, m) for m in matches)
