@@ -43,7 +43,8 @@ from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFir
 
 DEFAULT_MAX_REJECT_RATIO = 0.1
 # Rejections that are the user's policy, not bad input: they never count against the ratio.
-POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"), (None, "SkippedByExtension"))
+POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"), (None, "SkippedByExtension"),
+                     (None, "NotARegularFile"))
 LOCAL_RUNNER = "FnApiRunner"  # Beam's in-process Python runner (Prism needs a download)
 log = logging.getLogger("vmem.ingest")
 
@@ -262,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-reject-ratio", type=float, default=DEFAULT_MAX_REJECT_RATIO,
                         help="Fail (exit 3, nothing committed, rejected rows written) when more "
                              "than this fraction of the inputs is bad (default %(default)s; "
-                             "1: never). Duplicates and --unlabelled reject do not count.")
+                             "1: never). Duplicates, --unlabelled reject, files "
+                             "skipped by extension and non-regular files do not count.")
     parser.add_argument("--item-timeout", type=float, default=DEFAULT_ITEM_TIMEOUT_S,
                         help="Seconds (default %(default)s) one item may take to read, and "
                              "again to decode and preprocess; past it the item goes to "
