@@ -267,3 +267,17 @@ def test_gc_removes_stale_beam_temp_folders_only(tmp_path):
     report = run_gc(str(tmp_path), keep=1)
     assert not any(p.exists() for p in old), (dry, report)
     assert fresh.exists() and committed.exists()  # within the grace period / not a leftover
+
+
+def test_serving_prepare_rejects_the_same_shapes(offline_encoder):
+    """The Serve encoder's decode + preprocess (serving/encoder.py) is the same path."""
+    from PIL import Image
+    from pipelines.decode import DecodePolicy
+    from serving.encoder import EncoderDeployment
+
+    cls = EncoderDeployment.func_or_class
+    deployment = cls.__new__(cls)  # no Ray: the per-image path only
+    deployment.encoder, deployment.policy = offline_encoder, DecodePolicy(max_pixels=40_000_000)
+    assert "aspect ratio" in deployment._prepare(encode(Image.new("RGB", (60000, 1)), "PNG"))
+    assert "compression-ratio" in deployment._prepare(encode(Image.new("1", (6316, 6316), 1), "PNG"))
+    assert deployment._prepare(encode(photo("coffee.png"), "PNG")).shape == (3, 224, 224)
