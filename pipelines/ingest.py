@@ -24,7 +24,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import fsspec_beam  # noqa: F401  (registers memory:// and file:// for Beam)
-from pipelines.decode import DEFAULT_MAX_PIXELS, DecodePolicy
+from pipelines.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodePolicy
 from pipelines.encoders.allocator import tune_glibc_malloc
 from pipelines.encoders import (DEFAULT_ENCODER, EncoderSpec, embedding_dim, preprocessing_for,
                                 resolve_device)
@@ -60,6 +60,7 @@ class IngestConfig:
     device: str = "auto"
     batch_size: int = 0  # 0: auto (small on CPU, where small batches are faster; large on GPU)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO  # long/short side; 0: no limit
     image_column: str = "image"
     label_column: str = "label"
     key_column: str = "key"
@@ -170,7 +171,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
               | "GroupById" >> beam.GroupByKey()
               | "KeepFirst" >> beam.ParDo(KeepFirstOfKey()).with_outputs(REJECTED, main="images"))
     prepared = unique.images | "Decode" >> beam.ParDo(
-        DecodeAndPrepare(preprocessing_for(spec), DecodePolicy(max_pixels=config.max_pixels),
+        DecodeAndPrepare(preprocessing_for(spec),
+                         DecodePolicy(max_pixels=config.max_pixels,
+                                      max_aspect_ratio=config.max_aspect_ratio),
                          config.item_timeout_s)
     ).with_outputs(REJECTED, main="images")
     batch_size = config.batch_size or default_batch_size(spec)
@@ -293,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "--direct_running_mode multi_threading use cores / workers.")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="Reject images with more pixels (decompression-bomb guard).")
+    parser.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
+                        help="Reject images whose long side is more than this many times the "
+                             "short side (default %(default)s; 0: no limit), checked on the "
+                             "header. Within it, preprocessing center-crops the long side to 4x "
+                             "the short before resizing, so memory stays bounded.")
     parser.add_argument("--image-column", default="image", help="Parquet: image bytes column.")
     parser.add_argument("--label-column", default="label", help="Parquet: label column.")
     parser.add_argument("--key-column", default="key",
@@ -330,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
         encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
         max_pixels=args.max_pixels, image_column=args.image_column, label_column=args.label_column,
+        max_aspect_ratio=args.max_aspect_ratio,
         key_column=args.key_column, image_field=args.image_field,
         label_from=args.label_from, unlabelled=args.unlabelled, path_roots=args.path_roots,
         torch_threads=args.torch_threads, no_glob=args.no_glob, item_timeout_s=args.item_timeout,

@@ -59,6 +59,7 @@ def test_no_glob_forces_literal(tmp_path):
 # Kind 6: decode and preprocess cost bounded whatever the shape.
 def test_extreme_aspect_ratio_is_rejected_before_decoding():
     from PIL import Image
+
     from pipelines.decode import ImageRejected, decode_image
 
     strip = encode(Image.new("RGB", (16000, 1), (90, 120, 200)), "PNG")
@@ -69,6 +70,7 @@ def test_extreme_aspect_ratio_is_rejected_before_decoding():
 
 def test_tiny_file_with_many_pixels_is_rejected_by_compression_ratio():
     from PIL import Image
+
     from pipelines.decode import ImageRejected, decode_image
 
     bomb = encode(Image.new("1", (6316, 6316), 1), "PNG")
@@ -85,6 +87,7 @@ def test_preprocessing_output_bounded_for_wide_images():
 
     import numpy as np
     from PIL import Image
+
     from pipelines.decode import DecodePolicy, decode_image
     from pipelines.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -188,7 +191,7 @@ def test_decode_and_prepare_routes_a_timeout_to_rejected(offline_encoder):
 # Kind 8: a reject-ratio guard.
 def test_too_many_bad_inputs_fail_the_job_without_committing(tmp_path, capsys, offline_encoder):
     from pipelines.ingest import main
-    from pipelines.manifest import BatchManifest, read_parquet_files, rejected_dir
+    from pipelines.manifest import BatchManifest, read_parquet_files
 
     tree = _folder(tmp_path / "tree", ["cat/a.png", "cat/b.png", "dog/c.png"])
     (tree / "dog" / "broken.png").write_bytes(b"not an image at all")
@@ -272,6 +275,7 @@ def test_gc_removes_stale_beam_temp_folders_only(tmp_path):
 def test_serving_prepare_rejects_the_same_shapes(offline_encoder):
     """The Serve encoder's decode + preprocess (serving/encoder.py) is the same path."""
     from PIL import Image
+
     from pipelines.decode import DecodePolicy
     from serving.encoder import EncoderDeployment
 
@@ -281,3 +285,12 @@ def test_serving_prepare_rejects_the_same_shapes(offline_encoder):
     assert "aspect ratio" in deployment._prepare(encode(Image.new("RGB", (60000, 1)), "PNG"))
     assert "compression-ratio" in deployment._prepare(encode(Image.new("1", (6316, 6316), 1), "PNG"))
     assert deployment._prepare(encode(photo("coffee.png"), "PNG")).shape == (3, 224, 224)
+
+
+def test_ingest_options_are_explained():
+    help_text = " ".join(build_parser().format_help().split())
+    for option in ("--no-glob", "--max-aspect-ratio", "--item-timeout", "--max-reject-ratio"):
+        assert option in help_text
+    args = build_parser().parse_args(["-i", "x", "-m", "m", "--max-aspect-ratio", "20",
+                                      "--item-timeout", "5", "--max-reject-ratio", "0.5"])
+    assert (args.max_aspect_ratio, args.item_timeout, args.max_reject_ratio) == (20, 5, 0.5)
