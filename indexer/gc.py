@@ -178,22 +178,24 @@ def _plan(root: str, keep: int, grace_seconds: float, now: float) -> _Plan:
                 path = posixpath.join(top, batch, name)
                 if not name.startswith(BEAM_TEMP_PREFIX) or not fs.isdir(path):
                     continue
-                files = _files(fs, path)
-                if stale(_newest(fs, path, files)):
-                    plan.temp.append(path)
-                    plan.files.update({p: int(i.get("size") or 0) for p, i in files.items()})
-                    plan.folders.append(path)
+                _plan_stale_folder(fs, plan, path, plan.temp, stale)
     if versions:  # with no version at all, no batch can be told apart from one not yet added
         for name in storage.list_names(storage.join(root, "embeddings")):
             path = posixpath.join(embeddings, name)
             if not name.startswith(ONLINE_PREFIX) or name in listed or not fs.isdir(path):
                 continue
-            files = _files(fs, path)
-            if stale(_newest(fs, path, files)):
-                plan.batches.append(path)
-                plan.files.update({p: int(i.get("size") or 0) for p, i in files.items()})
-                plan.folders.append(path)
+            _plan_stale_folder(fs, plan, path, plan.batches, stale)
     return plan
+
+
+def _plan_stale_folder(fs, plan: "_Plan", path: str, into: list[str], stale) -> None:
+    """Plan the removal of a whole leftover folder (listed in ``into``) once its newest file
+    is older than the grace period."""
+    files = _files(fs, path)
+    if stale(_newest(fs, path, files)):
+        into.append(path)
+        plan.files.update({p: int(i.get("size") or 0) for p, i in files.items()})
+        plan.folders.append(path)
 
 
 def _apply(fs, plan: _Plan) -> None:
