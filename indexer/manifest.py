@@ -49,6 +49,12 @@ class TombstoneEntry:
     segments: int
 
 
+def _from_base(name: str) -> property:
+    """A read-only ``ShardEntry`` attribute that is the base segment's field ``name``."""
+    return property(lambda entry: getattr(entry.segments[0], name),
+                    doc=f"The base segment's ``{name}``.")
+
+
 @dataclass
 class ShardEntry:
     """One serving shard: ``segments[0]`` is the base segment, the rest are deltas, oldest
@@ -64,29 +70,12 @@ class ShardEntry:
     def base(self) -> SegmentEntry:
         return self.segments[0]
 
-    @property
-    def index_path(self) -> str:
-        return self.base.index_path
-
-    @property
-    def index_sha256(self) -> str:
-        return self.base.index_sha256
-
-    @property
-    def metadata_path(self) -> str:
-        return self.base.metadata_path
-
-    @property
-    def metadata_sha256(self) -> str:
-        return self.base.metadata_sha256
-
-    @property
-    def vectors_path(self) -> str:
-        return self.base.vectors_path
-
-    @property
-    def vectors_sha256(self) -> str:
-        return self.base.vectors_sha256
+    index_path = _from_base("index_path")
+    index_sha256 = _from_base("index_sha256")
+    metadata_path = _from_base("metadata_path")
+    metadata_sha256 = _from_base("metadata_sha256")
+    vectors_path = _from_base("vectors_path")
+    vectors_sha256 = _from_base("vectors_sha256")
 
     @property
     def stored(self) -> int:

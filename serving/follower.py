@@ -165,8 +165,8 @@ class VersionFollower:
         if self.task is not None and not self.task.done():
             try:
                 self.task.cancel()
-            except RuntimeError:  # the loop is already closed: nothing left to cancel
-                pass
+            except RuntimeError as error:  # the loop is already closed: nothing left to cancel
+                log.debug("version poll not cancelled (%s): its event loop is closed", error)
         try:
             drop_lease(self.memory, self.holder)
         except OSError as error:

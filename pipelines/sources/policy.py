@@ -158,16 +158,22 @@ def non_public_reason(host: str, resolver: Resolver | None = None) -> str | None
 
 
 def _ip_literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host name spells literally (standard or legacy IPv4 forms), else None."""
     try:
         return ipaddress.ip_address(name.split("%", 1)[0])  # drop an IPv6 zone id
-    except ValueError:
-        pass
-    if _NUMERIC_HOST.match(name):
-        try:  # what the resolver would make of it: inet_aton accepts every legacy spelling
-            return ipaddress.IPv4Address(socket.inet_aton(name))
-        except OSError:
-            return None
-    return None
+    except ValueError:  # not a standard literal: try the legacy IPv4 spellings
+        return _legacy_ipv4(name)
+
+
+def _legacy_ipv4(name: str) -> ipaddress.IPv4Address | None:
+    """What the resolver makes of a numeric host like ``127.1`` or ``2130706433`` (inet_aton
+    accepts every legacy spelling); None when it is not one."""
+    if not _NUMERIC_HOST.match(name):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:  # numeric-looking but not an address inet_aton accepts: a host name
+        return None
 
 
 def _address_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
