@@ -170,14 +170,18 @@ class ForgetRequest:
 
 def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -> tuple[np.ndarray, dict]:
     """The live ids a request names (sorted int64) with their keys and labels, and what it
-    named that the memory does not hold. Ids cost O(ids · log N) (binary searches); a key is
-    first looked up by the id it hashes to (``stable_id``, checked against the stored key),
-    and only keys not found that way, and labels, cost a vectorised Arrow scan of that column
-    (no per-item Python objects)."""
+    named that the memory does not hold. A key names every live item stored under it (since
+    ids hash batch + shard + key, two batches may both hold key ``000000000``: both are named).
+    Ids cost O(ids · log N) (binary searches). When every batch of the version has legacy ids
+    (``ID_SCHEME_KEY``: the id is ``stable_id(key)``, unique per key) a key is first looked up
+    by the id it hashes to (checked against the stored key); otherwise, and for keys not
+    found that way, and for labels, a vectorised Arrow scan of that column finds them (no
+    per-item Python objects)."""
     from pipelines.records import stable_id
 
     wanted = np.unique(np.asarray(request.ids, dtype=np.int64))
-    by_key = {k: stable_id(k) for k in request.keys}
+    hashed = _keys_hash_to_ids(root, manifest)
+    by_key = {k: stable_id(k) for k in request.keys} if hashed else {}
     lookups = np.unique(np.concatenate([wanted, np.asarray(list(by_key.values()), np.int64)]))
     found: dict[int, tuple] = {}  # id -> (key, label)
 
@@ -200,7 +204,7 @@ def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -
             rows = meta.rows_of(mine)
             collect(entry, number, meta, rows[rows >= 0],
                     lambda i, key, label: i in wanted_set or key_of_id.get(i) == key)
-    scan_keys = sorted(set(request.keys) - {key for key, _ in found.values()})
+    scan_keys = sorted(set(request.keys) - ({key for key, _ in found.values()} if hashed else set()))
     if scan_keys or request.labels:
         for entry in manifest.shards:
             for number in range(len(entry.segments)):
@@ -219,6 +223,22 @@ def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -
                "keys": sorted(set(request.keys) - set(keys)),
                "labels": sorted(set(request.labels) - set(labels))}
     return ids, {"keys": keys, "labels": labels, "not_found": missing}
+
+
+def _keys_hash_to_ids(root: str, manifest: IndexManifest) -> bool:
+    """Whether every batch of ``manifest`` made its ids as ``stable_id(key)`` (``ID_SCHEME_KEY``,
+    memories built before ids included batch and shard), so a key's only item has the id the
+    key hashes to. A batch whose manifest is gone counts as not (the caller then scans)."""
+    from pipelines.manifest import BatchManifest
+    from pipelines.records import ID_SCHEME_KEY
+
+    for batch in manifest.batches:
+        try:
+            if BatchManifest.read(root, batch).id_scheme != ID_SCHEME_KEY:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
 
 
 def verify_purged(root: str, manifest: IndexManifest, purged: np.ndarray) -> dict:

@@ -24,6 +24,8 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import fsspec_beam  # noqa: F401  (registers memory:// and file:// for Beam)
+from pipelines.dedupe import (DEDUPE_POLICIES, DropDuplicateContent, find_duplicates,
+                              key_by_content, write_duplicates)
 from pipelines.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, DecodePolicy
 from pipelines.encoders.allocator import tune_glibc_malloc
 from pipelines.encoders import (DEFAULT_ENCODER, EncoderSpec, embedding_dim, preprocessing_for,
@@ -31,6 +33,7 @@ from pipelines.encoders import (DEFAULT_ENCODER, EncoderSpec, embedding_dim, pre
 from pipelines.inference import EncoderModelHandler
 from pipelines.manifest import (BatchManifest, embeddings_dir, read_parquet_files, rejected_dir,
                                 remove_stale_files, run_files)
+from pipelines.records import ID_SCHEME_ITEM
 from pipelines.schema import REJECTED_SCHEMA, USE_COMPLIANT_NESTED_TYPE, embedding_schema
 from pipelines.sources import SOURCE_FORMATS, detect_format, expand_urls, make_source
 from pipelines.sources.base import DEFAULT_LABEL_FROM
@@ -73,6 +76,7 @@ class IngestConfig:
     no_glob: bool = False  # every --input is a literal path (no brace/glob expansion)
     item_timeout_s: float = DEFAULT_ITEM_TIMEOUT_S  # per item read and decode; <= 0: none
     max_reject_ratio: float = DEFAULT_MAX_REJECT_RATIO  # bad / read above this: no commit
+    dedupe: str = "none"  # none (keep content duplicates, list them) | content (skip them)
     beam_args: list[str] = field(default_factory=list)
 
     def resolved_batch(self) -> str:
@@ -119,8 +123,12 @@ class IngestResult:
     def summary(self) -> str:
         m, c = self.manifest, self.manifest.counts
         rate = c["embedded"] / m.seconds if m.seconds else 0.0
+        duplicates = (f"duplicate_content={c['duplicate_content']} "
+                      if c.get("duplicate_content") else "")
+        skipped = (f"duplicate_content_skipped={c['duplicate_content_skipped']} "
+                   if c.get("duplicate_content_skipped") else "")
         return (f"ingest batch={m.batch} read={c['read']} embedded={c['embedded']} "
-                f"rejected={c['rejected']} encoder={m.encoder} dim={m.dim} "
+                f"rejected={c['rejected']} {duplicates}{skipped}encoder={m.encoder} dim={m.dim} "
                 f"in {m.seconds:.1f}s ({rate:.1f} images/s)")
 
 
@@ -164,13 +172,25 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
 
     read = (pipeline
             | "PlanReads" >> beam.Create(tasks)
-            | "ReadShards" >> beam.ParDo(ReadShard(source, config.unlabelled)).with_outputs(REJECTED, main="images"))
-    # Grouping by stable id both drops duplicate keys and spreads the work across workers.
+            | "ReadShards" >> beam.ParDo(ReadShard(source, config.unlabelled, batch))
+            .with_outputs(REJECTED, main="images"))
+    # Grouping by id (batch, shard, key) both drops repeated keys of one shard and spreads the
+    # work across workers.
     unique = (read.images
               | "KeyById" >> beam.Map(lambda record: (record.id, record))
               | "GroupById" >> beam.GroupByKey()
               | "KeepFirst" >> beam.ParDo(KeepFirstOfKey()).with_outputs(REJECTED, main="images"))
-    prepared = unique.images | "Decode" >> beam.ParDo(
+    rejected = [read[REJECTED], unique[REJECTED]]
+    images = unique.images
+    if config.dedupe == "content":  # pipelines/dedupe.py: skip content seen before
+        distinct = (images
+                    | "KeyByContent" >> beam.Map(key_by_content)
+                    | "GroupByContent" >> beam.GroupByKey()
+                    | "DropDuplicateContent" >> beam.ParDo(DropDuplicateContent(config.memory, batch))
+                    .with_outputs(REJECTED, main="images"))
+        rejected.append(distinct[REJECTED])
+        images = distinct.images
+    prepared = images | "Decode" >> beam.ParDo(
         DecodeAndPrepare(preprocessing_for(spec),
                          DecodePolicy(max_pixels=config.max_pixels,
                                       max_aspect_ratio=config.max_aspect_ratio),
@@ -189,7 +209,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
      | "BatchRows" >> beam.BatchElements(min_batch_size=256, max_batch_size=config.write_batch_rows)
      | "ToArrow" >> beam.Map(results_to_table, encoder=spec.name)
      | "WriteEmbeddings" >> embeddings_sink(config.memory, batch, run_id, dim))
-    ((read[REJECTED], unique[REJECTED], prepared[REJECTED], failed_embeds)
+    (tuple(rejected + [prepared[REJECTED], failed_embeds])
      | "AllRejected" >> beam.Flatten()
      | "BatchRejected" >> beam.BatchElements(min_batch_size=1, max_batch_size=4096)
      | "RejectedToArrow" >> beam.Map(rejected_to_table)
@@ -208,9 +228,12 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
 
 
 def run_ingest(config: IngestConfig) -> IngestResult:
-    """Run the pipeline, then commit the batch manifest; raise RuntimeError if any input went
-    unaccounted, RejectRatioExceeded if more of the input was bad than
-    ``config.max_reject_ratio`` (after the rejected rows are written, before the commit)."""
+    """Run the pipeline, list content duplicates (pipelines/dedupe.py), then commit the batch
+    manifest; raise RuntimeError if any input went unaccounted, RejectRatioExceeded if more of
+    the input was bad than ``config.max_reject_ratio`` (after the rejected rows are written,
+    before the commit), ValueError for an unknown ``config.dedupe``."""
+    if config.dedupe not in DEDUPE_POLICIES:
+        raise ValueError(f"dedupe={config.dedupe!r}: expected one of {DEDUPE_POLICIES}")
     tune_glibc_malloc()  # before Beam starts its worker threads (see encoders/allocator.py)
     options = PipelineOptions(config.beam_args)
     if not options.view_as(StandardOptions).runner:
@@ -234,19 +257,25 @@ def run_ingest(config: IngestConfig) -> IngestResult:
                            f"{rejected} rejected; not committing (previous content kept)")
     check_reject_ratio(bad_rejections(rej_dir, rejected_files), read, config.max_reject_ratio,
                        batch, rej_dir)
+    duplicates = find_duplicates(config.memory, batch,
+                                 [f"{emb_dir}/{f['path']}" for f in files])
+    duplicate_files = write_duplicates(config.memory, batch, run_id, duplicates)
     spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
     manifest = BatchManifest(
         batch=batch, run_id=run_id, created=datetime.now(timezone.utc).isoformat(),
         encoder=spec.name, dim=embedding_dim(spec), files=files, rejected_files=rejected_files,
         counts={"read": read, "embedded": embedded, "rejected": rejected,
                 "decoded": metrics.get("decoded", 0), "bytes": metrics.get("bytes", 0),
-                "unlabelled": metrics.get("unlabelled", 0)},
+                "unlabelled": metrics.get("unlabelled", 0),
+                "duplicate_content": duplicates.num_rows,
+                "duplicate_content_skipped": metrics.get("duplicate_content_skipped", 0)},
         inputs=list(config.inputs), source_format=config.resolved_format(),
         weights=config.weights, runner=str(options.view_as(StandardOptions).runner),
-        seconds=round(time.monotonic() - started, 3))
+        seconds=round(time.monotonic() - started, 3), id_scheme=ID_SCHEME_ITEM,
+        duplicate_files=duplicate_files)
     manifest.write(config.memory)  # the commit point
     remove_stale_files(emb_dir, files)
-    remove_stale_files(rej_dir, rejected_files)
+    remove_stale_files(rej_dir, rejected_files + duplicate_files)
     return IngestResult(manifest, metrics)
 
 
@@ -268,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "than this fraction of the inputs is bad (default %(default)s; "
                              "1: never). Duplicates, --unlabelled reject, files "
                              "skipped by extension and non-regular files do not count.")
+    parser.add_argument("--dedupe", choices=DEDUPE_POLICIES, default="none",
+                        help="Exact duplicate images (same SHA-256 of the bytes) already in "
+                             "another batch or earlier in this one. none (default): keep them, "
+                             "list them in ROOT/rejected/<batch>/duplicates-*.parquet and count "
+                             "them (duplicate_content). content: skip them (rejected, stage "
+                             "dedupe, DuplicateContent; not counted as bad input). Item ids "
+                             "are a hash of batch + shard URL + key, so the same key in two "
+                             "runs or two shards is two items; re-ingesting the same input "
+                             "into the same batch gives the same ids.")
     parser.add_argument("--item-timeout", type=float, default=DEFAULT_ITEM_TIMEOUT_S,
                         help="Seconds (default %(default)s) one item may take to read, and "
                              "again to decode and preprocess; past it the item goes to "
@@ -342,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         key_column=args.key_column, image_field=args.image_field,
         label_from=args.label_from, unlabelled=args.unlabelled, path_roots=args.path_roots,
         torch_threads=args.torch_threads, no_glob=args.no_glob, item_timeout_s=args.item_timeout,
-        max_reject_ratio=args.max_reject_ratio, beam_args=beam_args)
+        max_reject_ratio=args.max_reject_ratio, dedupe=args.dedupe, beam_args=beam_args)
     try:
         result = run_ingest(config)
     except RejectRatioExceeded as error:

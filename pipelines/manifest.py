@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.records import ID_SCHEME_ITEM, ID_SCHEME_KEY
 from pipelines.schema import USE_COMPLIANT_NESTED_TYPE, conform_embeddings
 
 MANIFEST = "_manifest.json"
@@ -44,6 +45,13 @@ class BatchManifest(storage.JsonRecord):
     runner: str = ""
     seconds: float = 0.0
     format_version: int = FORMAT_VERSION
+    # How the rows' ids were made (pipelines/records.py). A manifest written before the field
+    # existed reads as ID_SCHEME_KEY (ids = stable_id(key)), which is what those batches used.
+    id_scheme: str = ID_SCHEME_KEY
+    # Kept rows whose content hash was already in another batch or earlier in this one
+    # (pipelines/dedupe.py): Parquet listings relative to the rejected dir, never counted as
+    # rejected (the rows were embedded).
+    duplicate_files: list[dict] = field(default_factory=list)
 
     KEY, WHAT = "batch", "batch (never completed?)"
 
@@ -56,6 +64,9 @@ class BatchManifest(storage.JsonRecord):
 
     def rejected_urls(self, root: str) -> list[str]:
         return [storage.join(rejected_dir(root, self.batch), f["path"]) for f in self.rejected_files]
+
+    def duplicate_urls(self, root: str) -> list[str]:
+        return [storage.join(rejected_dir(root, self.batch), f["path"]) for f in self.duplicate_files]
 
 
 def list_batches(root: str) -> list[str]:
@@ -101,6 +112,7 @@ def run_files(directory: str, run_id: str) -> list[dict]:
 
 
 BEAM_TEMP_PREFIX = "beam-temp-"  # Beam file sinks' temporary folders (left by killed runs)
+DUPLICATES_PREFIX = "duplicates-"  # content-duplicate listings (pipelines/dedupe.py)
 
 
 def remove_stale_files(directory: str, keep: list[dict]) -> list[str]:
@@ -109,16 +121,20 @@ def remove_stale_files(directory: str, keep: list[dict]) -> list[str]:
     Beam removes them when its write finalizes). Returns the removed names."""
     keep_names = {f["path"] for f in keep}
     stale = [name for name in storage.list_names(directory)
-             if name.startswith(("part-", BEAM_TEMP_PREFIX)) and name not in keep_names]
+             if name.startswith(("part-", DUPLICATES_PREFIX, BEAM_TEMP_PREFIX))
+             and name not in keep_names]
     for name in stale:
         storage.remove(storage.join(directory, name))
     return stale
 
 
 def write_embedding_batch(root: str, batch: str, table: pa.Table, encoder: str,
-                          source_format: str, inputs: list[str] | None = None) -> BatchManifest:
+                          source_format: str, inputs: list[str] | None = None,
+                          id_scheme: str = ID_SCHEME_ITEM) -> BatchManifest:
     """A complete embedding batch from an in-memory table (online adds, derived memories of the
-    experiments): one Parquet part written atomically, then the manifest, the commit point."""
+    experiments): one Parquet part written atomically, then the manifest, the commit point.
+    ``id_scheme`` says how the table's ids were made; any value but ``ID_SCHEME_KEY`` makes
+    delete-by-key scan the key column instead of hashing keys (always correct)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, use_compliant_nested_type=USE_COMPLIANT_NESTED_TYPE)
     name = f"part-{batch}-00000.parquet"
@@ -127,7 +143,8 @@ def write_embedding_batch(root: str, batch: str, table: pa.Table, encoder: str,
     manifest = BatchManifest(batch=batch, run_id=batch, created=datetime.now(timezone.utc).isoformat(),
                              encoder=encoder, dim=int(dim), files=[{"path": name, "rows": table.num_rows}],
                              counts={"read": table.num_rows, "embedded": table.num_rows, "rejected": 0},
-                             inputs=list(inputs or []), source_format=source_format)
+                             inputs=list(inputs or []), source_format=source_format,
+                             id_scheme=id_scheme)
     manifest.write(root)
     return manifest
 

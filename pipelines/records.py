@@ -1,18 +1,60 @@
-"""The in-flight record types passed between ingest stages, and the stable id of a key."""
+"""The in-flight record types passed between ingest stages, and the ids of remembered items.
+
+Id schemes (recorded per embedding batch as ``BatchManifest.id_scheme``):
+
+- ``ID_SCHEME_KEY`` (``"key"``, batches written before issue 12 kind 1): ``stable_id(key)``,
+  a hash of the key alone. Two runs numbering their keys from ``000000000`` collide.
+- ``ID_SCHEME_ITEM`` (``"batch-shard-key"``, every batch written since): ``item_id(batch,
+  shard, key)``, a hash of the batch name, the shard (read task URL) and the key. Unique across
+  batches, sources and runs; the same input re-ingested into the same batch gets the same ids.
+
+- ``ID_SCHEME_API`` (``"api-key"``, items added through the online API): ``api_id(key)``, a
+  hash of the key in the ``api`` namespace: one item per key (a retried add is refused as a
+  duplicate, never remembered twice), never equal to an ingested item's id.
+
+Old ids are never rewritten: a memory may hold batches of every scheme.
+"""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
+ID_SCHEME_KEY = "key"
+ID_SCHEME_ITEM = "batch-shard-key"
+ID_SCHEME_API = "api-key"  # online adds: api_id(key)
+API_NAMESPACE = "api"  # the "batch" part of the ids of items added through the online API
+
 
 def stable_id(key: str) -> int:
-    """A 63-bit non-negative id from a source key: the same key always gets the same id.
+    """A 63-bit non-negative id from a source key alone (``ID_SCHEME_KEY``: the ids of batches
+    written before ``item_id``; kept so those ids stay what they were and delete-by-key finds
+    them by hashing). The same key always gets the same id.
 
     63 bits (not 64) because FAISS ids are signed int64 and -1 means "no result".
     """
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return _id_of(key.encode("utf-8"))
+
+
+def item_id(batch: str, shard: str, key: str) -> int:
+    """The 63-bit id of the item ``key`` read from ``shard`` (a read task's URL) into embedding
+    batch ``batch`` (``ID_SCHEME_ITEM``): the same (batch, shard, key) always gets the same id;
+    any part differing gives another. The parts are JSON-encoded before hashing, so
+    ``("a/b", "c")`` and ``("a", "b/c")`` never meet."""
+    return _id_of(json.dumps([batch, shard, key], ensure_ascii=False).encode("utf-8"))
+
+
+def api_id(key: str) -> int:
+    """The id of an item added through the online API under ``key``: ``item_id`` in the
+    ``API_NAMESPACE`` (no shard). The same key gets the same id, so a retried add is refused as
+    a duplicate instead of remembered twice; it never equals an ingested item's id."""
+    return item_id(API_NAMESPACE, "", key)
+
+
+def _id_of(data: bytes) -> int:
+    digest = hashlib.blake2b(data, digest_size=8).digest()
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -29,10 +71,13 @@ class ImageRecord:
     source: str  # where it came from: shard URL + member, or file URL
     label: str | None  # None: unlabelled (no class; excluded from kNN votes)
     data: bytes
+    batch: str = ""  # the embedding batch it is read into (set by transforms.ReadShard)
+    shard: str = ""  # the read task's URL (set by transforms.ReadShard)
 
     @property
     def id(self) -> int:
-        return stable_id(self.key)
+        """``item_id(batch, shard, key)`` (``ID_SCHEME_ITEM``)."""
+        return item_id(self.batch, self.shard, self.key)
 
 
 @dataclass(frozen=True)

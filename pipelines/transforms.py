@@ -1,6 +1,7 @@
 """The ingest job's Beam transforms; each routes what it cannot process to a `rejected` output."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Iterable, Iterator
@@ -24,15 +25,20 @@ log = logging.getLogger(__name__)
 
 
 class ReadShard(beam.DoFn):
-    """A read task -> ImageRecords (main) and Rejected (tagged): a broken shard is data, not a crash."""
+    """A read task -> ImageRecords (main) and Rejected (tagged): a broken shard is data, not a crash.
 
-    def __init__(self, source: Source, unlabelled: str = "keep") -> None:
+    Each record is stamped with the embedding batch and the task's URL, from which its id is
+    made (``records.item_id``)."""
+
+    def __init__(self, source: Source, unlabelled: str = "keep", batch: str = "") -> None:
         """``unlabelled``: ``keep`` (label None, counted as ``unlabelled``) or ``reject`` (to
-        ``rejected/`` as ``Unlabelled``). Raises ValueError for another value."""
+        ``rejected/`` as ``Unlabelled``). Raises ValueError for another value. ``batch``: the
+        embedding batch the records go to (part of their ids)."""
         if unlabelled not in ("keep", "reject"):
             raise ValueError(f"unlabelled={unlabelled!r}: expected keep or reject")
         self.source = source
         self.unlabelled = unlabelled
+        self.batch = batch
         self.read = Metrics.counter(NAMESPACE, "read")
         self.bytes = Metrics.counter(NAMESPACE, "bytes")
         self.unlabelled_count = Metrics.counter(NAMESPACE, "unlabelled")
@@ -50,11 +56,12 @@ class ReadShard(beam.DoFn):
                 if item.label is None:
                     self.unlabelled_count.inc()
                 self.bytes.inc(len(item.data))
-                yield item
+                yield dataclasses.replace(item, batch=self.batch, shard=task.url)
 
 
 class KeepFirstOfKey(beam.DoFn):
-    """Grouped by stable id: keep one record (the smallest source), reject the other copies."""
+    """Grouped by id (one batch, shard and key): keep one record (the smallest source), reject
+    the other copies (the same shard listed twice, or a key repeated inside one shard)."""
 
     def process(self, element: tuple[int, Iterable[ImageRecord]]) -> Iterator:
         _, records = element

@@ -17,14 +17,17 @@ from indexer.executor import LocalExecutor
 from indexer.manifest import IndexManifest
 from pipelines import storage
 from pipelines.manifest import write_embedding_batch
-from pipelines.records import stable_id
+from pipelines.records import ID_SCHEME_API, api_id
 from pipelines.schema import embedding_batch
 
 
 def online_table(items, vectors: np.ndarray, encoder: str) -> pa.Table:
-    """The added items as embedding-batch rows (boundary 1 schema)."""
+    """The added items as embedding-batch rows (boundary 1 schema). Ids are ``api_id(key)``
+    (pipelines/records.py): the same key added twice is the same id, so a retried request is
+    refused as a duplicate (409) instead of remembering the item twice; online ids never equal
+    the ids of ingested items, whose ids hash batch + shard + key."""
     return pa.Table.from_batches([embedding_batch(
-        [stable_id(item.key) for item in items], [item.key for item in items],
+        [api_id(item.key) for item in items], [item.key for item in items],
         [item.label for item in items], [item.source or f"api:{item.key}" for item in items],
         [content_hash(item, vector) for item, vector in zip(items, vectors)],
         vectors, encoder)])
@@ -40,7 +43,7 @@ def content_hash(item, vector: np.ndarray) -> str:
 def write_online_batch(root: str, table: pa.Table, encoder: str) -> str:
     """The rows as an ordinary embedding batch, so rebuilds and audits see them too."""
     batch = "online-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    write_embedding_batch(root, batch, table, encoder, "api")
+    write_embedding_batch(root, batch, table, encoder, "api", id_scheme=ID_SCHEME_API)
     return batch
 
 

@@ -16,7 +16,7 @@ from pipelines.decode import decode_image
 from pipelines.ingest import IngestConfig, default_batch_name, main, run_ingest
 from pipelines.manifest import (BatchManifest, embeddings_dir, list_batches, read_embeddings,
                                 read_rejected)
-from pipelines.records import stable_id
+from pipelines.records import item_id
 from pipelines.schema import embeddings_matrix
 from pipelines.sources import make_source
 from tests.conftest import encode, photo
@@ -44,7 +44,9 @@ def test_every_image_embedded_with_its_label(fmnist_memory):
     assert table.column("encoder").unique().to_pylist() == ["efficientnet-lite0"]
     ids = table.column("id").to_pylist()
     assert len(set(ids)) == 100
-    assert ids == [stable_id(key) for key in table.column("key").to_pylist()]
+    shards = [source.split("#", 1)[0] for source in table.column("source").to_pylist()]
+    assert ids == [item_id("train", shard, key)
+                   for shard, key in zip(shards, table.column("key").to_pylist())]
     vectors = embeddings_matrix(table)
     assert vectors.shape == (100, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -109,20 +111,25 @@ def test_corrupt_inputs_are_rejected_with_reasons_and_good_ones_kept(tmp_path, o
 
 
 def test_parquet_on_memory_url_with_duplicate_keys():
+    """A key repeated within one file is one item (DuplicateKey); the same key in two files is
+    two items (ids hash batch + file + key), their equal content listed as a duplicate."""
     images = [encode(photo(name).resize((48, 48)), "PNG") for name in ("coffee.png", "chelsea.png")]
-    for part, keys in [("a", ["k1", "k2"]), ("b", ["k2"])]:
+    for part, keys in [("a", ["k1", "k2"]), ("b", ["k2", "k2"])]:
         buffer = io.BytesIO()
-        pq.write_table(pa.table({"image": images[: len(keys)], "label": ["cup", "cat"][: len(keys)],
-                                 "key": keys}), buffer)
+        pq.write_table(pa.table({"image": images, "label": ["cup", "cat"], "key": keys}), buffer)
         with fsspec.open(f"memory://pq-in/{part}.parquet", "wb") as handle:
             handle.write(buffer.getvalue())
     result = ingest("memory://pq-in/*.parquet", "memory://pq-memory", "dupes")
-    assert (result.manifest.counts["embedded"], result.manifest.counts["rejected"]) == (2, 1)
+    assert (result.manifest.counts["embedded"], result.manifest.counts["rejected"]) == (3, 1)
     (dupe,) = read_rejected("memory://pq-memory", "dupes").to_pylist()
     assert (dupe["key"], dupe["stage"], dupe["error_type"]) == ("k2", "dedupe", "DuplicateKey")
-    table = read_embeddings("memory://pq-memory", "dupes").sort_by("key")
-    assert table.column("key").to_pylist() == ["k1", "k2"]
-    assert table.column("source").to_pylist()[1] == "memory://pq-in/a.parquet#row=1"
+    assert dupe["source"] == "memory://pq-in/b.parquet#row=1"
+    table = read_embeddings("memory://pq-memory", "dupes").sort_by([("key", "ascending"),
+                                                                   ("source", "ascending")])
+    assert table.column("key").to_pylist() == ["k1", "k2", "k2"]
+    assert table.column("source").to_pylist()[1:] == ["memory://pq-in/a.parquet#row=1",
+                                                      "memory://pq-in/b.parquet#row=0"]
+    assert result.manifest.counts["duplicate_content"] == 1  # b's k2 is a's k1 (coffee)
 
 
 def test_a_failed_run_leaves_the_previous_batch_intact(fmnist_memory, fmnist_shards, tmp_path):
