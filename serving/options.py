@@ -40,6 +40,8 @@ class ServingOptions:
     encoder_weights: str = ""  # override the encoder weights location
     embeddings_only: bool = False  # no encoder deployment: clients send embeddings
     device: str = "auto"
+    data_plane_host: str = "127.0.0.1"  # serving/data_plane.py: each Router replica's own HTTP
+    data_plane_port: int = 0  # server (no proxy, no actor hop); 0 = off. Replicas on a node share it
 
     @classmethod
     def from_args(cls, args: dict) -> "ServingOptions":
@@ -61,6 +63,8 @@ class ServingOptions:
         if isinstance(options.allowed_source_roots, str):  # every bad option is a ValueError
             raise ValueError("allowed_source_roots must be a list of URL prefixes")  # noqa: TRY004
         options.source_policy()  # a bad root fails at deploy, not per request
+        if not 0 <= options.data_plane_port <= 65535:
+            raise ValueError("data_plane_port must be 0 (off) or a TCP port")
         if not options.max_staleness_s < options.lease_ttl_s < options.confirm_timeout_s:
             raise ValueError("need max_staleness_s < lease_ttl_s < confirm_timeout_s: a replica "
                              "whose lease lapsed must re-read LATEST before it answers")

@@ -30,6 +30,7 @@ from serving.aggregation import Aggregator
 from serving.answers import merge_answers
 from serving.auth import ADMIN, READ, Refused, authorize, check_sources
 from serving.body_limit import BodyLimit, BodyTooLarge
+from serving.data_plane import DataPlane
 from serving.decision import decide
 from serving.follower import VersionFollower, VersionUnavailable
 from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
@@ -128,6 +129,14 @@ class Router:
                                registry=self.registry)
         self.shard_failures = Counter("vmem_shard_failures", "Shard calls that failed or timed out",
                                       ["shard"], registry=self.registry)
+        context = serve.get_replica_context()
+        self.replica = context.replica_id.unique_id
+        # The direct data plane (serving/data_plane.py): this replica's own HTTP server on the
+        # node's data-plane port, on this event loop; Serve's proxy keeps answering too.
+        self.data_plane = (DataPlane.start(api, self.options.data_plane_host,
+                                           self.options.data_plane_port,
+                                           f"{context.app_name}@{self.options.memory}")
+                           if self.options.data_plane_port else None)
 
     # ---- queries -------------------------------------------------------------------------
     def _image_bytes(self, text: str, field: str) -> bytes:
@@ -213,7 +222,10 @@ class Router:
 
     async def _group(self, number: int, handle, query: ShardQuery, deadline: float):
         """One group's answer within the request's deadline (one budget across retries: a
-        hung group costs at most ``request_deadline_s``, not tries x timeout); None if none."""
+        hung group costs at most ``request_deadline_s``, not tries x timeout); None if none.
+        A group in this process is called directly: it searches inline (nothing to time out)."""
+        if isinstance(handle, SearcherService):
+            return await handle.search(query)
         for attempt in range(self.options.shard_retries + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -362,6 +374,9 @@ class Router:
         follower = getattr(self, "follower", None)
         if follower is not None:
             follower.stop()
+        data_plane = getattr(self, "data_plane", None)
+        if data_plane is not None:
+            data_plane.stop()
 
     # ---- the version served ----------------------------------------------------------------
     @property
@@ -441,7 +456,8 @@ class Router:
         """``status``: ok, or degraded when a newer version was refused (the reason is listed;
         the replica keeps answering from ``version``)."""
         await self._start()
-        return {**self.follower.status(), "shards": self.num_shards}
+        return {**self.follower.status(), "shards": self.num_shards, "replica": self.replica,
+                "data_plane": self.data_plane.address if self.data_plane else None}
 
     @api.get("/metrics")
     async def metrics(self) -> PlainTextResponse:

@@ -2,9 +2,10 @@
 
 Each replica memory-maps its shards (indexer/search.py: codes and ids on the page cache,
 metadata and re-rank vectors read by row) and answers a query for all of them, merged, in one
-call: S shards on one machine cost one actor hop, not S. Concurrent queries are coalesced by
-Serve's dynamic batching (``@serve.batch``) into one FAISS call per shard. This module imports
-neither torch nor Beam: a searcher's process holds FAISS, numpy and pyarrow only.
+call: S shards on one machine cost one actor hop, not S. Concurrent queries are coalesced
+(serving/coalesce.py: no added wait, unlike ``@serve.batch``'s timeout) into one FAISS call per
+shard. This module imports neither torch nor Beam: a searcher's process holds FAISS, numpy and
+pyarrow only.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from indexer.manifest import IndexManifest
 from indexer.search import RERANK_FLOOR, SearchParams, SegmentCache, ShardSearcher
 from indexer.store import resolve_version
 from serving.answers import ShardAnswer, answer, merge_answers
+from serving.coalesce import Coalescer
 
 log = logging.getLogger("ray.serve")
 
@@ -112,6 +114,7 @@ class SearcherService:
         self.lock = asyncio.Lock()
         self.cache = SegmentCache()  # a new version loads only its new segments and tombstones
         self.group = self._load_with_fallback(version or resolve_version(memory).version)
+        self._batches = Coalescer(self._search_batch, max_batch=64)
 
     def _load_with_fallback(self, version: str, depth: int = 10) -> ShardGroup:
         """``version``'s shards or, when a file fails to load (checksum, corruption), those of
@@ -146,8 +149,12 @@ class SearcherService:
             group = self.group
         return group
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0005)
-    async def search(self, requests: list[ShardQuery]) -> list[GroupAnswer]:
+    async def search(self, request: ShardQuery) -> GroupAnswer:
+        """The group's merged top-k for ``request``, from the version it names; concurrent
+        requests share FAISS calls (serving/coalesce.py)."""
+        return await self._batches(request)
+
+    async def _search_batch(self, requests: list[ShardQuery]) -> list[GroupAnswer]:
         """Answers in request order; a request's answer comes from the version it names."""
         results: list[GroupAnswer | None] = [None] * len(requests)
         for version in dict.fromkeys(r.version for r in requests):

@@ -42,7 +42,7 @@ def cluster(embedded_memory, tmp_path_factory, ray_executor):
     config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port,
                          {"token": TOKEN, "searcher_groups": 2, "embeddings_only": True,
                           "max_inflight_requests": 6, "shard_timeout_s": 1.0,
-                          "request_deadline_s": 3.0})
+                          "request_deadline_s": 3.0, "data_plane_port": free_port()})
     for deployment in config["applications"][0]["deployments"]:  # as the RayService ships it
         if deployment["name"] in ("Router", "Searcher0", "Searcher1"):
             deployment["num_replicas"] = 2
@@ -231,3 +231,28 @@ def test_overload_is_shed_fast_and_a_hung_searcher_costs_one_deadline(cluster):
     codes = [requests.post(f"{url}/v1/neighbors", json={"embedding": unit(i, dim), "k": 10}).status_code
              for i in range(20)]
     assert codes == [200] * 20
+
+
+def test_the_data_plane_answers_as_the_proxy_does_from_every_replica(cluster):
+    """Both Router replicas serve the API on one shared data-plane port (no proxy, no actor
+    hop): fresh connections reach both, answers equal the proxy's, bad requests get the same
+    4xx, edits made there are seen everywhere and a deleted key never comes back."""
+    url, root = cluster
+    direct = "http://" + requests.get(f"{url}/healthz").json()["data_plane"]
+    replicas = {requests.get(f"{direct}/healthz").json()["replica"] for _ in range(40)}
+    assert len(replicas) == 2
+    dim = resolve_version(root).dim
+    probe = unit(77, dim)
+    assert neighbour_keys(direct, probe, 10)[0] == neighbour_keys(url, probe, 10)[0]
+    refused = requests.post(f"{direct}/v1/neighbors", json={"embedding": probe, "nprobe": -1})
+    assert refused.status_code == 422 and refused.json()["field"] == "nprobe"
+    item = {"items": [{"key": "direct/one", "label": "Direct", "embedding": probe}]}
+    assert requests.post(f"{direct}/v1/memory/items", json=item).status_code == 401
+    added = requests.post(f"{direct}/v1/memory/items", headers=auth(), json=item)
+    assert added.status_code == 200, added.text
+    for base in (direct, url):
+        assert all(neighbour_keys(base, probe, 1)[0] == ["direct/one"] for _ in range(20))
+    deleted = requests.delete(f"{direct}/v1/memory/items", headers=auth(), json={"keys": ["direct/one"]})
+    assert deleted.status_code == 200, deleted.text
+    for base in (direct, url):
+        assert not any("direct/one" in neighbour_keys(base, probe, 20)[0] for _ in range(20))

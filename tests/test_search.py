@@ -182,3 +182,30 @@ def test_the_router_refuses_nprobe_past_nlist_naming_the_field():
         check(router, QueryRequest(nprobe=65), "queries.3.")
     assert (error.value.status, error.value.field) == (422, "queries.3.nprobe")
     assert check(SimpleNamespace(nlist=0), QueryRequest(nprobe=7)) == 0  # exact: nothing to probe
+
+
+def test_half_to_float_is_exact_for_every_finite_value():
+    from indexer.halffloat import to_float32
+
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)]
+    converted = to_float32(finite.reshape(-1, 8) if len(finite) % 8 == 0 else finite)
+    expected = finite.astype(np.float32).reshape(converted.shape)
+    assert converted.dtype == np.float32
+    assert np.array_equal(converted.view(np.uint32), expected.view(np.uint32))  # -0.0 too
+    with pytest.raises(TypeError):
+        to_float32(np.zeros(3, dtype=np.int16))
+
+
+def test_reranked_scores_are_exact_dot_products_of_the_stored_vectors(pq_memory):
+    """The re-rank reads fp16 rows from the memory-mapped file: every returned score is the
+    float32 dot product of the query with that item's stored vector (ids are row + 1)."""
+    root, vectors = pq_memory
+    stored = vectors[:12_000].astype(np.float16).astype(np.float32)
+    queries = vectors[12_000:12_020]
+    scores, ids = ShardedIndex(root, resolve_version(root)).search(queries, 30,
+                                                                   SearchParams(rerank=True))
+    assert (ids >= 1).all()
+    expected = np.einsum("qkd,qd->qk", stored[ids - 1], queries)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all()
