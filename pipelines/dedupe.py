@@ -20,7 +20,7 @@ worker (64 hex characters per remembered row).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -31,8 +31,13 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from pipelines import storage
-from pipelines.manifest import (DUPLICATES_PREFIX, BatchManifest, list_batches, read_parquet_files,
-                                rejected_dir)
+from pipelines.manifest import (
+    DUPLICATES_PREFIX,
+    BatchManifest,
+    list_batches,
+    read_parquet_files,
+    rejected_dir,
+)
 from pipelines.records import ImageRecord, Rejected, content_hash
 from pipelines.schema import USE_COMPLIANT_NESTED_TYPE
 from pipelines.transforms import NAMESPACE, REJECTED

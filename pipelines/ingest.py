@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 import uuid
@@ -31,9 +30,11 @@ from pipelines.encoders.allocator import tune_glibc_malloc
 from pipelines.encoders import (DEFAULT_ENCODER, EncoderSpec, embedding_dim, preprocessing_for,
                                 resolve_device)
 from pipelines.inference import EncoderModelHandler
-from pipelines.manifest import (BatchManifest, embeddings_dir, read_parquet_files, rejected_dir,
+from pipelines.manifest import (BatchManifest, embeddings_dir, rejected_dir,
                                 remove_stale_files, run_files)
 from pipelines.records import ID_SCHEME_ITEM
+from pipelines.rules import (DEFAULT_MAX_REJECT_RATIO, RejectRatioExceeded, bad_rejections,
+                             check_reject_ratio, default_batch_name)
 from pipelines.schema import REJECTED_SCHEMA, USE_COMPLIANT_NESTED_TYPE, embedding_schema
 from pipelines.sources import SOURCE_FORMATS, detect_format, expand_urls, make_source
 from pipelines.sources.base import DEFAULT_LABEL_FROM
@@ -44,10 +45,6 @@ from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFir
                                   ProgressLogger, ReadShard, failed_batch_to_rejected,
                                   rejected_to_table, results_to_table)
 
-DEFAULT_MAX_REJECT_RATIO = 0.1
-# Rejections that are the user's policy, not bad input: they never count against the ratio.
-POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"), (None, "SkippedByExtension"),
-                     (None, "NotARegularFile"))
 LOCAL_RUNNER = "FnApiRunner"  # Beam's in-process Python runner (Prism needs a download)
 log = logging.getLogger("vmem.ingest")
 
@@ -86,35 +83,6 @@ class IngestConfig:
         return self.source_format if self.source_format != "auto" else detect_format(self.inputs[0])
 
 
-class RejectRatioExceeded(RuntimeError):
-    """More of the input was bad than ``--max-reject-ratio`` allows; the batch was not
-    committed (its rejected rows were written, for inspection)."""
-
-
-def bad_rejections(directory: str, files: list[dict]) -> int:
-    """Rejected rows in ``files`` (under ``directory``) that are bad input: every row but
-    the policy rejections (duplicates, unlabelled items rejected on request)."""
-    if not files:
-        return 0
-    table = read_parquet_files([f"{directory}/{f['path']}" for f in files],
-                               columns=["stage", "error_type"])
-    return sum(1 for stage, error_type in zip(table.column("stage").to_pylist(),
-                                              table.column("error_type").to_pylist())
-               if not any((s is None or s == stage) and (e is None or e == error_type)
-                          for s, e in POLICY_REJECTIONS))
-
-
-def check_reject_ratio(bad: int, read: int, limit: float, batch: str, where: str) -> None:
-    """Raise RejectRatioExceeded when ``bad / read`` (fraction, 0-1) is over ``limit``
-    (a negative limit disables the check; 1.0 allows everything)."""
-    if limit < 0 or not read or bad / read <= limit:
-        return
-    raise RejectRatioExceeded(
-        f"batch {batch}: {bad} of {read} inputs ({bad / read:.0%}) were rejected as bad, more "
-        f"than --max-reject-ratio {limit:g}; not committing (previous content kept). The "
-        f"reasons are in {where}; raise --max-reject-ratio to accept them.")
-
-
 @dataclass
 class IngestResult:
     manifest: BatchManifest
@@ -130,12 +98,6 @@ class IngestResult:
         return (f"ingest batch={m.batch} read={c['read']} embedded={c['embedded']} "
                 f"rejected={c['rejected']} {duplicates}{skipped}encoder={m.encoder} dim={m.dim} "
                 f"in {m.seconds:.1f}s ({rate:.1f} images/s)")
-
-
-def default_batch_name(inputs: list[str]) -> str:
-    """A deterministic name from the input pattern, so re-running a command replaces its batch."""
-    tail = inputs[0].rstrip("/").rsplit("/", 1)[-1] or "batch"
-    return re.sub(r"[^A-Za-z0-9]+", "-", tail).strip("-").lower()[:80] or "batch"
 
 
 def default_batch_size(spec: EncoderSpec) -> int:

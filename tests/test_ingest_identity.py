@@ -20,7 +20,7 @@ from indexer.executor import LocalExecutor
 from pipelines.data.shard_writer import shard_bytes
 from pipelines.ingest import IngestConfig, main, run_ingest
 from pipelines.manifest import BatchManifest, read_embeddings, read_rejected, write_embedding_batch
-from pipelines.records import (ID_SCHEME_ITEM, ID_SCHEME_KEY, api_id, item_id, stable_id)
+from pipelines.records import ID_SCHEME_ITEM, ID_SCHEME_KEY, api_id, item_id, item_ids, stable_id
 from pipelines.schema import embedding_batch
 
 LOCAL = LocalExecutor()
@@ -63,6 +63,8 @@ def test_ids_hash_batch_shard_and_key():
                 item_id("b", "s", "j"), stable_id("k"), api_id("k")}) == 6
     assert item_id("a/b", "", "c") != item_id("a", "b/", "c")  # parts never run together
     assert 0 <= item_id("b", "s", "k") < 2 ** 63
+    keys = ["k", "0/1", 'quote"d', "ünï", ""]
+    assert item_ids("bätch", "gs://x/y.npy", keys) == [item_id("bätch", "gs://x/y.npy", k) for k in keys]
 
 
 def test_two_runs_with_the_same_keys_are_both_kept_and_build(two_runs):

@@ -14,6 +14,7 @@ USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, RuntimeError)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.__main__", "Write demo/test data sets (Fashion-MNIST) as WebDataset shards."),
     "ingest": ("pipelines.ingest", "Beam job: embed image shards into ROOT/embeddings/<batch>/."),
+    "import": ("pipelines.import_embeddings", "Import embeddings you already have (clip-retrieval, autofaiss .npy/Parquet) as a batch."),
     "serve": ("serving.serve", "Ray Serve: the HTTP API (classify, neighbours, edit the memory)."),
     "classify": ("serving.batch", "Ray Data: classify a whole query set, write predictions + neighbours."),
     "eval": ("experiments.cli", "Experiments: the paper's claims measured on your memory; writes a report."),

@@ -1,0 +1,53 @@
+"""The commit and rejection rules every job that writes an embedding batch follows (``vmem
+ingest``, ``vmem import``): which rejections are bad input, the ``--max-reject-ratio`` guard,
+and the default batch name. Light on purpose: no Beam, no torch."""
+from __future__ import annotations
+
+import re
+
+from pipelines.manifest import read_parquet_files
+
+DEFAULT_MAX_REJECT_RATIO = 0.1
+# Rejections that are the user's policy, not bad input: they never count against the ratio.
+POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"), (None, "SkippedByExtension"),
+                     (None, "NotARegularFile"))
+
+
+class RejectRatioExceeded(RuntimeError):
+    """More of the input was bad than ``--max-reject-ratio`` allows; the batch was not
+    committed (its rejected rows were written, for inspection)."""
+
+
+def is_policy(stage: str, error_type: str) -> bool:
+    """Whether a rejection is the user's policy (``POLICY_REJECTIONS``), not bad input."""
+    return any((s is None or s == stage) and (e is None or e == error_type)
+               for s, e in POLICY_REJECTIONS)
+
+
+def bad_rejections(directory: str, files: list[dict]) -> int:
+    """Rejected rows in ``files`` (under ``directory``) that are bad input: every row but
+    the policy rejections (duplicates, unlabelled items rejected on request)."""
+    if not files:
+        return 0
+    table = read_parquet_files([f"{directory}/{f['path']}" for f in files],
+                               columns=["stage", "error_type"])
+    return sum(1 for stage, error_type in zip(table.column("stage").to_pylist(),
+                                              table.column("error_type").to_pylist())
+               if not is_policy(stage, error_type))
+
+
+def check_reject_ratio(bad: int, read: int, limit: float, batch: str, where: str) -> None:
+    """Raise RejectRatioExceeded when ``bad / read`` (fraction, 0-1) is over ``limit``
+    (a negative limit disables the check; 1.0 allows everything)."""
+    if limit < 0 or not read or bad / read <= limit:
+        return
+    raise RejectRatioExceeded(
+        f"batch {batch}: {bad} of {read} inputs ({bad / read:.0%}) were rejected as bad, more "
+        f"than --max-reject-ratio {limit:g}; not committing (previous content kept). The "
+        f"reasons are in {where}; raise --max-reject-ratio to accept them.")
+
+
+def default_batch_name(inputs: list[str]) -> str:
+    """A deterministic name from the input pattern, so re-running a command replaces its batch."""
+    tail = inputs[0].rstrip("/").rsplit("/", 1)[-1] or "batch"
+    return re.sub(r"[^A-Za-z0-9]+", "-", tail).strip("-").lower()[:80] or "batch"
