@@ -506,20 +506,28 @@ def echo_served(startup_timeout: float) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def project_served(memory: Memory, shards: int, groups: int, startup_timeout: float) -> Iterator[str]:
-    """The project's Serve app over one built version (pinned), embeddings only, on 127.0.0.1."""
+def project_served(memory: Memory, shards: int, groups: int, routers: int,
+                   startup_timeout: float) -> Iterator[tuple[str, str]]:
+    """The project's Serve app over one built version (pinned), embeddings only, on 127.0.0.1,
+    with ``routers`` Router replicas: yields the query URL on Serve's proxy and on the direct
+    data plane (serving/data_plane.py)."""
     from ray import serve
 
     from serving.serve import DEFAULT_CONFIG, load_config, start
 
-    port = free_port()
+    port, direct_port = free_port(), free_port()
     config = load_config(DEFAULT_CONFIG, memory.root, "127.0.0.1", port,
                          {"embeddings_only": True, "searcher_groups": groups,
-                          "version": memory.manifests[shards].version})
+                          "version": memory.manifests[shards].version},
+                         data_plane_port=direct_port)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Router":
+            deployment["num_replicas"] = routers
     try:
         start(config)
         wait_http(f"http://127.0.0.1:{port}/healthz", startup_timeout)
-        yield f"http://127.0.0.1:{port}/v1/neighbors"
+        wait_http(f"http://127.0.0.1:{direct_port}/healthz", startup_timeout)
+        yield f"http://127.0.0.1:{port}/v1/neighbors", f"http://127.0.0.1:{direct_port}/v1/neighbors"
     finally:
         serve.shutdown()
 
@@ -537,19 +545,26 @@ def measure_serve_floor(memory: Memory, args) -> dict:
     return result
 
 
-def measure_project(memory: Memory, shards: int, groups: int, args) -> dict:
-    name = f"project_groups{groups}"
-    progress(f"{memory.name} S={shards}: {name} (Ray Serve)")
+def measure_project(memory: Memory, shards: int, groups: int, args) -> dict[str, dict]:
+    """The project's app with ``searcher_groups`` = ``groups``, measured through Serve's proxy
+    (``project_groups{G}``) and through the direct data plane (``project_direct_groups{G}``)."""
     holder = "Router" if groups == 0 else "Searcher"
-    with project_served(memory, shards, groups, args.startup_timeout) as url:
-        system = http_system(name, url, project_bodies(memory.queries, args.ks), project_ids,
-                             proctree.ray_tree,
-                             holds_searcher=lambda n: n.startswith("ray::ServeReplica") and holder in n)
-        result = measure_system(system, memory, args, memory.builds[str(shards)]["codes_ids_bytes"])
-    result["serving"] = {"endpoint": "POST /v1/neighbors {embedding, k}", "embeddings_only": True,
-                         "searcher_groups": groups, "version": memory.manifests[shards].version,
-                         "search_defaults": memory.manifests[shards].search_defaults}
-    return result
+    out = {}
+    with project_served(memory, shards, groups, args.routers, args.startup_timeout) as urls:
+        for name, url, endpoint in ((f"project_groups{groups}", urls[0], "Serve proxy"),
+                                    (f"project_direct_groups{groups}", urls[1], "data plane")):
+            progress(f"{memory.name} S={shards}: {name} (Ray Serve, {endpoint})")
+            system = http_system(name, url, project_bodies(memory.queries, args.ks), project_ids,
+                                 proctree.ray_tree,
+                                 holds_searcher=lambda n: n.startswith("ray::ServeReplica") and holder in n)
+            result = measure_system(system, memory, args, memory.builds[str(shards)]["codes_ids_bytes"])
+            result["serving"] = {"endpoint": f"POST /v1/neighbors {{embedding, k}} via the {endpoint}",
+                                 "embeddings_only": True, "searcher_groups": groups,
+                                 "router_replicas": args.routers,
+                                 "version": memory.manifests[shards].version,
+                                 "search_defaults": memory.manifests[shards].search_defaults}
+            out[name] = result
+    return out
 
 
 # --------------------------------------------------------------------------- flat in N
@@ -611,11 +626,72 @@ def flat_n_point(size: int, space, queries: np.ndarray, args, work: str) -> dict
         shutil.rmtree(root, ignore_errors=True)
 
 
+def time_raw_search(searcher, queries: np.ndarray, nprobe: int, rounds: int = 3) -> float:
+    """Median ms of the bare FAISS search (k = 10) of one query per call: what ``answer`` costs
+    beyond it is the request's own work, which must not grow with N."""
+    from indexer.search import faiss_params
+
+    segment = searcher.segments[0]
+    medians = []
+    for _ in range(rounds):
+        seconds = []
+        for q in queries:
+            started = time.perf_counter()
+            segment.index.search(q[None], 10, params=faiss_params(segment.index, nprobe))
+            seconds.append(time.perf_counter() - started)
+        medians.append(float(np.median(seconds)) * 1000)
+    return round(min(medians), 4)
+
+
+def flat_n_point_random(size: int, space, queries: np.ndarray, args, work: str) -> dict:
+    """One shard of ``size`` items with random PQ codes and random list assignments
+    (bench/edit.py's synthetic memory: built in seconds at any size; a query's cost depends on
+    the codes it scans, not on their values) and nlist = size / --flat-n-list-size, so a query
+    at the fixed nprobe scans the same number of codes at every size. Times ``answer`` and the
+    bare FAISS search."""
+    from bench.edit import synthetic_memory
+    from indexer.search import SearchParams, ShardSearcher
+
+    root = os.path.join(work, f"flat-n-{size}")
+    nlist = max(size // args.flat_n_list_size, 1)
+    try:
+        progress(f"flat in N: {size} random codes, IVF{nlist},PQ16x8")
+        manifest = synthetic_memory(root, size, args.flat_n_dim, nlist, 16, args.seed, space)
+        searcher = ShardSearcher.load(root, manifest, 0)
+        fixed = min(args.flat_n_nprobe, nlist)
+        timed = queries[:len(queries) - args.warmup]
+        answers = time_answers(searcher, queries, args.warmup, SearchParams(nprobe=fixed))
+        raw = time_raw_search(searcher, timed, fixed)
+        point = {"vectors": size, "factory": manifest.factory, "nlist": nlist, "fixed_nprobe": fixed,
+                 "codes_scanned_per_query": codes_scanned(fixed, size, nlist),
+                 "fixed_nprobe_time": answers, "raw_faiss_search_median_ms": raw,
+                 "answer_minus_search_ms": round(answers["median_ms"] - raw, 4)}
+        progress(f"flat in N: {size}: answer {answers['median_ms']} ms, FAISS search {raw} ms")
+        return point
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def flat_in_n(args, work: str) -> dict:
     from bench.synthetic import DecayingSpace
 
     space = DecayingSpace(args.flat_n_dim, args.seed, args.clusters)
     queries = space.chunk(args.flat_n_queries + args.warmup, stream=1, number=0)
+    if args.flat_n_list_size:
+        points = [flat_n_point_random(size, space, queries, args, work) for size in args.sizes]
+        smallest, largest = points[0], points[-1]
+        return {"dim": args.flat_n_dim, "k": 10, "queries": args.flat_n_queries,
+                "list_size": args.flat_n_list_size,
+                "what": "in-process serving.answers.answer(searcher, q, k=10) (search + the k "
+                "answers' metadata), one query per call, on random-code shards whose nlist grows "
+                "with N (the same codes scanned per query), next to the bare FAISS search",
+                "by_size": {str(p["vectors"]): p for p in points},
+                "ratio_largest_over_smallest": {
+                    "sizes": [smallest["vectors"], largest["vectors"]],
+                    "fixed_nprobe": _ratio(largest["fixed_nprobe_time"]["median_ms"],
+                                           smallest["fixed_nprobe_time"]["median_ms"]),
+                    "answer_minus_search": _ratio(largest["answer_minus_search_ms"],
+                                                  smallest["answer_minus_search_ms"])}}
     points = [flat_n_point(size, space, queries, args, work) for size in args.sizes]
     smallest, largest = points[0], points[-1]
     return {"dim": args.flat_n_dim, "factory": args.flat_n_factory, "k": 10,
@@ -653,6 +729,9 @@ def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
     pairs = [(p, peer) for p in projects for peer in names if not peer.startswith("project_")]
     if "project_groups0" in names and "project_groups1" in names:
         pairs.append(("project_groups1", "project_groups0"))
+    for groups in ("groups0", "groups1"):  # the proxy hop: data plane / proxy
+        if f"project_direct_{groups}" in names and f"project_{groups}" in names:
+            pairs.append((f"project_direct_{groups}", f"project_{groups}"))
     return pairs
 
 
@@ -698,27 +777,36 @@ def memory_report(memory: Memory, results: dict[int, dict], floor: dict | None, 
 
 
 def headline(report: dict) -> dict:
-    """The figures the issue asks about first: S = 1, k = 10, concurrency 1."""
+    """The figures the issue asks about first, S = 1: p50 at k = 10 and concurrency 1, QPS at
+    concurrency 8 next to clip back's, recall at the defaults, the memory target; for the
+    project through the direct data plane and through Serve's proxy."""
     out = {}
     for name, memory in report.get("memories", {}).items():
-        block = memory.get("by_shards", {}).get("1", {}).get("k10", {}).get("c1", {})
-        project = block.get("project_groups0", {})
-        if not project:
-            continue
-        recall_100 = (memory["by_shards"]["1"].get("k100", {}).get("c1", {})
-                      .get("project_groups0", {}).get("recall_at_100"))
-        line = {"project_groups0_p50_ms": project.get("p50_ms"),
-                "recall_at_10": project.get("recall_at_10"), "recall_at_100": recall_100,
-                "recall_at_least_0_95": min(project.get("recall_at_10") or 0, recall_100 or 0) >= 0.95}
-        for peer in ("in_process_sharded_index", "in_process_raw_faiss", "clip_back", "serve_floor",
-                     "project_groups1"):
-            pair = block.get("ratios", {}).get(f"project_groups0 / {peer}")
-            if pair and "p50_ms" in pair:
-                line[f"p50_project_groups0_over_{peer}"] = pair["p50_ms"]
-        target = memory["by_shards"]["1"].get("memory", {}).get("project_groups0", {}).get("target")
-        if target:
-            line["memory_target"] = target
-        out[name] = line
+        by_k = memory.get("by_shards", {}).get("1", {})
+        c1, c8 = by_k.get("k10", {}).get("c1", {}), by_k.get("k10", {}).get("c8", {})
+        line: dict[str, Any] = {}
+        for project in ("project_direct_groups0", "project_groups0"):
+            if project not in c1:
+                continue
+            recall_100 = by_k.get("k100", {}).get("c1", {}).get(project, {}).get("recall_at_100")
+            figures = {"p50_ms_c1": c1[project].get("p50_ms"), "qps_c8": c8.get(project, {}).get("qps"),
+                       "recall_at_10": c1[project].get("recall_at_10"), "recall_at_100": recall_100,
+                       "recall_at_least_0_95": min(c1[project].get("recall_at_10") or 0,
+                                                   recall_100 or 0) >= 0.95}
+            for peer in ("in_process_sharded_index", "in_process_raw_faiss", "clip_back",
+                         "serve_floor", "project_groups0", "project_groups1"):
+                pair = c1.get("ratios", {}).get(f"{project} / {peer}")
+                if pair and "p50_ms" in pair:
+                    figures[f"p50_over_{peer}"] = pair["p50_ms"]
+                pair = c8.get("ratios", {}).get(f"{project} / {peer}")
+                if pair and "qps" in pair:
+                    figures[f"qps_c8_over_{peer}"] = pair["qps"]
+            target = by_k.get("memory", {}).get(project, {}).get("target")
+            if target:
+                figures["memory_target"] = target
+            line[project] = figures
+        if line:
+            out[name] = line
     flat = report.get("flat_in_n", {}).get("ratio_largest_over_smallest")
     if flat:
         out["flat_in_n_ratio_largest_over_smallest"] = flat
@@ -783,8 +871,7 @@ def measure_served(memories: list[Memory], results: dict, args, sections: Sectio
                 for groups in args.groups:
                     got = sections.run(f"{memory.name} S={shards}: project_groups{groups}",
                                        lambda: measure_project(memory, shards, groups, args))
-                    if got:
-                        results[memory.name][shards][f"project_groups{groups}"] = got
+                    results[memory.name][shards].update(got or {})
     return floor
 
 
@@ -837,6 +924,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--seed", type=int, default=0, help="seeds data, queries, builds (default %(default)s)")
     data.add_argument("--flat-n-dim", type=int, default=64, help="flat in N: dimension (default %(default)s)")
     data.add_argument("--flat-n-factory", help=f"flat in N: index factory (default {FULL['flat_n_factory']})")
+    data.add_argument("--flat-n-list-size", type=int, default=4000,
+                      help="flat in N: items per inverted list of random-code shards (nlist = N / "
+                      "this, so every size scans the same codes per query); 0 = build real "
+                      "indexes with --flat-n-factory instead (default %(default)s)")
     data.add_argument("--flat-n-nprobe", type=int, default=16,
                       help="flat in N: the fixed nprobe, the same at every size (default %(default)s)")
     load = parser.add_argument_group("load")
@@ -845,6 +936,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--concurrency", default="1,8", help="client threads (default %(default)s)")
     load.add_argument("--groups", default="0,1",
                       help="the project's searcher_groups configurations (default %(default)s)")
+    load.add_argument("--routers", type=int, default=1,
+                      help="Router replicas of the project's app (default %(default)s)")
     load.add_argument("--no-clip-back", action="store_true", help="leave clip back out")
     load.add_argument("--startup-timeout", type=float, default=600,
                       help="seconds a server may take to come up (default %(default)s)")

@@ -3,7 +3,9 @@
     VMEM_TOKEN=secret vmem serve --memory .demo/memory --port 8000
 
 Options come from a Serve config file (default: the packaged serving/serve_config.yaml); the
-flags override its memory, host and port. On a cluster, deploy the same file with
+flags override its memory, host and port. Queries are fastest on the direct data plane
+(``data_plane_port``, default 8001: each Router replica answers there itself, no proxy hop);
+Serve's proxy port answers the same API. On a cluster, deploy the same file with
 ``serve deploy``.
 
 Tokens: ``vmem serve`` reads the token variables (``token_env``, default VMEM_TOKEN, and
@@ -35,12 +37,15 @@ TOKEN_OPTIONS = (("token", "token_env"), ("read_token", "read_token_env"))
 
 
 def load_config(path: str | Path, memory: str | None = None, host: str | None = None,
-                port: int | None = None, extra_args: dict | None = None) -> dict:
+                port: int | None = None, extra_args: dict | None = None,
+                data_plane_port: int | None = None) -> dict:
     """The Serve config with command-line overrides applied (one application)."""
     config = yaml.safe_load(Path(path).read_text())
     application = config["applications"][0]
     if memory:
         application["args"]["memory"] = memory
+    if data_plane_port is not None:
+        application["args"]["data_plane_port"] = int(data_plane_port)
     application["args"].update(extra_args or {})
     http = config.setdefault("http_options", {})
     http["host"] = host or http.get("host", "127.0.0.1")
@@ -132,14 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file (YAML).")
     parser.add_argument("--host", default=None, help="Bind address (default 127.0.0.1).")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000).")
+    parser.add_argument("--data-plane-port", type=int, default=None,
+                        help="Port of the direct data plane: every Router replica serves the API "
+                             "there itself, without Serve's proxy (default 8001 from the config; "
+                             "0 = off).")
     parser.add_argument("--ray-address", default=None, help="Join a Ray cluster instead of starting one.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    config = load_config(args.config, args.memory, args.host, args.port)
+    config = load_config(args.config, args.memory, args.host, args.port,
+                         data_plane_port=args.data_plane_port)
     start(config, args.ray_address)
     http = config["http_options"]
-    print(f"serving {config['applications'][0]['args']['memory']} on http://{http['host']}:{http['port']}"
-          f" (OpenAPI at /docs); Ctrl-C stops", flush=True)
+    served = config["applications"][0]["args"]
+    print(f"serving {served['memory']} on http://{http['host']}:{http['port']} (OpenAPI at /docs)",
+          flush=True)
+    if served.get("data_plane_port"):
+        print(f"direct data plane (same API, no proxy hop) on "
+              f"http://{served.get('data_plane_host', '127.0.0.1')}:{served['data_plane_port']}",
+              flush=True)
+    print("Ctrl-C stops", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
