@@ -48,7 +48,10 @@ def answer(searcher: ShardSearcher, queries: np.ndarray, k: int,
 
 
 def merge_answers(answers: list[ShardAnswer], k: int) -> ShardAnswer:
-    """The k best neighbours per query over all shards, with their metadata."""
+    """The k best neighbours per query over all shards, with their metadata. One answer is
+    already in (score desc, id asc) order: its first k are returned as they are."""
+    if len(answers) == 1:
+        return answers[0].first(min(k, answers[0].ids.shape[1]))
     scores = np.concatenate([a.scores for a in answers], axis=1)
     ids = np.concatenate([a.ids for a in answers], axis=1)
     order = topk_order(scores, ids, k)
