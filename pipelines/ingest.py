@@ -30,20 +30,21 @@ from pipelines.encoders.allocator import tune_glibc_malloc
 from pipelines.encoders import (DEFAULT_ENCODER, EncoderSpec, embedding_dim, preprocessing_for,
                                 resolve_device)
 from pipelines.inference import EncoderModelHandler
-from pipelines.manifest import (BatchManifest, embeddings_dir, rejected_dir,
+from pipelines.manifest import (SKIPPED_PREFIX, BatchManifest, embeddings_dir, rejected_dir,
                                 remove_stale_files, run_files)
 from pipelines.records import ID_SCHEME_ITEM
 from pipelines.rules import (DEFAULT_MAX_REJECT_RATIO, RejectRatioExceeded, bad_rejections,
                              check_reject_ratio, default_batch_name)
-from pipelines.schema import REJECTED_SCHEMA, USE_COMPLIANT_NESTED_TYPE, embedding_schema
+from pipelines.schema import (REJECTED_SCHEMA, SKIPPED_SCHEMA, USE_COMPLIANT_NESTED_TYPE,
+                              embedding_schema)
 from pipelines.sources import SOURCE_FORMATS, detect_format, expand_urls, make_source
 from pipelines.sources.base import DEFAULT_LABEL_FROM
 from pipelines.sources.webdataset import DEFAULT_IMAGE_FIELDS
 from pipelines.sources.guard import GuardedSource
 from pipelines.timeouts import DEFAULT_ITEM_TIMEOUT_S
-from pipelines.transforms import (NAMESPACE, REJECTED, DecodeAndPrepare, KeepFirstOfKey,
+from pipelines.transforms import (NAMESPACE, REJECTED, SKIPPED, DecodeAndPrepare, KeepFirstOfKey,
                                   ProgressLogger, ReadShard, failed_batch_to_rejected,
-                                  rejected_to_table, results_to_table)
+                                  rejected_to_table, results_to_table, skipped_to_table)
 
 LOCAL_RUNNER = "FnApiRunner"  # Beam's in-process Python runner (Prism needs a download)
 log = logging.getLogger("vmem.ingest")
@@ -95,6 +96,8 @@ class IngestResult:
                       if c.get("duplicate_content") else "")
         skipped = (f"duplicate_content_skipped={c['duplicate_content_skipped']} "
                    if c.get("duplicate_content_skipped") else "")
+        skipped += (f"skipped_members={c['skipped_members']} "
+                    if c.get("skipped_members") else "")
         return (f"ingest batch={m.batch} read={c['read']} embedded={c['embedded']} "
                 f"rejected={c['rejected']} {duplicates}{skipped}encoder={m.encoder} dim={m.dim} "
                 f"in {m.seconds:.1f}s ({rate:.1f} images/s)")
@@ -118,7 +121,8 @@ def embeddings_sink(memory: str, batch: str, run_id: str, dim: int) -> beam.PTra
 def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -> None:
     source = make_source(config.resolved_format(), config.image_column, config.label_column,
                          config.key_column, image_field=config.image_field,
-                         label_from=config.label_from, path_roots=tuple(config.path_roots))
+                         label_from=config.label_from, path_roots=tuple(config.path_roots),
+                         list_skipped=True)
     if config.no_glob:
         # Existing paths are always taken literally (sources/urls.py); --no-glob only forbids
         # falling back to expansion, so a missing literal path is an error here.
@@ -135,7 +139,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
     read = (pipeline
             | "PlanReads" >> beam.Create(tasks)
             | "ReadShards" >> beam.ParDo(ReadShard(source, config.unlabelled, batch))
-            .with_outputs(REJECTED, main="images"))
+            .with_outputs(REJECTED, SKIPPED, main="images"))
     # Grouping by id (batch, shard, key) both drops repeated keys of one shard and spreads the
     # work across workers.
     unique = (read.images
@@ -178,6 +182,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: IngestConfig, run_id: str) -
      | "WriteRejected" >> beam.io.WriteToParquetBatched(
          f"{rejected_dir(config.memory, batch)}/part-{run_id}",
          schema=REJECTED_SCHEMA, file_name_suffix=".parquet", num_shards=1))
+    (read[SKIPPED]
+     | "BatchSkipped" >> beam.BatchElements(min_batch_size=1, max_batch_size=4096)
+     | "SkippedToArrow" >> beam.Map(skipped_to_table)
+     | "WriteSkipped" >> beam.io.WriteToParquetBatched(
+         f"{rejected_dir(config.memory, batch)}/{SKIPPED_PREFIX}{run_id}",
+         schema=SKIPPED_SCHEMA, file_name_suffix=".parquet", num_shards=1))
 
 
 def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -211,6 +221,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
 
     emb_dir, rej_dir = embeddings_dir(config.memory, batch), rejected_dir(config.memory, batch)
     files, rejected_files = run_files(emb_dir, run_id), run_files(rej_dir, run_id)
+    skipped_files = [f for f in run_files(rej_dir, run_id, SKIPPED_PREFIX.rstrip("-")) if f["rows"]]
     embedded = sum(f["rows"] for f in files)
     rejected = sum(f["rows"] for f in rejected_files)
     read = metrics.get("read", embedded + rejected)
@@ -230,14 +241,15 @@ def run_ingest(config: IngestConfig) -> IngestResult:
                 "decoded": metrics.get("decoded", 0), "bytes": metrics.get("bytes", 0),
                 "unlabelled": metrics.get("unlabelled", 0),
                 "duplicate_content": duplicates.num_rows,
-                "duplicate_content_skipped": metrics.get("duplicate_content_skipped", 0)},
+                "duplicate_content_skipped": metrics.get("duplicate_content_skipped", 0),
+                "skipped_members": sum(f["rows"] for f in skipped_files)},
         inputs=list(config.inputs), source_format=config.resolved_format(),
         weights=config.weights, runner=str(options.view_as(StandardOptions).runner),
         seconds=round(time.monotonic() - started, 3), id_scheme=ID_SCHEME_ITEM,
-        duplicate_files=duplicate_files)
+        duplicate_files=duplicate_files, skipped_files=skipped_files)
     manifest.write(config.memory)  # the commit point
     remove_stale_files(emb_dir, files)
-    remove_stale_files(rej_dir, rejected_files + duplicate_files)
+    remove_stale_files(rej_dir, rejected_files + duplicate_files + skipped_files)
     return IngestResult(manifest, metrics)
 
 

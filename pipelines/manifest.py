@@ -52,6 +52,9 @@ class BatchManifest(storage.JsonRecord):
     # (pipelines/dedupe.py): Parquet listings relative to the rejected dir, never counted as
     # rejected (the rows were embedded).
     duplicate_files: list[dict] = field(default_factory=list)
+    # Members read past (a WebDataset field not used as image or label, a Parquet column):
+    # ``SKIPPED_SCHEMA`` listings relative to the rejected dir, never counted as read.
+    skipped_files: list[dict] = field(default_factory=list)
 
     KEY, WHAT = "batch", "batch (never completed?)"
 
@@ -103,9 +106,10 @@ def parquet_rows(url: str) -> int:
         return pq.ParquetFile(handle).metadata.num_rows
 
 
-def run_files(directory: str, run_id: str) -> list[dict]:
-    """The Parquet files one run wrote into a directory, with their row counts."""
-    prefix = f"part-{run_id}-"
+def run_files(directory: str, run_id: str, kind: str = "part") -> list[dict]:
+    """The Parquet files ``<kind>-<run_id>-*.parquet`` one run wrote into a directory, with
+    their row counts."""
+    prefix = f"{kind}-{run_id}-"
     return [{"path": name, "rows": parquet_rows(posixpath.join(directory, name))}
             for name in storage.list_names(directory)
             if name.startswith(prefix) and name.endswith(".parquet")]
@@ -113,6 +117,7 @@ def run_files(directory: str, run_id: str) -> list[dict]:
 
 BEAM_TEMP_PREFIX = "beam-temp-"  # Beam file sinks' temporary folders (left by killed runs)
 DUPLICATES_PREFIX = "duplicates-"  # content-duplicate listings (pipelines/dedupe.py)
+SKIPPED_PREFIX = "skipped-"  # members read past (records.Skipped)
 
 
 def remove_stale_files(directory: str, keep: list[dict]) -> list[str]:
@@ -121,7 +126,7 @@ def remove_stale_files(directory: str, keep: list[dict]) -> list[str]:
     Beam removes them when its write finalizes). Returns the removed names."""
     keep_names = {f["path"] for f in keep}
     stale = [name for name in storage.list_names(directory)
-             if name.startswith(("part-", DUPLICATES_PREFIX, BEAM_TEMP_PREFIX))
+             if name.startswith(("part-", DUPLICATES_PREFIX, SKIPPED_PREFIX, BEAM_TEMP_PREFIX))
              and name not in keep_names]
     for name in stale:
         storage.remove(storage.join(directory, name))

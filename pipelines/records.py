@@ -118,3 +118,16 @@ class Rejected:
     @classmethod
     def from_exception(cls, key: str, source: str, stage: str, error: BaseException) -> "Rejected":
         return cls(key, source, stage, type(error).__name__, str(error)[:2000])
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A part of an input read past without being used as an image or a label: a WebDataset
+    member (a ``mask.png`` field, a ``.txt`` caption, a second ``.JPG``, tar metadata) or a
+    Parquet column. Not an item and not an error: listed (``ROOT/rejected/<batch>/skipped-*``),
+    counted as ``skipped_members``, never as read. Sources yield these only when asked
+    (``list_skipped``)."""
+
+    key: str  # the sample's key (WebDataset) or the file's stem (Parquet)
+    source: str  # <shard URL>#<member>, or <file URL>#column=<name>
+    reason: str

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipelines.records import Rejected
+from pipelines.records import Rejected, Skipped
 
 REJECTED_SCHEMA = pa.schema(
     [
@@ -90,6 +90,16 @@ def conform_embeddings(table: pa.Table) -> pa.Table:
             table = table.set_column(table.column_names.index(field.name), field.name,
                                      table.column(field.name).cast(field.type))
     return table
+
+
+SKIPPED_SCHEMA = pa.schema([("key", pa.string()), ("source", pa.string()), ("reason", pa.string())])
+
+
+def skipped_batch(rows: Sequence[Skipped]) -> pa.RecordBatch:
+    """``Skipped`` rows as a RecordBatch of ``SKIPPED_SCHEMA``."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array([getattr(r, name) for r in rows], pa.string()) for name in SKIPPED_SCHEMA.names],
+        schema=SKIPPED_SCHEMA)
 
 
 def rejected_batch(rows: Sequence[Rejected]) -> pa.RecordBatch:

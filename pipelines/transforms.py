@@ -15,17 +15,19 @@ from apache_beam.metrics import Metrics
 from pipelines.decode import DecodePolicy, ImageRejected, decode_image
 from pipelines.timeouts import DEFAULT_ITEM_TIMEOUT_S, call_with_timeout
 from pipelines.encoders import Preprocessing
-from pipelines.records import ImageRecord, PreparedImage, Rejected, content_hash
-from pipelines.schema import embedding_batch, rejected_batch
+from pipelines.records import ImageRecord, PreparedImage, Rejected, Skipped, content_hash
+from pipelines.schema import embedding_batch, rejected_batch, skipped_batch
 from pipelines.sources import ReadTask, Source
 
 NAMESPACE = "vmem.ingest"
 REJECTED = "rejected"
+SKIPPED = "skipped"  # members read past (records.Skipped): listed, not counted as read
 log = logging.getLogger(__name__)
 
 
 class ReadShard(beam.DoFn):
-    """A read task -> ImageRecords (main) and Rejected (tagged): a broken shard is data, not a crash.
+    """A read task -> ImageRecords (main), Rejected (tagged ``rejected``) and Skipped members
+    (tagged ``skipped``, not counted as read): a broken shard is data, not a crash.
 
     Each record is stamped with the embedding batch and the task's URL, from which its id is
     made (``records.item_id``)."""
@@ -42,9 +44,14 @@ class ReadShard(beam.DoFn):
         self.read = Metrics.counter(NAMESPACE, "read")
         self.bytes = Metrics.counter(NAMESPACE, "bytes")
         self.unlabelled_count = Metrics.counter(NAMESPACE, "unlabelled")
+        self.skipped = Metrics.counter(NAMESPACE, "skipped_members")
 
     def process(self, task: ReadTask) -> Iterator:
         for item in self.source.read(task):
+            if isinstance(item, Skipped):
+                self.skipped.inc()
+                yield pvalue.TaggedOutput(SKIPPED, item)
+                continue
             self.read.inc()
             if isinstance(item, Rejected):
                 yield pvalue.TaggedOutput(REJECTED, item)
@@ -135,6 +142,10 @@ def results_to_table(results: list, encoder: str) -> pa.Table:
         [i.source for i in items], [i.content_hash for i in items],
         _stack([result.inference for result in results]), encoder)
     return pa.Table.from_batches([batch])
+
+
+def skipped_to_table(rows: list[Skipped]) -> pa.Table:
+    return pa.Table.from_batches([skipped_batch(rows)])
 
 
 def rejected_to_table(rows: list[Rejected]) -> pa.Table:

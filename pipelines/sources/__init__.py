@@ -24,16 +24,20 @@ def detect_format(pattern: str) -> str:
 def make_source(source_format: str, image_column: str = "image",
                 label_column: str = "label", key_column: str = "key",
                 image_field: str = DEFAULT_IMAGE_FIELDS, label_from: str = "",
-                path_roots: tuple[str, ...] = ()) -> Source:
+                path_roots: tuple[str, ...] = (), list_skipped: bool = False) -> Source:
     """The reader for ``source_format``. ``image_field``: WebDataset image-field preference;
     ``label_from``: label origins (``base.parse_label_from``; ``""``: the format's default in
     ``DEFAULT_LABEL_FROM``); ``path_roots``: Parquet path-only image structs may also point
-    under these. Raises ValueError for an unknown format or an option that does not apply."""
+    under these; ``list_skipped``: WebDataset and Parquet readers also yield a ``Skipped`` for
+    each member / column they pass over (folder readers always reject skipped files). Raises
+    ValueError for an unknown format or an option that does not apply."""
     if source_format == "webdataset":
-        return WebDatasetSource(image_field, label_from or DEFAULT_LABEL_FROM["webdataset"])
+        return WebDatasetSource(image_field, label_from or DEFAULT_LABEL_FROM["webdataset"],
+                                list_skipped=list_skipped)
     if source_format == "parquet":
         return ParquetSource(image_column, label_column, key_column,
-                             label_from=label_from or None, path_roots=tuple(path_roots))
+                             label_from=label_from or None, path_roots=tuple(path_roots),
+                             list_skipped=list_skipped)
     if source_format == "folder":
         if label_from:
             check_label_kinds(parse_label_from(label_from), ("folder",), "folder")

@@ -13,7 +13,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.records import ImageRecord, Rejected
+from pipelines.records import ImageRecord, Rejected, Skipped
 from pipelines.sources.base import (DEFAULT_LABEL_FROM, ReadTask, check_label_kinds,
                                     normalize_label, parse_label_from)
 from pipelines.sources.policy import SourcePolicy, SourceRefused
@@ -30,7 +30,11 @@ class ParquetSource:
 
     def __init__(self, image_column: str = "image", label_column: str = "label",
                  key_column: str = "key", rows_per_batch: int = 256,
-                 label_from: str | None = None, path_roots: tuple[str, ...] = ()) -> None:
+                 label_from: str | None = None, path_roots: tuple[str, ...] = (),
+                 list_skipped: bool = False) -> None:
+        """``list_skipped``: also yield one ``Skipped`` per file for each column that is not
+        the image, a label or the key column."""
+        self.list_skipped = list_skipped
         self.image_column = image_column
         self.label_column = label_column
         self.key_column = key_column
@@ -72,7 +76,7 @@ class ParquetSource:
         with fsspec.open(url, "rb") as handle:
             return url, handle.read()
 
-    def read(self, task: ReadTask) -> Iterator[ImageRecord | Rejected]:
+    def read(self, task: ReadTask) -> Iterator[ImageRecord | Rejected | Skipped]:
         stem = posixpath.basename(task.url).rsplit(".", 1)[0]
         try:
             with fsspec.open(task.url, "rb") as handle:
@@ -82,6 +86,13 @@ class ParquetSource:
                     raise KeyError(f"image column {self.image_column!r} not in {names}")
                 columns = [c for c in (self.image_column, *self.label_columns, self.key_column)
                            if c in names]
+                if self.list_skipped:
+                    rows = parquet.metadata.num_rows
+                    for name in (n for n in names if n not in columns):
+                        yield Skipped(stem, f"{task.url}#column={name}",
+                                      f"column {name!r} ({rows} rows) not used: not the image "
+                                      f"({self.image_column!r}), a label ({self.label_columns}) "
+                                      f"or the key ({self.key_column!r})")
                 row = 0
                 for batch in parquet.iter_batches(batch_size=self.rows_per_batch, columns=columns):
                     images, paths = self._image_bytes(batch.column(self.image_column))
