@@ -109,33 +109,37 @@ def test_reingesting_the_same_batch_gives_the_same_ids(two_runs, tmp_path):
 
 
 def test_duplicate_content_is_reported_by_default_and_skipped_on_request(two_runs):
-    # run_c repeats run_a's first image under another key (and twice within itself)
-    copied = jpeg((220, 30, 30))
+    # run_c repeats run_a's first image under two other keys, and has twins of its own
+    copied, twin = jpeg((220, 30, 30)), jpeg((90, 90, 10))
     c = run_shard(two_runs.base / "run_c" / "00000.tar", (30, 220, 30), "cherry", keys=["new"],
                   extra=[("copy1", {"jpg": copied, "cls": b"apple"}),
-                         ("copy2", {"jpg": copied, "cls": b"apple"})])
+                         ("copy2", {"jpg": copied, "cls": b"apple"}),
+                         ("twin1", {"jpg": twin, "cls": b"olive"}),
+                         ("twin2", {"jpg": twin, "cls": b"olive"})])
     memory = str(two_runs.memory)
     result = ingest([c], memory, "run-c")
     counts = result.manifest.counts
-    assert (counts["read"], counts["embedded"], counts["rejected"]) == (3, 3, 0)
-    assert counts["duplicate_content"] == 2 and "duplicate_content=2" in result.summary()
+    assert (counts["read"], counts["embedded"], counts["rejected"]) == (5, 5, 0)
+    assert counts["duplicate_content"] == 3 and "duplicate_content=3" in result.summary()
     [listing] = result.manifest.duplicate_urls(memory)
     rows = {r["key"]: r for r in pq.read_table(listing).to_pylist()}
-    assert set(rows) == {"copy1", "copy2"}
+    assert set(rows) == {"copy1", "copy2", "twin2"}
     assert (rows["copy1"]["same_as_batch"], rows["copy1"]["same_as_key"]) == ("run-a", "000000000")
+    assert (rows["twin2"]["same_as_batch"], rows["twin2"]["same_as_key"]) == ("run-c", "twin1")
     assert read_rejected(memory, "run-c").num_rows == 0  # kept: reported, not rejected
 
     # --dedupe content: both copies skipped (policy rejections: the reject ratio does not apply)
     assert main(["--input", str(c), "--memory", memory, "--batch", "run-c", "--device", "cpu",
                  "--dedupe", "content", "--log-level", "WARNING"]) == 0
     manifest = BatchManifest.read(memory, "run-c")
-    assert (manifest.counts["embedded"], manifest.counts["rejected"]) == (1, 2)
-    assert manifest.counts["duplicate_content_skipped"] == 2 and manifest.duplicate_files == []
-    assert read_embeddings(memory, "run-c").column("key").to_pylist() == ["new"]
+    assert (manifest.counts["embedded"], manifest.counts["rejected"]) == (2, 3)
+    assert manifest.counts["duplicate_content_skipped"] == 3 and manifest.duplicate_files == []
+    assert sorted(read_embeddings(memory, "run-c").column("key").to_pylist()) == ["new", "twin1"]
     rejected = {r["key"]: r for r in read_rejected(memory, "run-c").to_pylist()}
     assert {k: (r["stage"], r["error_type"]) for k, r in rejected.items()} == {
-        "copy1": ("dedupe", "DuplicateContent"), "copy2": ("dedupe", "DuplicateContent")}
+        k: ("dedupe", "DuplicateContent") for k in ("copy1", "copy2", "twin2")}
     assert "'run-a' key '000000000'" in rejected["copy1"]["message"]
+    assert "key 'twin1'" in rejected["twin2"]["message"]
 
 
 def _synthetic_batch(root: str, name: str, keys: list[str], ids: list[int], scheme: str,
