@@ -14,9 +14,10 @@ ingested from two places is two items. The content hash (SHA-256 of the image by
   duplicate keys, these never count against ``--max-reject-ratio``.
 
 Re-ingesting a batch compares it with the *other* batches only, so a re-run is not a duplicate
-of itself. Cost: the ``content_hash``, ``key`` and ``source`` columns of the committed batches
-are read once per run (file by file); ``content`` mode holds their hashes in memory on each
-worker (64 hex characters per remembered row).
+of itself. Cost: the ``content_hash`` column of every other committed batch is read once per run, file
+by file (``key`` and ``source`` only from files holding a match): O(memory) I/O per ingest.
+``content`` mode also holds those hashes in memory on each worker (64 hex characters per
+remembered row), so it suits memories up to some hundred million rows.
 """
 from __future__ import annotations
 
@@ -54,26 +55,29 @@ DUPLICATES_SCHEMA = pa.schema([
 ])
 
 
-def committed_hashes(memory: str, exclude_batch: str) -> Iterator[tuple[str, pa.Table]]:
-    """(batch, table of key, source, content_hash) per committed embedding file of every batch
-    but ``exclude_batch``, one file at a time (rows with a null hash dropped). A batch whose
-    files lack a ``content_hash`` column raises KeyError (pyarrow's), never skipped silently."""
+def committed_files(memory: str, exclude_batch: str) -> Iterator[tuple[str, str]]:
+    """(batch, embedding file URL) of every committed batch but ``exclude_batch``."""
     for batch in list_batches(memory):
-        if batch == exclude_batch:
-            continue
-        for url in BatchManifest.read(memory, batch).embedding_urls(memory):
-            table = read_parquet_files([url], columns=_COLUMNS)
-            yield batch, table.filter(pc.is_valid(table.column("content_hash")))
+        if batch != exclude_batch:
+            for url in BatchManifest.read(memory, batch).embedding_urls(memory):
+                yield batch, url
 
 
 def first_copies(memory: str, exclude_batch: str, wanted: pa.Array | None = None) -> dict[str, tuple]:
     """content hash -> (batch, key, source) of one copy in the other committed batches (the
-    first met, batches in name order). With ``wanted`` (a string array) only those hashes are
-    kept, so memory is O(wanted), not O(memory)."""
+    first met, batches in name order), read one file at a time; null hashes are ignored.
+    With ``wanted`` (a string array) only those hashes are kept, so memory is O(wanted), not
+    O(memory), and a file's ``key`` and ``source`` are read only when it holds one of them.
+    A file without a ``content_hash`` column raises (pyarrow's error), never skipped."""
     found: dict[str, tuple] = {}
-    for batch, table in committed_hashes(memory, exclude_batch):
+    for batch, url in committed_files(memory, exclude_batch):
+        hashes = read_parquet_files([url], columns=["content_hash"]).column("content_hash")
+        keep = pc.is_valid(hashes)
         if wanted is not None:
-            table = table.filter(pc.is_in(table.column("content_hash"), value_set=wanted))
+            keep = pc.and_(keep, pc.is_in(hashes, value_set=wanted))
+        if not pc.any(keep).as_py():
+            continue
+        table = read_parquet_files([url], columns=_COLUMNS).filter(keep)
         for key, source, digest in zip(*(table.column(c).to_pylist() for c in _COLUMNS)):
             found.setdefault(digest, (batch, key, source))
     return found
