@@ -545,14 +545,16 @@ def measure_serve_floor(memory: Memory, args) -> dict:
     return result
 
 
-def measure_project(memory: Memory, shards: int, groups: int, args) -> dict[str, dict]:
-    """The project's app with ``searcher_groups`` = ``groups``, measured through Serve's proxy
-    (``project_groups{G}``) and through the direct data plane (``project_direct_groups{G}``)."""
+def measure_project(memory: Memory, shards: int, groups: int, args, routers: int = 1) -> dict[str, dict]:
+    """The project's app with ``searcher_groups`` = ``groups`` and ``routers`` Router replicas,
+    measured through Serve's proxy (``project_groups{G}``) and through the direct data plane
+    (``project_direct_groups{G}``); ``_routers{R}`` is appended when R > 1."""
     holder = "Router" if groups == 0 else "Searcher"
+    suffix = f"_routers{routers}" if routers > 1 else ""
     out = {}
-    with project_served(memory, shards, groups, args.routers, args.startup_timeout) as urls:
-        for name, url, endpoint in ((f"project_groups{groups}", urls[0], "Serve proxy"),
-                                    (f"project_direct_groups{groups}", urls[1], "data plane")):
+    with project_served(memory, shards, groups, routers, args.startup_timeout) as urls:
+        for name, url, endpoint in ((f"project_groups{groups}{suffix}", urls[0], "Serve proxy"),
+                                    (f"project_direct_groups{groups}{suffix}", urls[1], "data plane")):
             progress(f"{memory.name} S={shards}: {name} (Ray Serve, {endpoint})")
             system = http_system(name, url, project_bodies(memory.queries, args.ks), project_ids,
                                  proctree.ray_tree,
@@ -560,7 +562,7 @@ def measure_project(memory: Memory, shards: int, groups: int, args) -> dict[str,
             result = measure_system(system, memory, args, memory.builds[str(shards)]["codes_ids_bytes"])
             result["serving"] = {"endpoint": f"POST /v1/neighbors {{embedding, k}} via the {endpoint}",
                                  "embeddings_only": True, "searcher_groups": groups,
-                                 "router_replicas": args.routers,
+                                 "router_replicas": routers,
                                  "version": memory.manifests[shards].version,
                                  "search_defaults": memory.manifests[shards].search_defaults}
             out[name] = result
@@ -785,7 +787,7 @@ def headline(report: dict) -> dict:
         by_k = memory.get("by_shards", {}).get("1", {})
         c1, c8 = by_k.get("k10", {}).get("c1", {}), by_k.get("k10", {}).get("c8", {})
         line: dict[str, Any] = {}
-        for project in ("project_direct_groups0", "project_groups0"):
+        for project in ("project_direct_groups0", "project_direct_groups0_routers2", "project_groups0"):
             if project not in c1:
                 continue
             recall_100 = by_k.get("k100", {}).get("c1", {}).get(project, {}).get("recall_at_100")
@@ -872,6 +874,10 @@ def measure_served(memories: list[Memory], results: dict, args, sections: Sectio
                     got = sections.run(f"{memory.name} S={shards}: project_groups{groups}",
                                        lambda: measure_project(memory, shards, groups, args))
                     results[memory.name][shards].update(got or {})
+            for routers in args.more_routers if 1 in args.shards else []:
+                got = sections.run(f"{memory.name} S=1: project_groups0 with {routers} routers",
+                                   lambda: measure_project(memory, 1, 0, args, routers))
+                results[memory.name][1].update(got or {})
     return floor
 
 
@@ -936,8 +942,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--concurrency", default="1,8", help="client threads (default %(default)s)")
     load.add_argument("--groups", default="0,1",
                       help="the project's searcher_groups configurations (default %(default)s)")
-    load.add_argument("--routers", type=int, default=1,
-                      help="Router replicas of the project's app (default %(default)s)")
+    load.add_argument("--more-routers", default="2",
+                      help="also measure S=1, searcher_groups 0 with these Router replica counts "
+                      "(the data plane's replicas share its port); '' skips (default %(default)s)")
     load.add_argument("--no-clip-back", action="store_true", help="leave clip back out")
     load.add_argument("--startup-timeout", type=float, default=600,
                       help="seconds a server may take to come up (default %(default)s)")
@@ -953,6 +960,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.ks = _ints(args.ks)
     args.concurrency = _ints(args.concurrency)
     args.groups = _ints(args.groups)
+    args.more_routers = [r for r in _ints(args.more_routers) if r > 1]
     args.sizes = _ints(args.sizes)
     if args.warmup < 0 or args.queries < 1:
         parser.error("--queries must be >= 1 and --warmup >= 0")
