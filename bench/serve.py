@@ -545,6 +545,28 @@ def measure_serve_floor(memory: Memory, args) -> dict:
     return result
 
 
+def measure_uvicorn_floor(memory: Memory, args) -> dict:
+    """The same echo app under plain uvicorn (httptools, one process, no Serve): the floor
+    under the direct data plane."""
+    progress("uvicorn floor: the echo app under plain uvicorn")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.serve_echo:plain_api",
+                                "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
+                                "--no-access-log", "--log-level", "warning"], cwd=REPO)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", args.startup_timeout, process)
+        bodies = {10: [orjson.dumps({"embedding": q.tolist()}) for q in memory.queries]}
+        system = http_system("uvicorn_floor", f"http://127.0.0.1:{port}/echo", bodies, lambda raw: [],
+                             lambda: proctree.process_tree(process.pid),
+                             holds_searcher=lambda name: True)
+        result = measure_system(system, Memory("floor", "", memory.count, memory.queries,
+                                               memory.measured, None), args, 0, ks=[10])
+    finally:
+        stop_process(process)
+    result["what"] = "the Serve floor's echo app under plain uvicorn: no proxy, no actor call"
+    return result
+
+
 def measure_project(memory: Memory, shards: int, groups: int, args, routers: int = 1) -> dict[str, dict]:
     """The project's app with ``searcher_groups`` = ``groups`` and ``routers`` Router replicas,
     measured through Serve's proxy (``project_groups{G}``) and through the direct data plane
@@ -796,7 +818,7 @@ def headline(report: dict) -> dict:
                        "recall_at_least_0_95": min(c1[project].get("recall_at_10") or 0,
                                                    recall_100 or 0) >= 0.95}
             for peer in ("in_process_sharded_index", "in_process_raw_faiss", "clip_back",
-                         "serve_floor", "project_groups0", "project_groups1"):
+                         "serve_floor", "uvicorn_floor", "project_groups0", "project_groups1"):
                 pair = c1.get("ratios", {}).get(f"{project} / {peer}")
                 if pair and "p50_ms" in pair:
                     figures[f"p50_over_{peer}"] = pair["p50_ms"]
@@ -860,6 +882,10 @@ def measure_all(memories: list[Memory], args, work: str, sections: Sections) -> 
                 results[memory.name][1]["clip_back"] = got
     floor = None
     if memories:
+        if 1 in args.shards:  # a peer of the S = 1 figures of the first memory
+            got = sections.run("uvicorn floor", lambda: measure_uvicorn_floor(memories[0], args))
+            if got:
+                results[memories[0].name][1]["uvicorn_floor"] = got
         floor = sections.run("Ray Serve", lambda: measure_served(memories, results, args, sections))
     return results, floor
 

@@ -1,6 +1,8 @@
-"""The floor under any Serve app on this machine: a trivial FastAPI ingress deployment that
-parses a JSON body ``{"embedding": [384 floats]}`` and echoes it back. Deployed with the
-router's Serve settings (max_ongoing_requests 100, 0.25 CPU), behind the same HTTP proxy.
+"""The floors under any app on this machine: a trivial FastAPI app that parses a JSON body
+``{"embedding": [384 floats]}`` and echoes it back, as a Serve ingress deployment (``app``:
+the router's Serve settings, max_ongoing_requests 100, 0.25 CPU, behind the same HTTP proxy)
+and as a plain ASGI app (``plain_api``: ``uvicorn bench.serve_echo:plain_api --http httptools``,
+what the direct data plane runs on).
 
 (No ``from __future__ import annotations``: FastAPI resolves the endpoint annotations at run
 time, as in serving/router.py.)
@@ -31,3 +33,15 @@ class Echo:
 
 
 app = Echo.bind()
+
+plain_api = FastAPI(default_response_class=ORJSONResponse)
+
+
+@plain_api.post("/echo")
+async def plain_echo(body: EchoBody) -> ORJSONResponse:
+    return ORJSONResponse({"embedding": body.embedding})
+
+
+@plain_api.get("/healthz")
+async def plain_healthz() -> dict:
+    return {"status": "ok"}

@@ -18,9 +18,11 @@ length goes to ``ROOT/rejected/<batch>/`` with the reason; ``--max-reject-ratio`
 ``--unlabelled`` apply as in ``vmem ingest``; the manifest is written last (the commit).
 
 It streams: a chunk of rows (``--chunk-rows``) at a time is read, checked and written; memory
-does not grow with the input. No Beam: reading, checking and writing Parquet in chunks is all
-there is to do, and pyarrow does it at disk speed; run one import per input folder in
-parallel on several machines (one batch each) to go wider.
+does not grow with the input. Each input file is one unit of work (``import_part``: its own
+output and rejected files): ``--runner local`` converts them one after another in this
+process; ``--runner ray`` is a Ray Data job (``ray.data.from_items(parts).map(...)``, one task
+per file, as many at once as the cluster has CPUs; ``--ray-address`` joins a cluster), for
+LAION-scale folders of hundreds of files. The driver commits once every file is done.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 import fsspec
@@ -107,6 +109,8 @@ class ImportConfig:
     unlabelled: str = "keep"  # keep | reject
     max_reject_ratio: float = DEFAULT_MAX_REJECT_RATIO
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    runner: str = "local"  # local | ray (Ray Data, one task per input file)
+    ray_address: str | None = None  # --runner ray: join this cluster (None: local Ray)
 
     def resolved_batch(self) -> str:
         return self.batch or default_batch_name([self.embeddings])
@@ -186,6 +190,12 @@ class _Stats:
     unlabelled: int = 0
     normalised: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: "_Stats") -> None:
+        for name in ("read", "embedded", "rejected", "bad", "unlabelled", "normalised"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, count in other.by_reason.items():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + count
 
     def reject(self, rows: list[Rejected]) -> None:
         self.rejected += len(rows)
@@ -285,6 +295,68 @@ class _ParquetOut:
         self.writer.write_batch(batch)
 
 
+@dataclass(frozen=True)
+class PartJob:
+    """What every part's conversion shares (sent to Ray tasks with ``--runner ray``)."""
+
+    config: ImportConfig
+    batch: str
+    run_id: str
+    dim: int
+    label_columns: list[str]
+    columns: list[str]
+
+
+def import_part(job: PartJob, number: int, part: EmbeddingPart) -> _Stats:
+    """Stream one input file into ``embeddings/<batch>/part-<run>-<number>.parquet`` and its bad
+    rows into ``rejected/<batch>/part-<run>-<number>.parquet`` (each written only when it gets a
+    row), a chunk at a time. Returns the part's counts; raises what reading raises."""
+    config, stats = job.config, _Stats()
+    seen = set() if config.key_column else None
+    emb_dir = embeddings_dir(config.memory, job.batch)
+    rej_dir = rejected_dir(config.memory, job.batch)
+    with ExitStack() as stack:
+        out = _ParquetOut(f"{emb_dir}/part-{job.run_id}-{number:05d}.parquet",
+                          embedding_schema(job.dim), stack, **EMBEDDING_PARQUET_OPTIONS)
+        rejected_out = _ParquetOut(f"{rej_dir}/part-{job.run_id}-{number:05d}.parquet",
+                                   REJECTED_SCHEMA, stack)
+        for chunk in read_chunks(part, job.dim, job.columns, config.chunk_rows,
+                                 config.embedding_column):
+            good, bad = convert_chunk(chunk, part, job.batch, config.encoder, job.dim, config,
+                                      job.label_columns, seen, stats)
+            if good is not None:
+                out.write(good)
+            if bad:
+                rejected_out.write(rejected_batch(bad))
+    return stats
+
+
+def run_parts(job: PartJob, parts: list[EmbeddingPart]) -> list[_Stats]:
+    """Every part through ``import_part``: in this process (``local``) or as a Ray Data job
+    (``ray``: one task per part). Raises ValueError for another runner."""
+    if job.config.runner == "local":
+        return [import_part(job, number, part) for number, part in enumerate(parts)]
+    if job.config.runner != "ray":
+        raise ValueError(f"--runner {job.config.runner!r}: expected local or ray")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=job.config.ray_address, include_dashboard=False,
+                 **({} if job.config.ray_address else {"_node_ip_address": "127.0.0.1"}))
+
+    def convert(row: dict) -> dict:
+        return {"number": row["number"],
+                "stats": asdict(import_part(job, row["number"], parts[row["number"]]))}
+
+    done = (ray.data.from_items([{"number": n} for n in range(len(parts))],
+                                override_num_blocks=len(parts))
+            .map(convert, num_cpus=1).take_all())
+    by_number = {row["number"]: _Stats(**row["stats"]) for row in done}
+    if sorted(by_number) != list(range(len(parts))):
+        raise RuntimeError(f"Ray Data returned parts {sorted(by_number)} of {len(parts)}")
+    return [by_number[n] for n in range(len(parts))]
+
+
 def run_import(config: ImportConfig) -> ImportResult:
     """Plan, check, stream every part into the batch, then commit its manifest. Raises
     ValueError (incompatible with the memory, files not row-aligned, a bad option),
@@ -306,22 +378,10 @@ def run_import(config: ImportConfig) -> ImportResult:
     emb_dir, rej_dir = embeddings_dir(config.memory, batch), rejected_dir(config.memory, batch)
     columns = [c for c in (config.key_column, *config.source_columns.split(";"),
                            config.hash_column, *label_columns) if c]
+    job = PartJob(config, batch, run_id, dim, label_columns, columns)
     stats = _Stats()
-    with ExitStack() as outer:
-        rejected_out = _ParquetOut(f"{rej_dir}/part-{run_id}-00000.parquet", REJECTED_SCHEMA, outer)
-        for number, part in enumerate(parts):
-            seen = set() if config.key_column else None
-            with ExitStack() as inner:
-                out = _ParquetOut(f"{emb_dir}/part-{run_id}-{number:05d}.parquet",
-                                  embedding_schema(dim), inner, **EMBEDDING_PARQUET_OPTIONS)
-                for chunk in read_chunks(part, dim, columns, config.chunk_rows,
-                                         config.embedding_column):
-                    good, bad = convert_chunk(chunk, part, batch, config.encoder, dim, config,
-                                              label_columns, seen, stats)
-                    if good is not None:
-                        out.write(good)
-                    if bad:
-                        rejected_out.write(rejected_batch(bad))
+    for part_stats in run_parts(job, parts):
+        stats.add(part_stats)
     files, rejected_files = run_files(emb_dir, run_id), run_files(rej_dir, run_id)
     written = sum(f["rows"] for f in files), sum(f["rows"] for f in rejected_files)
     if stats.read != total or written != (stats.embedded, stats.rejected):
@@ -336,7 +396,7 @@ def run_import(config: ImportConfig) -> ImportResult:
                 "unlabelled": stats.unlabelled, "normalised": stats.normalised,
                 **{f"rejected_{reason}": count for reason, count in sorted(stats.by_reason.items())}},
         inputs=[part.embeddings for part in parts] + [p.metadata for p in parts if p.metadata],
-        source_format=f"import:{source_format}", runner="pyarrow",
+        source_format=f"import:{source_format}", runner=f"import-{config.runner}",
         seconds=round(time.monotonic() - started, 3), id_scheme=ID_SCHEME_ITEM)
     manifest.write(config.memory)  # the commit point
     remove_stale_files(emb_dir, files)
@@ -399,6 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
                         help="Rows read, checked and written at a time (memory ~ chunk x dim x 4 "
                              "bytes x a few; default %(default)s).")
+    parser.add_argument("--runner", choices=("local", "ray"), default="local",
+                        help="local: convert the input files one after another in this process; "
+                             "ray: a Ray Data job, one task per input file, in parallel (for "
+                             "folders of many files). Default %(default)s.")
+    parser.add_argument("--ray-address", default=None,
+                        help="--runner ray: join this Ray cluster (default: start a local one "
+                             "on 127.0.0.1).")
     parser.add_argument("--log-level", default="INFO", help="Python logging level.")
     return parser
 
@@ -411,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         metadata=args.metadata, batch=args.batch, embedding_column=args.embedding_column,
         key_column=args.key_column, source_columns=args.source_columns,
         hash_column=args.hash_column, label_from=args.label_from, unlabelled=args.unlabelled,
-        max_reject_ratio=args.max_reject_ratio, chunk_rows=args.chunk_rows)
+        max_reject_ratio=args.max_reject_ratio, chunk_rows=args.chunk_rows, runner=args.runner,
+        ray_address=args.ray_address)
     try:
         result = run_import(config)
     except RejectRatioExceeded as error:

@@ -203,3 +203,24 @@ def test_remote_npy_is_streamed_after_its_header(rng):
     result = run_import(ImportConfig(embeddings="memory://import-in", memory="memory://import-m",
                                      encoder="e", batch="b"))
     assert result.manifest.counts["embedded"] == 9
+
+
+@pytest.mark.slow
+def test_the_ray_data_runner_writes_what_the_local_runner_writes(tmp_path, rng, ray_executor):
+    """--runner ray converts each input file in a Ray Data task: the same rows, ids, labels and
+    rejected rows as the in-process runner, committed once."""
+    clip_retrieval_output(tmp_path / "laion", rng, rows=(10, 12, 7), dtypes=(np.float16,) * 3)
+    results = {}
+    for runner in ("local", "ray"):
+        root = str(tmp_path / f"memory-{runner}")
+        result = run_import(ImportConfig(embeddings=str(tmp_path / "laion"), memory=root,
+                                         encoder="e", batch="laion", label_from="column:label",
+                                         chunk_rows=4, runner=runner))
+        table = read_embeddings(root, "laion").sort_by("id")
+        results[runner] = (result.manifest.counts, table.select(["id", "key", "label", "source"]),
+                           embeddings_matrix(table),
+                           sorted(r["key"] for r in read_rejected(root, "laion").to_pylist()))
+        assert result.manifest.runner == f"import-{runner}" and len(result.manifest.files) == 3
+    local, ray = results["local"], results["ray"]
+    assert local[0] == ray[0] and local[0]["read"] == 29
+    assert local[1].equals(ray[1]) and np.array_equal(local[2], ray[2]) and local[3] == ray[3]
