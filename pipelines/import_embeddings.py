@@ -53,9 +53,9 @@ from pipelines.manifest import (
 from pipelines.records import ID_SCHEME_ITEM, Rejected, item_ids
 from pipelines.rules import (
     DEFAULT_MAX_REJECT_RATIO,
-    RejectRatioExceeded,
     check_reject_ratio,
     default_batch_name,
+    exit_status,
     is_policy,
 )
 from pipelines.schema import (
@@ -191,7 +191,7 @@ class _Stats:
     normalised: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
-    def add(self, other: "_Stats") -> None:
+    def add(self, other: _Stats) -> None:
         for name in ("read", "embedded", "rejected", "bad", "unlabelled", "normalised"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for reason, count in other.by_reason.items():
@@ -480,13 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         hash_column=args.hash_column, label_from=args.label_from, unlabelled=args.unlabelled,
         max_reject_ratio=args.max_reject_ratio, chunk_rows=args.chunk_rows, runner=args.runner,
         ray_address=args.ray_address)
-    try:
-        result = run_import(config)
-    except RejectRatioExceeded as error:
-        print(f"vmem import: error: {error}", file=sys.stderr, flush=True)
-        return 3
-    print(result.summary(), flush=True)
-    return 0
+    return exit_status("vmem import", lambda: run_import(config))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from pipelines.inference import EncoderModelHandler
 from pipelines.manifest import (SKIPPED_PREFIX, BatchManifest, embeddings_dir, rejected_dir,
                                 remove_stale_files, run_files)
 from pipelines.records import ID_SCHEME_ITEM
-from pipelines.rules import (DEFAULT_MAX_REJECT_RATIO, RejectRatioExceeded, bad_rejections,
-                             check_reject_ratio, default_batch_name)
+from pipelines.rules import (DEFAULT_MAX_REJECT_RATIO, bad_rejections, check_reject_ratio,
+                             default_batch_name, exit_status)
 from pipelines.schema import (REJECTED_SCHEMA, SKIPPED_SCHEMA, USE_COMPLIANT_NESTED_TYPE,
                               embedding_schema)
 from pipelines.sources import SOURCE_FORMATS, detect_format, expand_urls, make_source
@@ -355,13 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         label_from=args.label_from, unlabelled=args.unlabelled, path_roots=args.path_roots,
         torch_threads=args.torch_threads, no_glob=args.no_glob, item_timeout_s=args.item_timeout,
         max_reject_ratio=args.max_reject_ratio, dedupe=args.dedupe, beam_args=beam_args)
-    try:
-        result = run_ingest(config)
-    except RejectRatioExceeded as error:
-        print(f"vmem ingest: error: {error}", file=sys.stderr, flush=True)
-        return 3
-    print(result.summary(), flush=True)
-    return 0
+    return exit_status("vmem ingest", lambda: run_ingest(config))
 
 
 if __name__ == "__main__":

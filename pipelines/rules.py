@@ -4,6 +4,9 @@ and the default batch name. Light on purpose: no Beam, no torch."""
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
+from typing import Any
 
 from pipelines.manifest import read_parquet_files
 
@@ -51,3 +54,15 @@ def default_batch_name(inputs: list[str]) -> str:
     """A deterministic name from the input pattern, so re-running a command replaces its batch."""
     tail = inputs[0].rstrip("/").rsplit("/", 1)[-1] or "batch"
     return re.sub(r"[^A-Za-z0-9]+", "-", tail).strip("-").lower()[:80] or "batch"
+
+
+def exit_status(command: str, run: Callable[[], Any]) -> int:
+    """Run a job for a CLI: print its ``summary()`` and return 0, or print the
+    RejectRatioExceeded message on stderr and return 3 (nothing committed)."""
+    try:
+        result = run()
+    except RejectRatioExceeded as error:
+        print(f"{command}: error: {error}", file=sys.stderr, flush=True)
+        return 3
+    print(result.summary(), flush=True)
+    return 0

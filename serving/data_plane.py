@@ -116,7 +116,7 @@ class DataPlane:
         self.app, self.sock, self.server, self.task = app, sock, server, task
 
     @classmethod
-    def start(cls, app, host: str, port: int, identity: str, keep_alive_s: float = 30.0) -> "DataPlane":
+    def start(cls, app, host: str, port: int, identity: str, keep_alive_s: float = 30.0) -> DataPlane:
         """Serve ``app`` on (host, port) for ``identity`` (see ``claim_port``). Raises
         RuntimeError outside a running event loop, PortTaken, OSError."""
         loop = asyncio.get_running_loop()
