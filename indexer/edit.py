@@ -19,13 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from indexer import keyindex
 from indexer.checksums import sha256_bytes
 from indexer.forgotten import record_forgotten
 from indexer.layout import index_root, new_version_name, set_latest, version_dir
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
 from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
-from indexer.segments import DEFAULT_POLICY, CompactionPolicy, Shard, segment_metadata, stored_ids
+from indexer.segments import (DEFAULT_POLICY, CompactionPolicy, Shard, segment_key_index,
+                              segment_metadata, stored_ids)
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
 from indexer.tasks import (
     add_part,
@@ -172,15 +174,19 @@ def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -
     """The live ids a request names (sorted int64) with their keys and labels, and what it
     named that the memory does not hold. A key names every live item stored under it (since
     ids hash batch + shard + key, two batches may both hold key ``000000000``: both are named).
-    Ids cost O(ids · log N) (binary searches). When every batch of the version has legacy ids
-    (``ID_SCHEME_KEY``: the id is ``stable_id(key)``, unique per key) a key is first looked up
-    by the id it hashes to (checked against the stored key); otherwise, and for keys not
-    found that way, and for labels, a vectorised Arrow scan of that column finds them (no
-    per-item Python objects)."""
+    Ids cost O(ids · log N) (binary searches); keys O(keys · log N) through each segment's key
+    index (indexer/keyindex.py: candidate ids by key hash, each checked against its stored key).
+    Segments written before key indexes existed are scanned for the keys (a vectorised Arrow
+    scan, no per-item Python objects) unless every batch has legacy ids (``ID_SCHEME_KEY``:
+    the id is ``stable_id(key)``), where a key is first looked up by the id it hashes to.
+    Labels are always a scan of the label column."""
     from pipelines.records import stable_id
 
     wanted = np.unique(np.asarray(request.ids, dtype=np.int64))
-    hashed = _keys_hash_to_ids(root, manifest)
+    asked_keys = set(request.keys)
+    legacy = [(entry, number) for entry in manifest.shards
+              for number, segment in enumerate(entry.segments) if not segment.keys_path]
+    hashed = bool(legacy) and bool(request.keys) and _keys_hash_to_ids(root, manifest)
     by_key = {k: stable_id(k) for k in request.keys} if hashed else {}
     lookups = np.unique(np.concatenate([wanted, np.asarray(list(by_key.values()), np.int64)]))
     found: dict[int, tuple] = {}  # id -> (key, label)
@@ -199,28 +205,33 @@ def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -
     owner = shard_of(lookups, manifest.num_shards)
     for entry in manifest.shards:
         mine = lookups[owner == entry.shard]
-        for number in range(len(entry.segments)):
-            meta = segment_metadata(root, entry.segments[number])
+        for number, segment in enumerate(entry.segments):
+            meta = segment_metadata(root, segment)
             rows = meta.rows_of(mine)
             collect(entry, number, meta, rows[rows >= 0],
                     lambda i, key, label: i in wanted_set or key_of_id.get(i) == key)
-    scan_keys = sorted(set(request.keys) - ({key for key, _ in found.values()} if hashed else set()))
-    if scan_keys or request.labels:
-        for entry in manifest.shards:
-            for number in range(len(entry.segments)):
-                meta = segment_metadata(root, entry.segments[number])
-                mask = pa.array(np.zeros(len(meta), bool))
-                if scan_keys:
-                    mask = pc.or_(mask, pc.is_in(meta.table.column("key"), pa.array(scan_keys, pa.string())))
-                if request.labels:
-                    mask = pc.or_(mask, pc.is_in(meta.table.column("label"), pa.array(request.labels, pa.string())))
-                rows = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
-                collect(entry, number, meta, rows, lambda i, key, label: True)
+            pairs = segment_key_index(root, segment) if request.keys else None
+            if pairs is not None:
+                rows = meta.rows_of(keyindex.ids_of(pairs, request.keys))
+                collect(entry, number, meta, rows[rows >= 0], lambda i, key, label: key in asked_keys)
+    scan_keys = sorted(asked_keys - ({key for key, _ in found.values()} if hashed else set()))
+    scanned = legacy if scan_keys else []
+    if request.labels:
+        scanned = [(entry, number) for entry in manifest.shards for number in range(len(entry.segments))]
+    for entry, number in scanned:
+        meta = segment_metadata(root, entry.segments[number])
+        mask = pa.array(np.zeros(len(meta), bool))
+        if scan_keys and not entry.segments[number].keys_path:
+            mask = pc.or_(mask, pc.is_in(meta.table.column("key"), pa.array(scan_keys, pa.string())))
+        if request.labels:
+            mask = pc.or_(mask, pc.is_in(meta.table.column("label"), pa.array(request.labels, pa.string())))
+        rows = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+        collect(entry, number, meta, rows, lambda i, key, label: True)
     ids = np.asarray(sorted(found), dtype=np.int64)
     keys = [found[i][0] for i in ids.tolist()]
     labels = [found[i][1] for i in ids.tolist()]
     missing = {"ids": sorted(wanted_set - set(found)),
-               "keys": sorted(set(request.keys) - set(keys)),
+               "keys": sorted(asked_keys - set(keys)),
                "labels": sorted(set(request.labels) - set(labels))}
     return ids, {"keys": keys, "labels": labels, "not_found": missing}
 

@@ -29,12 +29,15 @@ class SegmentEntry:
     metadata_sha256: str
     vectors_path: str = ""  # fp16/fp32 vectors for exact re-ranking, rows aligned with metadata
     vectors_sha256: str = ""
+    keys_path: str = ""  # indexer/keyindex.py: (key hash, id) sorted, for forget by key; "" = none
+    keys_sha256: str = ""
 
     def files(self) -> list[tuple[str, str]]:
         """(path, sha256) of every file of the segment."""
         return [(p, d) for p, d in ((self.index_path, self.index_sha256),
                                     (self.metadata_path, self.metadata_sha256),
-                                    (self.vectors_path, self.vectors_sha256)) if p]
+                                    (self.vectors_path, self.vectors_sha256),
+                                    (self.keys_path, self.keys_sha256)) if p]
 
 
 @dataclass

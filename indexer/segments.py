@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from indexer import keyindex
 from indexer.checksums import sha256_bytes
 from indexer.manifest import SegmentEntry, ShardEntry, TombstoneEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
@@ -80,6 +81,9 @@ def write_segment(index_root: str, stem: str, index: faiss.Index, meta: pa.Table
         segment.vectors_path = f"{stem}.vectors.npy"
         segment.vectors_sha256 = _write(index_root, segment.vectors_path,
                                         npy_bytes(np.ascontiguousarray(vectors[order])))
+    segment.keys_path = f"{stem}{keyindex.SUFFIX}"
+    segment.keys_sha256 = _write(index_root, segment.keys_path, npy_bytes(
+        keyindex.key_index(meta.column("key"), meta.column("id").to_numpy())))
     return segment
 
 
@@ -112,6 +116,21 @@ def segment_metadata(root: str, segment: SegmentEntry):
         if len(_OPENED) >= _OPENED_MAX:
             _OPENED.pop(next(iter(_OPENED)))
         _OPENED[key] = ShardMetadata(load_metadata(root, segment))
+    return _OPENED[key]
+
+
+def segment_key_index(root: str, segment: SegmentEntry) -> np.ndarray | None:
+    """A segment's (key hash, id) pairs (indexer/keyindex.py), verified and memory-mapped once
+    per process; None for a segment written without one."""
+    from indexer.store import load_key_index
+
+    if not segment.keys_path:
+        return None
+    key = (root, segment.keys_path, segment.keys_sha256)
+    if key not in _OPENED:
+        if len(_OPENED) >= _OPENED_MAX:
+            _OPENED.pop(next(iter(_OPENED)))
+        _OPENED[key] = load_key_index(root, segment)
     return _OPENED[key]
 
 
@@ -209,7 +228,7 @@ class Shard:
             segments.append(SegmentEntry(
                 segment.count, segment.index_path, segment.index_sha256, f"{stem}{METADATA_SUFFIX}",
                 _write(self.index_root, f"{stem}{METADATA_SUFFIX}", ipc_bytes(meta)),
-                segment.vectors_path, segment.vectors_sha256))
+                segment.vectors_path, segment.vectors_sha256, segment.keys_path, segment.keys_sha256))
         return ShardEntry(self.entry.shard, self.entry.count, segments, list(self.entry.tombstones))
 
     def compact(self, version: str) -> ShardEntry:

@@ -58,6 +58,18 @@ def load_vectors(root: str, entry: SegmentEntry | ShardEntry, verify: bool = Tru
     return np.load(storage.localize(url, cache="index"), mmap_mode="r", allow_pickle=False)
 
 
+def load_key_index(root: str, entry: SegmentEntry, verify: bool = True) -> np.ndarray:
+    """A segment's key index ((n, 2) int64 (key hash, id), indexer/keyindex.py), memory-mapped
+    read-only after its checksum is verified. Raises ChecksumMismatch, ValueError when the
+    segment has none."""
+    if not entry.keys_path:
+        raise ValueError(f"segment {entry.index_path} has no key index")
+    url = _url(root, entry.keys_path)
+    if verify:
+        verify_file(url, entry.keys_sha256)
+    return np.load(storage.localize(url, cache="index"), mmap_mode="r", allow_pickle=False)
+
+
 def load_tombstones(root: str, entry: TombstoneEntry, verify: bool = True) -> np.ndarray:
     """A tombstone file's ids: sorted int64, read whole (they are few: compaction bounds them)."""
     url = _url(root, entry.path)

@@ -81,7 +81,9 @@ def test_delete_forgets_everywhere_and_changes_nothing_else(embedded_memory, mem
         assert entry.compacted
         assert not np.isin(stored_ids(load_index(memory_copy, entry, mmap=False)), forgotten).any()
     scores, found = ShardedIndex(memory_copy, compacted).search(queries, 100)
-    np.testing.assert_array_equal(found, exact_ids)  # physically gone: BLAS path, exact order
+    # physically gone; the same top-100 as brute force (near-ties within float rounding of two
+    # BLAS blockings may swap: which ones depends on the ids, hence on the shard split)
+    assert_same_topk((scores, found), (exact_scores, exact_ids), atol=1e-6)
     status = forget_status(memory_copy, manifest.version)
     assert status["bytes_removed"]["version"] == compacted.version
     assert status["stopped_returning"]["version"] == manifest.version
