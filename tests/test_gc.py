@@ -195,7 +195,7 @@ def test_a_file_in_a_dropped_folder_stays_while_a_kept_version_reads_it(tmp_path
     segments = []
     for segment in shard1.segments:
         moved = {}
-        for field in ("index_path", "metadata_path", "vectors_path"):
+        for field in ("index_path", "metadata_path", "vectors_path", "keys_path"):
             source = getattr(segment, field)
             if source:
                 target = f"{new}/{source.split('/', 1)[1]}"

@@ -215,7 +215,7 @@ def test_the_ray_data_runner_writes_what_the_local_runner_writes(tmp_path, rng, 
         root = str(tmp_path / f"memory-{runner}")
         result = run_import(ImportConfig(embeddings=str(tmp_path / "laion"), memory=root,
                                          encoder="e", batch="laion", label_from="column:label",
-                                         chunk_rows=4, runner=runner))
+                                         chunk_rows=4, runner=runner, max_reject_ratio=1.0))
         table = read_embeddings(root, "laion").sort_by("id")
         results[runner] = (result.manifest.counts, table.select(["id", "key", "label", "source"]),
                            embeddings_matrix(table),
