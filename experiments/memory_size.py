@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
+from dataclasses import replace
+
 import numpy as np
 
 from experiments import plots
@@ -43,9 +45,22 @@ def embedded_with(context: Context, encoder: str, weights: str = "") -> tuple[Em
             log.info("embedding the %s images with %s (Beam)", role, encoder)
             run_ingest(IngestConfig(inputs=list(source.inputs), memory=root, batch=role,
                                     encoder=encoder, weights=weights, device=context.device))
-        embedded = EmbeddedSet.load(root, [role])
-        sets.append(embedded.subset(np.isin(embedded.ids, source.ids)))  # the same images
+        sets.append(same_images(EmbeddedSet.load(root, [role]), source))
     return sets[0], sets[1]
+
+
+def same_images(embedded: EmbeddedSet, source: EmbeddedSet) -> EmbeddedSet:
+    """The rows of ``embedded`` that are images of ``source`` (the same source and key),
+    under ``source``'s ids, sorted by id. A re-embedding ingests the same shards into another
+    batch, so its own ids (a hash of batch, shard and key) differ from the original's."""
+    original = {(s, k): i for i, s, k in zip(source.ids.tolist(), source.sources.tolist(),
+                                             source.keys.tolist())}
+    mapped = np.asarray([original.get((s, k), -1) for s, k in zip(embedded.sources.tolist(),
+                                                                   embedded.keys.tolist())],
+                        dtype=np.int64)
+    rows = np.flatnonzero(mapped >= 0)
+    rows = rows[np.argsort(mapped[rows], kind="stable")]
+    return replace(embedded.subset(rows), ids=mapped[rows])
 
 
 def run(context: Context, encoders: list[str], per_class: list[int], tolerance: float = 0.01,

@@ -113,15 +113,23 @@ def test_mixed_encoders_are_refused(memory_copy):
     assert read_latest(memory_copy) is None
 
 
-def test_duplicate_ids_across_batches_are_refused(embedded_memory, fmnist_shards_large, tmp_path):
+def test_duplicate_ids_across_batches_are_refused(embedded_memory, tmp_path):
+    """Ids hash batch + shard + key (issue 12), so re-ingesting a shard into another batch
+    makes new ids; two batches that do hold the same ids (an import of the same rows, a
+    hand-written batch) are refused by the build, naming how many collide."""
     import shutil
 
-    from pipelines.ingest import IngestConfig, run_ingest
+    import pyarrow.parquet as pq
+
+    from pipelines.manifest import (BatchManifest, embeddings_dir, list_batches, read_embeddings,
+                                    write_embedding_batch)
 
     root = tmp_path / "dupes"
     shutil.copytree(embedded_memory / "memory", root)
-    run_ingest(IngestConfig(inputs=[str(fmnist_shards_large / "fashion-mnist-train-000002.tar")],
-                            memory=str(root), batch="train-b-again", device="cpu"))
+    first = BatchManifest.read(str(root), list_batches(str(root))[0])
+    table = read_embeddings(str(root), first.batch).slice(0, 200)
+    write_embedding_batch(str(root), "again", table, first.encoder, "test")
+    assert pq.read_metadata(f"{embeddings_dir(str(root), 'again')}/part-again-00000.parquet").num_rows == 200
     with pytest.raises(DuplicateIds, match="200 ids occur more than once"):
         run_build(BuildConfig(str(root)), LocalExecutor())
 

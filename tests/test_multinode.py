@@ -101,7 +101,8 @@ def test_a_node_killed_under_query_load(small_memory, tmp_path):  # noqa: F811 (
 
         config = load_config(DEFAULT_CONFIG, small_memory, "127.0.0.1", http_port,
                              {"embeddings_only": True, "searcher_groups": 1, "token_env": "VMEM_TEST_TOKEN",
-                              "shard_timeout_s": 1.0, "request_deadline_s": 4.0})
+                              "shard_timeout_s": 1.0, "request_deadline_s": 4.0},
+                             data_plane_port=0)  # queried through the proxy here
         for deployment in config["applications"][0]["deployments"]:
             if deployment["name"] in ("Router", "Searcher0"):
                 deployment.update(num_replicas=2, ray_actor_options={"num_cpus": 0.1},

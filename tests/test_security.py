@@ -296,7 +296,8 @@ def security_config(root: str, port: int, name: str) -> dict:
 
     config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port, {
         "embeddings_only": True, "searcher_groups": 0, "token_env": "VMEM_TEST_ADMIN_TOKEN",
-        "read_token_env": "VMEM_TEST_READ_TOKEN", "allowed_source_roots": [ALLOWED_ROOT]})
+        "read_token_env": "VMEM_TEST_READ_TOKEN", "allowed_source_roots": [ALLOWED_ROOT]},
+        data_plane_port=free_port())  # its own: another application may still hold 8001
     config["applications"][0]["name"] = name
     return config
 

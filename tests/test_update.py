@@ -13,7 +13,7 @@ def test_daily_updates_build_then_add_and_rerun_is_idempotent(fmnist_shards, tmp
     memory = str(tmp_path / "memory")
     day1 = run_update([str(fmnist_shards / "fashion-mnist-train-000000.tar")], memory, "day-1",
                       LocalExecutor(), shards=2)
-    assert (day1["operation"], day1["count"], day1["files_verified"]) == ("build", 40, 5)  # 2 x (index, metadata) + the trained index
+    assert (day1["operation"], day1["count"], day1["files_verified"]) == ("build", 40, 7)  # 2 x (index, metadata, key index) + the trained index
     day2 = run_update([str(fmnist_shards / "fashion-mnist-train-000001.tar")], memory, "day-2",
                       LocalExecutor())
     assert (day2["operation"], day2["count"]) == ("add", 80)
