@@ -703,6 +703,13 @@ def flat_n_point_random(size: int, space, queries: np.ndarray, args, work: str) 
         shutil.rmtree(root, ignore_errors=True)
 
 
+def largest_over_smallest(points: list[dict], metrics: dict[str, Callable[[dict], float]]) -> dict:
+    """Each metric of the largest size over the smallest's (points in size order)."""
+    smallest, largest = points[0], points[-1]
+    return {"sizes": [smallest["vectors"], largest["vectors"]],
+            **{name: _ratio(value(largest), value(smallest)) for name, value in metrics.items()}}
+
+
 def flat_in_n(args, work: str) -> dict:
     from bench.synthetic import DecayingSpace
 
@@ -710,31 +717,23 @@ def flat_in_n(args, work: str) -> dict:
     queries = space.chunk(args.flat_n_queries + args.warmup, stream=1, number=0)
     if args.flat_n_list_size:
         points = [flat_n_point_random(size, space, queries, args, work) for size in args.sizes]
-        smallest, largest = points[0], points[-1]
         return {"dim": args.flat_n_dim, "k": 10, "queries": args.flat_n_queries,
                 "list_size": args.flat_n_list_size,
                 "what": "in-process serving.answers.answer(searcher, q, k=10) (search + the k "
                 "answers' metadata), one query per call, on random-code shards whose nlist grows "
                 "with N (the same codes scanned per query), next to the bare FAISS search",
                 "by_size": {str(p["vectors"]): p for p in points},
-                "ratio_largest_over_smallest": {
-                    "sizes": [smallest["vectors"], largest["vectors"]],
-                    "fixed_nprobe": _ratio(largest["fixed_nprobe_time"]["median_ms"],
-                                           smallest["fixed_nprobe_time"]["median_ms"]),
-                    "answer_minus_search": _ratio(largest["answer_minus_search_ms"],
-                                                  smallest["answer_minus_search_ms"])}}
+                "ratio_largest_over_smallest": largest_over_smallest(points, {
+                    "fixed_nprobe": lambda p: p["fixed_nprobe_time"]["median_ms"],
+                    "answer_minus_search": lambda p: p["answer_minus_search_ms"]})}
     points = [flat_n_point(size, space, queries, args, work) for size in args.sizes]
-    smallest, largest = points[0], points[-1]
     return {"dim": args.flat_n_dim, "factory": args.flat_n_factory, "k": 10,
             "queries": args.flat_n_queries, "what": "in-process serving.answers.answer(searcher, q, k=10), "
             "one query per call, ShardSearcher.load(root, manifest, 0), no kept vectors",
             "by_size": {str(p["vectors"]): p for p in points},
-            "ratio_largest_over_smallest": {
-                "sizes": [smallest["vectors"], largest["vectors"]],
-                "fixed_nprobe": _ratio(largest["fixed_nprobe_time"]["median_ms"],
-                                       smallest["fixed_nprobe_time"]["median_ms"]),
-                "default_nprobe": _ratio(largest["default_nprobe_time"]["median_ms"],
-                                         smallest["default_nprobe_time"]["median_ms"])}}
+            "ratio_largest_over_smallest": largest_over_smallest(points, {
+                "fixed_nprobe": lambda p: p["fixed_nprobe_time"]["median_ms"],
+                "default_nprobe": lambda p: p["default_nprobe_time"]["median_ms"]})}
 
 
 # --------------------------------------------------------------------------- report
