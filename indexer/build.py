@@ -20,9 +20,10 @@ from indexer.executor import LocalExecutor, RayExecutor
 from indexer.layout import index_root, new_version_name, read_latest, set_latest
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
-from indexer.reader import check_unique_ids, plan_inputs, read_part
+from indexer.quantizer import serialize_stripped
+from indexer.reader import plan_inputs
 from indexer.search import ShardedIndex
-from indexer.tasks import VECTOR_DTYPES, add_part, merge_shard, sample_part
+from indexer.tasks import VECTOR_DTYPES, add_part, build_scratch, chunk_rows_for, merge_shard, sample_part
 from indexer.tuning import tune
 from pipelines import storage
 
@@ -40,97 +41,98 @@ class BuildConfig:
     recall_target: float = 0.95
     k: int = 100  # the search default recorded for serving (method.md: k_max = 100)
     seed: int = 0
+    task_memory_mb: int = 1024  # per task: sets the rows read at once (tasks.chunk_rows_for)
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:
             raise ValueError("num_shards must be >= 1")
+        if self.task_memory_mb < 1:
+            raise ValueError("task_memory_mb must be >= 1")
         if self.keep_vectors not in VECTOR_DTYPES:
             raise ValueError(f"keep_vectors must be one of {sorted(VECTOR_DTYPES)}")
-
-
-def part_ids(part) -> np.ndarray:
-    meta, _ = read_part(part, with_vectors=False)
-    return meta.column("id").to_numpy()
-
-
-def add_part_one_shard(part, trained: np.ndarray, keep_vectors: str):
-    """``add_part`` for S = 1 (Ray returns a single object, not a list, for one return)."""
-    return add_part(part, trained, 1, keep_vectors)[0]
 
 
 def train_sample(executor, parts, count: int, wanted: int, seed: int) -> np.ndarray:
     probability = min(1.0, 1.2 * wanted / max(count, 1))
     handles = [executor.submit(sample_part, part, probability, seed, number)
                for number, part in enumerate(parts)]
-    sample = np.concatenate(executor.get(handles, "sampling"))
-    return sample[:wanted]
+    samples = [s for s in executor.get(handles, "sampling", [p.rows for p in parts]) if len(s)]
+    return np.concatenate(samples)[:wanted]
 
 
 def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> IndexManifest:
+    """Build and publish a new version from the memory's embedding batches (module
+    docstring). No process holds the whole input: tasks read their part in chunks, write
+    per-shard piece files, and one task per shard merges that shard's pieces. Raises
+    DuplicateIds (an id in two rows), IncompatibleBatches, ValueError (too few vectors to
+    train the factory), RuntimeError (edits landed while it ran); publishes nothing then."""
     started = time.monotonic()
     inputs = plan_inputs(config.memory, config.batches)
     dim, shards = inputs.dim, config.num_shards
-    ids = np.concatenate(executor.get([executor.submit(part_ids, p) for p in inputs.parts], "reading ids"))
-    check_unique_ids(ids)
-    count = len(ids)  # rows as read: unlearned ids (indexer/forgotten.py) are already dropped
-    if count < inputs.count:
-        log.info("left out %d rows of unlearned items (the forget ledger)", inputs.count - count)
-    factory = (factories.choose_factory(count, dim, config.bytes_per_vector)
+    estimate = inputs.count  # rows as written; unlearned ids (indexer/forgotten.py) drop on read
+    factory = (factories.choose_factory(estimate, dim, config.bytes_per_vector)
                if config.factory == "auto" else config.factory)
-    log.info("building %s over %d vectors (dim %d) from %d parts into %d shards on %s",
-             factory, count, dim, len(inputs.parts), shards, executor.name)
+    chunk_rows = chunk_rows_for(dim, config.task_memory_mb << 20)
+    log.info("building %s over %d vectors (dim %d) from %d parts into %d shards on %s "
+             "(%d rows per read)", factory, estimate, dim, len(inputs.parts), shards,
+             executor.name, chunk_rows)
 
-    wanted = factories.training_size(factory, count)
-    sample = train_sample(executor, inputs.parts, count, wanted, config.seed) if wanted else None
+    wanted = factories.training_size(factory, estimate)
+    sample = train_sample(executor, inputs.parts, estimate, wanted, config.seed) if wanted else None
     prepare_s = time.monotonic() - started
     trained = factories.train(factory, dim, sample, config.seed) if wanted else factories.make_index(factory, dim)
-    trained_bytes = faiss.serialize_index(factories.to_cpu(trained))
+    trained = factories.to_cpu(trained)
+    trained_bytes = faiss.serialize_index(trained)
     train_s = time.monotonic() - started - prepare_s
+    del sample
 
-    trained_ref = executor.put(trained_bytes)
-    if shards == 1:
-        per_part = [[executor.submit(add_part_one_shard, part, trained_ref, config.keep_vectors)]
-                    for part in inputs.parts]
-    else:
-        per_part = [executor.submit(add_part, part, trained_ref, shards, config.keep_vectors,
-                                    num_returns=shards) for part in inputs.parts]
     version = new_version_name()
-    merges = [executor.submit(merge_shard, index_root(config.memory), version, shard,
-                              *[pieces[shard] for pieces in per_part]) for shard in range(shards)]
-    entries = executor.get(merges, "adding and merging")
-    trained_path = f"{version}/trained.faiss"  # one copy per version: every new segment's encoder
-    trained_sha = sha256_bytes(trained_bytes.tobytes())
-    storage.write_bytes_atomic(storage.join(index_root(config.memory), trained_path),
-                               trained_bytes.tobytes())
-    add_merge_s = time.monotonic() - started - train_s - prepare_s
+    root = index_root(config.memory)
+    with build_scratch(config.memory, version):
+        trained_ref = executor.put(trained_bytes)
+        pieces = executor.get(
+            [executor.submit(add_part, root, version, part, number, trained_ref, shards,
+                             config.keep_vectors, chunk_rows)
+             for number, part in enumerate(inputs.parts)], "adding", [p.rows for p in inputs.parts])
+        stripped = serialize_stripped(trained)
+        entries = executor.get([executor.submit(merge_shard, root, version, shard, stripped,
+                                                *[p[shard] for p in pieces])
+                                for shard in range(shards)], "merging",
+                               [sum(p[shard].count for p in pieces) for shard in range(shards)])
+        count = sum(e.count for e in entries)
+        trained_path = f"{version}/trained.faiss"  # one copy per version: every segment's quantizer
+        trained_sha = sha256_bytes(trained_bytes.tobytes())
+        storage.write_bytes_atomic(storage.join(root, trained_path), trained_bytes.tobytes())
+        del trained_bytes
+        add_merge_s = time.monotonic() - started - train_s - prepare_s
+        if count < inputs.count:
+            log.info("left out %d rows of unlearned items (the forget ledger)", inputs.count - count)
 
-    rerank = config.keep_vectors != "none"
-    manifest = IndexManifest(
-        version=version, parent=read_latest(config.memory),
-        created=datetime.now(timezone.utc).isoformat(), operation="build", encoder=inputs.encoder,
-        dim=dim, factory=factory, num_shards=shards, count=sum(e.count for e in entries),
-        search_defaults={"k": config.k, "nprobe": 0, "rerank": rerank},
-        shards=entries, batches=inputs.batches, trained_path=trained_path,
-        trained_sha256=trained_sha)
-    tuning_started = time.monotonic()
-    tuned = tune(ShardedIndex(config.memory, manifest), executor, inputs.parts, count,
-                 ks=(10, config.k), target=config.recall_target, seed=config.seed)
-    manifest.search_defaults.update(tuned.defaults())
-    manifest.details = {
-        "executor": executor.name, "parts": len(inputs.parts),
-        "unlearned_rows_left_out": inputs.count - count,
-        "train_vectors": 0 if sample is None else int(len(sample)),
-        "prepare_seconds": round(prepare_s, 3), "train_seconds": round(train_s, 3),
-        "add_merge_seconds": round(add_merge_s, 3),
-        "tuning_seconds": round(time.monotonic() - tuning_started, 3),
-        "seconds": round(time.monotonic() - started, 3), "seed": config.seed, **tuned.details()}
-    if manifest.count != count:
-        raise RuntimeError(f"built {manifest.count} vectors from {count} inputs; not publishing")
-    with writer_lock(config.memory):
-        _check_unchanged(config.memory, manifest, inputs)
-        manifest.parent = read_latest(config.memory)
-        manifest.write(config.memory)
-        set_latest(config.memory, version)  # the publish: last, atomic
+        rerank = config.keep_vectors != "none"
+        manifest = IndexManifest(
+            version=version, parent=read_latest(config.memory),
+            created=datetime.now(timezone.utc).isoformat(), operation="build", encoder=inputs.encoder,
+            dim=dim, factory=factory, num_shards=shards, count=count,
+            search_defaults={"k": config.k, "nprobe": 0, "rerank": rerank},
+            shards=entries, batches=inputs.batches, trained_path=trained_path,
+            trained_sha256=trained_sha)
+        tuning_started = time.monotonic()
+        tuned = tune(ShardedIndex(config.memory, manifest), executor, inputs.parts, count,
+                     ks=(10, config.k), target=config.recall_target, seed=config.seed)
+        manifest.search_defaults.update(tuned.defaults())
+        manifest.details = {
+            "executor": executor.name, "parts": len(inputs.parts), "chunk_rows": chunk_rows,
+            "unlearned_rows_left_out": inputs.count - count,
+            "train_vectors": 0 if not wanted else int(min(wanted, estimate)),
+            "prepare_seconds": round(prepare_s, 3), "train_seconds": round(train_s, 3),
+            "add_merge_seconds": round(add_merge_s, 3),
+            "tuning_seconds": round(time.monotonic() - tuning_started, 3),
+            "seconds": round(time.monotonic() - started, 3), "seed": config.seed, **tuned.details()}
+        with writer_lock(config.memory):
+            _check_unchanged(config.memory, manifest, inputs)
+            manifest.parent = read_latest(config.memory)
+            manifest.write(config.memory)
+            set_latest(config.memory, version)  # the publish: last, atomic
     return manifest
 
 

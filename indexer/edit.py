@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,13 +26,17 @@ from indexer.forgotten import record_forgotten
 from indexer.layout import index_root, new_version_name, set_latest, version_dir
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
-from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
+from indexer.reader import DuplicateIds, check_unique_ids, part_ids, plan_inputs
 from indexer.segments import (DEFAULT_POLICY, CompactionPolicy, Shard, segment_key_index,
                               segment_metadata, stored_ids)
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
+from indexer.quantizer import serialize_stripped, trained_index
 from indexer.tasks import (
     add_part,
+    add_rows_segment,
     add_segment,
+    build_scratch,
+    chunk_rows_for,
     compact_shard,
     shard_of,
     split_into_pieces,
@@ -54,9 +59,12 @@ def publish(root: str, parent: IndexManifest, version: str, operation: str,
             trained: bytes | None = None) -> IndexManifest:
     """Write the manifest of ``version`` (a child of ``parent``) and point LATEST at it: the
     commit point of every edit. The caller holds the writer lock. A parent without a stored
-    trained index gets one in this version (``trained``), so later edits encode from it."""
+    trained index gets one in this version (``trained``, else derived from the parent's base
+    segment), so later edits encode from it and every segment written since, stored without
+    a coarse quantizer (indexer/quantizer.py), finds its quantizer there."""
     trained_path, trained_sha = parent.trained_path, parent.trained_sha256
-    if not trained_path and trained is not None:
+    if not trained_path:
+        trained = trained if trained is not None else load_trained(root, parent)
         trained_path, trained_sha = f"{version}/trained.faiss", sha256_bytes(trained)
         storage.write_bytes_atomic(storage.join(index_root(root), trained_path), trained)
     manifest = IndexManifest(
@@ -100,8 +108,19 @@ def _vector_kind(root: str, manifest: IndexManifest) -> str:
     return "fp32" if vectors is not None and vectors.dtype == np.float32 else "fp16"
 
 
+def _trained(root: str, parent: IndexManifest) -> tuple[faiss.Index, bytes | None]:
+    """The trained index new segments of ``parent`` are encoded with (read once per process
+    when the version stores it) and, for a version that does not, its bytes for ``publish``
+    to store."""
+    if parent.trained_path:
+        return trained_index(root, parent), None
+    stored = load_trained(root, parent)
+    return faiss.deserialize_index(np.frombuffer(stored, dtype=np.uint8)), stored
+
+
 def run_add(root: str, batches: list[str], executor, version: str | None = None,
-            policy: CompactionPolicy | None = DEFAULT_POLICY) -> IndexManifest:
+            policy: CompactionPolicy | None = DEFAULT_POLICY,
+            task_memory_bytes: int = 1 << 30) -> IndexManifest:
     """Add embedding batches to LATEST as delta segments encoded with the version's trained
     index (no retraining; cost O(rows added)). Batches already in the memory are skipped, so a
     scheduled re-run adds nothing twice. Raises DuplicateIds when an incoming id is live."""
@@ -113,20 +132,25 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
             log.info("every batch is already in version %s: nothing to add", parent.version)
             return parent
         inputs = plan_inputs(root, new, parent.encoder, parent.dim)
-        incoming = np.concatenate([_part_ids(p) for p in inputs.parts])
+        incoming = np.concatenate([part_ids(p) for p in inputs.parts])
         _check_new(root, parent, incoming, "the new batches")
-        trained = load_trained(root, parent)
-        trained_ref = executor.put(np.frombuffer(trained, dtype=np.uint8))
-        pieces = executor.get([executor.submit(add_part, p, trained_ref, parent.num_shards,
-                                               _vector_kind(root, parent))
-                               for p in inputs.parts], "encoding new parts")
+        trained, to_store = _trained(root, parent)
+        trained_ref = executor.put(faiss.serialize_index(trained))
+        stripped = serialize_stripped(trained)
         new_version = new_version_name(parent.version)
-        entries = executor.get([executor.submit(add_segment, root, new_version, parent.shards[s],
-                                                *[pp[s] for pp in pieces])
-                                for s in range(parent.num_shards)], "writing segments")
+        chunk_rows = chunk_rows_for(parent.dim, task_memory_bytes)
+        with build_scratch(root, new_version):
+            pieces = executor.get(
+                [executor.submit(add_part, index_root(root), new_version, p, number, trained_ref,
+                                 parent.num_shards, _vector_kind(root, parent), chunk_rows)
+                 for number, p in enumerate(inputs.parts)], "encoding new parts",
+                [p.rows for p in inputs.parts])
+            entries = executor.get([executor.submit(add_segment, root, new_version, parent.shards[s],
+                                                    stripped, *[pp[s] for pp in pieces])
+                                    for s in range(parent.num_shards)], "writing segments")
         manifest = publish(root, parent, new_version, "add", entries, parent.batches + new,
                            {"added": int(len(incoming)), "batches_added": new,
-                            "seconds": round(time.monotonic() - started, 3)}, trained)
+                            "seconds": round(time.monotonic() - started, 3)}, to_store)
         return _maybe_compact(root, manifest, executor, policy)
 
 
@@ -136,7 +160,6 @@ def add_rows(root: str, meta: pa.Table, vectors: np.ndarray, batch: str,
     float32 unit ``vectors``) from the embedding batch ``batch`` to LATEST: one delta segment
     per shard reached. Cost O(n + shards). Raises DuplicateIds, ValueError on a bad shape."""
     from indexer.executor import LocalExecutor
-    from indexer.segments import encode
 
     with writer_lock(root):
         started = time.monotonic()
@@ -145,22 +168,16 @@ def add_rows(root: str, meta: pa.Table, vectors: np.ndarray, batch: str,
             raise ValueError(f"expected ({meta.num_rows}, {parent.dim}) vectors, got {vectors.shape}")
         ids = meta.column("id").to_numpy()
         _check_new(root, parent, ids, "the new items")
-        trained = load_trained(root, parent)
-        pieces = split_into_pieces(encode(trained, vectors[:0], ids[:0]), meta, vectors,
-                                   parent.num_shards, _vector_kind(root, parent))
+        trained, to_store = _trained(root, parent)
+        pieces = split_into_pieces(trained, meta, vectors, parent.num_shards,
+                                   _vector_kind(root, parent))
         version = new_version_name(parent.version)
-        entries = [add_segment(root, version, parent.shards[s], pieces[s])
+        entries = [add_rows_segment(root, version, parent.shards[s], pieces[s])
                    if len(pieces[s].meta) else parent.shards[s] for s in range(parent.num_shards)]
         manifest = publish(root, parent, version, "add", entries, parent.batches + [batch],
                            {"added": int(len(ids)), "batches_added": [batch],
-                            "seconds": round(time.monotonic() - started, 3)}, trained)
+                            "seconds": round(time.monotonic() - started, 3)}, to_store)
         return _maybe_compact(root, manifest, LocalExecutor(), policy)
-
-
-def _part_ids(part) -> np.ndarray:
-    from indexer.reader import read_part
-
-    return read_part(part, with_vectors=False)[0].column("id").to_numpy()
 
 
 @dataclass

@@ -3,7 +3,7 @@ a distributed build can be checked against a single-process one."""
 from __future__ import annotations
 
 import logging
-import time
+import sys
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ class LocalExecutor:
         result = fn(*args)
         return list(result) if num_returns > 1 else result
 
-    def get(self, handles: Sequence[Any], what: str = "tasks") -> list:
+    def get(self, handles: Sequence[Any], what: str = "tasks",
+            sizes: Sequence[int] | None = None) -> list:
         return list(handles)
 
 
@@ -58,15 +59,32 @@ class RayExecutor:
         return remote.options(num_returns=num_returns, max_retries=self.max_retries,
                               retry_exceptions=[OSError], **options).remote(*args)
 
-    def get(self, handles: Sequence[Any], what: str = "tasks") -> list:
-        pending, total, started, last = list(handles), len(handles), time.monotonic(), 0.0
-        while pending:
-            _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=5.0)
-            now = time.monotonic()
-            if pending and now - last > 5.0:
-                last = now
-                log.info("%s: %d/%d done (%.0fs)", what, total - len(pending), total, now - started)
+    def get(self, handles: Sequence[Any], what: str = "tasks",
+            sizes: Sequence[int] | None = None) -> list:
+        """Wait for every task, showing the phase's progress (a tqdm bar on stderr: tasks
+        done, and rows with their rate when ``sizes`` gives each task's rows), then return
+        the results in submission order. Raises the first task's error after its retries."""
+        pending = list(handles)
+        weight = dict(zip([self._key(h) for h in handles], sizes)) if sizes is not None else None
+        total = sum(sizes) if sizes is not None else len(handles)
+        with progress(what, total, "rows" if sizes is not None else "tasks") as bar:
+            while pending:
+                done, pending = self.ray.wait(pending, num_returns=1, timeout=5.0)
+                bar.update(sum(weight[self._key(h)] for h in done) if weight else len(done))
         return self.ray.get(list(handles))
+
+    @staticmethod
+    def _key(handle: Any) -> Any:
+        return handle.hex() if hasattr(handle, "hex") else id(handle)
+
+
+def progress(what: str, total: int, unit: str):
+    """One phase's progress bar (tqdm), updated in place on a terminal and every 10 s in logs."""
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=what, unit=unit, unit_scale=True, dynamic_ncols=True,
+                mininterval=0.5 if interactive else 10.0, file=sys.stderr)
 
 
 def make_executor(ray_address: str | None, use_ray: bool = True, num_cpus: int | None = None):

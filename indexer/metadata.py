@@ -121,6 +121,13 @@ def ipc_bytes(meta: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def write_ipc(meta: pa.Table, path: str) -> None:
+    """``ipc_bytes`` written straight to the local file ``path`` (no copy in memory)."""
+    meta = meta.combine_chunks()
+    with pa.OSFile(path, "wb") as sink, ipc.new_file(sink, meta.schema) as writer:
+        writer.write_table(meta, max_chunksize=max(meta.num_rows, 1))
+
+
 def open_table(url: str) -> pa.Table:
     """The metadata table of a shard file: memory-mapped (zero-copy) when the file is Arrow
     IPC on a local disk, copied to the local cache first when remote; read into memory for

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from indexer.metadata import conform
+from pipelines import storage
 from pipelines.manifest import BatchManifest, list_batches, read_parquet_files
-from pipelines.schema import embeddings_matrix
+from pipelines.schema import conform_embeddings, embeddings_matrix
 
 META_COLUMNS = ["id", "label", "key", "source", "content_hash"]
 
@@ -74,13 +77,40 @@ def read_part(part: Part, with_vectors: bool = True) -> tuple[pa.Table, np.ndarr
     concatenate) and, optionally, its (n, dim) vectors. Raises ValueError naming a column of
     a conflicting type."""
     columns = META_COLUMNS + (["embedding"] if with_vectors else [])
-    table = read_parquet_files([part.url], columns)
+    return _part_rows(part, read_parquet_files([part.url], columns), with_vectors)
+
+
+def _part_rows(part: Part, table: pa.Table, with_vectors: bool) -> tuple[pa.Table, np.ndarray | None]:
     if part.forgotten is not None:
         table = table.filter(pa.array(~np.isin(table.column("id").to_numpy(), part.forgotten)))
     vectors = embeddings_matrix(table) if with_vectors else None
     meta = table.select(META_COLUMNS).append_column(
         "batch", pa.array([part.batch] * table.num_rows, type=pa.string()))
     return conform(meta), vectors
+
+
+def _tables(part: Part, chunk_rows: int, columns: list[str]) -> Iterator[pa.Table]:
+    fs, path = storage.filesystem(part.url)
+    with fs.open(path, "rb") as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=max(1, chunk_rows), columns=columns):
+            yield conform_embeddings(pa.Table.from_batches([batch]))
+
+
+def iter_part(part: Part, chunk_rows: int,
+              with_vectors: bool = True) -> Iterator[tuple[pa.Table, np.ndarray | None]]:
+    """``read_part`` in chunks of at most ``chunk_rows`` rows, in file order (pyarrow
+    ``ParquetFile.iter_batches``): a task holds one chunk, whatever the part's size. Yields
+    (metadata, (n, dim) float32 vectors or None); the chunks concatenate to ``read_part``."""
+    columns = META_COLUMNS + (["embedding"] if with_vectors else [])
+    for table in _tables(part, chunk_rows, columns):
+        yield _part_rows(part, table, with_vectors)
+
+
+def part_ids(part: Part, chunk_rows: int = 1 << 20) -> np.ndarray:
+    """The part's ids (int64, file order), forgotten ones dropped; only the id column is read."""
+    chunks = [table.column("id").to_numpy() for table in _tables(part, chunk_rows, ["id"])]
+    ids = np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+    return ids[~np.isin(ids, part.forgotten)] if part.forgotten is not None else ids
 
 
 def check_unique_ids(ids: np.ndarray, what: str = "the input batches") -> None:

@@ -24,6 +24,7 @@ import pyarrow as pa
 from indexer.halffloat import to_float32
 from indexer.manifest import IndexManifest, SegmentEntry, ShardEntry, TombstoneEntry
 from indexer.metadata import ShardMetadata, with_weights
+from indexer.quantizer import is_stripped
 from indexer.store import load_index, load_metadata, load_tombstones, load_vectors
 
 K_FACTOR = 4  # PQ candidates per requested neighbour when re-ranking exactly (default)
@@ -170,9 +171,16 @@ class SegmentSearcher:
 
     @classmethod
     def load(cls, root: str, entry: SegmentEntry | ShardEntry, defaults: SearchParams,
-             verify: bool = True, mmap: bool = True) -> "SegmentSearcher":
-        """Verify, then memory-map one segment. Raises ChecksumMismatch."""
-        return cls(entry, load_index(root, entry, verify, mmap), load_metadata(root, entry, verify),
+             verify: bool = True, mmap: bool = True,
+             manifest: IndexManifest | None = None) -> "SegmentSearcher":
+        """Verify, then memory-map one segment of ``manifest``'s version (whose trained index
+        gives a stripped segment its coarse quantizer). Raises ChecksumMismatch, ValueError
+        for a stripped segment without a manifest that names a trained index."""
+        index = load_index(root, entry, verify, mmap, manifest)
+        if is_stripped(index):
+            raise ValueError(f"segment {entry.index_path} has no coarse quantizer and its "
+                             "version names no trained index")
+        return cls(entry, index, load_metadata(root, entry, verify),
                    load_vectors(root, entry, verify), defaults)
 
     def with_hidden(self, hidden: np.ndarray) -> "SegmentSearcher":
@@ -311,10 +319,10 @@ class SegmentCache:
         self.tombstones: dict[tuple[str, str], np.ndarray] = {}
 
     def segment(self, root: str, entry: SegmentEntry, defaults: SearchParams, verify: bool,
-                mmap: bool) -> SegmentSearcher:
+                mmap: bool, manifest: IndexManifest | None = None) -> SegmentSearcher:
         key = (entry.index_path, entry.index_sha256, entry.metadata_path, entry.metadata_sha256)
         if key not in self.segments:
-            self.segments[key] = SegmentSearcher.load(root, entry, defaults, verify, mmap)
+            self.segments[key] = SegmentSearcher.load(root, entry, defaults, verify, mmap, manifest)
         loaded = self.segments[key]
         if loaded.defaults != defaults:
             loaded = loaded.with_hidden(loaded.hidden)
@@ -358,7 +366,7 @@ class ShardSearcher:
         tombstones = [(t.segments, cache.tombstone(root, t, verify)) for t in entry.tombstones]
         segments = []
         for number, segment in enumerate(entry.segments):
-            loaded = cache.segment(root, segment, defaults, verify, mmap)
+            loaded = cache.segment(root, segment, defaults, verify, mmap, manifest)
             hidden = [ids for applies_to, ids in tombstones if applies_to > number]
             if hidden:
                 ids = np.unique(np.concatenate(hidden))

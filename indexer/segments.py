@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import faiss
 import numpy as np
 import pyarrow as pa
 
 from indexer import keyindex
-from indexer.checksums import sha256_bytes
+from indexer.checksums import sha256_bytes, sha256_file
 from indexer.manifest import SegmentEntry, ShardEntry, TombstoneEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
-from indexer.metadata import ipc_bytes, sorted_by_id, with_weights
+from indexer.metadata import ipc_bytes, sorted_by_id, with_weights, write_ipc
+from indexer.quantizer import merge_lists, write_stripped
 from pipelines import storage
 
 TOMBSTONE_SUFFIX = ".tombstones.npy"
@@ -58,32 +60,80 @@ def _write(index_root: str, path: str, data: bytes) -> str:
     return sha256_bytes(data)
 
 
+def _write_file(index_root: str, path: str, write: Callable[[str], None]) -> str:
+    """Write a file with ``write(local_path)`` (atomically, streamed: no copy in memory) and
+    return its SHA-256, read back from storage."""
+    url = storage.join(index_root, path)
+    storage.write_file_atomic(url, write)
+    return sha256_file(url)
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
+def _save_npy(array: np.ndarray, path: str) -> None:
+    with open(path, "wb") as handle:  # a path given to np.save would gain a ".npy" suffix
+        np.save(handle, array, allow_pickle=False)
+
+
+def _gather_rows(sources: Sequence[np.ndarray], order: np.ndarray, dtype, path: str,
+                 chunk_rows: int = 1 << 16) -> None:
+    """Write rows ``order`` of the sources stacked (row i of the stack: source j's row i -
+    offset j) to the .npy file ``path``, ``chunk_rows`` at a time: never a stacked copy."""
+    sizes = np.array([len(source) for source in sources], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    dim = sources[0].shape[1]
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(len(order), dim))
+    for begin in range(0, len(order), chunk_rows):
+        rows = order[begin:begin + chunk_rows]
+        which = np.searchsorted(starts, rows, side="right") - 1
+        chunk = np.empty((len(rows), dim), dtype=dtype)
+        for number in np.unique(which):
+            mine = which == number
+            chunk[mine] = sources[number][rows[mine] - starts[number]]
+        out[begin:begin + len(rows)] = chunk
+    out.flush()
+    del out
+
+
 def write_segment(index_root: str, stem: str, index: faiss.Index, meta: pa.Table,
-                  vectors: np.ndarray | None) -> SegmentEntry:
-    """Write one segment's files (each atomically) under ``ROOT/index/<stem>.*``: metadata
-    sorted by id (float64 weights), vectors in the same row order. Raises RuntimeError when
-    the index and the metadata disagree on the row count."""
+                  vectors: np.ndarray | Sequence[np.ndarray] | None) -> SegmentEntry:
+    """Write one segment's files (each atomically, streamed to storage) under
+    ``ROOT/index/<stem>.*``: the index stripped of its coarse quantizer (indexer/quantizer.py),
+    metadata sorted by id (float64 weights), vectors in the same row order. ``vectors`` is an
+    (n, d) array or a list of arrays whose stacked rows align with ``meta`` (pieces: possibly
+    memory-mapped, gathered in chunks). Raises RuntimeError when the index and the metadata
+    disagree on the row count, DuplicateIds when an id occurs twice."""
+    from indexer.reader import DuplicateIds
+
     meta, order = sorted_by_id(with_weights(meta))
     if int(index.ntotal) != meta.num_rows:
         raise RuntimeError(f"{stem}: index holds {index.ntotal} vectors, metadata {meta.num_rows}")
+    ids = meta.column("id").to_numpy()
+    repeated = ids[1:][ids[1:] == ids[:-1]]
+    if len(repeated):
+        raise DuplicateIds(f"{len(np.unique(repeated))} ids occur more than once in {stem} "
+                           f"(e.g. {np.unique(repeated)[:5].tolist()}): the same key ingested "
+                           "in two batches?")
     segment = SegmentEntry(
         count=int(index.ntotal), index_path=f"{stem}.faiss",
-        index_sha256=_write(index_root, f"{stem}.faiss", faiss.serialize_index(index).tobytes()),
+        index_sha256=_write_file(index_root, f"{stem}.faiss",
+                                 lambda path: write_stripped(index, path)),
         metadata_path=f"{stem}{METADATA_SUFFIX}",
-        metadata_sha256=_write(index_root, f"{stem}{METADATA_SUFFIX}", ipc_bytes(meta)))
+        metadata_sha256=_write_file(index_root, f"{stem}{METADATA_SUFFIX}",
+                                    lambda path: write_ipc(meta, path)))
     if vectors is not None:
+        sources = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
         segment.vectors_path = f"{stem}.vectors.npy"
-        segment.vectors_sha256 = _write(index_root, segment.vectors_path,
-                                        npy_bytes(np.ascontiguousarray(vectors[order])))
+        segment.vectors_sha256 = _write_file(
+            index_root, segment.vectors_path,
+            lambda path: _gather_rows(sources, order, sources[0].dtype, path))
     segment.keys_path = f"{stem}{keyindex.SUFFIX}"
-    segment.keys_sha256 = _write(index_root, segment.keys_path, npy_bytes(
-        keyindex.key_index(meta.column("key"), meta.column("id").to_numpy())))
+    keys = keyindex.key_index(meta.column("key"), ids)
+    segment.keys_sha256 = _write_file(index_root, segment.keys_path, lambda path: _save_npy(keys, path))
     return segment
 
 
@@ -255,7 +305,7 @@ class Shard:
             if index is None:
                 index = part
             elif part.ntotal:
-                index.merge_from(part, 0)
+                merge_lists(index, part)
         meta = pa.concat_tables(metas, promote_options="permissive")
         stacked = None if vectors[0] is None else np.concatenate(vectors)
         segment = write_segment(self.index_root, self._stem(version, ""), index, meta, stacked)

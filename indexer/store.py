@@ -9,6 +9,7 @@ from indexer.checksums import verify_file
 from indexer.layout import index_root, read_latest
 from indexer.manifest import IndexManifest, SegmentEntry, ShardEntry, TombstoneEntry
 from indexer.metadata import open_table
+from indexer.quantizer import attach, is_stripped, trained_index
 from pipelines import storage
 
 
@@ -24,18 +25,25 @@ def _url(root: str, path: str) -> str:
     return storage.join(index_root(root), path)
 
 
-def load_index(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True, mmap: bool = True) -> faiss.Index:
+def load_index(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True, mmap: bool = True,
+               manifest: IndexManifest | None = None) -> faiss.Index:
     """Verify the checksum, then read the index; with ``mmap`` the inverted lists (or flat
     codes) stay in the file, memory-mapped read-only (faiss ``IO_FLAG_MMAP_IFC``: zero-copy
     views for ArrayInvertedLists and IndexFlatCodes; ``IO_FLAG_MMAP`` where faiss is older), so
-    heap holds the coarse quantizer and tables, and the page cache the codes queries touch.
-    Remote files are cached locally first. Raises ChecksumMismatch, FileNotFoundError."""
+    heap holds only small tables, and the page cache the codes queries touch. A segment written
+    without its coarse quantizer (indexer/quantizer.py) gets the one of ``manifest``'s trained
+    index, shared per process; without ``manifest`` it is returned as stored (its lists can be
+    read and merged, not searched). Remote files are cached locally first. Raises
+    ChecksumMismatch, FileNotFoundError."""
     url = _url(root, entry.index_path)
     if verify:
         verify_file(url, entry.index_sha256)
     local = storage.localize(url, cache="index")
     flags = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) if mmap else 0
-    return faiss.read_index(local, flags | faiss.IO_FLAG_READ_ONLY)
+    index = faiss.read_index(local, flags | faiss.IO_FLAG_READ_ONLY)
+    if manifest is not None and is_stripped(index):
+        attach(index, trained_index(root, manifest))
+    return index
 
 
 def load_metadata(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True) -> pa.Table:

@@ -1,18 +1,32 @@
 """The indexer's units of work: numpy/Arrow in, numpy/Arrow/files out; no Ray imports here."""
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass
+from typing import Sequence
 
 import faiss
 import numpy as np
 import pyarrow as pa
 
 from indexer.manifest import ShardEntry
-from indexer.metadata import with_weights
-from indexer.reader import Part, read_part
+from indexer.metadata import SUFFIX as METADATA_SUFFIX
+from indexer.metadata import conform, with_weights
+from indexer.quantizer import merge_lists, serialize_stripped, shared_empty, write_stripped
+from indexer.reader import Part, iter_part
 from indexer.segments import Shard, stored_ids, write_segment  # noqa: F401 (stored_ids: re-export)
+from pipelines import storage
 
 VECTOR_DTYPES = {"none": None, "fp16": np.float16, "fp32": np.float32}
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 256, 1 << 18
+
+
+def chunk_rows_for(dim: int, task_memory_bytes: int) -> int:
+    """Rows a task reads at once so that its working set stays within ``task_memory_bytes``:
+    per row ~16·dim bytes in flight (the Arrow buffer, the float32 matrix, the per-shard copy,
+    FAISS's residuals) plus ~256 bytes of metadata; clamped to [256, 262144]."""
+    return int(np.clip(task_memory_bytes // (16 * dim + 256), MIN_CHUNK_ROWS, MAX_CHUNK_ROWS))
 
 
 @dataclass
@@ -20,7 +34,7 @@ class ShardPiece:
     """What one part contributes to one shard: a small index of the same trained kind, its
     rows' metadata and (for exact re-ranking) their vectors, all in the same row order."""
 
-    index: np.ndarray  # faiss.serialize_index bytes
+    index: np.ndarray  # the index serialised without its coarse quantizer (serialize_stripped)
     meta: pa.Table
     vectors: np.ndarray | None
 
@@ -30,33 +44,145 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
     return (ids % num_shards).astype(np.int64)
 
 
-def sample_part(part: Part, probability: float, seed: int, part_number: int) -> np.ndarray:
-    """A seeded Bernoulli sample of one part's vectors (deterministic per part)."""
-    _, vectors = read_part(part)
-    keep = np.random.default_rng([seed, part_number]).random(len(vectors)) < probability
-    return vectors[keep]
+def sample_part(part: Part, probability: float, seed: int, part_number: int,
+                chunk_rows: int = 1 << 16) -> np.ndarray:
+    """A seeded Bernoulli sample of one part's vectors (deterministic per part: one random
+    stream drawn chunk after chunk equals one draw over the whole part), read in chunks."""
+    rng = np.random.default_rng([seed, part_number])
+    kept = [vectors[rng.random(len(vectors)) < probability]
+            for _, vectors in iter_part(part, chunk_rows)]
+    return np.concatenate(kept) if kept else np.empty((0, 0), np.float32)
 
 
-def split_into_pieces(empty: faiss.Index, meta: pa.Table, vectors: np.ndarray, num_shards: int,
+@dataclass(frozen=True)
+class PieceFiles:
+    """What one part contributes to one shard, on storage (a build's or an add's temporary
+    files, under ``ROOT/index/<version>/.build/``): ``<stem>.faiss`` (the rows encoded on the
+    trained index, written without its coarse quantizer), ``<stem>.meta.arrow`` (their
+    metadata, file order) and, when the memory re-ranks, ``<stem>.vectors.bin`` (raw
+    ``dtype`` rows, count x dim). ``count`` 0: no files."""
+
+    stem: str
+    count: int
+    dim: int
+    dtype: str | None  # numpy dtype name of the vectors file; None: no vectors
+
+
+def add_part(index_root: str, version: str, part: Part, number: int, trained: np.ndarray,
+             num_shards: int, keep_vectors: str, chunk_rows: int) -> list[PieceFiles]:
+    """Encode one part onto the trained index, split by shard (id mod S), streaming: the part
+    is read ``chunk_rows`` at a time (reader.iter_part); each chunk's codes go to one
+    in-memory index per shard (they share one coarse quantizer: a row is assigned once), its
+    metadata and vectors straight to the shard's piece files. Memory: one chunk plus the
+    part's codes. Files are written atomically under deterministic names, so a retried task
+    (Ray re-runs a lost one) writes the same pieces. Returns one ``PieceFiles`` per shard."""
+    import pyarrow.ipc as ipc
+
+    full = faiss.deserialize_index(trained)
+    stripped = serialize_stripped(full)
+    indexes = [shared_empty(full, stripped) for _ in range(num_shards)]
+    dtype = VECTOR_DTYPES[keep_vectors]
+    stems = [f"{version}/.build/part-{number:05d}.shard-{s:05d}" for s in range(num_shards)]
+    counts = [0] * num_shards
+    with contextlib.ExitStack() as files:
+        writers: dict[int, tuple] = {}
+
+        def open_piece(shard: int, schema: pa.Schema) -> tuple:
+            stem = storage.join(index_root, stems[shard])
+            meta_path = files.enter_context(storage.staged(f"{stem}{METADATA_SUFFIX}"))
+            vector_file = None
+            if dtype is not None:
+                vector_file = files.enter_context(open(files.enter_context(
+                    storage.staged(f"{stem}.vectors.bin")), "wb"))
+            sink = files.enter_context(pa.OSFile(meta_path, "wb"))
+            return files.enter_context(ipc.new_file(sink, schema)), vector_file
+
+        for meta, vectors in iter_part(part, chunk_rows):
+            ids = meta.column("id").to_numpy()
+            shards = shard_of(ids, num_shards)
+            for shard in range(num_shards):
+                rows = np.flatnonzero(shards == shard)
+                if not len(rows):
+                    continue
+                if shard not in writers:
+                    writers[shard] = open_piece(shard, meta.schema)
+                writer, vector_file = writers[shard]
+                indexes[shard].add_with_ids(np.ascontiguousarray(vectors[rows]), ids[rows])
+                writer.write_table(meta.take(pa.array(rows)))
+                if vector_file is not None:
+                    vector_file.write(np.ascontiguousarray(vectors[rows], dtype=dtype).tobytes())
+                counts[shard] += len(rows)
+        for shard, index in enumerate(indexes):
+            if counts[shard]:
+                storage.write_file_atomic(storage.join(index_root, f"{stems[shard]}.faiss"),
+                                          lambda path, index=index: write_stripped(index, path))
+    dim = int(full.d)
+    name = None if dtype is None else np.dtype(dtype).name
+    return [PieceFiles(stems[s], counts[s], dim, name) for s in range(num_shards)]
+
+
+def split_into_pieces(trained: faiss.Index, meta: pa.Table, vectors: np.ndarray, num_shards: int,
                       keep_vectors: str) -> list[ShardPiece]:
+    """Rows already in memory (the online add: ``meta`` rows, (n, d) float32 ``vectors``)
+    encoded on the trained index, one piece per shard; the pieces share ``trained``'s coarse
+    quantizer and hold none themselves."""
     ids = meta.column("id").to_numpy()
     shards = shard_of(ids, num_shards)
     dtype = VECTOR_DTYPES[keep_vectors]
+    stripped = serialize_stripped(trained)
     pieces = []
     for shard in range(num_shards):
         rows = np.flatnonzero(shards == shard)
-        index = faiss.clone_index(empty)
+        index = shared_empty(trained, stripped)
         if len(rows):
             index.add_with_ids(np.ascontiguousarray(vectors[rows]), ids[rows])
-        pieces.append(ShardPiece(faiss.serialize_index(index), meta.take(pa.array(rows)),
+        pieces.append(ShardPiece(np.frombuffer(serialize_stripped(index), dtype=np.uint8),
+                                 meta.take(pa.array(rows)),
                                  vectors[rows].astype(dtype) if dtype is not None else None))
     return pieces
 
 
-def add_part(part: Part, trained: np.ndarray, num_shards: int, keep_vectors: str) -> list[ShardPiece]:
-    """Encode one part onto copies of the trained empty index, one copy per serving shard."""
-    meta, vectors = read_part(part)
-    return split_into_pieces(faiss.deserialize_index(trained), meta, vectors, num_shards, keep_vectors)
+@contextlib.contextmanager
+def build_scratch(root: str, version: str):
+    """The span of a job writing the files of ``version`` (not yet published): its piece
+    files (``<version>/.build/``) are removed when it ends, and when it fails the whole
+    version folder is, so a failed build or add leaves nothing behind. A killed job's
+    folder is removed by ``vmem index gc`` (an orphan version folder)."""
+    from indexer.layout import index_root
+
+    folder = storage.join(index_root(root), version)
+    try:
+        yield
+    except BaseException:
+        storage.remove(folder)
+        raise
+    storage.remove(storage.join(folder, ".build"))
+
+
+@contextlib.contextmanager
+def opened_pieces(index_root: str, trained_stripped: bytes, pieces: Sequence[PieceFiles]):
+    """The pieces of one shard as (index, metadata, vector sources), in piece order: the codes
+    merged into one index (in memory: one shard's codes), the metadata and vectors memory-
+    mapped from the piece files (remote files downloaded to a scratch folder first). The
+    index has no coarse quantizer: it is for writing, not searching."""
+    import pyarrow.ipc as ipc
+
+    index = faiss.deserialize_index(np.frombuffer(trained_stripped, dtype=np.uint8))
+    metas, sources = [], []
+    with tempfile.TemporaryDirectory(prefix="vmem-merge-") as scratch:
+        for piece in pieces:
+            if not piece.count:
+                continue
+            stem = storage.join(index_root, piece.stem)
+            merge_lists(index, faiss.read_index(storage.local_copy(f"{stem}.faiss", scratch)))
+            local = storage.local_copy(f"{stem}{METADATA_SUFFIX}", scratch)
+            metas.append(ipc.open_file(pa.memory_map(local, "r")).read_all())
+            if piece.dtype is not None:
+                sources.append(np.memmap(storage.local_copy(f"{stem}.vectors.bin", scratch),
+                                         dtype=piece.dtype, mode="r", shape=(piece.count, piece.dim)))
+        meta = (pa.concat_tables(metas, promote_options="permissive") if metas
+                else conform(pa.table({"id": pa.array([], pa.int64())})))
+        yield index, meta, sources or None
 
 
 def write_shard(index_root: str, version: str, shard: int, index: faiss.Index,
@@ -66,9 +192,23 @@ def write_shard(index_root: str, version: str, shard: int, index: faiss.Index,
     return ShardEntry(shard, segment.count, [segment])
 
 
-def merge_shard(index_root: str, version: str, shard: int, *pieces: ShardPiece) -> ShardEntry:
-    """Merge the parts' pieces of one shard, in part order (deterministic), and write it."""
-    return write_shard(index_root, version, shard, *merge_pieces(list(pieces)))
+def merge_shard(index_root: str, version: str, shard: int, trained_stripped: bytes,
+                *pieces: PieceFiles) -> ShardEntry:
+    """Merge the parts' piece files of one shard, in part order (deterministic), and write
+    the shard's base segment; the piece files are removed once it is written. Memory: one
+    shard's codes, metadata and id order; vectors are gathered from the memory-mapped pieces
+    in chunks. Raises DuplicateIds when an id occurs twice in the shard (ids are split by id
+    mod S, so every duplicate meets itself in one shard)."""
+    with opened_pieces(index_root, trained_stripped, pieces) as (index, meta, sources):
+        entry = write_shard(index_root, version, shard, index, meta, sources)
+    remove_pieces(index_root, pieces)
+    return entry
+
+
+def remove_pieces(index_root: str, pieces: Sequence[PieceFiles]) -> None:
+    for piece in pieces:
+        for suffix in (".faiss", METADATA_SUFFIX, ".vectors.bin"):
+            storage.remove(storage.join(index_root, f"{piece.stem}{suffix}"))
 
 
 def empty_like(index: faiss.Index) -> np.ndarray:
@@ -82,15 +222,27 @@ def merge_pieces(pieces: list[ShardPiece]) -> tuple[faiss.Index, pa.Table, np.nd
     """The pieces of one shard as one index, metadata and vectors, in piece order."""
     index = faiss.deserialize_index(pieces[0].index)
     for piece in pieces[1:]:
-        index.merge_from(faiss.deserialize_index(piece.index), 0)
+        merge_lists(index, faiss.deserialize_index(piece.index))
     meta = pa.concat_tables([with_weights(piece.meta) for piece in pieces], promote_options="permissive")
     vectors = (np.concatenate([piece.vectors for piece in pieces])
                if pieces[0].vectors is not None else None)
     return index, meta, vectors
 
 
-def add_segment(root: str, version: str, entry: ShardEntry, *pieces: ShardPiece) -> ShardEntry:
-    """One delta segment of ``entry``'s shard holding the pieces (an add): O(rows added)."""
+def add_segment(root: str, version: str, entry: ShardEntry, trained_stripped: bytes,
+                *pieces: PieceFiles) -> ShardEntry:
+    """One delta segment of ``entry``'s shard holding the pieces (an add job): O(rows added).
+    The piece files are removed once it is written."""
+    from indexer.layout import index_root
+
+    with opened_pieces(index_root(root), trained_stripped, pieces) as (index, meta, sources):
+        new = Shard(root, entry).add(version, index, meta, sources)
+    remove_pieces(index_root(root), pieces)
+    return new
+
+
+def add_rows_segment(root: str, version: str, entry: ShardEntry, *pieces: ShardPiece) -> ShardEntry:
+    """One delta segment of ``entry``'s shard holding in-memory pieces (the online add)."""
     index, meta, vectors = merge_pieces(list(pieces))
     return Shard(root, entry).add(version, index, meta, vectors)
 

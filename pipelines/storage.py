@@ -1,6 +1,7 @@
 """Small fsspec helpers shared by every stage: URL joins and atomic writes (temp + rename)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -10,7 +11,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import fsspec
 
@@ -64,6 +65,53 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     finally:
         if fs.exists(temp):
             fs.rm(temp)
+
+
+@contextlib.contextmanager
+def staged(url: str) -> Iterator[str]:
+    """A local path to write ``url``'s new content to, for libraries that write files
+    themselves (FAISS's ``write_index``, Arrow's IPC writer, ``np.save``, a memory map). On
+    normal exit the file is renamed over ``url`` (uploaded first when ``url`` is remote), so
+    readers see the old content or the new, never a partial file; on an error it is removed
+    and nothing is written. Nothing is held in memory."""
+    fs, path = filesystem(url)
+    directory, name = posixpath.split(path)
+    fs.makedirs(directory, exist_ok=True)
+    temp = posixpath.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
+    if is_local(url):
+        try:
+            yield temp
+            os.replace(temp, path)
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
+        return
+    with tempfile.TemporaryDirectory(prefix="vmem-upload-") as local:
+        local_file = os.path.join(local, name)
+        yield local_file
+        try:
+            fs.put_file(local_file, temp)
+            fs.mv(temp, path)
+        finally:
+            if fs.exists(temp):
+                fs.rm(temp)
+
+
+def write_file_atomic(url: str, write: Callable[[str], None]) -> None:
+    """``write(local_path)`` fills the file that then replaces ``url`` atomically (``staged``)."""
+    with staged(url) as local:
+        write(local)
+
+
+def local_copy(url: str, scratch: str) -> str:
+    """A local path holding ``url``'s bytes: the path itself when local, else a download into
+    the directory ``scratch`` (the caller removes it)."""
+    if is_local(url):
+        return filesystem(url)[1]
+    fs, path = filesystem(url)
+    target = os.path.join(scratch, f"{uuid.uuid4().hex[:8]}-{posixpath.basename(path)}")
+    fs.get_file(path, target)
+    return target
 
 
 def write_json_atomic(url: str, value: Any) -> None:
