@@ -144,3 +144,165 @@ def wait_quiet(tree_of: Callable[[], list], below: float = 0.15, window: float =
         if cpu_seconds(before, cpu_snapshot(tree_of())) / window < below:
             break
     return round(time.monotonic() - started, 1)
+
+
+# --------------------------------------------------------------------------- measured runs
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``prctl
+    PR_SET_CHILD_SUBREAPER``): a daemon that a child starts and leaves behind (Ray's
+    gcs_server, raylet, agents) stays in this process's tree, and once reaped its CPU time
+    reaches this process's ``RUSAGE_CHILDREN``. False where it is not available."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_children() -> bool:
+    """Reap every ended child of this process; True when no child is left."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every child this process has reaped (and of what they reaped)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class TreeSampler:
+    """Samples this process's descendants (the measured tree): the RSS (and anonymous RSS)
+    summed over the tree, its peak over time with the processes it was made of, and the CPU
+    seconds each process was last seen to have used (a process that ends between two samples
+    loses at most one interval: ``children_cpu_seconds`` has the exact total)."""
+
+    def __init__(self) -> None:
+        self.peak_rss = self.peak_anon = 0
+        self.peak_processes: list[dict] = []
+        self.samples = 0
+        self.cpu: dict[tuple[int, float], tuple[str, float]] = {}
+        self._names: dict[tuple[int, float], str] = {}
+
+    def sample(self) -> list:
+        """One sample; returns the live (non-zombie) descendants."""
+        me = psutil.Process()
+        try:
+            tree = me.children(recursive=True)
+        except psutil.NoSuchProcess:  # pragma: no cover
+            return []
+        rss = anon = 0
+        live, rows = [], []
+        for process in tree:
+            try:
+                with process.oneshot():
+                    key = (process.pid, process.create_time())
+                    times = process.cpu_times()  # a zombie's are its final ones
+                    used = times.user + times.system
+                    if process.status() == psutil.STATUS_ZOMBIE:
+                        name = self._names.get(key, process.name())
+                        self.cpu[key] = (name, max(used, self.cpu.get(key, ("", 0.0))[1]))
+                        continue
+                    name = self._names.get(key) or self._names.setdefault(key, process_name(process))
+                    one = process.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            self.cpu[key] = (name, used)
+            one_anon = _anon_and_file(process.pid)["rss_anon_bytes"]
+            rss, anon = rss + one, anon + one_anon
+            live.append(process)
+            rows.append({"pid": process.pid, "name": name, "rss_bytes": one, "rss_anon_bytes": one_anon})
+        self.samples += 1
+        if rss > self.peak_rss:
+            self.peak_rss = rss
+            self.peak_processes = sorted(rows, key=lambda r: -r["rss_bytes"])
+        self.peak_anon = max(self.peak_anon, anon)
+        return live
+
+    def cpu_by_name(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, used in self.cpu.values():
+            out[name] = out.get(name, 0.0) + used
+        return {name: round(seconds, 2) for name, seconds in sorted(out.items(), key=lambda i: -i[1])}
+
+
+def run_measured(command: list[str], stdout_path: str, stderr_path: str, interval: float = 0.5,
+                 teardown_timeout: float = 60.0, env: dict | None = None) -> dict:
+    """Run ``command`` as a child of this process and measure its whole process tree (it and
+    every descendant, daemons it leaves behind included: call ``become_subreaper`` once
+    first): wall seconds until the child exits, CPU seconds of the tree, the peak of the
+    tree's summed RSS (sampled every ``interval`` s) and which processes made it up.
+
+    CPU seconds (user + system) are counted two ways, each a lower bound, and the larger is
+    ``cpu_seconds``: ``cpu_seconds_sampled``, each process's CPU time when last sampled,
+    summed (final for the child and for descendants that end as this process's children:
+    they are sampled as zombies before being reaped; another process loses what it used
+    after its last sample, at most ``interval`` s of CPU); ``cpu_seconds_reaped``, this
+    process's ``RUSAGE_CHILDREN`` once every descendant has ended and been reaped (exact for
+    processes reaped by ``wait``, but the kernel discards the usage of children whose parent
+    ignores SIGCHLD, as Ray's raylet does for its workers).
+
+    Descendants still running ``teardown_timeout`` s after the child exits are terminated (by
+    pid: they are this run's). This process must have no other child while it runs. Output
+    goes to the two files (a chatty child cannot block on a full pipe). Raises
+    CalledProcessError when the child fails."""
+    import subprocess
+
+    reap_children()
+    cpu_before = children_cpu_seconds()
+    sampler = TreeSampler()
+    started = time.monotonic()
+    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        # Wait for the child to end without reaping it (WNOWAIT), so that one more sample
+        # reads its final CPU time from the zombie; then reap it.
+        while os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            sampler.sample()
+            time.sleep(interval)
+        wall = time.monotonic() - started
+        sampler.sample()
+        child.wait()
+    teardown_started, killed = time.monotonic(), []
+    while True:
+        live = sampler.sample()
+        reap_children()
+        if not live:
+            break
+        if time.monotonic() - teardown_started > teardown_timeout:
+            for process in live:
+                try:
+                    killed.append(process_name(process))
+                    process.kill()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            psutil.wait_procs(live, timeout=10)
+            teardown_started = float("inf")  # kill once, then only wait and reap
+        time.sleep(0.05)
+    while not reap_children():
+        time.sleep(0.1)
+    reaped = children_cpu_seconds() - cpu_before
+    sampled = sum(used for _, used in sampler.cpu.values())
+    if child.returncode:
+        with open(stderr_path, "rb") as err:
+            tail = err.read()[-4000:].decode(errors="replace")
+        raise subprocess.CalledProcessError(child.returncode, command, stderr=tail)
+    return {"wall_seconds": round(wall, 3),
+            "teardown_seconds": round(time.monotonic() - started - wall, 3),
+            "cpu_seconds": round(max(reaped, sampled), 3),
+            "cpu_seconds_sampled": round(sampled, 3), "cpu_seconds_reaped": round(reaped, 3),
+            "cpu_seconds_sampled_by_process": sampler.cpu_by_name(),
+            "peak_rss_bytes": sampler.peak_rss, "peak_rss_anon_bytes": sampler.peak_anon,
+            "peak_processes": [{"name": r["name"], "rss_mib": round(r["rss_bytes"] / 2**20, 1),
+                                "rss_anon_mib": round(r["rss_anon_bytes"] / 2**20, 1)}
+                               for r in sampler.peak_processes[:12]],
+            "processes_seen": len(sampler.cpu), "samples": sampler.samples,
+            "killed_at_teardown": killed}

@@ -17,6 +17,7 @@ import numpy as np
 from indexer import factory as factories
 from indexer.checksums import sha256_bytes
 from indexer.executor import LocalExecutor, RayExecutor
+from indexer.faults import crash_point
 from indexer.layout import index_root, new_version_name, read_latest, set_latest
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
@@ -128,6 +129,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             "add_merge_seconds": round(add_merge_s, 3),
             "tuning_seconds": round(time.monotonic() - tuning_started, 3),
             "seconds": round(time.monotonic() - started, 3), "seed": config.seed, **tuned.details()}
+        crash_point("publish")
         with writer_lock(config.memory):
             _check_unchanged(config.memory, manifest, inputs)
             manifest.parent = read_latest(config.memory)

@@ -125,15 +125,20 @@ _LOCK = threading.Lock()
 
 
 def trained_index(root: str, manifest: "IndexManifest") -> faiss.Index:
-    """The version's trained index, verified and read once per process (a few versions are
-    kept: a replica following new versions shares one quantizer across them when they share
-    the file). Raises ChecksumMismatch, FileNotFoundError; ValueError when the manifest names
+    """The version's trained index, read once per process (a few versions are kept: a
+    replica following new versions shares one quantizer across them when they share the
+    file), its checksum verified on every call. Raises ChecksumMismatch, FileNotFoundError; ValueError when the manifest names
     no trained index."""
+    from indexer.checksums import verify_file
+    from indexer.layout import index_root
     from indexer.store import load_trained
+    from pipelines import storage
 
     if not manifest.trained_path:
         raise ValueError(f"version {manifest.version} names no trained index")
     key = (root, manifest.trained_path, manifest.trained_sha256)
+    # checked on every use (a stat while the file is unchanged, a re-hash once it changed)
+    verify_file(storage.join(index_root(root), manifest.trained_path), manifest.trained_sha256)
     with _LOCK:
         if key in _TRAINED:
             _TRAINED.move_to_end(key)

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from indexer.faults import crash_point
 from indexer.manifest import ShardEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
 from indexer.metadata import conform, with_weights
@@ -112,6 +113,7 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
                 if vector_file is not None:
                     vector_file.write(np.ascontiguousarray(vectors[rows], dtype=dtype).tobytes())
                 counts[shard] += len(rows)
+            crash_point("add_part")
         for shard, index in enumerate(indexes):
             if counts[shard]:
                 storage.write_file_atomic(storage.join(index_root, f"{stems[shard]}.faiss"),

@@ -1,0 +1,211 @@
+"""The out-of-core build (issue 13): streamed parts under a task memory budget, piece files
+merged per shard, one trained quantizer per version, an HNSW coarse quantizer, lean build
+workers, a task killed mid-add retried to the same result, and a killed build publishing
+nothing. Real FAISS, real Ray (a fresh local instance in a subprocess where a process dies)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from bench.synthetic import mixture, write_batch
+from indexer.build import BuildConfig, run_build
+from indexer.checksums import ChecksumMismatch
+from indexer.executor import LocalExecutor
+from indexer.faults import ENV as CRASH_ENV
+from indexer.layout import index_root, read_latest
+from indexer.quantizer import is_stripped
+from indexer.reader import DuplicateIds
+from indexer.search import ShardedIndex
+from indexer.segments import stored_ids
+from indexer.store import load_index, load_metadata, resolve_version
+from tests.indexer_helpers import brute_force
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTORY = "IVF16,PQ8x8"
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return mixture(6_200, 32, clusters=20, seed=11)
+
+
+@pytest.fixture
+def memory(vectors, tmp_path) -> str:
+    root = str(tmp_path / "memory")
+    write_batch(root, "synthetic", vectors[:6_000], parts=3)
+    return root
+
+
+def _codes_by_id(root: str, manifest) -> dict[int, bytes]:
+    """Every stored (id -> PQ code bytes) of a version, read from its segment files."""
+    codes = {}
+    for entry in manifest.shards:
+        for segment in entry.segments:
+            index = load_index(root, segment, mmap=False)  # keep it alive: ivf is a view
+            ivf = faiss.extract_index_ivf(index)
+            lists = ivf.invlists
+            for number in range(ivf.nlist):
+                size = lists.list_size(number)
+                if not size:
+                    continue
+                ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+                raw = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy()
+                for row, item in enumerate(ids):
+                    codes[int(item)] = raw[row * lists.code_size:(row + 1) * lists.code_size].tobytes()
+    return codes
+
+
+def _version_files(root: str, manifest) -> list[str]:
+    folder = Path(index_root(root)) / manifest.version
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_part_larger_than_the_task_budget_builds_in_chunks_to_the_same_index(memory, tmp_path):
+    """1 MB per task reads 1,365 rows of 32 floats at a time (parts hold 2,000): the
+    streamed build equals the build that reads each part at once, id for id, code for code."""
+    copy = str(tmp_path / "copy")
+    shutil.copytree(memory, copy)
+    small = run_build(BuildConfig(memory, num_shards=2, factory=FACTORY, task_memory_mb=1), LocalExecutor())
+    large = run_build(BuildConfig(copy, num_shards=2, factory=FACTORY, task_memory_mb=4096), LocalExecutor())
+    assert small.details["chunk_rows"] < 2_000 <= large.details["chunk_rows"]
+    assert small.count == large.count == 6_000
+    assert _codes_by_id(memory, small) == _codes_by_id(copy, large)
+    for a, b in zip(small.shards, large.shards):
+        assert load_metadata(memory, a.base).equals(load_metadata(copy, b.base))
+    assert ".build" not in _version_files(memory, small)  # piece files are gone
+
+
+def test_segments_hold_lists_only_and_share_the_versions_trained_index(memory, vectors):
+    manifest = run_build(BuildConfig(memory, num_shards=4, factory=FACTORY, keep_vectors="fp16"),
+                         LocalExecutor())
+    assert manifest.trained_path == f"{manifest.version}/trained.faiss"
+    assert (manifest.trained_path, manifest.trained_sha256) in manifest.files()
+    for entry in manifest.shards:
+        assert is_stripped(load_index(memory, entry.base))  # as stored: lists, no centroids
+        assert not is_stripped(load_index(memory, entry.base, manifest=manifest))
+    # searched with the version's quantizer, answers equal a brute force over the PQ codes
+    index = ShardedIndex(memory, manifest)
+    queries = vectors[6_000:6_050]
+    found = index.search(queries, 10)[1]
+    exact = brute_force(np.arange(1, 6_001), vectors[:6_000], queries, 10)[1]
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
+    assert recall > 0.8
+
+
+def test_the_trained_index_is_verified_before_it_is_used(memory):
+    manifest = run_build(BuildConfig(memory, factory=FACTORY), LocalExecutor())
+    path = os.path.join(index_root(memory), manifest.trained_path)
+    with open(path, "r+b") as handle:  # flip one byte of the centroids
+        handle.seek(os.path.getsize(path) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ChecksumMismatch):
+        ShardedIndex(memory, resolve_version(memory))
+
+
+def test_duplicate_ids_are_found_at_the_merge_and_nothing_is_published(memory, vectors):
+    write_batch(memory, "again", vectors[:10], parts=1)  # ids 1..10 a second time
+    with pytest.raises(DuplicateIds, match="ids occur more than once"):
+        run_build(BuildConfig(memory, num_shards=3, factory=FACTORY), LocalExecutor())
+    assert read_latest(memory) is None
+    assert not os.path.exists(index_root(memory)) or not [
+        p for p in os.listdir(index_root(memory)) if not p.startswith(".")]
+
+
+def test_an_hnsw_coarse_quantizer_is_chosen_for_large_nlist_and_searches(tmp_path):
+    from indexer.factory import choose_factory
+
+    assert choose_factory(10_000_000, 128) == "IVF16384_HNSW32,PQ64x8"
+    assert choose_factory(1_000_000, 384) == "IVF4096,PQ64x8"
+    data = mixture(8_000, 32, clusters=40, seed=3)
+    root = str(tmp_path / "memory")
+    write_batch(root, "synthetic", data[:7_900], parts=2)
+    manifest = run_build(BuildConfig(root, num_shards=2, factory="IVF64_HNSW16,PQ16x8"), LocalExecutor())
+    trained = faiss.read_index(os.path.join(index_root(root), manifest.trained_path))
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(trained).quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.hnsw.efSearch == 128
+    index = ShardedIndex(root, manifest)
+    searched = faiss.extract_index_ivf(index.shards[0].segments[0].index).quantizer
+    assert isinstance(faiss.downcast_index(searched), faiss.IndexHNSWFlat)
+    found = index.search(data[7_900:], 10, 64)[1]  # nprobe = nlist: every list visited
+    exact = brute_force(np.arange(1, 7_901), data[:7_900], data[7_900:], 10)[1]
+    assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]) > 0.8
+
+
+def test_build_workers_import_neither_torch_nor_beam(memory):
+    """The build's whole task path (plan, sample, train, add, merge, tune, publish) in a fresh
+    interpreter: the modules a Ray worker unpickles must not pull torch or Beam."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        from indexer.build import BuildConfig, run_build
+        from indexer.executor import LocalExecutor
+        import indexer.tasks, indexer.edit, indexer.tuning
+        manifest = run_build(BuildConfig({memory!r}, num_shards=2, factory={FACTORY!r}), LocalExecutor())
+        print(json.dumps({{"count": manifest.count,
+                          "heavy": sorted(m for m in ("torch", "apache_beam", "torchvision")
+                                          if m in sys.modules)}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, check=True)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out == {"count": 6_000, "heavy": []}
+
+
+def _build_process(memory: str, crash_at: str, marker: Path) -> subprocess.CompletedProcess:
+    """``vmem index build`` on a fresh local Ray instance (2 CPUs) in a child process that
+    dies at ``crash_at`` once (indexer/faults.py)."""
+    marker.write_text("crash once")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[CRASH_ENV] = f"{crash_at}:{marker}"
+    return subprocess.run([sys.executable, "-m", "indexer", "build", "--memory", memory,
+                           "--shards", "2", "--factory", FACTORY, "--num-cpus", "2",
+                           "--task-memory-mb", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_task_killed_mid_add_is_retried_and_the_result_is_identical(memory, tmp_path):
+    reference_root = str(tmp_path / "reference")
+    shutil.copytree(memory, reference_root)
+    reference = run_build(BuildConfig(reference_root, num_shards=2, factory=FACTORY,
+                                      task_memory_mb=1), LocalExecutor())
+    marker = tmp_path / "crash-add"
+    result = _build_process(memory, "add_part", marker)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()  # a worker died mid-add; Ray re-ran its task
+    built = resolve_version(memory)
+    assert built.count == reference.count == 6_000
+    assert _codes_by_id(memory, built) == _codes_by_id(reference_root, reference)
+    for a, b in zip(built.shards, reference.shards):
+        assert np.array_equal(np.sort(stored_ids(load_index(memory, a.base, mmap=False))),
+                              np.sort(stored_ids(load_index(reference_root, b.base, mmap=False))))
+    assert ".build" not in _version_files(memory, built)
+
+
+@pytest.mark.slow
+def test_a_killed_build_publishes_nothing_and_gc_removes_its_files(memory, tmp_path):
+    from indexer.gc import run_gc
+
+    first = run_build(BuildConfig(memory, factory=FACTORY), LocalExecutor())
+    marker = tmp_path / "crash-publish"
+    result = _build_process(memory, "publish", marker)
+    assert result.returncode != 0 and not marker.exists()
+    assert read_latest(memory) == first.version  # the previous version still serves
+    orphans = [p for p in os.listdir(index_root(memory))
+               if p != first.version and not p.startswith(".") and p != "LATEST"
+               and os.path.isdir(os.path.join(index_root(memory), p))]
+    assert len(orphans) == 1  # the killed build's files, never named by a manifest
+    run_gc(memory, keep=0, grace_seconds=0)
+    assert not os.path.exists(os.path.join(index_root(memory), orphans[0]))
+    assert read_latest(memory) == first.version
+    assert ShardedIndex(memory, resolve_version(memory)).search(np.zeros((1, 32), np.float32) + 0.1, 5)[1].shape == (1, 5)
