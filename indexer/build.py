@@ -1,8 +1,10 @@
 """Build job: embedding batches -> a trained, sharded FAISS index published as a new version.
 
-Train once on a seeded sample; add every part in parallel onto copies of the trained empty
-index; merge the parts' pieces into S serving shards; publish files, then the manifest, then
-LATEST. A build that fails or is killed at any point leaves LATEST and its files untouched.
+Train once on a seeded sample; add every part in parallel, streamed in chunks, onto the trained
+index (one coarse quantizer shared by the part's S shard pieces), writing per-shard piece files;
+merge each shard's pieces into its base segment (one task per shard); store the trained index
+once (``trained.faiss``: segment files hold no quantizer); tune; publish the manifest, then
+LATEST. A build that fails removes its files; one killed at any point leaves LATEST untouched.
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             [executor.submit(add_part, root, version, part, number, trained_ref, shards,
                              config.keep_vectors, chunk_rows)
              for number, part in enumerate(inputs.parts)], "adding", [p.rows for p in inputs.parts])
-        stripped = serialize_stripped(trained)
+        stripped = serialize_stripped(trained)  # trained is private to this driver
         entries = executor.get([executor.submit(merge_shard, root, version, shard, stripped,
                                                 *[p[shard] for p in pieces])
                                 for shard in range(shards)], "merging",

@@ -30,7 +30,7 @@ from indexer.reader import DuplicateIds, check_unique_ids, part_ids, plan_inputs
 from indexer.segments import (DEFAULT_POLICY, CompactionPolicy, Shard, segment_key_index,
                               segment_metadata, stored_ids)
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
-from indexer.quantizer import serialize_stripped, trained_index
+from indexer.quantizer import Trained, trained_index
 from indexer.tasks import (
     add_part,
     add_rows_segment,
@@ -108,14 +108,14 @@ def _vector_kind(root: str, manifest: IndexManifest) -> str:
     return "fp32" if vectors is not None and vectors.dtype == np.float32 else "fp16"
 
 
-def _trained(root: str, parent: IndexManifest) -> tuple[faiss.Index, bytes | None]:
+def _trained(root: str, parent: IndexManifest) -> tuple[Trained, bytes | None]:
     """The trained index new segments of ``parent`` are encoded with (read once per process
     when the version stores it) and, for a version that does not, its bytes for ``publish``
     to store."""
     if parent.trained_path:
         return trained_index(root, parent), None
     stored = load_trained(root, parent)
-    return faiss.deserialize_index(np.frombuffer(stored, dtype=np.uint8)), stored
+    return Trained.from_bytes(stored), stored
 
 
 def run_add(root: str, batches: list[str], executor, version: str | None = None,
@@ -135,8 +135,7 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
         incoming = np.concatenate([part_ids(p) for p in inputs.parts])
         _check_new(root, parent, incoming, "the new batches")
         trained, to_store = _trained(root, parent)
-        trained_ref = executor.put(faiss.serialize_index(trained))
-        stripped = serialize_stripped(trained)
+        trained_ref = executor.put(faiss.serialize_index(trained.index))
         new_version = new_version_name(parent.version)
         chunk_rows = chunk_rows_for(parent.dim, task_memory_bytes)
         with build_scratch(root, new_version):
@@ -146,7 +145,7 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
                  for number, p in enumerate(inputs.parts)], "encoding new parts",
                 [p.rows for p in inputs.parts])
             entries = executor.get([executor.submit(add_segment, root, new_version, parent.shards[s],
-                                                    stripped, *[pp[s] for pp in pieces])
+                                                    trained.stripped, *[pp[s] for pp in pieces])
                                     for s in range(parent.num_shards)], "writing segments")
         manifest = publish(root, parent, new_version, "add", entries, parent.batches + new,
                            {"added": int(len(incoming)), "batches_added": new,

@@ -17,11 +17,14 @@ load unchanged.
 """
 from __future__ import annotations
 
+import atexit
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import faiss
+import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from indexer.manifest import IndexManifest
@@ -67,13 +70,11 @@ def attach(index: faiss.Index, trained: faiss.Index) -> faiss.Index:
     if source is None or source.nlist != ivf.nlist or source.d != ivf.d:
         raise ValueError(f"the trained index (nlist {getattr(source, 'nlist', 0)}) does not match "
                          f"the segment (nlist {ivf.nlist}, d {ivf.d})")
-    placeholder = ivf.quantizer
-    owned = ivf.own_fields
+    # The stripped file's empty placeholder quantizer (an IndexFlat of 0 vectors, ~100 bytes)
+    # stays allocated: handing its ownership to Python (``this.acquire()``) corrupts SWIG's
+    # downcast proxies. own_fields is cleared so the segment never frees the shared quantizer.
     ivf.own_fields = False
     ivf.quantizer = source.quantizer
-    if owned:
-        placeholder.this.acquire()  # Python now frees the empty placeholder
-    del placeholder
     index.referenced_objects = [trained]  # the shared quantizer lives as long as the segment
     return index
 
@@ -96,22 +97,17 @@ def merge_lists(index: faiss.Index, other: faiss.Index) -> None:
     source.ntotal = 0
 
 
-def shared_empty(trained: faiss.Index, stripped: bytes) -> faiss.Index:
-    """An empty index of the trained kind that shares ``trained``'s quantizer: what an add
-    task encodes one shard's rows onto. ``stripped`` is ``serialize_stripped(trained)``."""
-    import numpy as np
-
-    return attach(faiss.deserialize_index(np.frombuffer(stripped, dtype=np.uint8)), trained)
-
-
 def serialize_stripped(index: faiss.Index) -> bytes:
-    """``index`` serialised without its coarse quantizer (small: header and codebooks)."""
+    """``index`` serialised without its coarse quantizer. The index's quantizer pointer is
+    swapped while FAISS serialises, so ``index`` must be private to the caller (never a
+    ``Trained.index`` that other threads search through)."""
     ivf = _ivf(index)
     if ivf is None or is_stripped(index):
         return faiss.serialize_index(index).tobytes()
     quantizer, owned = ivf.quantizer, ivf.own_fields
+    placeholder = faiss.IndexFlat(ivf.d, ivf.metric_type)  # referenced until restored
     ivf.own_fields = False
-    ivf.quantizer = faiss.IndexFlat(ivf.d, ivf.metric_type)
+    ivf.quantizer = placeholder
     try:
         return faiss.serialize_index(index).tobytes()
     finally:
@@ -119,12 +115,37 @@ def serialize_stripped(index: faiss.Index) -> bytes:
         ivf.own_fields = owned
 
 
-_TRAINED: OrderedDict[tuple[str, str, str], faiss.Index] = OrderedDict()
+@dataclass(frozen=True, eq=False)
+class Trained:
+    """A version's trained index, shared read-only by every segment and thread of a process:
+    ``index`` (coarse quantizer and codebooks) and ``stripped`` (the same index serialised
+    without its coarse quantizer: the empty template every segment is encoded from). Nothing
+    here is mutated after construction."""
+
+    index: faiss.Index
+    stripped: bytes
+
+    @classmethod
+    def from_bytes(cls, data: bytes | np.ndarray) -> "Trained":
+        """From ``faiss.serialize_index`` bytes (the ``trained.faiss`` file's content)."""
+        array = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+        template = faiss.deserialize_index(array)  # a private copy, stripped then dropped
+        return cls(faiss.deserialize_index(array), serialize_stripped(template))
+
+    def empty(self) -> faiss.Index:
+        """A new empty index of the trained kind sharing this coarse quantizer: what a task
+        encodes one shard's rows onto (each row is assigned once, by the shared quantizer)."""
+        return attach(faiss.deserialize_index(np.frombuffer(self.stripped, dtype=np.uint8)),
+                      self.index)
+
+
+_TRAINED: OrderedDict[tuple[str, str, str], Trained] = OrderedDict()
 _TRAINED_MAX = 4
 _LOCK = threading.Lock()
+atexit.register(_TRAINED.clear)  # free FAISS objects before SWIG's own teardown at exit
 
 
-def trained_index(root: str, manifest: "IndexManifest") -> faiss.Index:
+def trained_index(root: str, manifest: "IndexManifest") -> Trained:
     """The version's trained index, read once per process (a few versions are kept: a
     replica following new versions shares one quantizer across them when they share the
     file), its checksum verified on every call. Raises ChecksumMismatch, FileNotFoundError; ValueError when the manifest names
@@ -143,11 +164,9 @@ def trained_index(root: str, manifest: "IndexManifest") -> faiss.Index:
         if key in _TRAINED:
             _TRAINED.move_to_end(key)
             return _TRAINED[key]
-    import numpy as np
-
-    index = faiss.deserialize_index(np.frombuffer(load_trained(root, manifest), dtype=np.uint8))
+    trained = Trained.from_bytes(load_trained(root, manifest))
     with _LOCK:
-        _TRAINED[key] = index
+        _TRAINED[key] = trained
         while len(_TRAINED) > _TRAINED_MAX:
             _TRAINED.popitem(last=False)
-    return index
+    return trained

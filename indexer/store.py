@@ -42,7 +42,7 @@ def load_index(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True,
     flags = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) if mmap else 0
     index = faiss.read_index(local, flags | faiss.IO_FLAG_READ_ONLY)
     if manifest is not None and is_stripped(index):
-        attach(index, trained_index(root, manifest))
+        attach(index, trained_index(root, manifest).index)
     return index
 
 

@@ -14,7 +14,7 @@ from indexer.faults import crash_point
 from indexer.manifest import ShardEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
 from indexer.metadata import conform, with_weights
-from indexer.quantizer import merge_lists, serialize_stripped, shared_empty, write_stripped
+from indexer.quantizer import Trained, merge_lists, serialize_stripped, write_stripped
 from indexer.reader import Part, iter_part
 from indexer.segments import Shard, stored_ids, write_segment  # noqa: F401 (stored_ids: re-export)
 from pipelines import storage
@@ -79,9 +79,8 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
     (Ray re-runs a lost one) writes the same pieces. Returns one ``PieceFiles`` per shard."""
     import pyarrow.ipc as ipc
 
-    full = faiss.deserialize_index(trained)
-    stripped = serialize_stripped(full)
-    indexes = [shared_empty(full, stripped) for _ in range(num_shards)]
+    shared = Trained.from_bytes(trained)
+    indexes = [shared.empty() for _ in range(num_shards)]
     dtype = VECTOR_DTYPES[keep_vectors]
     stems = [f"{version}/.build/part-{number:05d}.shard-{s:05d}" for s in range(num_shards)]
     counts = [0] * num_shards
@@ -118,12 +117,12 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
             if counts[shard]:
                 storage.write_file_atomic(storage.join(index_root, f"{stems[shard]}.faiss"),
                                           lambda path, index=index: write_stripped(index, path))
-    dim = int(full.d)
+    dim = int(shared.index.d)
     name = None if dtype is None else np.dtype(dtype).name
     return [PieceFiles(stems[s], counts[s], dim, name) for s in range(num_shards)]
 
 
-def split_into_pieces(trained: faiss.Index, meta: pa.Table, vectors: np.ndarray, num_shards: int,
+def split_into_pieces(trained: Trained, meta: pa.Table, vectors: np.ndarray, num_shards: int,
                       keep_vectors: str) -> list[ShardPiece]:
     """Rows already in memory (the online add: ``meta`` rows, (n, d) float32 ``vectors``)
     encoded on the trained index, one piece per shard; the pieces share ``trained``'s coarse
@@ -131,11 +130,10 @@ def split_into_pieces(trained: faiss.Index, meta: pa.Table, vectors: np.ndarray,
     ids = meta.column("id").to_numpy()
     shards = shard_of(ids, num_shards)
     dtype = VECTOR_DTYPES[keep_vectors]
-    stripped = serialize_stripped(trained)
     pieces = []
     for shard in range(num_shards):
         rows = np.flatnonzero(shards == shard)
-        index = shared_empty(trained, stripped)
+        index = trained.empty()
         if len(rows):
             index.add_with_ids(np.ascontiguousarray(vectors[rows]), ids[rows])
         pieces.append(ShardPiece(np.frombuffer(serialize_stripped(index), dtype=np.uint8),

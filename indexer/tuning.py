@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.reader import Part, read_part
+from indexer.reader import Part, iter_part
 from indexer.search import K_FACTOR, SearchParams, merge_topk
 
 log = logging.getLogger("vmem.index")
@@ -47,20 +47,51 @@ class TuningResult:
                 "tuning_curve": self.curve}
 
 
-def sample_queries(part: Part, probability: float, seed: int, part_number: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_queries(part: Part, probability: float, seed: int, part_number: int,
+                   chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """A seeded Bernoulli sample of one part's (ids, vectors), independent of the training
-    sample's stream (seed sequence [seed, part, 1])."""
-    meta, vectors = read_part(part)
-    keep = np.random.default_rng([seed, part_number, 1]).random(len(vectors)) < probability
-    return meta.column("id").to_numpy()[keep], vectors[keep]
+    sample's stream (seed sequence [seed, part, 1]); the part is read in chunks."""
+    rng = np.random.default_rng([seed, part_number, 1])
+    ids, vectors = [], []
+    for meta, chunk in iter_part(part, chunk_rows):
+        keep = rng.random(len(chunk)) < probability
+        ids.append(meta.column("id").to_numpy()[keep])
+        vectors.append(chunk[keep])
+    if not ids:
+        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+    return np.concatenate(ids), np.concatenate(vectors)
 
 
-def exact_part_topk(part: Part, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k of ``queries`` within one part: (n, k) scores, ids."""
-    meta, vectors = read_part(part)
-    scores = np.asarray(queries, dtype=np.float32) @ np.asarray(vectors, dtype=np.float32).T
-    ids = np.broadcast_to(meta.column("id").to_numpy(), scores.shape)
-    return merge_topk([scores], [np.ascontiguousarray(ids)], k)
+def exact_part_topk(part: Part, queries: np.ndarray, k: int,
+                    chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k of ``queries`` within one part: (n, k) scores, ids;
+    the part is read in chunks, each chunk's top-k merged with the serving merge."""
+    queries = np.asarray(queries, dtype=np.float32)
+    best = (np.full((len(queries), 0), -np.inf, np.float32), np.full((len(queries), 0), -1, np.int64))
+    for meta, vectors in iter_part(part, chunk_rows):
+        scores = queries @ np.asarray(vectors, dtype=np.float32).T
+        found = chunk_topk(scores, meta.column("id").to_numpy(), k)
+        best = merge_topk([best[0], found[0]], [best[1], found[1]], k)
+    return best
+
+
+def chunk_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tie-complete top-k of (n, m) ``scores`` over columns labelled ``ids`` (m,), in
+    ``search.topk_order``: a partial sort (``np.argpartition``, O(n·m)) keeps every column
+    scoring at least the k-th best score, and only those are sorted (by score, then id)."""
+    width = min(k, scores.shape[1])
+    if not width:
+        return merge_topk([scores], [np.broadcast_to(ids, scores.shape)], k)
+    best = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+    threshold = np.take_along_axis(scores, best, axis=1).min(axis=1, keepdims=True)
+    rows, cols = np.nonzero(scores >= threshold)
+    counts = np.bincount(rows, minlength=len(scores))
+    position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    kept_scores = np.full((len(scores), counts.max()), -np.inf, dtype=scores.dtype)
+    kept_ids = np.full((len(scores), counts.max()), -1, dtype=np.int64)
+    kept_scores[rows, position] = scores[rows, cols]
+    kept_ids[rows, position] = ids[cols]
+    return merge_topk([kept_scores], [kept_ids], k)
 
 
 def without_self(ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
@@ -86,6 +117,7 @@ def draw_queries(executor, parts: list[Part], count: int, wanted: int, seed: int
     probability = min(1.0, 1.5 * wanted / max(count, 1))
     drawn = executor.get([executor.submit(sample_queries, part, probability, seed, number)
                           for number, part in enumerate(parts)], "drawing tuning queries")
+    drawn = [d for d in drawn if len(d[0])]
     ids = np.concatenate([d[0] for d in drawn])
     vectors = np.concatenate([d[1] for d in drawn])
     keep = np.random.default_rng([seed, 2]).permutation(len(ids))[:wanted]

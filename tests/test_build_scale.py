@@ -209,3 +209,20 @@ def test_a_killed_build_publishes_nothing_and_gc_removes_its_files(memory, tmp_p
     assert not os.path.exists(os.path.join(index_root(memory), orphans[0]))
     assert read_latest(memory) == first.version
     assert ShardedIndex(memory, resolve_version(memory)).search(np.zeros((1, 32), np.float32) + 0.1, 5)[1].shape == (1, 5)
+
+
+def test_the_streamed_ground_truth_top_k_equals_a_full_sort_ties_included():
+    """Tuning's exact neighbours are taken chunk by chunk with a partial sort; with many tied
+    scores the result must equal the full (score desc, id asc) sort."""
+    from indexer.search import merge_topk
+    from indexer.tuning import chunk_topk
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        width, k = int(rng.integers(1, 300)), int(rng.integers(1, 20))
+        scores = rng.integers(0, 5, (7, width)).astype(np.float32)
+        ids = rng.permutation(10**6)[:width].astype(np.int64)
+        full = merge_topk([scores], [np.ascontiguousarray(np.broadcast_to(ids, scores.shape))], k)
+        found = chunk_topk(scores, ids, k)
+        np.testing.assert_array_equal(found[1], full[1])
+        np.testing.assert_array_equal(found[0], full[0])

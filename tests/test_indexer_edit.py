@@ -50,7 +50,7 @@ def test_add_to_ivfpq_uses_the_trained_quantizer(memory_copy):
 
     segments = added.shards[0].segments
     assert len(segments) == 2 and all(is_stripped(load_index(memory_copy, s)) for s in segments)
-    trained = faiss.extract_index_ivf(trained_index(memory_copy, added)).quantizer.reconstruct_n(0, 8)
+    trained = faiss.extract_index_ivf(trained_index(memory_copy, added).index).quantizer.reconstruct_n(0, 8)
     for segment in segments:  # no retraining: each segment searches with the version's centroids
         index = load_index(memory_copy, segment, manifest=added)
         np.testing.assert_array_equal(faiss.extract_index_ivf(index).quantizer.reconstruct_n(0, 8), trained)
