@@ -566,11 +566,12 @@ def headline(report: dict) -> dict:
         for pair, block in section["ratios"].items():
             if pair.endswith("/ single_faiss"):
                 for metric in ("cpu_seconds", "peak_rss_bytes"):
-                    lines[f"{pair}: {metric}"] = {"ratio": block[metric]["ratio"], "met": block[metric]["met"]}
+                    lines[f"{pair}: {metric}"] = {"ratio": block[metric]["ratio"],
+                                                  "met": block[metric]["met"]}
             elif pair.endswith("/ autofaiss"):
-                lines[f"{pair}: throughput at >= recall"] = {"ratio": block["vectors_per_second"]["ratio"],
-                                                             "recall_ok": block["recall"]["project_at_least_autofaiss"],
-                                                             "met": block["met"]}
+                lines[f"{pair}: throughput at >= recall"] = {
+                    "ratio": block["vectors_per_second"]["ratio"],
+                    "recall_ok": block["recall"]["project_at_least_autofaiss"], "met": block["met"]}
             else:
                 lines[pair] = {"ratio": block["ratio_index_only"], "met": block["met"]}
         out[label] = lines
@@ -588,7 +589,8 @@ def parse_sizes(args) -> list[tuple[int, int]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", default="1000000",
                         help="Memory size N; a comma list runs one section per size (default 1000000).")
     parser.add_argument("--dim", default="384",
