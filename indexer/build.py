@@ -44,7 +44,7 @@ class BuildConfig:
     recall_target: float = 0.95
     k: int = 100  # the search default recorded for serving (method.md: k_max = 100)
     seed: int = 0
-    task_memory_mb: int = 1024  # per task: sets the rows read at once (tasks.chunk_rows_for)
+    task_memory_mb: int = 512  # per task: sets the rows read at once (tasks.chunk_rows_for)
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:

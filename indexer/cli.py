@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--recall-target", type=float, default=0.95,
                        help="recall@10 the recorded nprobe must reach (measured on a sample).")
     build.add_argument("--seed", type=int, default=0, help="Seed for sampling and k-means.")
-    build.add_argument("--task-memory-mb", type=int, default=1024,
+    build.add_argument("--task-memory-mb", type=int, default=512,
                        help="Working memory per task: parts are read this many MB at a time, so a "
                             "part larger than a worker's memory still builds.")
 

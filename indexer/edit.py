@@ -120,7 +120,7 @@ def _trained(root: str, parent: IndexManifest) -> tuple[Trained, bytes | None]:
 
 def run_add(root: str, batches: list[str], executor, version: str | None = None,
             policy: CompactionPolicy | None = DEFAULT_POLICY,
-            task_memory_bytes: int = 1 << 30) -> IndexManifest:
+            task_memory_bytes: int = 512 << 20) -> IndexManifest:
     """Add embedding batches to LATEST as delta segments encoded with the version's trained
     index (no retraining; cost O(rows added)). Batches already in the memory are skipped, so a
     scheduled re-run adds nothing twice. Raises DuplicateIds when an incoming id is live."""

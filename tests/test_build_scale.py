@@ -70,7 +70,7 @@ def _version_files(root: str, manifest) -> list[str]:
 
 
 def test_a_part_larger_than_the_task_budget_builds_in_chunks_to_the_same_index(memory, tmp_path):
-    """1 MB per task reads 1,365 rows of 32 floats at a time (parts hold 2,000): the
+    """1 MB per task reads 744 rows of 32 floats at a time (parts hold 2,000): the
     streamed build equals the build that reads each part at once, id for id, code for code."""
     copy = str(tmp_path / "copy")
     shutil.copytree(memory, copy)
@@ -161,15 +161,15 @@ def test_build_workers_import_neither_torch_nor_beam(memory):
     assert out == {"count": 6_000, "heavy": []}
 
 
-def _build_process(memory: str, crash_at: str, marker: Path) -> subprocess.CompletedProcess:
-    """``vmem index build`` on a fresh local Ray instance (2 CPUs) in a child process that
-    dies at ``crash_at`` once (indexer/faults.py)."""
+def _build_process(memory: str, crash_at: str, marker: Path, ray: bool = True) -> subprocess.CompletedProcess:
+    """``vmem index build`` in a child process that dies at ``crash_at`` once
+    (indexer/faults.py), on a fresh local Ray instance (2 CPUs) or in-process (``ray``)."""
     marker.write_text("crash once")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env[CRASH_ENV] = f"{crash_at}:{marker}"
+    where = ["--num-cpus", "2"] if ray else ["--no-ray"]
     return subprocess.run([sys.executable, "-m", "indexer", "build", "--memory", memory,
-                           "--shards", "2", "--factory", FACTORY, "--num-cpus", "2",
-                           "--task-memory-mb", "1"],
+                           "--shards", "2", "--factory", FACTORY, "--task-memory-mb", "1", *where],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -192,13 +192,12 @@ def test_a_task_killed_mid_add_is_retried_and_the_result_is_identical(memory, tm
     assert ".build" not in _version_files(memory, built)
 
 
-@pytest.mark.slow
 def test_a_killed_build_publishes_nothing_and_gc_removes_its_files(memory, tmp_path):
     from indexer.gc import run_gc
 
     first = run_build(BuildConfig(memory, factory=FACTORY), LocalExecutor())
     marker = tmp_path / "crash-publish"
-    result = _build_process(memory, "publish", marker)
+    result = _build_process(memory, "publish", marker, ray=False)  # the driver dies
     assert result.returncode != 0 and not marker.exists()
     assert read_latest(memory) == first.version  # the previous version still serves
     orphans = [p for p in os.listdir(index_root(memory))
