@@ -616,9 +616,12 @@ def main() -> int:
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(),
                         help=f"num_cpus of the project's local Ray instance (default: this machine's "
                              f"CPU count, {os.cpu_count()}).")
-    parser.add_argument("--task-memory-mb", type=int, default=1024,
+    from indexer.build import BuildConfig
+
+    default_task_mb = BuildConfig.__dataclass_fields__["task_memory_mb"].default
+    parser.add_argument("--task-memory-mb", type=int, default=default_task_mb,
                         help="The project's per-task memory (rows read at once); the single-process "
-                             "peer reads chunks of the same size. Default 1024.")
+                             f"peer reads chunks of the same size. Default: the build's, {default_task_mb}.")
     parser.add_argument("--skip-autofaiss", action="store_true",
                         help="Leave autofaiss out (no venv, no .npy copy).")
     parser.add_argument("--autofaiss-memory", default="16G",
