@@ -11,7 +11,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pipelines.encoders import Encoder, EncoderSpec, load_encoder
 from pipelines.records import PreparedImage
 
-_NO_PIXELS = np.empty((0,), dtype=np.float32)
+_NO_PIXELS = np.empty((0,), dtype=np.uint8)
 
 
 class EncoderModelHandler(ModelHandler[PreparedImage, PredictionResult, Encoder]):

@@ -95,7 +95,8 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """A decoded, validated image turned into the encoder's input tensor (C, H, W float32)."""
+    """A decoded, validated image, resized and cropped for the encoder: uint8 (3, H, W), normalised
+    in the batched forward (``Encoder.embed``)."""
 
     id: int
     key: str

@@ -95,7 +95,7 @@ class DecodeAndPrepare(beam.DoFn):
     def process(self, record: ImageRecord) -> Iterator:
         try:
             pixels = call_with_timeout(
-                lambda: self.preprocessing(decode_image(record.data, self.policy)),
+                lambda: self.preprocessing.pixels(decode_image(record.data, self.policy)),
                 self.timeout_s, f"decoding {record.key!r}")
         except (ImageRejected, OSError, ValueError) as error:
             yield pvalue.TaggedOutput(REJECTED, Rejected.from_exception(

@@ -27,7 +27,7 @@ class EncoderDeployment:
 
     def _prepare(self, data: bytes) -> np.ndarray | str:
         try:
-            return self.encoder.preprocessing(decode_image(data, self.policy))
+            return self.encoder.preprocessing.pixels(decode_image(data, self.policy))
         except ImageRejected as error:
             return str(error)
 

@@ -39,6 +39,20 @@ def test_embeddings_are_unit_norm_and_deterministic(offline_encoder):
     assert (first @ first.T)[0, 1] < 0.9
 
 
+def test_uint8_batches_are_normalised_in_the_forward(offline_encoder):
+    """Ingest and serving send uint8 pixels (a quarter of the bytes) and the forward
+    normalises the batch: the same values, hence the same embeddings, as per-image float32."""
+    pre = offline_encoder.preprocessing
+    images = [photo("chelsea.png"), photo("coffee.png"), photo("astronaut.png")]
+    raw = np.stack([pre.pixels(image) for image in images])
+    assert raw.dtype == np.uint8 and raw.shape == (3, 3, pre.crop, pre.crop)
+    floats = np.stack([pre(image) for image in images])
+    np.testing.assert_array_equal(pre.normalize(torch.from_numpy(raw)).numpy(), floats)
+    np.testing.assert_array_equal(offline_encoder.embed(raw), offline_encoder.embed(floats))
+    with pytest.raises(TypeError, match="uint8 or float32"):
+        offline_encoder.embed(floats.astype(np.float64))
+
+
 def test_open_clip_vit_b32_from_local_safetensors(tmp_path):
     """ViT-B-32 built without downloads, saved as safetensors, loaded through the encoder spec:
     the embedding equals the model's own encode_image, normalised."""

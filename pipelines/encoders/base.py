@@ -64,7 +64,13 @@ class Preprocessing:
     max_aspect_ratio: float = 4.0  # the resize output is at most resize x (this x resize) pixels
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """An RGB PIL image -> float32 (3, crop, crop). Memory is bounded whatever the shape:
+        """An RGB PIL image -> float32 (3, crop, crop), normalised: ``normalize(pixels(image))``."""
+        return self.normalize(torch.from_numpy(self.pixels(image))).numpy()
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> uint8 (3, crop, crop): the geometric half (resize, crop), so a
+        batch travels at a quarter of float32's bytes and is normalised once, on the encoder's
+        device (``Encoder.embed`` accepts uint8). Memory is bounded whatever the shape:
         the long side is first center-cropped to ``max_aspect_ratio`` x the short side (the
         final center crop lies well inside it), so the resize output never exceeds
         ``resize * resize * max_aspect_ratio`` pixels (a 1x16000 strip would otherwise
@@ -79,10 +85,14 @@ class Preprocessing:
         tensor = TF.pil_to_tensor(image)  # uint8 (3, H, W)
         tensor = TF.resize(tensor, [self.resize], interpolation=InterpolationMode(self.interpolation),
                            antialias=self.antialias)
-        tensor = TF.center_crop(tensor, [self.crop, self.crop])
-        tensor = tensor.to(torch.float32).div_(255.0).clamp_(0.0, 1.0)
-        tensor = TF.normalize(tensor, list(self.mean), list(self.std))
-        return tensor.numpy()
+        return TF.center_crop(tensor, [self.crop, self.crop]).contiguous().numpy()
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, H, W) -> float32 (..., 3, H, W): scale to [0, 1], subtract ``mean``,
+        divide by ``std`` per channel. Elementwise, so a batch gives bit-identical values to
+        its images one by one."""
+        tensor = pixels.to(torch.float32).div_(255.0)
+        return TF.normalize(tensor, list(self.mean), list(self.std))
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -108,12 +118,20 @@ class Encoder:
         return contextlib.nullcontext()
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) preprocessed float32 -> (N, dim) unit-norm float32."""
-        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+        """(N, 3, H, W) -> (N, dim) unit-norm float32. ``pixels`` is either uint8 from
+        ``preprocessing.pixels`` (normalised here, on the device, after a 4x smaller transfer)
+        or float32 already normalised by ``preprocessing(image)``; TypeError for other dtypes."""
+        if pixels.dtype == np.uint8:
+            batch = self.preprocessing.normalize(
+                torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device))
+        elif pixels.dtype == np.float32:
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        else:
+            raise TypeError(f"pixels: expected uint8 or float32, got {pixels.dtype}")
         with torch.inference_mode(), self._autocast():
             features = self.module(batch)
         features = F.normalize(features.float(), dim=-1)
         return features.cpu().numpy()
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
-        return self.embed(np.stack([self.preprocessing(image) for image in images]))
+        return self.embed(np.stack([self.preprocessing.pixels(image) for image in images]))
