@@ -423,21 +423,24 @@ def run_section(count: int, dim: int, args, autofaiss: Path | None) -> dict:
         first = systems[f"project_s{args.shards[0]}"]["build"]
         factory, nprobe = first["factory"], int(first["search_defaults"].get("nprobe") or 0)
 
-        progress(f"{count}x{dim}: single_faiss ({factory}, nprobe {nprobe})")
-        index_path = os.path.join(work, "single.faiss")
-        result, tree = measured("single_faiss", this("single", "--root", root, "--factory", factory,
-                                                     "--index-file", index_path, *common), logs, args)
-        found = os.path.join(work, "single-found.npy")
-        searched = unmeasured(this("single-search", "--index-file", index_path, "--nprobe", str(nprobe),
-                                   "--queries-file", q_path, "--found-file", found))
-        size = os.path.getsize(index_path)
-        systems["single_faiss"] = {"build": result, "process_tree": tree,
-                                   "vectors_per_second": round(count / tree["wall_seconds"], 1),
-                                   "search": {"nprobe": nprobe, **({"exit_error": searched["exit_error"]}
-                                                                   if "exit_error" in searched else {})},
-                                   "disk": {"index_bytes": size, "bytes_per_vector": round(size / count, 2)},
-                                   **recall(found, truth)}
-        _progress_system("single_faiss", systems["single_faiss"])
+        if args.skip_single:
+            systems["single_faiss"] = {"skipped": "--skip-single"}
+        else:
+            progress(f"{count}x{dim}: single_faiss ({factory}, nprobe {nprobe})")
+            index_path = os.path.join(work, "single.faiss")
+            result, tree = measured("single_faiss", this("single", "--root", root, "--factory", factory,
+                                                         "--index-file", index_path, *common), logs, args)
+            found = os.path.join(work, "single-found.npy")
+            searched = unmeasured(this("single-search", "--index-file", index_path, "--nprobe", str(nprobe),
+                                       "--queries-file", q_path, "--found-file", found))
+            size = os.path.getsize(index_path)
+            systems["single_faiss"] = {"build": result, "process_tree": tree,
+                                       "vectors_per_second": round(count / tree["wall_seconds"], 1),
+                                       "search": {"nprobe": nprobe, **({"exit_error": searched["exit_error"]}
+                                                                       if "exit_error" in searched else {})},
+                                       "disk": {"index_bytes": size, "bytes_per_vector": round(size / count, 2)},
+                                       **recall(found, truth)}
+            _progress_system("single_faiss", systems["single_faiss"])
 
         if autofaiss:
             systems["autofaiss"] = run_autofaiss_system(autofaiss, work, npy_dir, q_path, truth, count,
@@ -499,49 +502,12 @@ def ratios(systems: dict, shard_counts: list[int]) -> dict:
     for shards in shard_counts:
         name = f"project_s{shards}"
         project = systems[name]
-        cpu = _ratio(project["process_tree"]["cpu_seconds"], single["process_tree"]["cpu_seconds"])
-        rss = _ratio(project["process_tree"]["peak_rss_bytes"], single["process_tree"]["peak_rss_bytes"])
-        block = {
-            "cpu_seconds": {name: project["process_tree"]["cpu_seconds"],
-                            "single_faiss": single["process_tree"]["cpu_seconds"], "ratio": cpu,
-                            "target_at_most": 1.1, "met": cpu is not None and cpu <= 1.1},
-            "peak_rss_bytes": {name: project["process_tree"]["peak_rss_bytes"],
-                               "single_faiss": single["process_tree"]["peak_rss_bytes"], "ratio": rss,
-                               "target_at_most": 2.0, "met": rss is not None and rss <= 2.0},
-            "wall_seconds": {name: project["process_tree"]["wall_seconds"],
-                             "single_faiss": single["process_tree"]["wall_seconds"],
-                             "ratio": _ratio(project["process_tree"]["wall_seconds"],
-                                             single["process_tree"]["wall_seconds"])},
-            "bytes_per_vector": {name: project["disk"]["bytes_per_vector_index_only"],
-                                 f"{name}_all_files": project["disk"]["bytes_per_vector_all_files"],
-                                 "single_faiss": single["disk"]["bytes_per_vector"],
-                                 "ratio_index_only": _ratio(project["disk"]["bytes_per_vector_index_only"],
-                                                            single["disk"]["bytes_per_vector"])},
-            "recall": {name: {f"at_{k}": project[f"recall_at_{k}"] for k in KS},
-                       "single_faiss": {f"at_{k}": single[f"recall_at_{k}"] for k in KS}},
-        }
-        out[f"{name} / single_faiss"] = block
+        if "process_tree" in single:
+            out[f"{name} / single_faiss"] = _single_block(name, project, single)
         if "process_tree" in auto:
             throughput = _ratio(project["vectors_per_second"], auto["vectors_per_second"])
             at_least = all(project[f"recall_at_{k}"] >= auto[f"recall_at_{k}"] for k in KS)
-            out[f"{name} / autofaiss"] = {
-                "vectors_per_second": {name: project["vectors_per_second"],
-                                       "autofaiss": auto["vectors_per_second"], "ratio": throughput,
-                                       "target_at_least": 2.0},
-                "recall": {name: {f"at_{k}": project[f"recall_at_{k}"] for k in KS},
-                           "autofaiss": {f"at_{k}": auto[f"recall_at_{k}"] for k in KS},
-                           "project_at_least_autofaiss": at_least},
-                "cpu_seconds": {name: project["process_tree"]["cpu_seconds"],
-                                "autofaiss": auto["process_tree"]["cpu_seconds"],
-                                "ratio": _ratio(project["process_tree"]["cpu_seconds"],
-                                                auto["process_tree"]["cpu_seconds"])},
-                "peak_rss_bytes": {name: project["process_tree"]["peak_rss_bytes"],
-                                   "autofaiss": auto["process_tree"]["peak_rss_bytes"],
-                                   "ratio": _ratio(project["process_tree"]["peak_rss_bytes"],
-                                                   auto["process_tree"]["peak_rss_bytes"])},
-                "bytes_per_vector": {name: project["disk"]["bytes_per_vector_index_only"],
-                                     "autofaiss": auto["disk"]["bytes_per_vector"]},
-                "met": throughput is not None and throughput >= 2.0 and at_least}
+            out[f"{name} / autofaiss"] = _autofaiss_block(name, project, auto, throughput, at_least)
     if len(shard_counts) > 1:
         low, high = f"project_s{min(shard_counts)}", f"project_s{max(shard_counts)}"
         ratio = _ratio(systems[high]["disk"]["bytes_per_vector_index_only"],
@@ -553,6 +519,51 @@ def ratios(systems: dict, shard_counts: list[int]) -> dict:
             "ratio_all_files": _ratio(systems[high]["disk"]["bytes_per_vector_all_files"],
                                       systems[low]["disk"]["bytes_per_vector_all_files"])}
     return out
+
+
+def _single_block(name: str, project: dict, single: dict) -> dict:
+    cpu = _ratio(project["process_tree"]["cpu_seconds"], single["process_tree"]["cpu_seconds"])
+    rss = _ratio(project["process_tree"]["peak_rss_bytes"], single["process_tree"]["peak_rss_bytes"])
+    return {
+        "cpu_seconds": {name: project["process_tree"]["cpu_seconds"],
+                        "single_faiss": single["process_tree"]["cpu_seconds"], "ratio": cpu,
+                        "target_at_most": 1.1, "met": cpu is not None and cpu <= 1.1},
+        "peak_rss_bytes": {name: project["process_tree"]["peak_rss_bytes"],
+                           "single_faiss": single["process_tree"]["peak_rss_bytes"], "ratio": rss,
+                           "target_at_most": 2.0, "met": rss is not None and rss <= 2.0},
+        "wall_seconds": {name: project["process_tree"]["wall_seconds"],
+                         "single_faiss": single["process_tree"]["wall_seconds"],
+                         "ratio": _ratio(project["process_tree"]["wall_seconds"],
+                                         single["process_tree"]["wall_seconds"])},
+        "bytes_per_vector": {name: project["disk"]["bytes_per_vector_index_only"],
+                             f"{name}_all_files": project["disk"]["bytes_per_vector_all_files"],
+                             "single_faiss": single["disk"]["bytes_per_vector"],
+                             "ratio_index_only": _ratio(project["disk"]["bytes_per_vector_index_only"],
+                                                        single["disk"]["bytes_per_vector"])},
+        "recall": {name: {f"at_{k}": project[f"recall_at_{k}"] for k in KS},
+                   "single_faiss": {f"at_{k}": single[f"recall_at_{k}"] for k in KS}},
+    }
+
+
+def _autofaiss_block(name: str, project: dict, auto: dict, throughput, at_least: bool) -> dict:
+    return {
+        "vectors_per_second": {name: project["vectors_per_second"],
+                               "autofaiss": auto["vectors_per_second"], "ratio": throughput,
+                               "target_at_least": 2.0},
+        "recall": {name: {f"at_{k}": project[f"recall_at_{k}"] for k in KS},
+                   "autofaiss": {f"at_{k}": auto[f"recall_at_{k}"] for k in KS},
+                   "project_at_least_autofaiss": at_least},
+        "cpu_seconds": {name: project["process_tree"]["cpu_seconds"],
+                        "autofaiss": auto["process_tree"]["cpu_seconds"],
+                        "ratio": _ratio(project["process_tree"]["cpu_seconds"],
+                                        auto["process_tree"]["cpu_seconds"])},
+        "peak_rss_bytes": {name: project["process_tree"]["peak_rss_bytes"],
+                           "autofaiss": auto["process_tree"]["peak_rss_bytes"],
+                           "ratio": _ratio(project["process_tree"]["peak_rss_bytes"],
+                                           auto["process_tree"]["peak_rss_bytes"])},
+        "bytes_per_vector": {name: project["disk"]["bytes_per_vector_index_only"],
+                             "autofaiss": auto["disk"]["bytes_per_vector"]},
+        "met": throughput is not None and throughput >= 2.0 and at_least}
 
 
 def headline(report: dict) -> dict:
@@ -622,6 +633,9 @@ def main() -> int:
     parser.add_argument("--task-memory-mb", type=int, default=default_task_mb,
                         help="The project's per-task memory (rows read at once); the single-process "
                              f"peer reads chunks of the same size. Default: the build's, {default_task_mb}.")
+    parser.add_argument("--skip-single", action="store_true",
+                        help="Leave out the single-process FAISS baseline (e.g. a 10M run that only "
+                             "checks the build completes; its ratios are then absent).")
     parser.add_argument("--skip-autofaiss", action="store_true",
                         help="Leave autofaiss out (no venv, no .npy copy).")
     parser.add_argument("--autofaiss-memory", default="16G",

@@ -26,7 +26,7 @@ from indexer.forgotten import record_forgotten
 from indexer.layout import index_root, new_version_name, set_latest, version_dir
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
-from indexer.reader import DuplicateIds, check_unique_ids, part_ids, plan_inputs
+from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
 from indexer.segments import (DEFAULT_POLICY, CompactionPolicy, Shard, segment_key_index,
                               segment_metadata, stored_ids)
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
@@ -123,7 +123,9 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
             task_memory_bytes: int = 512 << 20) -> IndexManifest:
     """Add embedding batches to LATEST as delta segments encoded with the version's trained
     index (no retraining; cost O(rows added)). Batches already in the memory are skipped, so a
-    scheduled re-run adds nothing twice. Raises DuplicateIds when an incoming id is live."""
+    scheduled re-run adds nothing twice. Ids are never gathered on the driver: each shard's
+    segment task checks its own (``Shard.add``), and DuplicateIds from any of them (an incoming
+    id already live, or repeated) fails the add with nothing published."""
     with writer_lock(root):
         started = time.monotonic()
         parent = resolve_version(root, version)
@@ -132,8 +134,6 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
             log.info("every batch is already in version %s: nothing to add", parent.version)
             return parent
         inputs = plan_inputs(root, new, parent.encoder, parent.dim)
-        incoming = np.concatenate([part_ids(p) for p in inputs.parts])
-        _check_new(root, parent, incoming, "the new batches")
         trained, to_store = _trained(root, parent)
         trained_ref = executor.put(faiss.serialize_index(trained.index))
         new_version = new_version_name(parent.version)
@@ -147,8 +147,9 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
             entries = executor.get([executor.submit(add_segment, root, new_version, parent.shards[s],
                                                     trained.stripped, *[pp[s] for pp in pieces])
                                     for s in range(parent.num_shards)], "writing segments")
+        added = sum(e.count for e in entries) - sum(e.count for e in parent.shards)
         manifest = publish(root, parent, new_version, "add", entries, parent.batches + new,
-                           {"added": int(len(incoming)), "batches_added": new,
+                           {"added": int(added), "batches_added": new,
                             "seconds": round(time.monotonic() - started, 3)}, to_store)
         return _maybe_compact(root, manifest, executor, policy)
 

@@ -242,9 +242,20 @@ class Shard:
     def add(self, version: str, index: faiss.Index, meta: pa.Table,
             vectors: np.ndarray | None) -> ShardEntry:
         """A new delta segment holding ``index`` (encoded with the version's trained index),
-        its metadata rows and vectors. Cost: O(rows added)."""
+        its metadata rows and vectors. Cost: O(rows added · log N). Raises DuplicateIds when an
+        incoming id is already live in this shard, or occurs twice among the incoming rows
+        (ids are routed by id mod S, so every copy of an id meets here: no id list is ever
+        gathered on a driver)."""
+        from indexer.reader import DuplicateIds
+
         if not index.ntotal:
             return self.entry
+        ids = meta.column("id").to_numpy()
+        clash = ids[self.live(ids)]
+        if len(clash):
+            raise DuplicateIds(f"{len(clash)} ids of the new rows are already in the memory "
+                               f"(shard {self.entry.shard}, e.g. {clash[:5].tolist()}): add only "
+                               "new items, or delete the old ones first")
         number = len(self.entry.segments)
         segment = write_segment(self.index_root, self._stem(version, f".seg{number:03d}"),
                                 index, meta, vectors)

@@ -39,6 +39,29 @@ def test_add_then_search_equals_build_with_everything(embedded_memory, memory_co
     np.testing.assert_allclose(after_add[0], built[0], atol=1e-6)
 
 
+def test_add_refuses_live_or_repeated_ids_and_publishes_nothing(memory_copy):
+    """Each shard's segment task checks its own incoming ids (no id list on the driver): an
+    id already live, or the same id in two new batches, fails the add; LATEST stays and the
+    half-written version folder is removed."""
+    from indexer.layout import list_versions
+    from indexer.reader import DuplicateIds
+    from pipelines.manifest import BatchManifest, read_embeddings, write_embedding_batch
+
+    base = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    encoder = BatchManifest.read(memory_copy, "train-a").encoder
+    write_embedding_batch(memory_copy, "again", read_embeddings(memory_copy, "train-a").slice(10, 30),
+                          encoder, "test")
+    with pytest.raises(DuplicateIds, match="ids of the new rows are already in the memory"):
+        run_add(memory_copy, ["again"], LOCAL)
+    b = read_embeddings(memory_copy, "train-b")
+    write_embedding_batch(memory_copy, "b-copy", b.slice(0, 7), encoder, "test")
+    with pytest.raises(DuplicateIds, match="occur more than once"):
+        run_add(memory_copy, ["train-b", "b-copy"], LOCAL)
+    assert read_latest(memory_copy) == base.version
+    assert list_versions(memory_copy) == [base.version]
+    assert run_add(memory_copy, ["train-b"], LOCAL).count == base.count + b.num_rows
+
+
 def test_add_to_ivfpq_uses_the_trained_quantizer(memory_copy):
     base = run_build(BuildConfig(memory_copy, batches=["train-a"], factory="IVF8,PQ16x8"), LOCAL)
     added = run_add(memory_copy, ["train-b"], LOCAL)
