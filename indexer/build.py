@@ -83,10 +83,17 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     wanted = factories.training_size(factory, estimate)
     sample = train_sample(executor, inputs.parts, estimate, wanted, config.seed) if wanted else None
     prepare_s = time.monotonic() - started
-    trained = factories.train(factory, dim, sample, config.seed) if wanted else factories.make_index(factory, dim)
+    if wanted:
+        log.info("training %s on %d sampled vectors (k-means over %d lists, seed %d)", factory,
+                 len(sample), factories.nlist_of(factory), config.seed)
+    trained = (factories.train(factory, dim, sample, config.seed,
+                               verbose=log.isEnabledFor(logging.INFO) and factories.nlist_of(factory) >= 1024)
+               if wanted else factories.make_index(factory, dim))
     trained = factories.to_cpu(trained)
     trained_bytes = faiss.serialize_index(trained)
     train_s = time.monotonic() - started - prepare_s
+    if wanted:
+        log.info("trained in %.1f s", train_s)
     del sample
 
     version = new_version_name()

@@ -99,8 +99,11 @@ def _quiet_clustering(index: faiss.Index) -> None:
             pq.cp.min_points_per_centroid = 1
 
 
-def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0) -> faiss.Index:
-    """A trained, empty index (GPU k-means where present). Seeded: same sample, same index."""
+def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0,
+          verbose: bool = False) -> faiss.Index:
+    """A trained, empty index (GPU k-means where present). Seeded: same sample, same index.
+    ``verbose``: FAISS prints the coarse k-means' progress (one line per iteration, with
+    seconds and objective) on stdout, the training phase's progress display."""
     index = make_index(factory, dim)
     if not index.is_trained:
         needed = minimum_training_vectors(factory, dim)
@@ -117,6 +120,7 @@ def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0) -> faiss.In
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
+            ivf.cp.verbose = verbose
             clustering_index = to_gpu_if_available(faiss.IndexFlatIP(dim))
             ivf.clustering_index = clustering_index
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
