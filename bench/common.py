@@ -21,6 +21,15 @@ def emit_phase(result: dict) -> None:
     print(json.dumps(result), flush=True)
 
 
+def emit_report(report: dict, out: str | None) -> None:
+    """Print a benchmark's JSON report, and write it to ``out`` too when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as handle:
+            handle.write(text + "\n")
+
+
 def machine() -> dict:
     import torch
 

@@ -11,7 +11,6 @@ N grows; the baseline holds every row).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit_phase, run_phase  # noqa: E402
+from bench.common import emit_phase, emit_report, run_phase  # noqa: E402
 
 
 def generate(folder: str, rows: int, dim: int, dtype: str, rows_per_file: int, seed: int) -> dict:
@@ -119,10 +118,7 @@ def main() -> int:
         "import": imported, "baseline_np_load_concatenate": baseline,
         "ratio": round(imported["rows_per_s"] / baseline["rows_per_s"], 3),
         "rss_ratio": round(imported["peak_rss_mib"] / baseline["peak_rss_mib"], 3)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_report(result, args.out)
     return 0
 
 

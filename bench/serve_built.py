@@ -13,7 +13,6 @@ send embeddings) on 127.0.0.1, with the packaged serve config otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import emit_report  # noqa: E402
 from bench.proctree import _psutil  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "serving" / "serve_config.yaml"
@@ -105,10 +105,7 @@ def main() -> int:
               "queries": len(latencies), "latency_ms_p50": round(1e3 * float(np.median(latencies)), 1),
               "latency_ms_p95": round(1e3 * float(np.percentile(latencies, 95)), 1),
               "recall_at_10": round(float(np.mean(recalls)), 4), "serve_tree_rss_mib": round(rss / 2**20)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_report(result, args.out)
     return 0
 
 
