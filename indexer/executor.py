@@ -55,7 +55,9 @@ class RayExecutor:
     def submit(self, fn: Callable, *args: Any, num_returns: int = 1, **options: Any) -> Any:
         remote = self._remote.get(fn)
         if remote is None:
-            remote = self._remote[fn] = self.ray.remote(fn)
+            from indexer.heap import releasing_heap
+
+            remote = self._remote[fn] = self.ray.remote(releasing_heap(fn))
         return remote.options(num_returns=num_returns, max_retries=self.max_retries,
                               retry_exceptions=[OSError], **options).remote(*args)
 
