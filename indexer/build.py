@@ -26,7 +26,7 @@ from indexer.manifest import IndexManifest
 from indexer.quantizer import serialize_stripped
 from indexer.reader import plan_inputs
 from indexer.search import ShardedIndex
-from indexer.tasks import VECTOR_DTYPES, add_part, build_scratch, chunk_rows_for, merge_shard, sample_part
+from indexer.tasks import TASK_MEMORY_MB, VECTOR_DTYPES, add_part, build_scratch, chunk_rows_for, merge_shard, sample_part
 from indexer.tuning import tune
 from pipelines import storage
 
@@ -44,7 +44,7 @@ class BuildConfig:
     recall_target: float = 0.95
     k: int = 100  # the search default recorded for serving (method.md: k_max = 100)
     seed: int = 0
-    task_memory_mb: int = 512  # per task: sets the rows read at once (tasks.chunk_rows_for)
+    task_memory_mb: int = TASK_MEMORY_MB  # per task: sets the rows read at once (tasks.chunk_rows_for)
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:

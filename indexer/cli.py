@@ -28,11 +28,12 @@ def _print_manifest(manifest) -> None:
 
 def cmd_build(args) -> int:
     from indexer.build import BuildConfig, run_build
+    from indexer.tasks import TASK_MEMORY_MB
 
     config = BuildConfig(memory=args.memory, batches=args.batch or [], num_shards=args.shards,
                          factory=args.factory, bytes_per_vector=args.bytes_per_vector,
                          keep_vectors=args.keep_vectors, recall_target=args.recall_target,
-                         seed=args.seed, task_memory_mb=args.task_memory_mb)
+                         seed=args.seed, task_memory_mb=args.task_memory_mb or TASK_MEMORY_MB)
     manifest = run_build(config, _executor(args))
     _print_manifest(manifest)
     defaults = manifest.search_defaults
@@ -169,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--recall-target", type=float, default=0.95,
                        help="recall@10 the recorded nprobe must reach (measured on a sample).")
     build.add_argument("--seed", type=int, default=0, help="Seed for sampling and k-means.")
-    build.add_argument("--task-memory-mb", type=int, default=512,
-                       help="Working memory per task: parts are read this many MB at a time, so a "
-                            "part larger than a worker's memory still builds.")
+    build.add_argument("--task-memory-mb", type=int, default=None,
+                       help="Working memory per task (default 256): parts are read this many MB at "
+                            "a time, so a part larger than a worker's memory still builds.")
 
     add = command("add", cmd_add, "Add embedding batches to LATEST with its trained quantizer.")
     add.add_argument("--batch", action="append", required=True, help="Batch to add (repeatable).")

@@ -36,6 +36,7 @@ from indexer.tasks import (
     add_rows_segment,
     add_segment,
     build_scratch,
+    TASK_MEMORY_MB,
     chunk_rows_for,
     compact_shard,
     shard_of,
@@ -120,7 +121,7 @@ def _trained(root: str, parent: IndexManifest) -> tuple[Trained, bytes | None]:
 
 def run_add(root: str, batches: list[str], executor, version: str | None = None,
             policy: CompactionPolicy | None = DEFAULT_POLICY,
-            task_memory_bytes: int = 512 << 20) -> IndexManifest:
+            task_memory_bytes: int = TASK_MEMORY_MB << 20) -> IndexManifest:
     """Add embedding batches to LATEST as delta segments encoded with the version's trained
     index (no retraining; cost O(rows added)). Batches already in the memory are skipped, so a
     scheduled re-run adds nothing twice. Ids are never gathered on the driver: each shard's
