@@ -125,8 +125,8 @@ def test_duplicate_ids_are_found_at_the_merge_and_nothing_is_published(memory, v
 def test_an_hnsw_coarse_quantizer_is_chosen_for_large_nlist_and_searches(tmp_path):
     from indexer.factory import choose_factory
 
-    assert choose_factory(10_000_000, 128) == "IVF16384_HNSW32,PQ64x8"
-    assert choose_factory(1_000_000, 384) == "IVF4096,PQ64x8"
+    assert choose_factory(10_000_000, 128) == "OPQ64,IVF16384_HNSW32,PQ64x8"
+    assert choose_factory(1_000_000, 384) == "OPQ64_256,IVF4096,PQ64x8"  # 4 dims per sub-quantizer
     data = mixture(8_000, 32, clusters=40, seed=3)
     root = str(tmp_path / "memory")
     write_batch(root, "synthetic", data[:7_900], parts=2)

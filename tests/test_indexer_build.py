@@ -178,18 +178,29 @@ def test_killed_build_leaves_a_complete_latest(memory_copy):
     assert latest.version == first.version or latest.count == 600
 
 
-def test_opq_factory_builds_and_searches(tmp_path):
-    """OPQ through the build path, on seeded 64-d vectors (a 1280-d rotation takes minutes)."""
+@pytest.mark.parametrize("factory", ["OPQ8,IVF16,PQ8x8", "OPQ8_32,IVF16,PQ8x8"])
+def test_opq_factory_builds_and_searches(tmp_path, factory):
+    """OPQ through the build path (the second rotation also keeps 32 of the 64 dimensions, as
+    the auto factory's OPQ{m}_{4m} does), on 2 shards with an online add and exact re-ranking."""
     from bench.synthetic import mixture, write_batch
+    from indexer.edit import run_add
+    from indexer.factory import OPQ_ITERATIONS, make_index
 
-    vectors = mixture(3000, 64, clusters=30, seed=3)
+    untrained = make_index(factory, 64)  # referenced while its transform is read
+    assert faiss.downcast_VectorTransform(faiss.downcast_index(untrained).chain.at(0)).niter == OPQ_ITERATIONS
+    vectors = mixture(3200, 64, clusters=30, seed=3)
     root = str(tmp_path / "opq")
-    write_batch(root, "synthetic", vectors, parts=2)
-    manifest = run_build(BuildConfig(root, factory="OPQ8,IVF16,PQ8x8", keep_vectors="fp16"),
+    write_batch(root, "synthetic", vectors[:3000], parts=2)
+    manifest = run_build(BuildConfig(root, num_shards=2, factory=factory, keep_vectors="fp16"),
                          LocalExecutor())
-    _, found = ShardedIndex(root, manifest).search(vectors[:50], 5)
-    assert manifest.search_defaults["nprobe"] >= 1 and manifest.count == 3000
-    assert (found[:, 0] == np.arange(1, 51)).mean() >= 0.95  # each vector finds itself first
+    write_batch(root, "more", vectors[3000:], parts=1, first_id=3001)
+    manifest = run_add(root, ["more"], LocalExecutor())
+    index = ShardedIndex(root, manifest)
+    _, found = index.search(vectors[2950:3050], 5)
+    assert manifest.search_defaults["nprobe"] >= 1 and manifest.count == 3200
+    assert (found[:, 0] == np.arange(2951, 3051)).mean() >= 0.95  # each vector finds itself first
+    _, exact = index.search(vectors[2950:3050], 5, rerank=True)
+    assert (exact[:, 0] == np.arange(2951, 3051)).all()
 
 
 @pytest.mark.parametrize("factory", ["IVF16,PQ8x8", "OPQ8,IVF16,PQ8x8", "PQ8x8", "IVF16_HNSW32,PQ8x8"])
