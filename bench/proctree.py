@@ -104,6 +104,20 @@ def _anon_and_file(pid: int) -> dict:
     return out
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size (bytes) from /proc/PID/smaps_rollup: shared pages (libraries,
+    Ray's object store, memory-mapped files) split among the processes mapping them. 0 where
+    the kernel has no smaps_rollup (Linux < 4.14) or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_snapshot(tree: list[psutil.Process]) -> dict[int, tuple[float, float, str]]:
     """pid -> (create time, user + system CPU seconds so far, name)."""
     out = {}
@@ -187,7 +201,7 @@ class TreeSampler:
     loses at most one interval: ``children_cpu_seconds`` has the exact total)."""
 
     def __init__(self) -> None:
-        self.peak_rss = self.peak_anon = 0
+        self.peak_rss = self.peak_anon = self.peak_pss = 0
         self.peak_processes: list[dict] = []
         self.samples = 0
         self.cpu: dict[tuple[int, float], tuple[str, float]] = {}
@@ -200,7 +214,7 @@ class TreeSampler:
             tree = me.children(recursive=True)
         except psutil.NoSuchProcess:  # pragma: no cover
             return []
-        rss = anon = 0
+        rss = anon = pss = 0
         live, rows = [], []
         for process in tree:
             try:
@@ -218,14 +232,17 @@ class TreeSampler:
                 continue
             self.cpu[key] = (name, used)
             one_anon = _anon_and_file(process.pid)["rss_anon_bytes"]
-            rss, anon = rss + one, anon + one_anon
+            one_pss = _pss(process.pid)
+            rss, anon, pss = rss + one, anon + one_anon, pss + one_pss
             live.append(process)
-            rows.append({"pid": process.pid, "name": name, "rss_bytes": one, "rss_anon_bytes": one_anon})
+            rows.append({"pid": process.pid, "name": name, "rss_bytes": one, "rss_anon_bytes": one_anon,
+                         "pss_bytes": one_pss})
         self.samples += 1
         if rss > self.peak_rss:
             self.peak_rss = rss
             self.peak_processes = sorted(rows, key=lambda r: -r["rss_bytes"])
         self.peak_anon = max(self.peak_anon, anon)
+        self.peak_pss = max(self.peak_pss, pss)
         return live
 
     def cpu_by_name(self) -> dict[str, float]:
@@ -301,8 +318,10 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
             "cpu_seconds_sampled": round(sampled, 3), "cpu_seconds_reaped": round(reaped, 3),
             "cpu_seconds_sampled_by_process": sampler.cpu_by_name(),
             "peak_rss_bytes": sampler.peak_rss, "peak_rss_anon_bytes": sampler.peak_anon,
+            "peak_pss_bytes": sampler.peak_pss,
             "peak_processes": [{"name": r["name"], "rss_mib": round(r["rss_bytes"] / 2**20, 1),
-                                "rss_anon_mib": round(r["rss_anon_bytes"] / 2**20, 1)}
+                                "rss_anon_mib": round(r["rss_anon_bytes"] / 2**20, 1),
+                                "pss_mib": round(r["pss_bytes"] / 2**20, 1)}
                                for r in sampler.peak_processes[:12]],
             "processes_seen": len(sampler.cpu), "samples": sampler.samples,
             "killed_at_teardown": killed}

@@ -55,9 +55,12 @@ class BuildConfig:
             raise ValueError(f"keep_vectors must be one of {sorted(VECTOR_DTYPES)}")
 
 
-def train_sample(executor, parts, count: int, wanted: int, seed: int) -> np.ndarray:
+def train_sample(executor, parts, count: int, wanted: int, seed: int,
+                 chunk_rows: int = 1 << 16) -> np.ndarray:
+    """A seeded sample of about ``wanted`` vectors over every part, one task a part reading
+    ``chunk_rows`` rows at a time."""
     probability = min(1.0, 1.2 * wanted / max(count, 1))
-    handles = [executor.submit(sample_part, part, probability, seed, number)
+    handles = [executor.submit(sample_part, part, probability, seed, number, chunk_rows)
                for number, part in enumerate(parts)]
     samples = [s for s in executor.get(handles, "sampling", [p.rows for p in parts]) if len(s)]
     return np.concatenate(samples)[:wanted]
@@ -81,7 +84,8 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
              executor.name, chunk_rows)
 
     wanted = factories.training_size(factory, estimate)
-    sample = train_sample(executor, inputs.parts, estimate, wanted, config.seed) if wanted else None
+    sample = (train_sample(executor, inputs.parts, estimate, wanted, config.seed, chunk_rows)
+              if wanted else None)
     prepare_s = time.monotonic() - started
     if wanted:
         log.info("training %s on %d sampled vectors (k-means over %d lists, seed %d)", factory,
@@ -128,7 +132,8 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             trained_sha256=trained_sha)
         tuning_started = time.monotonic()
         tuned = tune(ShardedIndex(config.memory, manifest), executor, inputs.parts, count,
-                     ks=(10, config.k), target=config.recall_target, seed=config.seed)
+                     ks=(10, config.k), target=config.recall_target, seed=config.seed,
+                     chunk_rows=chunk_rows)
         manifest.search_defaults.update(tuned.defaults())
         manifest.details = {
             "executor": executor.name, "parts": len(inputs.parts), "chunk_rows": chunk_rows,

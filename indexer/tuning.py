@@ -113,9 +113,10 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(values)) if values else 1.0
 
 
-def draw_queries(executor, parts: list[Part], count: int, wanted: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_queries(executor, parts: list[Part], count: int, wanted: int, seed: int,
+                 chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     probability = min(1.0, 1.5 * wanted / max(count, 1))
-    drawn = executor.get([executor.submit(sample_queries, part, probability, seed, number)
+    drawn = executor.get([executor.submit(sample_queries, part, probability, seed, number, chunk_rows)
                           for number, part in enumerate(parts)], "drawing tuning queries")
     drawn = [d for d in drawn if len(d[0])]
     ids = np.concatenate([d[0] for d in drawn])
@@ -124,21 +125,24 @@ def draw_queries(executor, parts: list[Part], count: int, wanted: int, seed: int
     return ids[keep], np.ascontiguousarray(vectors[keep], dtype=np.float32)
 
 
-def ground_truth(executor, parts: list[Part], queries: np.ndarray, k: int) -> np.ndarray:
-    """(n, k) exact neighbour ids over every part (ties by id), streamed as one task a part."""
-    answers = executor.get([executor.submit(exact_part_topk, part, queries, k) for part in parts],
+def ground_truth(executor, parts: list[Part], queries: np.ndarray, k: int,
+                 chunk_rows: int = 1 << 16) -> np.ndarray:
+    """(n, k) exact neighbour ids over every part (ties by id), streamed as one task a part,
+    ``chunk_rows`` rows at a time."""
+    answers = executor.get([executor.submit(exact_part_topk, part, queries, k, chunk_rows) for part in parts],
                            "exact neighbours")
     return merge_topk([a[0] for a in answers], [a[1] for a in answers], k)[1]
 
 
 def tune(index, executor, parts: list[Part], count: int, ks: tuple[int, ...] = (10, 100),
          target: float = 0.95, queries: int = 256, max_nprobe_fraction: float = 0.125,
-         seed: int = 0) -> TuningResult:
-    """Search defaults for ``index`` (an indexer.search.ShardedIndex over the built shards)."""
+         seed: int = 0, chunk_rows: int = 1 << 16) -> TuningResult:
+    """Search defaults for ``index`` (an indexer.search.ShardedIndex over the built shards).
+    ``chunk_rows``: rows its tasks read at once (the build's task budget, tasks.chunk_rows_for)."""
     ks = tuple(sorted({max(1, min(k, count - 1)) for k in ks}))
-    query_ids, vectors = draw_queries(executor, parts, count, queries, seed)
+    query_ids, vectors = draw_queries(executor, parts, count, queries, seed, chunk_rows)
     deepest = max(ks)
-    truth = without_self(ground_truth(executor, parts, vectors, deepest + 1), query_ids, deepest)
+    truth = without_self(ground_truth(executor, parts, vectors, deepest + 1, chunk_rows), query_ids, deepest)
     nlist = max((shard.nlist for shard in index.shards), default=0)
     rerank = any(shard.vectors is not None for shard in index.shards)
     probes = [0] if not nlist else _powers(min(nlist, max(8, int(nlist * max_nprobe_fraction))))
