@@ -25,7 +25,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from experiments import plots
-from experiments.api_client import MemoryClient
 from experiments.report import clear_results, summary_lines, write_report
 from experiments.results import Check, Result, pct
 from pipelines import storage
@@ -77,8 +76,8 @@ def prepare_data(config: DemoConfig) -> dict[str, str]:
     return {part: storage.join(data, part, "*.tar") for part in ("memory", "new-class", "queries")}
 
 
-def score(answers: list[dict], records: list[ImageRecord], new_class: str) -> dict:
-    right = [a["label"] == r.label for a, r in zip(answers, records)]
+def score(answers: list, records: list[ImageRecord], new_class: str) -> dict:
+    right = [a.label == r.label for a, r in zip(answers, records)]
     new = [ok for ok, r in zip(right, records) if r.label == new_class]
     old = [ok for ok, r in zip(right, records) if r.label != new_class]
     return {"all": sum(right) / len(right), "old": sum(old) / max(len(old), 1),
@@ -91,6 +90,7 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
     from ray import serve
 
     from serving.serve import DEFAULT_CONFIG, load_config, start
+    from vmem.client import MemoryClient
 
     # Replica logs stay in Ray's log files (/tmp/ray/session_latest/logs): the demo prints its own.
     ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -102,12 +102,16 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
     start(load_config(DEFAULT_CONFIG, memory, "127.0.0.1", port,
                       {"token": token, "allowed_source_roots": roots}))
     client = MemoryClient(f"http://127.0.0.1:{port}", token)
+
+    def classify_records(records: list[ImageRecord]) -> list:
+        return client.classify_many([r.data for r in records], k=100)
+
     queries, unseen = read_records(inputs["queries"]), read_records(inputs["new-class"])
     stages = {}
     try:
-        def classify(stage: str, extra: dict | None = None) -> list[dict]:
+        def classify(stage: str, extra: dict | None = None) -> list:
             tick = time.monotonic()
-            answers = client.classify(queries, k=100)
+            answers = classify_records(queries)
             info = client.memory()
             stages[stage] = {"size": info["size"], "version": info["version"], **score(answers, queries, config.new_class),
                              "seconds": round(time.monotonic() - tick, 2), **(extra or {})}
@@ -118,21 +122,22 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
 
         classify("served")
         tick = time.monotonic()
-        client.add(unseen)
+        client.add([r.data for r in unseen], [r.label for r in unseen], keys=[r.key for r in unseen],
+                   sources=[r.source for r in unseen])
         added = time.monotonic() - tick
         after_add = classify(f"after adding {config.new_class}", {"added": len(unseen), "edit_seconds": round(added, 2)})
-        evidence = Counter(n["key"] for a in after_add for n in a["neighbours"][:1])
+        evidence = Counter(n.key for a in after_add for n in a.neighbours[:1])
         doomed = [key for key, _ in evidence.most_common(config.forget)]
-        sources = {n["key"]: n["source"] for a in after_add for n in a["neighbours"] if n["key"] in doomed}
+        sources = {n.key: n.source for a in after_add for n in a.neighbours if n.key in doomed}
         tick = time.monotonic()
-        report = client.forget(doomed)
+        report = client.forget(keys=doomed).details
         forgot = time.monotonic() - tick
         after_forget = classify("after forgetting", {"forgotten": report["removed"], "edit_seconds": round(forgot, 2)})
         images = read_sources(list(sources.values()), roots)
-        themselves = client.classify([ImageRecord(k, s, "", images[s]) for k, s in sources.items() if s in images])
-        returned = sum(n["key"] in doomed for a in after_forget + themselves for n in a["neighbours"])
-        influenced = sum(any(n["key"] in doomed for n in a["neighbours"]) for a in after_add)
-        changed = sum(a["label"] != b["label"] for a, b in zip(after_add, after_forget))
+        themselves = classify_records([ImageRecord(k, s, "", images[s]) for k, s in sources.items() if s in images])
+        returned = sum(n.key in doomed for a in after_forget + themselves for n in a.neighbours)
+        influenced = sum(any(n.key in doomed for n in a.neighbours) for a in after_add)
+        changed = sum(a.label != b.label for a, b in zip(after_add, after_forget))
         stages["forget"] = {"keys": doomed, "returned": returned, "influenced": influenced, "changed": changed,
                             "self_queries": len(themselves), "seconds_per_item": report["seconds"] / max(report["removed"], 1)}
     finally:

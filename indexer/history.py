@@ -24,7 +24,10 @@ def rollback(root: str, to: str | None = None) -> str:
     """Serve ``to`` again (default: the current version's parent), after verifying every file
     of that version against its checksums: published as a new version with ``to``'s files
     (operation "rollback"), so versions only move forward and replicas and clients comparing
-    versions (``min_version``) see a newer one. Returns the new version's name."""
+    versions (``min_version``) see a newer one. Items unlearned since ``to`` (the forget
+    ledger, indexer/forgotten.py) stay forgotten: they are tombstoned in the new version, so a
+    rollback never brings a deleted item back. Returns the new version's name. Raises
+    FileNotFoundError (no such version), ValueError (no parent), ChecksumMismatch."""
     from indexer.edit import publish
     from indexer.layout import new_version_name
     from indexer.leases import writer_lock
@@ -40,6 +43,30 @@ def rollback(root: str, to: str | None = None) -> str:
         verify_version(root, old)
         parent = IndexManifest.read(root, current)
         old.version = parent.version  # publish() names the parent; the files are the target's
-        manifest = publish(root, old, new_version_name(current), "rollback", old.shards,
-                           old.batches, {"rolled_back_to": target, "from": current})
+        version = new_version_name(current)
+        shards, kept_forgotten = _without_forgotten(root, version, old)
+        manifest = publish(root, old, version, "rollback", shards, old.batches,
+                           {"rolled_back_to": target, "from": current,
+                            "forgotten_tombstoned": kept_forgotten})
         return manifest.version
+
+
+def _without_forgotten(root: str, version: str, manifest: IndexManifest) -> tuple[list, int]:
+    """``manifest``'s shards with every id of the forget ledger that they still serve
+    tombstoned under ``version``; and how many were. O(ledger size) per shard."""
+    from indexer.forgotten import forgotten_ids
+    from indexer.segments import Shard
+    from indexer.tasks import shard_of
+
+    forgotten = forgotten_ids(root)
+    if not len(forgotten):
+        return list(manifest.shards), 0
+    owner = shard_of(forgotten, manifest.num_shards)
+    shards, count = [], 0
+    for entry in manifest.shards:
+        shard = Shard(root, entry)
+        mine = forgotten[owner == entry.shard]
+        live = mine[shard.live(mine)] if len(mine) else mine
+        shards.append(shard.tombstone(version, live) if len(live) else entry)
+        count += len(live)
+    return shards, count

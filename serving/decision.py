@@ -23,7 +23,7 @@ class Neighbour:
     distance: float  # 1 - cosine similarity
     rank: int  # 0-based
     item_weight: float  # soft-pruning reliability, 1.0 when unpruned
-    vote: float  # the aggregator's weight for this neighbour (item weight included)
+    vote: float | None  # the aggregator's weight (item weight included); None: no vote taken
 
 
 @dataclass

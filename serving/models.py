@@ -38,6 +38,11 @@ class AddRequest(BaseModel):
     items: list[AddItem]
 
 
+class RollbackRequest(BaseModel):
+    to: str | None = Field(None, description="The version to serve again (default: LATEST's parent); "
+                           "items unlearned since stay forgotten.")
+
+
 class ForgetRequestBody(BaseModel):
     ids: list[int] = Field(default_factory=list)
     keys: list[str] = Field(default_factory=list)

@@ -12,16 +12,18 @@ import base64
 import binascii
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, ORJSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 
 from indexer.factory import nlist_of
+from indexer.history import history
 from indexer.layout import read_latest
 from indexer.search import SearchParams
 from indexer.store import resolve_version
@@ -33,13 +35,16 @@ from serving.body_limit import BodyLimit, BodyTooLarge
 from serving.data_plane import DataPlane
 from serving.decision import decide
 from serving.follower import VersionFollower, VersionUnavailable
-from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest
+from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest, RollbackRequest
 from serving.options import ServingOptions
 from serving.rerank import Reranker, make_reranker, rerank_answer
 from serving.searchers import RemoteSearchers, SearcherService, ShardQuery
+from serving.thumbnails import SIZES, ImageRejected, SourceRefused, ThumbnailMissing, Thumbnails
 from serving.writer import EditFailure
 
 log = logging.getLogger("ray.serve")
+WEB = Path(__file__).resolve().parent / "web"  # the page: static files, no build step, no CDN
+WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,
               description="Classify images by retrieval; every answer comes with its evidence.")
 api.add_middleware(BodyLimit, limit=lambda: getattr(api.state, "max_body_bytes", None))
@@ -101,6 +106,7 @@ class Router:
                                         self.options.searcher_omp_threads) for shards in group_shards])
         self.num_shards = sum(len(shards) for shards in group_shards)
         self.dim, self.count = manifest.dim, manifest.count
+        self.thumbnails = Thumbnails(self.options.source_policy())
         self.encoder_name = manifest.encoder
         self.nlist = nlist_of(manifest.factory)
         served = {g.current_version() for g in self.groups if isinstance(g, SearcherService)}
@@ -436,6 +442,19 @@ class Router:
             raise ApiError(422, "ids", "name what to forget: ids, keys or labels")
         return await self._edit(self.writer.forget.remote(body))
 
+    @api.get("/v1/memory/versions")
+    async def versions(self, http: Request) -> dict:
+        """The version history (``vmem index log``), oldest first, and the version this replica
+        serves."""
+        self._authorize(http, READ)
+        return {"serving": self.version, "versions": await asyncio.to_thread(history, self.options.memory)}
+
+    @api.post("/v1/memory/rollback")
+    async def rollback(self, body: RollbackRequest, http: Request) -> dict:
+        """Serve an earlier version again, as a new version (admin)."""
+        self._authorize(http)
+        return await self._edit(self.writer.rollback.remote(body.to))
+
     @api.post("/v1/memory/reload")
     async def reload(self, http: Request) -> dict:
         """Every replica follows LATEST by itself; this waits (bounded by the writer's confirm
@@ -450,6 +469,37 @@ class Router:
         for group in self.groups:
             if isinstance(group, SearcherService):
                 group.check_health()
+
+    # ---- the web page (serving/web/) -----------------------------------------------------------
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> FileResponse:
+        """The page: query, inspect the evidence, edit (with the admin token), versions."""
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> FileResponse:
+        if name not in WEB_FILES:  # a fixed list: no path is ever built from the request
+            raise ApiError(404, "name", f"no static file {name!r}")
+        return FileResponse(WEB / name, media_type=WEB_FILES[name])
+
+    @api.get("/v1/thumbnail")
+    async def thumbnail(self, http: Request, source: str = Query(..., min_length=1),
+                        size: int = Query(160)) -> Response:
+        """A JPEG thumbnail of a remembered image, read through ``allowed_source_roots`` only
+        (serving/thumbnails.py): 403 for a source outside them (nothing is read), 404 when it
+        can no longer be read, 422 for a size not offered or a file that is not an image."""
+        self._authorize(http, READ)
+        if size not in SIZES:
+            raise ApiError(422, "size", f"size must be one of {list(SIZES)}")
+        try:
+            data = await asyncio.to_thread(self.thumbnails.get, source, size)
+        except SourceRefused as error:
+            raise ApiError(403, "source", str(error)) from error
+        except ThumbnailMissing as error:
+            raise ApiError(404, "source", str(error)) from error
+        except ImageRejected as error:
+            raise ApiError(422, "source", f"not a readable image: {error}") from error
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

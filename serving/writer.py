@@ -101,6 +101,23 @@ class WriterService:
                 "stopped_returning": report["stopped_returning"],
                 "bytes_removed": report["bytes_removed"], "replicas": served}
 
+    async def rollback(self, to: str | None) -> dict | EditFailure:
+        """Serve ``to`` again (default: LATEST's parent) as a new version (indexer/history.py
+        ``rollback``: its files verified first), then wait for the replicas like an edit."""
+        from indexer.checksums import ChecksumMismatch
+        from indexer.history import rollback
+        from indexer.manifest import IndexManifest
+
+        done = await self._run(lambda: IndexManifest.read(self.memory, rollback(self.memory, to)),
+                               "version", ((FileNotFoundError, 404), (ChecksumMismatch, 409),
+                                           (ValueError, 409)))
+        if isinstance(done, EditFailure):
+            return done
+        manifest, served = done
+        return {"version": manifest.version, "rolled_back_to": manifest.details["rolled_back_to"],
+                "size": manifest.count, "forgotten_tombstoned": manifest.details["forgotten_tombstoned"],
+                "replicas": served}
+
     async def reload(self) -> dict | EditFailure:
         """Wait (bounded) until every replica serves LATEST; never takes the edit lock."""
         latest = await asyncio.to_thread(read_latest, self.memory)

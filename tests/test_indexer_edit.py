@@ -199,8 +199,15 @@ def test_log_and_rollback(memory_copy):
     back = rollback(memory_copy)  # a new version with the first one's files: versions move forward
     assert back == read_latest(memory_copy) and back > second.version
     restored = resolve_version(memory_copy)
-    assert restored.operation == "rollback" and restored.count == first.count
-    assert [e.files() for e in restored.shards] == [e.files() for e in first.shards]
+    # the unlearned Dress items stay forgotten: tombstoned again over the first version's files
+    removed = first.count - second.count
+    assert removed > 0 and restored.operation == "rollback" and restored.count == second.count
+    assert restored.details["forgotten_tombstoned"] == removed
+    assert [e.segments for e in restored.shards] == [e.segments for e in first.shards]
+    ids, vectors, labels = load_embeddings(memory_copy)
+    dresses = set(ids[np.asarray(labels) == "Dress"].tolist())
+    found = ShardedIndex(memory_copy, restored).search(vectors, 10)[1]
+    assert dresses and not dresses & set(found.ravel().tolist())
 
 
 def test_corrupted_shard_is_detected_by_checksum(memory_copy):

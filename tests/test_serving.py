@@ -294,3 +294,101 @@ def test_health_metrics_and_openapi(server):
     assert all(f'vmem_stage_seconds_count{{stage="{s}"}}' in metrics for s in ("embed", "search", "decide"))
     spec = requests.get(f"{url}/openapi.json").json()
     assert "/v1/classify" in spec["paths"] and "/v1/memory/items" in spec["paths"]
+
+
+# ---- the Python client (vmem/client.py) against the same server ------------------------------
+def test_client_answers_equal_the_http_api_typed(server, embedded_memory, tmp_path):
+    from vmem.client import Answer, MemoryClient
+
+    url, _ = server
+    data, _ = fmnist_png(embedded_memory, 3)
+    path = tmp_path / "query.png"
+    path.write_bytes(data)
+    raw = requests.post(f"{url}/v1/classify", json={"image_base64": b64(data), "k": 9}).json()
+    with MemoryClient(url) as client:
+        answer = client.classify(path, k=9)  # a path, read by the client
+        assert isinstance(answer, Answer) and answer.label == raw["label"] and answer.k == 9
+        assert [n.id for n in answer.neighbours] == [n["id"] for n in raw["neighbours"]]
+        assert answer.neighbours[0].vote == pytest.approx(raw["neighbours"][0]["vote"])
+        assert answer.shards_answered == [0, 1] and not answer.partial
+        near = client.neighbors(data, k=4)  # bytes; no vote
+        assert [n.id for n in near.neighbours] == [n["id"] for n in raw["neighbours"][:4]]
+        assert near.label is None and near.neighbours[0].vote is None
+        many = client.classify_many([data, path, data], k=9)  # batched
+        assert [a.label for a in many] == [raw["label"]] * 3
+        assert client.memory()["shards"] == 2
+
+
+def test_client_errors_carry_the_field(server, embedded_memory):
+    from vmem.client import ApiError, MemoryClient
+
+    url, _ = server
+    data, _ = fmnist_png(embedded_memory)
+    client = MemoryClient(url, retries=0)
+    with pytest.raises(ApiError) as bad_k:
+        client.classify(data, k=0)
+    assert bad_k.value.status == 422 and bad_k.value.field == "k"
+    with pytest.raises(ApiError) as no_token:
+        client.forget(keys=["whatever"])
+    assert no_token.value.status == 401
+    with pytest.raises(ValueError, match="keys are required"):
+        client.add([data], ["Coat"])
+
+
+def test_client_edits_versions_and_a_rollback_that_keeps_unlearned_items_forgotten(server):
+    from vmem.client import MemoryClient
+
+    url, _ = server
+    cup = encode(photo("coffee.png"), "PNG")
+    client = MemoryClient(url, token=TOKEN)
+    [added] = client.add([cup], ["Coffee cup"], keys=["client/coffee"])
+    answer = client.classify(cup, k=3, min_version=added.version)
+    assert answer.version == added.version and answer.neighbours[0].key == "client/coffee"
+    forgotten = client.forget(keys=["client/coffee"])
+    assert forgotten.details["removed"] == 1 and forgotten.size == added.size - 1
+    history = client.versions()
+    assert [v.version for v in history][-2:] == [added.version, forgotten.version]
+    assert history[-1].latest and history[-1].operation == "delete" and history[-1].parent == added.version
+    back = client.rollback()  # to the add's version: its files, but the cup stays forgotten
+    assert back.version > forgotten.version and back.details["rolled_back_to"] == added.version
+    assert back.size == forgotten.size and back.details["forgotten_tombstoned"] == 1
+    again = client.classify(cup, k=50, min_version=back.version)
+    assert again.version == back.version and "client/coffee" not in [n.key for n in again.neighbours]
+
+
+def test_client_retries_503_honouring_retry_after():
+    """A loopback server that sheds the first two requests (503, Retry-After: 0)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from vmem.client import ApiError, MemoryClient
+
+    calls = []
+
+    class Shedding(BaseHTTPRequestHandler):
+        def do_GET(self):
+            calls.append(self.path)
+            status, body = (503, b'{"error": "busy", "field": "memory"}') if len(calls) <= 2 else (
+                200, b'{"version": "v1", "size": 3}')
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Shedding)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        assert MemoryClient(url, retries=3, backoff_s=0).memory() == {"version": "v1", "size": 3}
+        assert len(calls) == 3
+        calls.clear()
+        with pytest.raises(ApiError) as shed:
+            MemoryClient(url, retries=1, backoff_s=0).memory()
+        assert shed.value.status == 503 and shed.value.field == "memory" and len(calls) == 2
+    finally:
+        httpd.shutdown()

@@ -11,7 +11,8 @@
 Retries: a 503 (the server sheds load, or a version it was asked for is not served yet) and a
 connection error are retried with exponential backoff, honouring ``Retry-After`` (urllib3
 ``Retry``). Every other 4xx/5xx raises ``ApiError`` carrying the API's ``field``. Only this
-module, ``requests`` and numpy are imported: no torch, Ray or FAISS.
+module, ``requests``, numpy and ``serving.decision`` (the evidence record, numpy only) are
+imported: no torch, Ray or FAISS.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from serving.decision import Neighbour  # the evidence record (numpy only); vote None: no vote
+
 Query = Union[bytes, str, os.PathLike, np.ndarray, Sequence[float]]
 
 
@@ -36,20 +39,6 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, field: str, message: str) -> None:
         super().__init__(f"HTTP {status} ({field}): {message}")
         self.status, self.field, self.message = status, field, message
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """One memory item behind an answer (serving/decision.py ``Neighbour``)."""
-
-    id: int
-    key: str
-    source: str
-    label: str
-    distance: float  # 1 - cosine similarity
-    rank: int  # 0-based
-    item_weight: float  # soft-pruning reliability, 1.0 when unpruned
-    vote: float | None  # the aggregator's weight (classify only)
 
 
 @dataclass(frozen=True)
