@@ -366,8 +366,13 @@ class Router:
         for shard_classes in stats:
             for label, count in shard_classes.items():
                 classes[label] = classes.get(label, 0) + count
+        manifest = await asyncio.to_thread(resolve_version, self.options.memory, self.version)
         return {"version": self.version, "size": sum(classes.values()), "classes": classes,
-                "encoder": self.encoder_name, "dim": self.dim, "shards": self.num_shards}
+                "encoder": self.encoder_name, "dim": self.dim, "shards": self.num_shards,
+                # the edit model's state: segments per shard (base + deltas) and tombstoned
+                # items (hidden, their bytes still in the files until compaction)
+                "segments": sum(len(e.segments) for e in manifest.shards),
+                "tombstoned": sum(e.tombstoned for e in manifest.shards)}
 
     def _authorize(self, http: Request, role: str = ADMIN) -> None:
         """The bearer token must grant ``role`` (serving/auth.py): 401 without one, 403 with one

@@ -346,6 +346,8 @@ def test_client_edits_versions_and_a_rollback_that_keeps_unlearned_items_forgott
     assert answer.version == added.version and answer.neighbours[0].key == "client/coffee"
     forgotten = client.forget(keys=["client/coffee"])
     assert forgotten.details["removed"] == 1 and forgotten.size == added.size - 1
+    memory = client.memory()
+    assert memory["tombstoned"] >= 1 and memory["segments"] >= memory["shards"]
     history = client.versions()
     assert [v.version for v in history][-2:] == [added.version, forgotten.version]
     assert history[-1].latest and history[-1].operation == "delete" and history[-1].parent == added.version

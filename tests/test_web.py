@@ -108,6 +108,7 @@ def test_query_inspect_forget_add_and_roll_back_in_a_browser(served, browser, em
     page.goto(url + "/")
     wait(page, "document.getElementById('summary').textContent.includes('items')")
     assert page.locator("#versions tbody tr").count() == 1
+    assert page.locator("#segments").text_content().startswith("2 segments over 2 shards · 0 tombstoned")
 
     # query by upload: the decision, its vote bars and the evidence gallery with thumbnails
     page.set_input_files("#file", str(query))

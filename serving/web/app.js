@@ -59,6 +59,8 @@ async function loadMemory() {
   const memory = await api("GET", "v1/memory");
   $("summary").textContent = `${memory.size} items · ${Object.keys(memory.classes).length} labels · ` +
     `${memory.shards} shards · ${memory.encoder} · version ${memory.version}`;
+  $("segments").textContent = `${memory.segments} segments over ${memory.shards} shards · ` +
+    `${memory.tombstoned} tombstoned items (hidden; their bytes leave the files at compaction)`;
   const classes = Object.entries(memory.classes).sort((a, b) => b[1] - a[1]);
   $("classes").replaceChildren(el("span", { class: "muted" }, "items per label: "),
     ...classes.map(([label, count], i) => `${i ? ", " : ""}${label} ${count}`));
