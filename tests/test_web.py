@@ -107,6 +107,8 @@ def test_query_inspect_forget_add_and_roll_back_in_a_browser(served, browser, em
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(url + "/")
     wait(page, "document.getElementById('summary').textContent.includes('items')")
+    # the versions table loads after the summary (a second request): wait for it, then count
+    wait(page, "document.querySelectorAll('#versions tbody tr').length > 0")
     assert page.locator("#versions tbody tr").count() == 1
     assert page.locator("#segments").text_content().startswith("2 segments over 2 shards · 0 tombstoned")
 
