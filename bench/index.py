@@ -28,7 +28,7 @@ Systems, each run as its own fresh process:
                  merging into S shards, and tuning nprobe (exact ground truth for 256 sampled
                  queries over every part, then an nprobe sweep).
   single_faiss   plain FAISS in one process: the factory the project chose at the first S, the
-                 same training sample (``indexer.build.train_sample``: same size, seed and rows)
+                 same training sample (``indexer.build.sample_inputs``: same size, seed and rows)
                  trained by ``indexer.factory.train``, then each Parquet part read in chunks (id
                  and embedding columns only) and ``add_with_ids``, then ``faiss.write_index``.
                  Searched at the project's recorded nprobe (no tuning of its own).
@@ -139,7 +139,7 @@ def phase_single(root: str, factory: str, seed: int, index_path: str, task_memor
     import pyarrow.parquet as pq
 
     from indexer import factory as factories
-    from indexer.build import train_sample
+    from indexer.build import sample_inputs
     from indexer.executor import LocalExecutor
     from indexer.reader import plan_inputs
     from indexer.tasks import chunk_rows_for
@@ -151,7 +151,7 @@ def phase_single(root: str, factory: str, seed: int, index_path: str, task_memor
     wanted = factories.training_size(factory, inputs.count)
     chunk_rows = chunk_rows_for(inputs.dim, task_memory_mb << 20)
     if wanted:
-        sample = train_sample(LocalExecutor(), inputs.parts, inputs.count, wanted, seed, chunk_rows)
+        sample = sample_inputs(LocalExecutor(), inputs.parts, inputs.dim, inputs.count, wanted, 0, seed, chunk_rows).train
         sampled = time.perf_counter()
         index = factories.train(factory, inputs.dim, sample, seed)
         del sample

@@ -1,10 +1,13 @@
 """Build job: embedding batches -> a trained, sharded FAISS index published as a new version.
 
-Train once on a seeded sample; add every part in parallel, streamed in chunks, onto the trained
-index (one coarse quantizer shared by the part's S shard pieces), writing per-shard piece files;
-merge each shard's pieces into its base segment (one task per shard); store the trained index
-once (``trained.faiss``: segment files hold no quantizer); tune; publish the manifest, then
-LATEST. A build that fails removes its files; one killed at any point leaves LATEST untouched.
+Read the input twice, each part in chunks, one task a part. The sampling pass draws a seeded
+training sample (written to the build's scratch, not sent through Ray's object store) and the
+held-out tuning queries; the driver trains once. The add pass encodes every part onto the
+trained index (one coarse quantizer shared by the part's S shard pieces), writing per-shard
+piece files, and finds the tuning queries' exact neighbours from the same chunks. Each shard's
+pieces are merged into its base segment (one task per shard); the trained index is stored once
+(``trained.faiss``: segment files hold no quantizer); nprobe is tuned on the built shards
+(indexer.tuning); the manifest is published, then LATEST. A build that fails removes its files; one killed at any point leaves LATEST untouched.
 """
 from __future__ import annotations
 
@@ -25,9 +28,9 @@ from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
 from indexer.quantizer import serialize_stripped
 from indexer.reader import plan_inputs
-from indexer.search import ShardedIndex
+from indexer.search import ShardedIndex, merge_topk
 from indexer.tasks import TASK_MEMORY_MB, VECTOR_DTYPES, add_part, build_scratch, chunk_rows_for, merge_shard, sample_part
-from indexer.tuning import tune
+from indexer.tuning import QUERIES, pick_queries, tune, tuning_ks
 from pipelines import storage
 
 log = logging.getLogger("vmem.index")
@@ -55,15 +58,44 @@ class BuildConfig:
             raise ValueError(f"keep_vectors must be one of {sorted(VECTOR_DTYPES)}")
 
 
-def train_sample(executor, parts, count: int, wanted: int, seed: int,
-                 chunk_rows: int = 1 << 16) -> np.ndarray:
-    """A seeded sample of about ``wanted`` vectors over every part, one task a part reading
-    ``chunk_rows`` rows at a time."""
-    probability = min(1.0, 1.2 * wanted / max(count, 1))
-    handles = [executor.submit(sample_part, part, probability, seed, number, chunk_rows)
+@dataclass
+class Drawn:
+    """The sampling pass's draw: the training sample ((n, dim) float32; None when the factory
+    needs no training) and the held-out tuning queries (ids (q,) int64, (q, dim) float32)."""
+
+    train: np.ndarray | None
+    query_ids: np.ndarray
+    queries: np.ndarray
+
+
+def sample_inputs(executor, parts, dim: int, count: int, train_wanted: int, queries_wanted: int,
+                  seed: int, chunk_rows: int = 1 << 16, scratch: str | None = None) -> Drawn:
+    """One read of every part (one task a part, ``chunk_rows`` rows at a time) drawing a seeded
+    sample of about ``train_wanted`` training vectors and ``queries_wanted`` tuning queries
+    (tasks.sample_part). ``scratch``: a folder URL the tasks write their training rows to
+    (the build's scratch), read back here into one array; None: returned in memory."""
+    train_probability = min(1.0, 1.2 * train_wanted / max(count, 1))
+    query_probability = min(1.0, 1.5 * queries_wanted / max(count, 1))
+    handles = [executor.submit(sample_part, part, number, dim, train_probability, query_probability, seed,
+                               chunk_rows, None if scratch is None else
+                               storage.join(scratch, f"sample-{number:05d}.npy"))
                for number, part in enumerate(parts)]
-    samples = [s for s in executor.get(handles, "sampling", [p.rows for p in parts]) if len(s)]
-    return np.concatenate(samples)[:wanted]
+    samples = executor.get(handles, "sampling", [p.rows for p in parts])
+    train = None
+    if train_wanted:
+        train = np.empty((min(train_wanted, sum(s.train_rows for s in samples)), dim), np.float32)
+        filled = 0
+        for sample in samples:
+            if filled < len(train) and sample.train_rows:
+                rows = sample.load_train()[:len(train) - filled]
+                train[filled:filled + len(rows)] = rows
+                filled += len(rows)
+            if sample.train_file is not None:
+                storage.remove(sample.train_file)
+    ids = np.concatenate([s.query_ids for s in samples])
+    vectors = np.concatenate([s.query_vectors for s in samples])
+    query_ids, queries = pick_queries(ids, vectors, queries_wanted, seed)
+    return Drawn(train, query_ids, queries)
 
 
 def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> IndexManifest:
@@ -84,30 +116,35 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
              executor.name, chunk_rows)
 
     wanted = factories.training_size(factory, estimate)
-    sample = (train_sample(executor, inputs.parts, estimate, wanted, config.seed, chunk_rows)
-              if wanted else None)
-    prepare_s = time.monotonic() - started
-    if wanted:
-        log.info("training %s on %d sampled vectors (k-means over %d lists, seed %d)", factory,
-                 len(sample), factories.nlist_of(factory), config.seed)
-    trained = (factories.train(factory, dim, sample, config.seed,
-                               verbose=log.isEnabledFor(logging.INFO) and factories.nlist_of(factory) >= 1024)
-               if wanted else factories.make_index(factory, dim))
-    trained = factories.to_cpu(trained)
-    trained_bytes = faiss.serialize_index(trained)
-    train_s = time.monotonic() - started - prepare_s
-    if wanted:
-        log.info("trained in %.1f s", train_s)
-    del sample
-
     version = new_version_name()
     root = index_root(config.memory)
     with build_scratch(config.memory, version):
-        trained_ref = executor.put(trained_bytes)
-        pieces = executor.get(
+        drawn = sample_inputs(executor, inputs.parts, dim, estimate, wanted, QUERIES, config.seed, chunk_rows,
+                              scratch=storage.join(root, version, ".build"))
+        prepare_s = time.monotonic() - started
+        if wanted:
+            log.info("training %s on %d sampled vectors (k-means over %d lists, seed %d)", factory,
+                     len(drawn.train), factories.nlist_of(factory), config.seed)
+        trained = (factories.train(factory, dim, drawn.train, config.seed,
+                                   verbose=log.isEnabledFor(logging.INFO) and factories.nlist_of(factory) >= 1024)
+                   if wanted else factories.make_index(factory, dim))
+        drawn.train = None
+        trained = factories.to_cpu(trained)
+        trained_bytes = faiss.serialize_index(trained)
+        train_s = time.monotonic() - started - prepare_s
+        if wanted:
+            log.info("trained in %.1f s", train_s)
+
+        # the add pass also finds the tuning queries' exact neighbours (self included: + 1)
+        exact_k = max(tuning_ks(estimate, (10, config.k))) + 1
+        trained_ref, queries_ref = executor.put(trained_bytes), executor.put(drawn.queries)
+        added = executor.get(
             [executor.submit(add_part, root, version, part, number, trained_ref, shards,
-                             config.keep_vectors, chunk_rows)
+                             config.keep_vectors, chunk_rows, queries_ref, exact_k)
              for number, part in enumerate(inputs.parts)], "adding", [p.rows for p in inputs.parts])
+        pieces = [a.pieces for a in added]
+        exact_ids = merge_topk([a.exact[0] for a in added], [a.exact[1] for a in added], exact_k)[1]
+        del added
         stripped = serialize_stripped(trained)  # trained is private to this driver
         entries = executor.get([executor.submit(merge_shard, root, version, shard, stripped,
                                                 *[p[shard] for p in pieces])
@@ -131,9 +168,8 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             shards=entries, batches=inputs.batches, trained_path=trained_path,
             trained_sha256=trained_sha)
         tuning_started = time.monotonic()
-        tuned = tune(ShardedIndex(config.memory, manifest), executor, inputs.parts, count,
-                     ks=(10, config.k), target=config.recall_target, seed=config.seed,
-                     chunk_rows=chunk_rows)
+        tuned = tune(ShardedIndex(config.memory, manifest), drawn.query_ids, drawn.queries, exact_ids,
+                     count, ks=(10, config.k), target=config.recall_target)
         manifest.search_defaults.update(tuned.defaults())
         manifest.details = {
             "executor": executor.name, "parts": len(inputs.parts), "chunk_rows": chunk_rows,

@@ -140,11 +140,11 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
         new_version = new_version_name(parent.version)
         chunk_rows = chunk_rows_for(parent.dim, task_memory_bytes)
         with build_scratch(root, new_version):
-            pieces = executor.get(
+            pieces = [added.pieces for added in executor.get(
                 [executor.submit(add_part, index_root(root), new_version, p, number, trained_ref,
                                  parent.num_shards, _vector_kind(root, parent), chunk_rows)
                  for number, p in enumerate(inputs.parts)], "encoding new parts",
-                [p.rows for p in inputs.parts])
+                [p.rows for p in inputs.parts])]
             entries = executor.get([executor.submit(add_segment, root, new_version, parent.shards[s],
                                                     trained.stripped, *[pp[s] for pp in pieces])
                                     for s in range(parent.num_shards)], "writing segments")

@@ -49,14 +49,66 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
     return (ids % num_shards).astype(np.int64)
 
 
-def sample_part(part: Part, probability: float, seed: int, part_number: int,
-                chunk_rows: int = 1 << 16) -> np.ndarray:
-    """A seeded Bernoulli sample of one part's vectors (deterministic per part: one random
-    stream drawn chunk after chunk equals one draw over the whole part), read in chunks."""
-    rng = np.random.default_rng([seed, part_number])
-    kept = [vectors[rng.random(len(vectors)) < probability]
-            for _, vectors in iter_part(part, chunk_rows)]
-    return np.concatenate(kept) if kept else np.empty((0, 0), np.float32)
+@dataclass(frozen=True)
+class PartSample:
+    """What the sampling pass draws from one part: training rows (``train_rows`` x dim float32,
+    in the .npy file ``train_file`` when the pass writes to storage, else in ``train``) and
+    held-out tuning queries (``query_ids`` (q,) int64, ``query_vectors`` (q, dim) float32)."""
+
+    train_rows: int
+    train_file: str | None
+    train: np.ndarray | None
+    query_ids: np.ndarray
+    query_vectors: np.ndarray
+
+    def load_train(self) -> np.ndarray:
+        """The training rows, read from ``train_file`` (numpy format, no pickle) when there."""
+        if self.train_file is None:
+            return self.train
+        fs, path = storage.filesystem(self.train_file)
+        with fs.open(path, "rb") as handle:
+            return np.load(handle, allow_pickle=False)
+
+
+def sample_part(part: Part, part_number: int, dim: int, train_probability: float,
+                query_probability: float, seed: int, chunk_rows: int = 1 << 16,
+                train_file: str | None = None) -> PartSample:
+    """One read of a part, in chunks, drawing two seeded Bernoulli samples from independent
+    streams: training rows (seed sequence [seed, part]) and tuning queries ([seed, part, 1]).
+    Deterministic per part (one stream drawn chunk after chunk equals one draw over the whole
+    part). With ``train_file`` (a URL under the build's scratch) the training rows go to
+    storage, written atomically, and not through the object store: a Ray worker that returned
+    them would keep their shared-memory pages resident while the driver trains."""
+    train_rng = np.random.default_rng([seed, part_number])
+    query_rng = np.random.default_rng([seed, part_number, 1])
+    kept, query_ids, query_vectors = [], [], []
+    for meta, vectors in iter_part(part, chunk_rows):
+        if train_probability > 0:
+            kept.append(vectors[train_rng.random(len(vectors)) < train_probability])
+        picked = query_rng.random(len(vectors)) < query_probability
+        query_ids.append(meta.column("id").to_numpy()[picked])
+        query_vectors.append(vectors[picked])
+    train = np.concatenate(kept) if kept else np.empty((0, dim), np.float32)
+    ids = np.concatenate(query_ids) if query_ids else np.empty(0, np.int64)
+    queries = np.concatenate(query_vectors) if query_vectors else np.empty((0, dim), np.float32)
+    if train_file is None:
+        return PartSample(len(train), None, train, ids, queries)
+
+    def write(local: str) -> None:
+        with open(local, "wb") as handle:
+            np.save(handle, train, allow_pickle=False)
+
+    storage.write_file_atomic(train_file, write)
+    return PartSample(len(train), train_file, None, ids, queries)
+
+
+@dataclass(frozen=True)
+class AddedPart:
+    """What ``add_part`` returns: one ``PieceFiles`` per shard and, when it was given tuning
+    queries, their exact top-k within the part (((q, k) float32 scores, (q, k) int64 ids))."""
+
+    pieces: list
+    exact: tuple[np.ndarray, np.ndarray] | None
 
 
 @dataclass(frozen=True)
@@ -74,20 +126,26 @@ class PieceFiles:
 
 
 def add_part(index_root: str, version: str, part: Part, number: int, trained: np.ndarray,
-             num_shards: int, keep_vectors: str, chunk_rows: int) -> list[PieceFiles]:
+             num_shards: int, keep_vectors: str, chunk_rows: int,
+             queries: np.ndarray | None = None, exact_k: int = 0) -> AddedPart:
     """Encode one part onto the trained index, split by shard (id mod S), streaming: the part
     is read ``chunk_rows`` at a time (reader.iter_part); each chunk's codes go to one
     in-memory index per shard (they share one coarse quantizer: a row is assigned once), its
     metadata and vectors straight to the shard's piece files. Memory: one chunk plus the
     part's codes. Files are written atomically under deterministic names, so a retried task
-    (Ray re-runs a lost one) writes the same pieces. Returns one ``PieceFiles`` per shard."""
+    (Ray re-runs a lost one) writes the same pieces. With tuning ``queries`` ((q, dim)
+    float32), each chunk read also feeds their exact top-``exact_k`` (tuning.ExactTopK), so
+    tuning reads the input no more."""
     import pyarrow.ipc as ipc
+
+    from indexer.tuning import ExactTopK
 
     shared = Trained.from_bytes(trained)
     indexes = [shared.empty() for _ in range(num_shards)]
     dtype = VECTOR_DTYPES[keep_vectors]
     stems = [f"{version}/.build/part-{number:05d}.shard-{s:05d}" for s in range(num_shards)]
     counts = [0] * num_shards
+    exact = ExactTopK(queries, exact_k) if queries is not None and exact_k > 0 else None
     with contextlib.ExitStack() as files:
         writers: dict[int, tuple] = {}
 
@@ -103,6 +161,8 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
 
         for meta, vectors in iter_part(part, chunk_rows):
             ids = meta.column("id").to_numpy()
+            if exact is not None:
+                exact.update(vectors, ids)
             shards = shard_of(ids, num_shards)
             for shard in range(num_shards):
                 rows = np.flatnonzero(shards == shard)
@@ -123,7 +183,8 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
                                           lambda path, index=index: write_stripped(index, path))
     dim = int(shared.index.d)
     name = None if dtype is None else np.dtype(dtype).name
-    return [PieceFiles(stems[s], counts[s], dim, name) for s in range(num_shards)]
+    return AddedPart([PieceFiles(stems[s], counts[s], dim, name) for s in range(num_shards)],
+                     None if exact is None else exact.result)
 
 
 def split_into_pieces(trained: Trained, meta: pa.Table, vectors: np.ndarray, num_shards: int,

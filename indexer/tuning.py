@@ -2,8 +2,10 @@
 
 Queries are drawn from the memory (seeded) and held out leave-one-out: each query's own item
 is removed from its exact neighbours and from what the index returns, so a query cannot score
-by finding itself. Ground truth is brute force over every part of the input, streamed part by
-part as tasks (``exact_part_topk``), merged with the serving merge. The built shards are then
+by finding itself. The build draws them in its sampling pass (``tasks.sample_part``, seed
+sequence [seed, part, 1], then ``pick_queries``) and computes their exact neighbours in its add
+pass (``ExactTopK``: brute force over every chunk each add task reads, merged with the serving
+merge), so tuning reads the input no more: no pass of its own. The built shards are then
 searched as serving searches them (the same ``ShardSearcher``, re-rank vectors read from
 disk), for k = 10 and the serving k.
 
@@ -14,6 +16,7 @@ within 0.005 of the best mean recall (over the k) seen — the plateau — and t
 the target was missed. Recall@k = |returned top-k ∩ exact top-k| / k (faiss wiki, "Index IO and
 benchmarks"), averaged over queries.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,12 +24,44 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.reader import Part, iter_part
 from indexer.search import K_FACTOR, SearchParams, merge_topk
 
 log = logging.getLogger("vmem.index")
 K_FACTORS = (K_FACTOR, 8, 16)
 PLATEAU = 0.005
+QUERIES = 256  # held-out tuning queries a build draws
+
+
+def tuning_ks(count: int, ks: tuple[int, ...]) -> tuple[int, ...]:
+    """The k tuned for, each within a memory of ``count`` items that holds out the query."""
+    return tuple(sorted({max(1, min(k, count - 1)) for k in ks}))
+
+
+def pick_queries(ids: np.ndarray, vectors: np.ndarray, wanted: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``wanted`` of the drawn (ids (n,), vectors (n, d)), chosen by a seeded permutation
+    (seed sequence [seed, 2]); returns (ids, float32 C-contiguous vectors)."""
+    keep = np.random.default_rng([seed, 2]).permutation(len(ids))[:wanted]
+    return ids[keep], np.ascontiguousarray(vectors[keep], dtype=np.float32)
+
+
+class ExactTopK:
+    """Brute-force inner-product top-k of fixed (n, d) float32 ``queries`` over rows seen chunk
+    by chunk (``update``), ties by id (search.topk_order): an add task feeds it the chunks it
+    reads, so exact neighbours cost no pass of their own. ``result`` is ((n, k) float32
+    scores, (n, k) int64 ids), padded with (-inf, -1) while fewer than k rows were seen."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = k
+        n = len(self.queries)
+        self.result = (np.full((n, 0), -np.inf, np.float32), np.full((n, 0), -1, np.int64))
+
+    def update(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Fold in (m, d) ``vectors`` labelled ``ids`` (m,) int64."""
+        if not len(self.queries) or not len(ids):
+            return
+        found = chunk_topk(self.queries @ np.asarray(vectors, dtype=np.float32).T, ids, self.k)
+        self.result = merge_topk([self.result[0], found[0]], [self.result[1], found[1]], self.k)
 
 
 @dataclass
@@ -45,34 +80,6 @@ class TuningResult:
     def details(self) -> dict:
         return {"tuning_queries": self.queries, "tuning_reached_target": self.reached_target,
                 "tuning_curve": self.curve}
-
-
-def sample_queries(part: Part, probability: float, seed: int, part_number: int,
-                   chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded Bernoulli sample of one part's (ids, vectors), independent of the training
-    sample's stream (seed sequence [seed, part, 1]); the part is read in chunks."""
-    rng = np.random.default_rng([seed, part_number, 1])
-    ids, vectors = [], []
-    for meta, chunk in iter_part(part, chunk_rows):
-        keep = rng.random(len(chunk)) < probability
-        ids.append(meta.column("id").to_numpy()[keep])
-        vectors.append(chunk[keep])
-    if not ids:
-        return np.empty(0, np.int64), np.empty((0, 0), np.float32)
-    return np.concatenate(ids), np.concatenate(vectors)
-
-
-def exact_part_topk(part: Part, queries: np.ndarray, k: int,
-                    chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k of ``queries`` within one part: (n, k) scores, ids;
-    the part is read in chunks, each chunk's top-k merged with the serving merge."""
-    queries = np.asarray(queries, dtype=np.float32)
-    best = (np.full((len(queries), 0), -np.inf, np.float32), np.full((len(queries), 0), -1, np.int64))
-    for meta, vectors in iter_part(part, chunk_rows):
-        scores = queries @ np.asarray(vectors, dtype=np.float32).T
-        found = chunk_topk(scores, meta.column("id").to_numpy(), k)
-        best = merge_topk([best[0], found[0]], [best[1], found[1]], k)
-    return best
 
 
 def chunk_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,36 +120,19 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(values)) if values else 1.0
 
 
-def draw_queries(executor, parts: list[Part], count: int, wanted: int, seed: int,
-                 chunk_rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    probability = min(1.0, 1.5 * wanted / max(count, 1))
-    drawn = executor.get([executor.submit(sample_queries, part, probability, seed, number, chunk_rows)
-                          for number, part in enumerate(parts)], "drawing tuning queries")
-    drawn = [d for d in drawn if len(d[0])]
-    ids = np.concatenate([d[0] for d in drawn])
-    vectors = np.concatenate([d[1] for d in drawn])
-    keep = np.random.default_rng([seed, 2]).permutation(len(ids))[:wanted]
-    return ids[keep], np.ascontiguousarray(vectors[keep], dtype=np.float32)
-
-
-def ground_truth(executor, parts: list[Part], queries: np.ndarray, k: int,
-                 chunk_rows: int = 1 << 16) -> np.ndarray:
-    """(n, k) exact neighbour ids over every part (ties by id), streamed as one task a part,
-    ``chunk_rows`` rows at a time."""
-    answers = executor.get([executor.submit(exact_part_topk, part, queries, k, chunk_rows) for part in parts],
-                           "exact neighbours")
-    return merge_topk([a[0] for a in answers], [a[1] for a in answers], k)[1]
-
-
-def tune(index, executor, parts: list[Part], count: int, ks: tuple[int, ...] = (10, 100),
-         target: float = 0.95, queries: int = 256, max_nprobe_fraction: float = 0.125,
-         seed: int = 0, chunk_rows: int = 1 << 16) -> TuningResult:
-    """Search defaults for ``index`` (an indexer.search.ShardedIndex over the built shards).
-    ``chunk_rows``: rows its tasks read at once (the build's task budget, tasks.chunk_rows_for)."""
-    ks = tuple(sorted({max(1, min(k, count - 1)) for k in ks}))
-    query_ids, vectors = draw_queries(executor, parts, count, queries, seed, chunk_rows)
+def tune(index, query_ids: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, count: int,
+         ks: tuple[int, ...] = (10, 100), target: float = 0.95,
+         max_nprobe_fraction: float = 0.125) -> TuningResult:
+    """Search defaults for ``index`` (an indexer.search.ShardedIndex over the built shards),
+    measured with held-out ``queries`` ((n, d) float32, drawn from the memory: their own ids
+    ``query_ids`` (n,)) whose exact neighbours over the whole memory are ``exact_ids`` (n, w)
+    int64, best first, the query itself included, w >= max(tuning_ks(count, ks)) + 1."""
+    ks = tuning_ks(count, ks)
     deepest = max(ks)
-    truth = without_self(ground_truth(executor, parts, vectors, deepest + 1, chunk_rows), query_ids, deepest)
+    if exact_ids.shape[1] < deepest + 1:
+        raise ValueError(f"exact neighbours {exact_ids.shape[1]} wide; tuning k = {deepest} needs {deepest + 1}")
+    truth = without_self(exact_ids[:, :deepest + 1], query_ids, deepest)
+    vectors = np.ascontiguousarray(queries, dtype=np.float32)
     nlist = max((shard.nlist for shard in index.shards), default=0)
     rerank = any(shard.vectors is not None for shard in index.shards)
     probes = [0] if not nlist else _powers(min(nlist, max(8, int(nlist * max_nprobe_fraction))))

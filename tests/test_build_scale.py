@@ -225,3 +225,30 @@ def test_the_streamed_ground_truth_top_k_equals_a_full_sort_ties_included():
         found = chunk_topk(scores, ids, k)
         np.testing.assert_array_equal(found[1], full[1])
         np.testing.assert_array_equal(found[0], full[0])
+
+
+def test_the_add_pass_exact_neighbours_equal_brute_force_over_every_part():
+    """The build finds its tuning queries' exact neighbours from the chunks its add tasks read
+    (tuning.ExactTopK, one per part, merged): equal to one full sort over all rows, ties
+    (duplicated vectors) by id, however the rows are cut into parts and chunks."""
+    from indexer.search import merge_topk
+    from indexer.tuning import ExactTopK
+
+    rng = np.random.default_rng(5)
+    vectors = rng.integers(-2, 3, (900, 8)).astype(np.float32)  # small integers: many ties
+    ids = rng.permutation(900).astype(np.int64) * 7919 + 13  # distinct, not in row order
+    queries = vectors[rng.choice(900, 20, replace=False)]
+    k = 31
+    scores = queries @ vectors.T
+    full = merge_topk([scores], [np.ascontiguousarray(np.broadcast_to(ids, scores.shape))], k)
+    for cuts, chunk in (([900], 900), ([300, 600], 64), ([7, 450, 899], 5)):
+        results = []
+        for rows in np.split(np.arange(900), cuts):
+            exact = ExactTopK(queries, k)
+            for start in range(0, len(rows), chunk):
+                taken = rows[start:start + chunk]
+                exact.update(vectors[taken], ids[taken])
+            results.append(exact.result)
+        merged = merge_topk([r[0] for r in results], [r[1] for r in results], k)
+        np.testing.assert_array_equal(merged[1], full[1])
+        np.testing.assert_array_equal(merged[0], full[0])
