@@ -3,10 +3,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens; a longer text is refused, not silently cut
+
 
 class QueryRequest(BaseModel):
     image_base64: str | None = Field(None, description="An image file (JPEG, PNG, WebP, ...), base64.")
     embedding: list[float] | None = Field(None, description="A query embedding from the memory's encoder.")
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS,
+                             description="A text query (open_clip memories): its CLIP text embedding "
+                             "searches the image embeddings. Give exactly one of image_base64, "
+                             "embedding or text.")
     k: int | None = Field(None, description="Neighbours to retrieve, 1 ... max_k (default 100).")
     aggregator: str | None = Field(None, description="plurality | distance | softmax | rank (default).")
     parameter: float | None = Field(None, description="xi (distance), tau (softmax) or alpha (rank).")
@@ -19,6 +25,18 @@ class QueryRequest(BaseModel):
     min_version: str | None = Field(None, description="Answer from this version or a newer one "
                                     "(an edit's response names its version: read-your-writes); "
                                     "503 with Retry-After if it is not served in time.")
+
+
+class ZeroShotRequest(QueryRequest):
+    """An image (image_base64 or embedding) classified two ways: CLIP zero-shot over ``labels``
+    (one prompt per label and template, text embeddings averaged per label: Radford et al.
+    2021, prompt ensembling) and the memory's kNN vote (the other fields, as /v1/classify)."""
+
+    labels: list[str] = Field(..., min_length=1, max_length=1000,
+                              description="The candidate labels (distinct, non-empty).")
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."], min_length=1,
+                                 max_length=100, description="Prompt templates; '{}' is replaced by "
+                                 "the label (default: 'a photo of a {}.').")
 
 
 class BatchRequest(BaseModel):

@@ -35,7 +35,8 @@ from serving.body_limit import BodyLimit, BodyTooLarge
 from serving.data_plane import DataPlane
 from serving.decision import decide
 from serving.follower import VersionFollower, VersionUnavailable
-from serving.models import AddRequest, BatchRequest, ForgetRequestBody, QueryRequest, RollbackRequest
+from serving.models import (MAX_TEXT_CHARS, AddRequest, BatchRequest, ForgetRequestBody, QueryRequest, RollbackRequest,
+                            ZeroShotRequest)
 from serving.options import ServingOptions
 from serving.rerank import Reranker, make_reranker, rerank_answer
 from serving.searchers import RemoteSearchers, SearcherService, ShardQuery
@@ -175,27 +176,54 @@ class Router:
                 raise ApiError(422, field, result)
         return embedded
 
+    async def _embed_texts(self, texts: list[str], fields: list[str]) -> tuple[np.ndarray, float]:
+        """(n, dim) float32 unit text embeddings (the encoder's CLIP text tower, loaded on the
+        first text) and the model's logit scale; 422 on ``fields[0]`` when the memory's encoder
+        has no text tower."""
+        if self.encoder is None:
+            raise ApiError(422, fields[0], "this memory is served for embedding queries only")
+        if not self.encoder_name.startswith("open_clip:"):
+            raise ApiError(422, fields[0], f"text queries need an open_clip encoder; this memory's "
+                           f"is {self.encoder_name}")
+        embedded = await self.encoder.embed_texts.remote(texts)
+        if isinstance(embedded, str):
+            raise ApiError(422, fields[0], embedded)
+        return embedded
+
     async def _embed(self, requests: list[QueryRequest], prefix: str = "") -> np.ndarray:
         return await self._vectors(requests, lambda i: f"{prefix}{i}." if prefix else "")
 
     async def _vectors(self, requests: list, field_of) -> np.ndarray:
         """(n, dim) float32 unit vectors of requests or items that each carry exactly one of
-        ``image_base64`` (embedded in one encoder call) or ``embedding``; 422 naming the field
-        (``field_of(i)`` + the attribute) otherwise."""
+        ``image_base64`` (embedded in one encoder call), ``embedding`` or (queries only)
+        ``text`` (one text-tower call); 422 naming the field (``field_of(i)`` + the attribute)
+        otherwise."""
         vectors: list[np.ndarray | None] = [None] * len(requests)
         images, fields, where = [], [], []
+        texts, text_fields, text_where = [], [], []
         for i, request in enumerate(requests):
             field = field_of(i)
-            if (request.image_base64 is None) == (request.embedding is None):
-                raise ApiError(422, f"{field}image_base64", "give exactly one of image_base64 or embedding")
+            text = getattr(request, "text", None)
+            given = [request.image_base64 is not None, request.embedding is not None, text is not None]
+            if sum(given) != 1:
+                choices = "image_base64, embedding or text" if hasattr(request, "text") else \
+                    "image_base64 or embedding"
+                raise ApiError(422, f"{field}image_base64", f"give exactly one of {choices}")
             if request.embedding is not None:
                 vectors[i] = self._check_embedding(request.embedding, f"{field}embedding")
+            elif text is not None:
+                texts.append(text)
+                text_fields.append(f"{field}text")
+                text_where.append(i)
             else:
                 images.append(self._image_bytes(request.image_base64, f"{field}image_base64"))
                 fields.append(f"{field}image_base64")
                 where.append(i)
         if images:
             for i, vector in zip(where, await self._embed_images(images, fields)):
+                vectors[i] = vector
+        if texts:
+            for i, vector in zip(text_where, (await self._embed_texts(texts, text_fields))[0]):
                 vectors[i] = vector
         return np.stack(vectors).astype(np.float32)
 
@@ -264,7 +292,8 @@ class Router:
         return {"version": merged.version, "k": k, "shards_answered": answered,
                 "shards_total": self.num_shards, "partial": len(answered) < self.num_shards}
 
-    async def _answer(self, requests: list[QueryRequest], vote: bool, prefix: str = "") -> list[dict]:
+    async def _answer(self, requests: list[QueryRequest], vote: bool, prefix: str = "",
+                      vectors: np.ndarray | None = None) -> list[dict]:
         fields = [f"{prefix}{i}." if prefix else "" for i in range(len(requests))]
         ks = [self._k(r, f) for r, f in zip(requests, fields)]
         aggregators = [self._aggregator(r, f) for r, f in zip(requests, fields)]
@@ -272,7 +301,8 @@ class Router:
         nprobes = [self._nprobe(r, f) for r, f in zip(requests, fields)]
         started = time.perf_counter()
         version = await self._version(max((r.min_version or "" for r in requests), default=""))
-        vectors = await self._embed(requests, prefix)
+        if vectors is None:
+            vectors = await self._embed(requests, prefix)
         embedded = time.perf_counter()
         with_vectors = any(r is not None and r.needs_vectors for r in rerankers)
         rows = np.empty(len(requests), dtype=np.int64)  # each query's row in its group's answer
@@ -322,6 +352,41 @@ class Router:
     async def classify(self, request: QueryRequest, http: Request) -> ORJSONResponse:
         self._authorize(http, READ)
         return ORJSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
+
+    @api.post("/v1/classify/zero-shot")
+    async def zero_shot(self, request: ZeroShotRequest, http: Request) -> ORJSONResponse:
+        """CLIP zero-shot labels for an image next to the memory's kNN decision on it."""
+        self._authorize(http, READ)
+        return ORJSONResponse(await self._timed("zero_shot", self._zero_shot(request)))
+
+    async def _zero_shot(self, request: ZeroShotRequest) -> dict:
+        """Zero-shot (Radford et al. 2021, section 3.1.4): each label's text embedding is the
+        normalised mean of its prompts' unit embeddings; probabilities are
+        softmax(logit_scale x cosine) over the labels; ties go to the first label given."""
+        labels, templates = request.labels, request.templates
+        if request.text is not None:
+            raise ApiError(422, "text", "zero-shot classifies an image: give image_base64 or embedding")
+        if any(not label.strip() for label in labels) or len(set(labels)) != len(labels):
+            raise ApiError(422, "labels", "labels must be distinct and non-empty")
+        if any("{}" not in template for template in templates):
+            raise ApiError(422, "templates", "every template needs a '{}' for the label")
+        prompts = [template.replace("{}", label) for label in labels for template in templates]
+        if any(len(prompt) > MAX_TEXT_CHARS for prompt in prompts):
+            raise ApiError(422, "templates", f"a prompt is longer than {MAX_TEXT_CHARS} characters")
+        if request.image_base64 is not None and not self.encoder_name.startswith("open_clip:"):
+            await self._embed_texts(prompts[:1], ["labels"])  # the same 422, before any image work
+        vectors = await self._embed([request])
+        memory = (await self._answer([request], vote=True, vectors=vectors))[0]
+        text, scale = await self._embed_texts(prompts, ["labels"])
+        classes = text.reshape(len(labels), len(templates), -1).mean(axis=1)
+        classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+        logits = scale * (classes @ vectors[0]).astype(np.float64)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        label = labels[int(np.argmax(probabilities))]
+        return {"label": label, "scores": dict(zip(labels, probabilities.round(6).tolist())),
+                "templates": templates, "logit_scale": round(float(scale), 4),
+                "memory": memory, "agree": memory["label"] == label}
 
     @api.post("/v1/neighbors")
     async def neighbors(self, request: QueryRequest, http: Request) -> ORJSONResponse:

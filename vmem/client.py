@@ -7,6 +7,8 @@
     answer = client.classify("cat.jpg", k=50)          # a path, image bytes or an embedding
     print(answer.label, answer.confidence, answer.neighbours[0].source)
     client.forget(ids=[answer.neighbours[0].id])       # unlearn the top evidence
+    client.neighbors(Text("a red running shoe"))       # text -> images (open_clip memories)
+    client.zero_shot("cat.jpg", ["cat", "dog"])        # CLIP zero-shot next to the kNN vote
 
 Retries: a 503 (the server sheds load, or a version it was asked for is not served yet) and a
 connection error are retried with exponential backoff, honouring ``Retry-After`` (urllib3
@@ -28,7 +30,16 @@ from urllib3.util.retry import Retry
 
 from serving.decision import Neighbour  # the evidence record (numpy only); vote None: no vote
 
-Query = Union[bytes, str, os.PathLike, np.ndarray, Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text query (open_clip memories only): its CLIP text embedding searches the images."""
+
+    text: str
+
+
+Query = Union[bytes, str, os.PathLike, np.ndarray, Sequence[float], Text]
 
 
 class ApiError(RuntimeError):
@@ -67,6 +78,24 @@ class Answer:
                    int(body["shards_total"]), bool(body["partial"]), body.get("label"),
                    body.get("confidence"), dict(body.get("scores", {})), body.get("aggregator"),
                    body.get("parameter"))
+
+
+@dataclass(frozen=True)
+class ZeroShot:
+    """CLIP zero-shot over the given labels (``scores``: probability per label, summing to 1)
+    next to the memory's kNN answer on the same image; ``agree``: the two labels are equal."""
+
+    label: str
+    scores: dict[str, float]
+    templates: list[str]
+    logit_scale: float
+    memory: Answer
+    agree: bool
+
+    @classmethod
+    def from_json(cls, body: dict) -> "ZeroShot":
+        return cls(body["label"], dict(body["scores"]), list(body["templates"]),
+                   float(body["logit_scale"]), Answer.from_json(body["memory"]), bool(body["agree"]))
 
 
 @dataclass(frozen=True)
@@ -149,8 +178,19 @@ class MemoryClient:
         return Answer.from_json(self._call("POST", "/v1/classify", _query(query, QueryOptions(**options))))
 
     def neighbors(self, query: Query, **options: Any) -> Answer:
-        """The memory items nearest to one image or embedding (no vote). Raises ApiError."""
+        """The memory items nearest to one image, embedding or ``Text`` (no vote). Raises ApiError."""
         return Answer.from_json(self._call("POST", "/v1/neighbors", _query(query, QueryOptions(**options))))
+
+    def zero_shot(self, image: Query, labels: Sequence[str], templates: Sequence[str] | None = None,
+                  **options: Any) -> ZeroShot:
+        """CLIP zero-shot labels for one image (path, bytes) or embedding, among ``labels``
+        (prompts: each of ``templates``, '{}' replaced by the label; the server's default
+        'a photo of a {}.'), with the memory's kNN decision (``options``: QueryOptions').
+        Raises ApiError (422 on ``text`` when the memory's encoder is not open_clip)."""
+        body = {**_query(image, QueryOptions(**options)), "labels": list(labels)}
+        if templates is not None:
+            body["templates"] = list(templates)
+        return ZeroShot.from_json(self._call("POST", "/v1/classify/zero-shot", body))
 
     def classify_many(self, queries: Iterable[Query], **options: Any) -> list[Answer]:
         """One answer per query, in order, ``batch`` queries per request."""
@@ -238,7 +278,9 @@ class MemoryClient:
 
 
 def _payload(image: Query) -> dict:
-    """A query's or item's image or embedding field."""
+    """A query's or item's image, embedding or text field."""
+    if isinstance(image, Text):
+        return {"text": image.text}
     if isinstance(image, (bytes, bytearray)):
         return {"image_base64": base64.b64encode(image).decode()}
     if isinstance(image, (str, os.PathLike)):

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from pipelines.encoders.allocator import tune_glibc_malloc
-from pipelines.encoders.base import Encoder, EncoderSpec, Preprocessing, resolve_device
+from pipelines.encoders.base import (Encoder, EncoderSpec, Preprocessing, TextEncoder, TextUnsupported,
+                                     resolve_device)
 
 DEFAULT_ENCODER = "efficientnet-lite0"
 
@@ -38,5 +39,15 @@ def load_encoder(spec: EncoderSpec) -> Encoder:
     return Encoder(spec.name, module, dim, preprocessing_for(spec), device)
 
 
-__all__ = ["DEFAULT_ENCODER", "Encoder", "EncoderSpec", "Preprocessing", "embedding_dim", "load_encoder",
-           "preprocessing_for", "resolve_device"]
+def load_text_encoder(spec: EncoderSpec) -> TextEncoder:
+    """The text tower of ``spec`` (open_clip only; TextUnsupported otherwise), with the same
+    weights as its image tower: its embeddings search the memory's image embeddings."""
+    if spec.family != "open_clip":
+        raise TextUnsupported(f"{spec.name} has no text tower: text queries need an open_clip encoder")
+    device = resolve_device(spec.device)
+    module, tokenizer = _family(spec).build_text(spec)
+    return TextEncoder(spec.name, module, tokenizer, module.logit_scale, device)
+
+
+__all__ = ["DEFAULT_ENCODER", "Encoder", "EncoderSpec", "Preprocessing", "TextEncoder", "TextUnsupported",
+           "embedding_dim", "load_encoder", "load_text_encoder", "preprocessing_for", "resolve_device"]

@@ -112,11 +112,6 @@ class Encoder:
         self.device = device
         self.module = module.eval().requires_grad_(False).to(device)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) -> (N, dim) unit-norm float32. ``pixels`` is either uint8 from
         ``preprocessing.pixels`` (normalised here, on the device, after a 4x smaller transfer)
@@ -128,10 +123,43 @@ class Encoder:
             batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
         else:
             raise TypeError(f"pixels: expected uint8 or float32, got {pixels.dtype}")
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device):
             features = self.module(batch)
         features = F.normalize(features.float(), dim=-1)
         return features.cpu().numpy()
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.embed(np.stack([self.preprocessing.pixels(image) for image in images]))
+
+
+class TextUnsupported(ValueError):
+    """The encoder has no text tower (only open_clip models embed text)."""
+
+
+class TextEncoder:
+    """A frozen CLIP text tower and its tokenizer: texts -> unit embeddings in the same space as
+    the image tower's (Radford et al. 2021), for text -> image search and zero-shot labels.
+    ``logit_scale``: the model's temperature (zero-shot logits = logit_scale x cosine)."""
+
+    def __init__(self, name: str, module: torch.nn.Module, tokenizer, logit_scale: float,
+                 device: torch.device) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.logit_scale = logit_scale
+        self.device = device
+        self.module = module.eval().requires_grad_(False).to(device)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """(N,) strings -> (N, dim) unit-norm float32; the tokenizer truncates each text to
+        the model's context length (77 tokens for CLIP)."""
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode(), autocast(self.device):
+            features = self.module(tokens)
+        return F.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA (the encoders' GPU path); nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -61,6 +61,8 @@ async function loadMemory() {
     `${memory.shards} shards · ${memory.encoder} · version ${memory.version}`;
   $("segments").textContent = `${memory.segments} segments over ${memory.shards} shards · ` +
     `${memory.tombstoned} tombstoned items (hidden; their bytes leave the files at compaction)`;
+  // text queries: the memory's encoder must have a text tower (open_clip)
+  $("text-form").hidden = !String(memory.encoder).startsWith("open_clip:");
   const classes = Object.entries(memory.classes).sort((a, b) => b[1] - a[1]);
   $("classes").replaceChildren(el("span", { class: "muted" }, "items per label: "),
     ...classes.map(([label, count], i) => `${i ? ", " : ""}${label} ${count}`));
@@ -205,6 +207,15 @@ async function add() {
 
 // ---- wiring -----------------------------------------------------------------------------------
 $("file").addEventListener("change", (event) => setQuery(event.target.files[0]));
+$("text-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("text").value.trim();
+  if (!text) return;
+  state.query = { text };
+  $("preview").removeAttribute("src");
+  $("run").disabled = false;
+  classify();
+});
 $("run").addEventListener("click", () => classify());
 $("label-filter").addEventListener("change", applyFilter);
 $("forget-label").addEventListener("click", () => {
