@@ -189,8 +189,8 @@ class ForgetRequest:
 
 
 def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -> tuple[np.ndarray, dict]:
-    """The live ids a request names (sorted int64) with their keys and labels, and what it
-    named that the memory does not hold. A key names every live item stored under it (since
+    """The live ids a request names (sorted int64) with their keys, labels and batches, and
+    what it named that the memory does not hold (forget, and "more like this" queries). A key names every live item stored under it (since
     ids hash batch + shard + key, two batches may both hold key ``000000000``: both are named).
     Ids cost O(ids · log N) (binary searches); keys O(keys · log N) through each segment's key
     index (indexer/keyindex.py: candidate ids by key hash, each checked against its stored key).
@@ -207,16 +207,17 @@ def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -
     hashed = bool(legacy) and bool(request.keys) and _keys_hash_to_ids(root, manifest)
     by_key = {k: stable_id(k) for k in request.keys} if hashed else {}
     lookups = np.unique(np.concatenate([wanted, np.asarray(list(by_key.values()), np.int64)]))
-    found: dict[int, tuple] = {}  # id -> (key, label)
+    found: dict[int, tuple] = {}  # id -> (key, label, batch)
 
     def collect(entry: ShardEntry, number: int, meta, rows: np.ndarray, keep) -> None:
         ids = meta.ids[rows]
         hidden = Shard(root, entry).hidden(number)
         live = ~np.isin(ids, hidden) if len(hidden) else np.ones(len(ids), bool)
-        values = meta.take(rows[live], ("key", "label"))
-        for i, key, label in zip(ids[live].tolist(), values["key"].tolist(), values["label"].tolist()):
+        values = meta.take(rows[live], ("key", "label", "batch"))
+        for i, key, label, batch in zip(ids[live].tolist(), values["key"].tolist(),
+                                        values["label"].tolist(), values["batch"].tolist()):
             if keep(i, key, label):
-                found[i] = (key, label)
+                found[i] = (key, label, batch)
 
     wanted_set = set(wanted.tolist())
     key_of_id = {i: k for k, i in by_key.items()}
@@ -251,7 +252,8 @@ def resolve_forget(root: str, manifest: IndexManifest, request: ForgetRequest) -
     missing = {"ids": sorted(wanted_set - set(found)),
                "keys": sorted(asked_keys - set(keys)),
                "labels": sorted(set(request.labels) - set(labels))}
-    return ids, {"keys": keys, "labels": labels, "not_found": missing}
+    return ids, {"keys": keys, "labels": labels, "batches": [found[i][2] for i in ids.tolist()],
+                 "not_found": missing}
 
 
 def _keys_hash_to_ids(root: str, manifest: IndexManifest) -> bool:

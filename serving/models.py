@@ -12,7 +12,11 @@ class QueryRequest(BaseModel):
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS,
                              description="A text query (open_clip memories): its CLIP text embedding "
                              "searches the image embeddings. Give exactly one of image_base64, "
-                             "embedding or text.")
+                             "embedding, text, item_id or item_key.")
+    item_id: int | None = Field(None, description="An item of the memory, by id (a JSON number or a "
+                                "decimal string): its stored embedding is the query (more like this).")
+    item_key: str | None = Field(None, min_length=1, description="An item of the memory, by key (422 "
+                                 "when the key names several items: give item_id).")
     k: int | None = Field(None, description="Neighbours to retrieve, 1 ... max_k (default 100).")
     aggregator: str | None = Field(None, description="plurality | distance | softmax | rank (default).")
     parameter: float | None = Field(None, description="xi (distance), tau (softmax) or alpha (rank).")

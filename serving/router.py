@@ -22,8 +22,10 @@ from fastapi.responses import FileResponse, ORJSONResponse, PlainTextResponse, R
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 
+from indexer.edit import ForgetRequest, resolve_forget
 from indexer.factory import nlist_of
 from indexer.history import history
+from indexer.items import ItemVectorMissing, item_vectors
 from indexer.layout import read_latest
 from indexer.search import SearchParams
 from indexer.store import resolve_version
@@ -44,6 +46,7 @@ from serving.thumbnails import SIZES, ImageRejected, SourceRefused, ThumbnailMis
 from serving.writer import EditFailure
 
 log = logging.getLogger("ray.serve")
+QUERY_KINDS = ("image_base64", "embedding", "text", "item_id", "item_key")  # a query gives one
 WEB = Path(__file__).resolve().parent / "web"  # the page: static files, no build step, no CDN
 WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,
@@ -201,31 +204,62 @@ class Router:
         vectors: list[np.ndarray | None] = [None] * len(requests)
         images, fields, where = [], [], []
         texts, text_fields, text_where = [], [], []
+        items, item_where = [], []
         for i, request in enumerate(requests):
             field = field_of(i)
-            text = getattr(request, "text", None)
-            given = [request.image_base64 is not None, request.embedding is not None, text is not None]
-            if sum(given) != 1:
-                choices = "image_base64, embedding or text" if hasattr(request, "text") else \
-                    "image_base64 or embedding"
-                raise ApiError(422, f"{field}image_base64", f"give exactly one of {choices}")
+            kinds = QUERY_KINDS if hasattr(request, "text") else ("image_base64", "embedding")
+            given = [kind for kind in kinds if getattr(request, kind) is not None]
+            if len(given) != 1:
+                raise ApiError(422, f"{field}{given[1] if len(given) > 1 else 'image_base64'}",
+                               f"give exactly one of {', '.join(kinds)}")
             if request.embedding is not None:
                 vectors[i] = self._check_embedding(request.embedding, f"{field}embedding")
-            elif text is not None:
-                texts.append(text)
-                text_fields.append(f"{field}text")
-                text_where.append(i)
-            else:
+            elif request.image_base64 is not None:
                 images.append(self._image_bytes(request.image_base64, f"{field}image_base64"))
                 fields.append(f"{field}image_base64")
                 where.append(i)
+            elif request.text is not None:
+                texts.append(request.text)
+                text_fields.append(f"{field}text")
+                text_where.append(i)
+            else:
+                items.append((request.item_id, request.item_key, f"{field}{given[0]}"))
+                item_where.append(i)
         if images:
             for i, vector in zip(where, await self._embed_images(images, fields)):
                 vectors[i] = vector
         if texts:
             for i, vector in zip(text_where, (await self._embed_texts(texts, text_fields))[0]):
                 vectors[i] = vector
+        if items:
+            found = await asyncio.to_thread(self._item_vectors, items)
+            for i, vector, (_, _, field) in zip(item_where, found, items):
+                vectors[i] = self._check_embedding(vector.tolist(), field)
         return np.stack(vectors).astype(np.float32)
+
+    def _item_vectors(self, items: list[tuple[int | None, str | None, str]]) -> np.ndarray:
+        """The stored embeddings of live items named by (id, key, field) in the served version
+        (indexer.items): 404 on the field for an item the version does not hold, 422 for a key
+        naming several items."""
+        manifest = resolve_version(self.options.memory, self.version)
+        asked = ForgetRequest(ids=[i for i, _, _ in items if i is not None],
+                              keys=[k for i, k, _ in items if i is None])
+        ids, found = resolve_forget(self.options.memory, manifest, asked)
+        chosen = []
+        for item_id, key, field in items:
+            matches = [n for n, (i, k) in enumerate(zip(ids.tolist(), found["keys"]))
+                       if (i == item_id if item_id is not None else k == key)]
+            if not matches:
+                raise ApiError(404, field, f"no item {item_id if item_id is not None else repr(key)} "
+                               f"in version {manifest.version}")
+            if len(matches) > 1:
+                raise ApiError(422, field, f"key {key!r} names {len(matches)} items "
+                               f"(ids {[int(ids[n]) for n in matches][:5]}): query by item_id")
+            chosen.append(matches[0])
+        try:
+            return item_vectors(self.options.memory, ids[chosen], [found["batches"][n] for n in chosen])
+        except ItemVectorMissing as error:
+            raise ApiError(404, items[0][2], str(error)) from error
 
     def _nprobe(self, request: QueryRequest, prefix: str = "") -> int:
         """The request's nprobe (0 = the version's default); 422 outside 1 ... nlist."""

@@ -85,6 +85,26 @@ def test_classify_an_image_returns_the_evidence(server, embedded_memory):
     assert [n["id"] for n in raw["neighbours"]] == [n["id"] for n in neighbours]
 
 
+def test_query_by_an_item_of_the_memory(server):
+    """``item_id`` (a number, or a decimal string as a browser sends a 64-bit id) or
+    ``item_key``: the item's stored embedding is the query, so the item comes back first and
+    the neighbours equal brute force with its vector."""
+    from pipelines.manifest import list_batches, read_embeddings
+
+    url, root = server
+    ids, vectors, _ = load_embeddings(root)
+    keys = [k for b in list_batches(root) for k in read_embeddings(root, b).column("key").to_pylist()]
+    row = 17
+    expected = brute_force(ids, vectors, vectors[row:row + 1], 6)[1][0].tolist()
+    for query in ({"item_id": int(ids[row])}, {"item_id": str(ids[row])}, {"item_key": keys[row]}):
+        body = requests.post(f"{url}/v1/neighbors", json={**query, "k": 6}).json()
+        assert [n["id"] for n in body["neighbours"]] == expected and expected[0] == ids[row], query
+    missing = requests.post(f"{url}/v1/classify", json={"item_id": 12345})
+    assert missing.status_code == 404 and missing.json()["field"] == "item_id"
+    both = requests.post(f"{url}/v1/classify", json={"item_key": keys[row], "embedding": [0.1] * 4})
+    assert both.status_code == 422 and both.json()["field"] == "item_key"
+
+
 def test_fan_out_equals_one_index_and_the_in_process_decision(server, embedded_memory):
     url, root = server
     ids, vectors, _ = load_embeddings(root)

@@ -143,7 +143,8 @@ def test_text_queries_search_the_images_and_zero_shot_sits_next_to_the_vote(clip
 @pytest.mark.parametrize("body, field", [
     ({"text": ""}, "text"),
     ({"text": "x" * 2001}, "text"),
-    ({"text": "a shoe", "embedding": [0.1] * 256}, "image_base64"),
+    ({"text": "a shoe", "embedding": [0.1] * 256}, "text"),
+    ({"item_key": "item-3", "text": "a shoe"}, "item_key"),
 ])
 def test_bad_text_queries_get_a_422_naming_the_field(clip_server, body, field):
     url = clip_server[0]

@@ -128,6 +128,12 @@ def test_query_inspect_forget_add_and_roll_back_in_a_browser(served, browser, em
     assert forget_buttons.first.get_attribute("title") == "enter the admin token to edit"
     page.screenshot(path=str(shots / "decision.png"), full_page=True)
     check_screenshot(shots / "decision.png")
+    # query by an item of the memory: the second neighbour's own neighbours, itself first
+    first, second = (page.locator("#gallery .card").nth(i).get_attribute("data-key") for i in (0, 1))
+    page.locator("button.like").nth(1).click()
+    wait(page, f"document.querySelector('#gallery .card').dataset.key === {second!r}")
+    page.set_input_files("#file", str(query))  # back to the uploaded image
+    wait(page, f"document.querySelector('#gallery .card').dataset.key === {first!r}")
 
     # with the admin token: forget the top neighbour; the same query re-runs from the edit's version
     page.fill("#token", TOKEN)

@@ -154,7 +154,17 @@ function card(n) {
     el("div", {}, `rank ${n.rank} · distance ${n.distance.toFixed(3)}`),
     el("div", {}, `vote ${n.vote.toFixed(3)} · weight ${n.item_weight.toFixed(2)}`),
     el("div", { class: "muted", title: n.source }, n.key),
+    el("button", { class: "like", onclick: () => queryItem(n) }, "more like this"),
     el("button", { class: "edit forget", onclick: () => forget({ keys: [n.key] }) }, "forget this image"));
+}
+
+// query by an item of the memory: its stored embedding is the query (by key: see card())
+function queryItem(n) {
+  state.query = { item_key: n.key };
+  const shown = document.querySelector(`#gallery .card[data-key="${CSS.escape(n.key)}"] img`);
+  if (shown) $("preview").src = shown.src; else $("preview").removeAttribute("src");
+  $("run").disabled = false;
+  classify();
 }
 
 async function loadThumbnail(source, holder) {
@@ -206,7 +216,10 @@ async function add() {
 }
 
 // ---- wiring -----------------------------------------------------------------------------------
-$("file").addEventListener("change", (event) => setQuery(event.target.files[0]));
+$("file").addEventListener("change", (event) => {
+  setQuery(event.target.files[0]);
+  event.target.value = "";  // choosing the same file again must query again
+});
 $("text-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("text").value.trim();
