@@ -9,12 +9,14 @@ DEMO_TRAIN_PER_CLASS ?= 200
 DEMO_TEST_PER_CLASS  ?= 50
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test bench clean help
+.PHONY: setup system-deps demo test bench images lock clean help
 
 help:
 	@echo "make demo   set up, then ingest, build, serve, add a class, forget, run every experiment; report/index.html"
 	@echo "make test   set up, then run the test suite"
 	@echo "make bench  run the benchmarks in bench/ (JSON on stdout)"
+	@echo "make images build the container images without Docker or a registry (buildah), smoke-test each"
+	@echo "make lock   re-resolve the images' dependency locks (infra/docker/requirements*.lock)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +39,13 @@ bench: setup system-deps
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/index.py
 	$(BIN)/python bench/serve.py
+
+# Not part of `make test`: needs root for buildah/mmdebstrap and ~25 GB of disk (infra/README.md).
+images: setup
+	bash infra/docker/build.sh
+
+lock: setup
+	bash infra/docker/lock.sh
 
 clean:
 	rm -rf $(DEMO) report .pytest_cache

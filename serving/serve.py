@@ -2,8 +2,10 @@
 
     VMEM_TOKEN=secret vmem serve --memory .demo/memory --port 8000
 
-Options come from a Serve config file (default: the packaged serving/serve_config.yaml); the
-flags override its memory, host and port. Queries are fastest on the direct data plane
+Options come from a Serve config file (default: the packaged serving/serve_config.yaml), or
+from a KubeRay RayService manifest (its ``serveConfigV2``); the flags override its memory, host
+and port. ``vmem serve --check --config F`` validates F as ``serve deploy`` and the application
+would (Serve's schema, every application option, the deployment names) without starting Ray. Queries are fastest on the direct data plane
 (``data_plane_port``, default 8001: each Router replica answers there itself, no proxy hop);
 Serve's proxy port answers the same API. On a cluster, deploy the same file with
 ``serve deploy``.
@@ -24,6 +26,7 @@ import argparse
 import copy
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -36,11 +39,65 @@ TOKEN_DEPLOYMENTS = ("Router",)  # the deployments that check bearer tokens (ser
 TOKEN_OPTIONS = (("token", "token_env"), ("read_token", "read_token_env"))
 
 
+def serve_config_of(document: dict) -> dict:
+    """The Serve config in a parsed YAML document: the document itself, or a KubeRay
+    RayService's ``spec.serveConfigV2`` (a YAML string). Raises ValueError for anything else."""
+    if not isinstance(document, dict):
+        raise ValueError("a Serve config must be a YAML mapping")
+    if document.get("kind") == "RayService":
+        embedded = document.get("spec", {}).get("serveConfigV2")
+        if not isinstance(embedded, str):
+            raise ValueError("RayService without spec.serveConfigV2")
+        return yaml.safe_load(embedded)
+    if "applications" not in document:
+        raise ValueError("a Serve config needs 'applications' (or give a RayService manifest)")
+    return document
+
+
+def check_config(config: dict) -> dict[str, dict]:
+    """Validate a Serve config without starting Ray: Serve's own schema (``ServeDeploySchema``,
+    as ``serve deploy`` checks it), every application's options (``ServingOptions.from_args``:
+    unknown or out-of-range options), and its deployment names (those ``build_app`` can make:
+    Router, Writer, EncoderDeployment, Searcher<g>). Returns ``{application name:
+    {"deployments": names, "unused": names, "searcher_groups": G}}``, unused being the Searcher<g> with g >=
+    ``searcher_groups`` (``vmem serve`` ignores them; ``serve deploy`` refuses a deployment the
+    application does not build, and with S shards only min(groups, S) are built). Raises
+    ValueError naming what is wrong."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.options import ServingOptions
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as error:
+        raise ValueError(f"not a valid Serve config: {error}") from error
+    checked = {}
+    for application in config["applications"]:
+        if application.get("import_path") != "serving.app:build_app":
+            raise ValueError(f"application {application.get('name')!r}: import_path must be "
+                             f"serving.app:build_app, not {application.get('import_path')!r}")
+        args, _ = token_env_vars(application.get("args") or {}, environ={})
+        options = ServingOptions.from_args(dict(args))
+        names = [d["name"] for d in application.get("deployments", [])]
+        unknown = [n for n in names if n not in ("Router", "Writer", "EncoderDeployment")
+                   and not re.fullmatch(r"Searcher(0|[1-9][0-9]*)", n)]
+        if unknown:
+            raise ValueError(f"application {application['name']!r}: deployments {unknown} are not "
+                             "built by serving.app:build_app (Router, Writer, EncoderDeployment, "
+                             "Searcher<g>)")
+        unused = [n for n in names if n.startswith("Searcher") and int(n[8:]) >= options.searcher_groups]
+        checked[application["name"]] = {"deployments": names, "unused": unused,
+                                        "searcher_groups": options.searcher_groups}
+    return checked
+
+
 def load_config(path: str | Path, memory: str | None = None, host: str | None = None,
                 port: int | None = None, extra_args: dict | None = None,
                 data_plane_port: int | None = None) -> dict:
-    """The Serve config with command-line overrides applied (one application)."""
-    config = yaml.safe_load(Path(path).read_text())
+    """The Serve config of ``path`` (a Serve config or a RayService manifest:
+    ``serve_config_of``) with command-line overrides applied (one application)."""
+    config = serve_config_of(yaml.safe_load(Path(path).read_text()))
     application = config["applications"][0]
     if memory:
         application["args"]["memory"] = memory
@@ -134,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmem serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory", "-m", help="ROOT of the visual memory (overrides the config).")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file (YAML).")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="Serve config file (YAML), or a KubeRay RayService manifest.")
     parser.add_argument("--host", default=None, help="Bind address (default 127.0.0.1).")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000).")
     parser.add_argument("--data-plane-port", type=int, default=None,
@@ -142,10 +200,20 @@ def main(argv: list[str] | None = None) -> int:
                              "there itself, without Serve's proxy (default 8001 from the config; "
                              "0 = off).")
     parser.add_argument("--ray-address", default=None, help="Join a Ray cluster instead of starting one.")
+    parser.add_argument("--check", action="store_true",
+                        help="Validate the config (Serve's schema, the options, the deployment "
+                             "names) and exit: no Ray, no memory read.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     config = load_config(args.config, args.memory, args.host, args.port,
                          data_plane_port=args.data_plane_port)
+    if args.check:
+        for name, checked in check_config(config).items():
+            unused = (f"; not built while searcher_groups is {checked['searcher_groups']}: "
+                      f"{', '.join(checked['unused'])}") if checked["unused"] else ""
+            print(f"{args.config}: application {name!r} is valid (deployments: "
+                  f"{', '.join(checked['deployments']) or 'defaults'}{unused})", flush=True)
+        return 0
     start(config, args.ray_address)
     http = config["http_options"]
     served = config["applications"][0]["args"]

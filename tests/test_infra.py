@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,20 +107,65 @@ def test_rayjob_entrypoint_is_a_valid_index_build():
     assert (args.command, args.ray_address) == ("build", "auto")
 
 
+def cronjob_command(overrides: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The CronJob container's shell command and its literal env values (the token, which comes
+    from a Secret, left out), with ``overrides`` applied: what tests/test_schedule.py runs."""
+    cron = load(INFRA / "schedule" / "cronjob-update.yaml")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-c"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return container["args"][0], {**env, **(overrides or {})}
+
+
 def test_cronjob_runs_an_idempotent_update_with_valid_options():
     cron = load(INFRA / "schedule" / "cronjob-update.yaml")
     k8s_validate(cron)
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    words = shlex.split(container["args"][0].replace("$(date -u +%F)", "2026-11-22"))
-    assert words[:3] == ["exec", "vmem", "update"]
+    command, env = cronjob_command()
+    assert command.startswith("exec vmem update ")
+    # The words the container's shell passes to vmem (sh expands the variables).
+    printed = subprocess.run(["/bin/sh", "-c", command.replace(
+        "exec vmem", f"exec {sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'", 1)],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, check=True)
+    words = json.loads(printed.stdout)
+    assert words[0] == "update"
     from vmem.update import build_parser
 
-    parsed, beam_args = build_parser().parse_known_args(words[3:])
-    assert parsed.batch == "2026-11-22" and parsed.skip_ingest_if_present
-    assert "--runner" in beam_args  # the ingest runs on Dataflow
-    token = container["env"][0]["valueFrom"]["secretKeyRef"]
+    parsed, beam_args = build_parser().parse_known_args(words[1:])
+    assert (parsed.incoming, parsed.memory) == ("gs://CHANGE-ME/incoming/", "gs://CHANGE-ME/memory")
+    assert parsed.reload_url == "http://vmem-serve-serve-svc:8000" and parsed.token_env == "VMEM_TOKEN"
+    assert beam_args[:2] == ["--runner", "DataflowRunner"]  # the ingest runs on Dataflow
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    token = next(e for e in container["env"] if e["name"] == "VMEM_TOKEN")["valueFrom"]["secretKeyRef"]
     assert token["name"] == "vmem-token"
+
+
+@pytest.mark.parametrize("path", [SERVE_CONFIG, INFRA / "kuberay" / "rayservice.yaml"],
+                         ids=lambda p: p.name)
+def test_vmem_serve_check_validates_a_config_without_ray(path, capsys):
+    from serving.serve import main
+
+    assert main(["--check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "is valid (deployments: Router" in out
+    # The packaged config searches in the routers (searcher_groups 0); the RayService in 2 groups.
+    assert ("not built while searcher_groups is 0: Searcher0, Searcher1" in out) == (path == SERVE_CONFIG)
+
+
+def test_vmem_serve_check_names_what_is_wrong(tmp_path):
+    from serving.serve import main
+
+    service = load(INFRA / "kuberay" / "rayservice.yaml")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    config["applications"][0]["deployments"][0]["name"] = "Searchr1"  # a typo
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="Searchr1"):
+        main(["--check", "--config", str(tmp_path / "bad.yaml")])
+    config["applications"][0]["deployments"][0]["name"] = "Router"
+    config["applications"][0]["deployments"][0]["num_replicas"] = "two"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="num_replicas"):
+        main(["--check", "--config", str(tmp_path / "bad.yaml")])
 
 
 def test_flex_template_parameters_are_ingest_options():
@@ -155,3 +202,30 @@ def test_kubernetes_validation_catches_a_typo():
     cron["spec"]["concurrencyPolicyy"] = cron["spec"].pop("concurrencyPolicy")
     with pytest.raises(kubernetes_validate.ValidationError):
         k8s_validate(cron)
+
+
+def test_the_image_locks_satisfy_the_project_pins():
+    """infra/docker/requirements*.lock (make lock) hold every pin of pyproject.toml at its
+    version; the GPU lock swaps faiss-cpu for faiss-gpu of the same version."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def lock(name: str) -> dict[str, str]:
+        lines = (INFRA / "docker" / name).read_text().splitlines()
+        pairs = [line.split("==") for line in lines if line and not line.startswith("#")]
+        return {canonicalize_name(n): v for n, v in pairs}
+
+    cpu, gpu = lock("requirements.lock"), lock("requirements-gpu.lock")
+    for text in project["dependencies"] + project["optional-dependencies"]["gcp"]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in cpu, f"{name} is not in requirements.lock: run `make lock`"
+        assert requirement.specifier.contains(cpu[name], prereleases=True), (name, cpu[name])
+        if name != "faiss-cpu":
+            assert gpu.get(name) == cpu[name], (name, gpu.get(name), cpu[name])
+    assert "faiss-cpu" not in gpu and gpu["faiss-gpu"] == cpu["faiss-cpu"] == "1.15.1"
+    assert "visual-memory" not in cpu  # the project goes in as its own wheel, at its commit

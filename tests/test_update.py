@@ -41,3 +41,37 @@ def test_a_failed_update_leaves_the_last_version_serving(fmnist_shards, tmp_path
     retried = run_update([str(fmnist_shards / "fashion-mnist-train-000001.tar")], memory, "day-2",
                          LocalExecutor(), skip_ingest_if_present=True)
     assert retried["operation"] == "add" and retried["count"] == 80
+
+
+def test_incoming_rounds_publish_every_pending_batch_once(fmnist_shards, tmp_path):
+    """`vmem update --incoming`: each folder is a batch; a round publishes every folder the
+    memory does not serve yet, oldest first; a batch a killed round had already embedded is
+    published without being embedded again; folders named _x or .x are uploads in progress."""
+    import shutil
+
+    from pipelines.ingest import IngestConfig, run_ingest
+    from pipelines.manifest import BatchManifest
+    from vmem.update import pending_batches, run_pending
+
+    incoming, memory = tmp_path / "incoming", str(tmp_path / "memory")
+    for day, shard in (("2026-11-01", 0), ("2026-11-02", 1)):
+        (incoming / day).mkdir(parents=True)
+        shutil.copy(fmnist_shards / f"fashion-mnist-train-00000{shard}.tar", incoming / day)
+    (incoming / "_2026-11-03").mkdir()  # still uploading
+    first = run_pending(str(incoming), memory, LocalExecutor(), shards=2)
+    assert [(r["batch"], r["operation"], r["count"]) for r in first] == [
+        ("2026-11-01", "build", 40), ("2026-11-02", "add", 80)]
+    assert run_pending(str(incoming), memory, LocalExecutor()) == []  # nothing pending
+    # A round killed after embedding 2026-11-03 and before publishing it.
+    (incoming / "_2026-11-03").rename(incoming / "2026-11-03")
+    shutil.copy(fmnist_shards / "fashion-mnist-test-000000.tar", incoming / "2026-11-03")
+    run_ingest(IngestConfig(inputs=[str(incoming / "2026-11-03" / "*.tar")], memory=memory,
+                            batch="2026-11-03"))
+    embedded = BatchManifest.read(memory, "2026-11-03").created
+    assert [b for b, _ in pending_batches(str(incoming), memory)] == ["2026-11-03"]
+    resumed = run_pending(str(incoming), memory, LocalExecutor())
+    assert [(r["batch"], r["operation"], r["count"]) for r in resumed] == [("2026-11-03", "add", 120)]
+    assert BatchManifest.read(memory, "2026-11-03").created == embedded  # not embedded again
+    assert [row["operation"] for row in history(memory)] == ["build", "add", "add"]
+    with pytest.raises(FileNotFoundError, match="--incoming"):
+        pending_batches(str(tmp_path / "nowhere"), memory)

@@ -4,10 +4,19 @@ an index version, verify it, and tell serving to reload.
     vmem update --input 'gs://b/daily/2026-11-22/*.tar' --memory gs://b/memory --batch 2026-11-22 \
                 --reload-url http://serving:8000 --token-env VMEM_TOKEN
 
+or, as a scheduled job (infra/schedule/), every batch that has arrived and is not served yet:
+
+    vmem update --incoming gs://b/incoming/ --memory gs://b/memory --reload-url http://serving:8000
+
+where each folder under ``--incoming`` is one batch named after it (``incoming/2026-11-22/``
+holding ``*.tar`` WebDataset shards, ``*.parquet`` files or image folders ``<label>/<file>``).
+Names starting with ``.`` or ``_`` are skipped (uploads in progress).
+
 Idempotent: re-running a day re-ingests the same rows into the same batch, and the index step
 skips batches the memory already holds. Safe to interrupt: every step commits atomically
 (batch manifest, then version manifest, then LATEST), so a failure leaves the last good version
-serving and the next run picks up where this one stopped.
+serving and the next run picks up where this one stopped: with ``--incoming``, a round that was
+killed is completed by the next (a batch already embedded is not embedded again).
 """
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import posixpath
 import sys
 import urllib.request
 
@@ -24,6 +34,7 @@ from indexer.executor import make_executor
 from indexer.layout import read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import resolve_version, verify_version
+from pipelines import storage
 from pipelines.ingest import IngestConfig, run_ingest
 from pipelines.manifest import BatchManifest, list_batches
 
@@ -62,13 +73,52 @@ def run_update(inputs: list[str], memory: str, batch: str, executor, shards: int
             "operation": manifest.operation, "count": manifest.count, "files_verified": checked}
 
 
+def batch_input(folder: str) -> str:
+    """The ingest input of one incoming batch folder: its ``*.tar`` shards, else its
+    ``*.parquet`` files, else the folder itself as an image-folder tree."""
+    names = storage.list_names(folder)
+    for suffix in (".tar", ".parquet"):
+        if any(name.endswith(suffix) for name in names):
+            return storage.join(folder, "*" + suffix)
+    return folder
+
+
+def pending_batches(incoming: str, memory: str) -> list[tuple[str, str]]:
+    """``[(batch, input)]`` for every folder under ``incoming`` that the memory's LATEST version
+    does not hold yet, in name order (dates sort as they happened). Raises FileNotFoundError
+    when ``incoming`` does not exist."""
+    if not storage.exists(incoming):
+        raise FileNotFoundError(f"--incoming {incoming} does not exist")
+    latest = read_latest(memory)
+    served = set(resolve_version(memory, latest).batches) if latest else set()
+    fs, path = storage.filesystem(incoming)
+    folders = [name for name in storage.list_names(incoming)
+               if not name.startswith((".", "_")) and fs.isdir(posixpath.join(path, name))]
+    return [(name, batch_input(storage.join(incoming, name))) for name in folders if name not in served]
+
+
+def run_pending(incoming: str, memory: str, executor, shards: int = 1,
+                beam_args: list[str] | None = None) -> list[dict]:
+    """Ingest and publish every pending batch of ``incoming`` (``pending_batches``), oldest
+    first, one version each; a batch already embedded by a killed round is not embedded again.
+    Returns one ``run_update`` summary per batch ([] when nothing is pending)."""
+    return [run_update([source], memory, batch, executor, shards, skip_ingest_if_present=True,
+                       beam_args=beam_args)
+            for batch, source in pending_batches(incoming, memory)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmem update", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", "-i", dest="inputs", action="append", required=True,
-                        help="Shard pattern of the new images (repeatable).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", "-i", dest="inputs", action="append",
+                        help="Shard pattern of the new images (repeatable; needs --batch).")
+    source.add_argument("--incoming", default="",
+                        help="Folder of batch folders (one per day, say): ingest and publish "
+                             "every one the memory does not serve yet, oldest first.")
     parser.add_argument("--memory", "-m", required=True, help="ROOT of the visual memory.")
-    parser.add_argument("--batch", required=True, help="Batch name, e.g. the date: the unit of idempotence.")
+    parser.add_argument("--batch", default="",
+                        help="Batch name of --input, e.g. the date: the unit of idempotence.")
     parser.add_argument("--shards", type=int, default=1, help="Shards of the first build.")
     parser.add_argument("--skip-ingest-if-present", action="store_true",
                         help="Do not re-embed a batch that already has a manifest.")
@@ -80,11 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, beam_args = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if args.inputs and not args.batch:
+        parser.error("--input needs --batch (the unit of idempotence, e.g. the date)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    summary = run_update(args.inputs, args.memory, args.batch,
-                         make_executor(args.ray_address, use_ray=not args.no_ray), args.shards,
-                         args.skip_ingest_if_present, beam_args)
+    executor = make_executor(args.ray_address, use_ray=not args.no_ray)
+    if args.incoming:
+        rounds = run_pending(args.incoming, args.memory, executor, args.shards, beam_args)
+        summary = {"incoming": args.incoming, "batches": rounds,
+                   "version": rounds[-1]["version"] if rounds else read_latest(args.memory)}
+    else:
+        summary = run_update(args.inputs, args.memory, args.batch, executor, args.shards,
+                             args.skip_ingest_if_present, beam_args)
     if args.reload_url:
         summary["serving"] = reload_serving(args.reload_url, os.environ.get(args.token_env, ""))
     print(json.dumps(summary), flush=True)
