@@ -472,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
+                        force=True)  # an import (Beam's) may have configured the root logger
     config = ImportConfig(
         embeddings=args.embeddings, memory=args.memory, encoder=args.encoder,
         metadata=args.metadata, batch=args.batch, embedding_column=args.embedding_column,

@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
+                        force=True)  # an import (Beam's) may have configured the root logger
     config = IngestConfig(
         inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
         encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,

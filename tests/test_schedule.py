@@ -155,7 +155,7 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
         wait_until(lambda: requests.get(f"{url}/healthz", timeout=5).status_code == 200, 420,
                    "vmem serve (the RayService's Serve config)", server, tmp_path / "serve.log")
         served = requests.get(f"{url}/v1/memory", timeout=30).json()
-        assert served["version"] == read_latest(memory) and served["count"] == 40
+        assert served["version"] == read_latest(memory) and served["size"] == 40
         _, day_one = new_items(memory, "2026-11-01")
         load = QueryLoad(url, day_one)
 
@@ -186,7 +186,7 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
         assert read_latest(memory) == before_kill, "the killed round published a version"
         time.sleep(3)  # past the replicas' max staleness: they would have moved by now
         memory_view = requests.get(f"{url}/v1/memory", timeout=30).json()
-        assert (memory_view["version"], memory_view["count"]) == (before_kill, 80)
+        assert (memory_view["version"], memory_view["size"]) == (before_kill, 80)
         killed_ids, killed_vectors = new_items(memory, "2026-11-03") if (
             Path(memory) / "embeddings" / "2026-11-03" / "_manifest.json").exists() else ([], None)
 
@@ -200,7 +200,7 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
         for batch in ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"):
             searchable(batch)
         memory_view = requests.get(f"{url}/v1/memory", timeout=30).json()
-        assert memory_view["count"] == 40 + 40 + 20 + 40
+        assert memory_view["size"] == 40 + 40 + 20 + 40
         if killed_ids:  # the kill came after its ingest committed: those rows were reused
             assert new_items(memory, "2026-11-03")[0] == killed_ids
 

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if args.inputs and not args.batch:
         parser.error("--input needs --batch (the unit of idempotence, e.g. the date)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     executor = make_executor(args.ray_address, use_ray=not args.no_ray)
     if args.incoming:
         rounds = run_pending(args.incoming, args.memory, executor, args.shards, beam_args)
