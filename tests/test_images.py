@@ -40,8 +40,10 @@ def container(request):
         subprocess.run(["buildah", "rm", name], capture_output=True)
 
 
-def inside(name: str, *command: str, timeout: float = 900) -> str:
-    return buildah("run", "--isolation", "chroot", name, "--", *command, timeout=timeout)
+def inside(name: str, *command: str, user: str = "", timeout: float = 900) -> str:
+    """Run ``command`` in the working container, as the image's user unless ``user`` is given."""
+    as_user = ["--user", user] if user else []
+    return buildah("run", "--isolation", "chroot", *as_user, name, "--", *command, timeout=timeout)
 
 
 def test_the_image_runs_the_project_as_a_non_root_user_and_holds_no_secrets(container):
@@ -55,24 +57,34 @@ def test_the_image_runs_the_project_as_a_non_root_user_and_holds_no_secrets(cont
     revision = config["OCIv1"]["config"]["Labels"]["org.opencontainers.image.revision"]
     assert revision == os.environ["VMEM_IMAGE_REVISION"]
     assert inside(name, "cat", "/opt/vmem-lock/REVISION").strip() == revision
-    # No credentials, tokens or repository history anywhere in the image's file system.
+    # No credentials, tokens or repository history anywhere in the image's file system (searched
+    # as root, so that no directory is skipped).
     found = inside(name, "find", "/", "-xdev", "(", "-name", "auth_token", "-o", "-name", ".netrc",
                    "-o", "-name", ".git-credentials", "-o", "-name", "id_rsa*", "-o", "-name",
-                   "*.pem", "-path", "/home/*", "-o", "-name", ".git", "-type", "d", ")", "-print")
+                   "*.pem", "-path", "/home/*", "-o", "-name", ".git", "-type", "d", ")", "-print",
+                   user="0:0")
     assert found.strip() == "", found
     assert "usage: vmem <command>" in inside(name, "vmem", "--help")
 
 
 def test_ingest_build_and_query_inside_the_image(container):
-    _, name = container
+    image, name = container
     buildah("copy", "--chown", "1000:1000", name, str(ROOT / "infra" / "docker" / "smoke.py"),
             "/home/vmem/smoke.py")
     buildah("copy", "--chown", "1000:1000", name, str(ROOT / "infra" / "kuberay" / "rayservice.yaml"),
             "/home/vmem/rayservice.yaml")
     result = json.loads(inside(name, "python", "/home/vmem/smoke.py", "/home/vmem/rayservice.yaml")
                         .strip().splitlines()[-1])
+    report = os.environ.get("VMEM_IMAGE_REPORT")
+    if report:  # make images keeps each image's result beside the build (infra/README.md)
+        Path(report).mkdir(parents=True, exist_ok=True)
+        (Path(report) / f"smoke-{image.rsplit('/', 1)[-1].replace(':', '-')}.json").write_text(
+            json.dumps(result, indent=1))
     assert result["uid"] != 0 and result["help_lists_commands"]
     assert result["predicted"] == result["expected"]  # each colour's new patch is voted its colour
     assert len(result["serve_check"]) == 2
     assert all("is valid" in line for line in result["serve_check"]), result["serve_check"]
     assert result["revision"] == os.environ["VMEM_IMAGE_REVISION"]
+    # GPU images carry faiss's GPU build and torch's CUDA build; here they run on the CPU.
+    assert result["faiss_gpu_build"] == ("gpu" in image.rsplit("/", 1)[-1])
+    assert result["torch_cuda"] and result["cuda_devices"] == 0

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build the Flex Template and launch the ingest job on Dataflow with GPU workers.
 # Requires: gcloud, a GCP project with Dataflow, Artifact Registry and GPUs in the region.
+# Status (infra/README.md): NOT run (no GCP here); the template's parameters are checked
+# against the ingest's options, and the worker image's `worker` stage is built and smoke-tested
+# by `make images`, not its `dataflow` stage (which needs Beam's SDK image).
 set -euo pipefail
 : "${PROJECT:?}" "${REGION:=us-central1}" "${BUCKET:?}" "${INPUT:?}" "${BATCH:?}"
 IMAGE="${REGION}-docker.pkg.dev/${PROJECT}/vmem/worker-gpu:latest"

@@ -5,7 +5,7 @@
 #   2. the build context: the project at HEAD (`git archive`, built into a wheel) and a
 #      wheelhouse of the locks (requirements.lock, requirements-gpu.lock), built on the host so
 #      the image builds are offline;
-#   3. buildah bud --isolation chroot: runtime (+ runtime-gpu), ray, worker-cpu, worker-gpu
+#   3. buildah bud --isolation chroot: runtime, ray, worker-cpu; runtime-gpu, ray-gpu, worker-gpu
 #      (the `worker` stages; the Dataflow stages need apache/beam_python3.11_sdk: not built here);
 #   4. the smoke tests, run inside each image with `buildah run --isolation chroot`.
 # Environment: TAG (default dev), WORK (default build/images), GPU=0 skips the GPU images,
@@ -72,15 +72,19 @@ images="localhost/vmem-ray:$TAG localhost/vmem-worker-cpu:$TAG"
 if [ "$GPU" = 1 ]; then
   bud "localhost/vmem-runtime-gpu:$TAG" infra/docker/Dockerfile.runtime "$ctx" --build-arg "BASE=$BASE" \
     --build-arg LOCK=requirements-gpu.lock
+  bud "localhost/vmem-ray-gpu:$TAG" infra/docker/Dockerfile.ray "$WORK/empty" \
+    --build-arg "RUNTIME=localhost/vmem-runtime-gpu:$TAG"
   bud "localhost/vmem-worker-gpu:$TAG" infra/docker/Dockerfile.worker-gpu "$WORK/empty" \
     --build-arg "RUNTIME=localhost/vmem-runtime-gpu:$TAG" --target worker
-  images="$images localhost/vmem-worker-gpu:$TAG"
+  images="$images localhost/vmem-ray-gpu:$TAG localhost/vmem-worker-gpu:$TAG"
 fi
 buildah images --filter reference='localhost/vmem-*'
 
 # 4. Smoke tests, inside each image.
 if [ "$SMOKE" = 1 ]; then
   step "smoke tests: $images"
-  VMEM_IMAGES="$images" VMEM_IMAGE_REVISION="$REVISION" "$PY" -m pytest -p no:cacheprovider \
-    tests/test_images.py
+  VMEM_IMAGES="$images" VMEM_IMAGE_REVISION="$REVISION" VMEM_IMAGE_REPORT="$WORK/report" \
+    "$PY" -m pytest -p no:cacheprovider tests/test_images.py
+  buildah images --filter reference='localhost/vmem-*' --format json > "$WORK/report/images.json"
+  echo "images: smoke-test results in $WORK/report/"
 fi

@@ -58,6 +58,9 @@ def query(memory: str, images: list[Image.Image], k: int) -> list[str]:
 
 
 def main() -> int:
+    import faiss
+    import torch
+
     import serving
 
     work = Path(tempfile.mkdtemp(prefix="vmem-smoke-"))
@@ -75,7 +78,10 @@ def main() -> int:
                for config in [packaged, *sys.argv[1:]]]
     print(json.dumps({"uid": os.getuid(), "help_lists_commands": "update" in help_text,
                       "expected": labels, "predicted": predicted, "serve_check": checked,
-                      "revision": Path("/opt/vmem-lock/REVISION").read_text().strip()}))
+                      "revision": Path("/opt/vmem-lock/REVISION").read_text().strip(),
+                      "faiss_gpu_build": hasattr(faiss, "StandardGpuResources"),
+                      "faiss_gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
+                      "torch_cuda": torch.version.cuda, "cuda_devices": torch.cuda.device_count()}))
     return 0
 
 
