@@ -85,6 +85,6 @@ if [ "$SMOKE" = 1 ]; then
   step "smoke tests: $images"
   VMEM_IMAGES="$images" VMEM_IMAGE_REVISION="$REVISION" VMEM_IMAGE_REPORT="$WORK/report" \
     "$PY" -m pytest -p no:cacheprovider tests/test_images.py
-  buildah images --filter reference='localhost/vmem-*' --format json > "$WORK/report/images.json"
+  buildah images --json --filter reference='localhost/vmem-*' > "$WORK/report/images.json"
   echo "images: smoke-test results in $WORK/report/"
 fi
