@@ -49,6 +49,13 @@ class ServingOptions:
         unknown = set(args) - known
         if unknown:
             raise ValueError(f"unknown serving option(s) {sorted(unknown)}; known: {sorted(known)}")
+        if "memory" not in args:
+            raise ValueError("memory: the ROOT of the visual memory is required")
+        for name, value in args.items():  # YAML gives "100" for a quoted number: name the option
+            kind = _KINDS[name]
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"{name} must be {_field_types[name]}, not "
+                                 f"{type(value).__name__} {value!r}")
         options = cls(**args)
         if options.default_aggregator not in AGGREGATORS:
             raise ValueError(f"default_aggregator must be one of {AGGREGATORS}")
@@ -60,8 +67,6 @@ class ServingOptions:
             raise ValueError("searcher_groups must be >= 0 (0: search inside the router)")
         if not 1 <= options.default_k <= options.max_k:
             raise ValueError("default_k must be between 1 and max_k")
-        if isinstance(options.allowed_source_roots, str):  # every bad option is a ValueError
-            raise ValueError("allowed_source_roots must be a list of URL prefixes")  # noqa: TRY004
         options.source_policy()  # a bad root fails at deploy, not per request
         if not 0 <= options.data_plane_port <= 65535:
             raise ValueError("data_plane_port must be 0 (off) or a TCP port")
@@ -94,3 +99,9 @@ class ServingOptions:
         from pipelines.sources.policy import SourcePolicy
 
         return SourcePolicy(self.allowed_source_roots)
+
+
+# The type an option's value must have (an int where a float is asked is fine: YAML's 2 is 2.0).
+_field_types = {f.name: f.type for f in fields(ServingOptions)}  # annotations, as strings
+_KINDS = {name: {"str": str, "int": int, "float": (int, float), "bool": bool, "list[str]": list}[kind]
+          for name, kind in _field_types.items()}

@@ -4,11 +4,15 @@
 
 Options come from a Serve config file (default: the packaged serving/serve_config.yaml), or
 from a KubeRay RayService manifest (its ``serveConfigV2``); the flags override its memory, host
-and port. ``vmem serve --check --config F`` validates F as ``serve deploy`` and the application
-would (Serve's schema, every application option, the deployment names) without starting Ray. Queries are fastest on the direct data plane
-(``data_plane_port``, default 8001: each Router replica answers there itself, no proxy hop);
-Serve's proxy port answers the same API. On a cluster, deploy the same file with
-``serve deploy``.
+and port. ``vmem serve --check --config F`` validates F without starting Ray: Serve's schema,
+every application option, the deployment names; for a RayService also that it configures only
+deployments the application builds, which ``serve deploy`` requires.
+
+Queries are fastest on the direct data plane (``data_plane_port``, default 8001: each Router
+replica answers there itself, no proxy hop); Serve's proxy port answers the same API. On a
+cluster, ``serve deploy`` a config that lists only the deployments the application builds
+(``vmem serve --check`` on a RayService says so; the packaged file also configures Searcher0/1,
+used once ``searcher_groups`` is raised).
 
 Tokens: ``vmem serve`` reads the token variables (``token_env``, default VMEM_TOKEN, and
 ``read_token_env``, default VMEM_READ_TOKEN) from its own environment and hands them to the
@@ -45,24 +49,27 @@ def serve_config_of(document: dict) -> dict:
     if not isinstance(document, dict):
         raise ValueError("a Serve config must be a YAML mapping")
     if document.get("kind") == "RayService":
-        embedded = document.get("spec", {}).get("serveConfigV2")
+        embedded = (document.get("spec") or {}).get("serveConfigV2")
         if not isinstance(embedded, str):
             raise ValueError("RayService without spec.serveConfigV2")
-        return yaml.safe_load(embedded)
-    if "applications" not in document:
+        document = yaml.safe_load(embedded)
+        if not isinstance(document, dict):
+            raise ValueError("the RayService's serveConfigV2 must be a YAML mapping")
+    applications = document.get("applications")
+    if not (isinstance(applications, list) and applications and isinstance(applications[0], dict)):
         raise ValueError("a Serve config needs 'applications' (or give a RayService manifest)")
     return document
 
 
-def check_config(config: dict) -> dict[str, dict]:
-    """Validate a Serve config without starting Ray: Serve's own schema (``ServeDeploySchema``,
-    as ``serve deploy`` checks it), every application's options (``ServingOptions.from_args``:
-    unknown or out-of-range options), and its deployment names (those ``build_app`` can make:
-    Router, Writer, EncoderDeployment, Searcher<g>). Returns ``{application name:
-    {"deployments": names, "unused": names, "searcher_groups": G}}``, unused being the Searcher<g> with g >=
-    ``searcher_groups`` (``vmem serve`` ignores them; ``serve deploy`` refuses a deployment the
-    application does not build, and with S shards only min(groups, S) are built). Raises
-    ValueError naming what is wrong."""
+def check_config(config: dict, deploy: bool = False) -> dict[str, dict]:
+    """Validate a Serve config without starting Ray: Serve's own schema (``ServeDeploySchema``),
+    every application's options (``ServingOptions.from_args``: unknown, mistyped or
+    out-of-range options), and its deployment names (those ``build_app`` can make: Router,
+    Writer, EncoderDeployment, Searcher<g>). Returns ``{application name: {"deployments":
+    names, "unused": names, "searcher_groups": G}}``, unused being the Searcher<g> with g >=
+    G and the EncoderDeployment of an ``embeddings_only`` application: ``vmem serve`` ignores
+    them, ``serve deploy`` refuses them (and with S shards builds only min(G, S) groups), so
+    with ``deploy`` they are an error. Raises ValueError naming what is wrong."""
     from pydantic import ValidationError
     from ray.serve.schema import ServeDeploySchema
 
@@ -78,7 +85,10 @@ def check_config(config: dict) -> dict[str, dict]:
             raise ValueError(f"application {application.get('name')!r}: import_path must be "
                              f"serving.app:build_app, not {application.get('import_path')!r}")
         args, _ = token_env_vars(application.get("args") or {}, environ={})
-        options = ServingOptions.from_args(dict(args))
+        try:
+            options = ServingOptions.from_args(dict(args))
+        except TypeError as error:  # a missing or mistyped option
+            raise ValueError(f"application {application['name']!r}: {error}") from error
         names = [d["name"] for d in application.get("deployments", [])]
         unknown = [n for n in names if n not in ("Router", "Writer", "EncoderDeployment")
                    and not re.fullmatch(r"Searcher(0|[1-9][0-9]*)", n)]
@@ -86,10 +96,21 @@ def check_config(config: dict) -> dict[str, dict]:
             raise ValueError(f"application {application['name']!r}: deployments {unknown} are not "
                              "built by serving.app:build_app (Router, Writer, EncoderDeployment, "
                              "Searcher<g>)")
-        unused = [n for n in names if n.startswith("Searcher") and int(n[8:]) >= options.searcher_groups]
+        unused = [n for n in names if (n.startswith("Searcher") and int(n[8:]) >= options.searcher_groups)
+                  or (n == "EncoderDeployment" and options.embeddings_only)]
+        if deploy and unused:
+            raise ValueError(f"application {application['name']!r}: serve deploy refuses "
+                             f"deployments the application does not build: {unused} "
+                             f"(searcher_groups {options.searcher_groups}, embeddings_only "
+                             f"{options.embeddings_only})")
         checked[application["name"]] = {"deployments": names, "unused": unused,
                                         "searcher_groups": options.searcher_groups}
     return checked
+
+
+def is_rayservice(path: str | Path) -> bool:
+    document = yaml.safe_load(Path(path).read_text())
+    return isinstance(document, dict) and document.get("kind") == "RayService"
 
 
 def load_config(path: str | Path, memory: str | None = None, host: str | None = None,
@@ -99,6 +120,7 @@ def load_config(path: str | Path, memory: str | None = None, host: str | None = 
     ``serve_config_of``) with command-line overrides applied (one application)."""
     config = serve_config_of(yaml.safe_load(Path(path).read_text()))
     application = config["applications"][0]
+    application.setdefault("args", {})
     if memory:
         application["args"]["memory"] = memory
     if data_plane_port is not None:
@@ -208,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, args.memory, args.host, args.port,
                          data_plane_port=args.data_plane_port)
     if args.check:
-        for name, checked in check_config(config).items():
-            unused = (f"; not built while searcher_groups is {checked['searcher_groups']}: "
-                      f"{', '.join(checked['unused'])}") if checked["unused"] else ""
+        for name, checked in check_config(config, deploy=is_rayservice(args.config)).items():
+            unused = (f"; not built with these options (vmem serve ignores them, serve deploy "
+                      f"refuses them): {', '.join(checked['unused'])}") if checked["unused"] else ""
             print(f"{args.config}: application {name!r} is valid (deployments: "
                   f"{', '.join(checked['deployments']) or 'defaults'}{unused})", flush=True)
         return 0

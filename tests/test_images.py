@@ -59,10 +59,13 @@ def test_the_image_runs_the_project_as_a_non_root_user_and_holds_no_secrets(cont
     assert inside(name, "cat", "/opt/vmem-lock/REVISION").strip() == revision
     # No credentials, tokens or repository history anywhere in the image's file system (searched
     # as root, so that no directory is skipped).
-    found = inside(name, "find", "/", "-xdev", "(", "-name", "auth_token", "-o", "-name", ".netrc",
-                   "-o", "-name", ".git-credentials", "-o", "-name", "id_rsa*", "-o", "-name",
-                   "*.pem", "-path", "/home/*", "-o", "-name", ".git", "-type", "d", ")", "-print",
-                   user="0:0")
+    names = ["auth_token", ".netrc", ".git-credentials", ".pypirc", "id_rsa*", "id_ed25519*",
+             "id_ecdsa*", "id_dsa*", "credentials.json", "application_default_credentials.json"]
+    anywhere = [arg for n in names for arg in ("-o", "-name", n)][1:]
+    keys = ["(", "-name", "*.pem", "-o", "-name", "*.key", ")", "(", "-path", "/home/*", "-o",
+            "-path", "/root/*", "-o", "-path", "/opt/vmem-lock/*", ")"]
+    found = inside(name, "find", "/", "-xdev", "(", *anywhere, "-o", "-name", ".git", "-type", "d",
+                   "-o", *keys, ")", "-print", user="0:0")
     assert found.strip() == "", found
     assert "usage: vmem <command>" in inside(name, "vmem", "--help")
 

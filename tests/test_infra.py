@@ -122,7 +122,7 @@ def test_cronjob_runs_an_idempotent_update_with_valid_options():
     k8s_validate(cron)
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     command, env = cronjob_command()
-    assert command.startswith("exec vmem update ")
+    assert command.startswith("set -f; exec vmem update ")
     # The words the container's shell passes to vmem (sh expands the variables).
     printed = subprocess.run(["/bin/sh", "-c", command.replace(
         "exec vmem", f"exec {sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'", 1)],
@@ -135,6 +135,8 @@ def test_cronjob_runs_an_idempotent_update_with_valid_options():
     assert (parsed.incoming, parsed.memory) == ("gs://CHANGE-ME/incoming/", "gs://CHANGE-ME/memory")
     assert parsed.reload_url == "http://vmem-serve-serve-svc:8000" and parsed.token_env == "VMEM_TOKEN"
     assert beam_args[:2] == ["--runner", "DataflowRunner"]  # the ingest runs on Dataflow
+    assert beam_args == shlex.split(env["BEAM_ARGS"])  # every word intact, ';' and ':' included
+    assert beam_args[-1] == "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     token = next(e for e in container["env"] if e["name"] == "VMEM_TOKEN")["valueFrom"]["secretKeyRef"]
     assert token["name"] == "vmem-token"
@@ -149,7 +151,7 @@ def test_vmem_serve_check_validates_a_config_without_ray(path, capsys):
     out = capsys.readouterr().out
     assert "is valid (deployments: Router" in out
     # The packaged config searches in the routers (searcher_groups 0); the RayService in 2 groups.
-    assert ("not built while searcher_groups is 0: Searcher0, Searcher1" in out) == (path == SERVE_CONFIG)
+    assert ("serve deploy refuses them): Searcher0, Searcher1" in out) == (path == SERVE_CONFIG)
 
 
 def test_vmem_serve_check_names_what_is_wrong(tmp_path):
@@ -166,6 +168,18 @@ def test_vmem_serve_check_names_what_is_wrong(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="num_replicas"):
         main(["--check", "--config", str(tmp_path / "bad.yaml")])
+    config["applications"][0]["deployments"][0]["num_replicas"] = 2
+    config["applications"][0]["args"]["default_k"] = "100"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="default_k"):
+        main(["--check", "--config", str(tmp_path / "bad.yaml")])
+    # A RayService is deployed as `serve deploy` does: a deployment the app does not build fails.
+    config["applications"][0]["args"]["default_k"] = 100
+    config["applications"][0]["args"]["searcher_groups"] = 1  # Searcher1 is then not built
+    service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
+    (tmp_path / "service.yaml").write_text(yaml.safe_dump(service))
+    with pytest.raises(ValueError, match="serve deploy refuses .*Searcher1"):
+        main(["--check", "--config", str(tmp_path / "service.yaml")])
 
 
 def test_flex_template_parameters_are_ingest_options():
@@ -220,12 +234,15 @@ def test_the_image_locks_satisfy_the_project_pins():
         return {canonicalize_name(n): v for n, v in pairs}
 
     cpu, gpu = lock("requirements.lock"), lock("requirements-gpu.lock")
-    for text in project["dependencies"] + project["optional-dependencies"]["gcp"]:
+    extras = project["optional-dependencies"]
+    for text in project["dependencies"] + extras["gcp"] + extras["aws"]:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
         assert name in cpu, f"{name} is not in requirements.lock: run `make lock`"
         assert requirement.specifier.contains(cpu[name], prereleases=True), (name, cpu[name])
         if name != "faiss-cpu":
             assert gpu.get(name) == cpu[name], (name, gpu.get(name), cpu[name])
-    assert "faiss-cpu" not in gpu and gpu["faiss-gpu"] == cpu["faiss-cpu"] == "1.15.1"
+    (faiss_gpu,) = [Requirement(text) for text in extras["gpu"]]
+    assert "faiss-cpu" not in gpu and faiss_gpu.specifier.contains(gpu["faiss-gpu"])
+    assert gpu["faiss-gpu"] == cpu["faiss-cpu"]  # the same FAISS, GPU build
     assert "visual-memory" not in cpu  # the project goes in as its own wheel, at its commit

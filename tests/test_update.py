@@ -44,9 +44,9 @@ def test_a_failed_update_leaves_the_last_version_serving(fmnist_shards, tmp_path
 
 
 def test_incoming_rounds_publish_every_pending_batch_once(fmnist_shards, tmp_path):
-    """`vmem update --incoming`: each folder is a batch; a round publishes every folder the
-    memory does not serve yet, oldest first; a batch a killed round had already embedded is
-    published without being embedded again; folders named _x or .x are uploads in progress."""
+    """`vmem update --incoming`: each complete folder (its upload wrote _SUCCESS last) is a
+    batch; a round publishes every one the memory does not serve yet, oldest first; a batch a
+    killed round had already embedded is published without being embedded again."""
     import shutil
 
     from pipelines.ingest import IngestConfig, run_ingest
@@ -54,24 +54,38 @@ def test_incoming_rounds_publish_every_pending_batch_once(fmnist_shards, tmp_pat
     from vmem.update import pending_batches, run_pending
 
     incoming, memory = tmp_path / "incoming", str(tmp_path / "memory")
-    for day, shard in (("2026-11-01", 0), ("2026-11-02", 1)):
-        (incoming / day).mkdir(parents=True)
-        shutil.copy(fmnist_shards / f"fashion-mnist-train-00000{shard}.tar", incoming / day)
-    (incoming / "_2026-11-03").mkdir()  # still uploading
+
+    def upload(day: str, shard: str, done: bool = True) -> None:
+        (incoming / day).mkdir(parents=True, exist_ok=True)
+        shutil.copy(fmnist_shards / shard, incoming / day)
+        if done:
+            (incoming / day / "_SUCCESS").write_bytes(b"")
+
+    upload("2026-11-01", "fashion-mnist-train-000000.tar")
+    upload("2026-11-02", "fashion-mnist-train-000001.tar")
+    upload("2026-11-03", "fashion-mnist-test-000000.tar", done=False)  # still uploading
     first = run_pending(str(incoming), memory, LocalExecutor(), shards=2)
     assert [(r["batch"], r["operation"], r["count"]) for r in first] == [
         ("2026-11-01", "build", 40), ("2026-11-02", "add", 80)]
-    assert run_pending(str(incoming), memory, LocalExecutor()) == []  # nothing pending
-    # A round killed after embedding 2026-11-03 and before publishing it.
-    (incoming / "_2026-11-03").rename(incoming / "2026-11-03")
-    shutil.copy(fmnist_shards / "fashion-mnist-test-000000.tar", incoming / "2026-11-03")
-    run_ingest(IngestConfig(inputs=[str(incoming / "2026-11-03" / "*.tar")], memory=memory,
-                            batch="2026-11-03"))
-    embedded = BatchManifest.read(memory, "2026-11-03").created
-    assert [b for b, _ in pending_batches(str(incoming), memory)] == ["2026-11-03"]
+    assert run_pending(str(incoming), memory, LocalExecutor()) == []  # nothing complete pending
+    # The upload completes; a round embeds the batch and is killed before publishing it.
+    (incoming / "2026-11-03" / "_SUCCESS").write_bytes(b"")
+    ((name, inputs),) = pending_batches(str(incoming), memory)
+    assert (name, inputs) == ("2026-11-03", [str(incoming / "2026-11-03" / "fashion-mnist-test-000000.tar")])
+    run_ingest(IngestConfig(inputs=inputs, memory=memory, batch=name))
+    embedded = BatchManifest.read(memory, name).created
     resumed = run_pending(str(incoming), memory, LocalExecutor())
     assert [(r["batch"], r["operation"], r["count"]) for r in resumed] == [("2026-11-03", "add", 120)]
-    assert BatchManifest.read(memory, "2026-11-03").created == embedded  # not embedded again
+    assert BatchManifest.read(memory, name).created == embedded  # not embedded again
     assert [row["operation"] for row in history(memory)] == ["build", "add", "add"]
+    # What a round refuses, naming it: a missing folder, two formats in one batch, odd names.
     with pytest.raises(FileNotFoundError, match="--incoming"):
         pending_batches(str(tmp_path / "nowhere"), memory)
+    upload("2026-11-04", "fashion-mnist-test-000001.tar")
+    (incoming / "2026-11-04" / "part.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="both .tar and .parquet"):
+        pending_batches(str(incoming), memory)
+    shutil.rmtree(incoming / "2026-11-04")
+    upload("day {1,2}", "fashion-mnist-test-000001.tar")
+    with pytest.raises(ValueError, match="batch folder is named"):
+        pending_batches(str(incoming), memory)

@@ -9,8 +9,9 @@ or, as a scheduled job (infra/schedule/), every batch that has arrived and is no
     vmem update --incoming gs://b/incoming/ --memory gs://b/memory --reload-url http://serving:8000
 
 where each folder under ``--incoming`` is one batch named after it (``incoming/2026-11-22/``
-holding ``*.tar`` WebDataset shards, ``*.parquet`` files or image folders ``<label>/<file>``).
-Names starting with ``.`` or ``_`` are skipped (uploads in progress).
+holding ``*.tar`` WebDataset shards, ``*.parquet`` files or image folders ``<label>/<file>``),
+taken once it holds ``_SUCCESS`` (``--ready-marker``), which the upload writes last: on an object
+store a folder appears file by file. Names starting with ``.`` or ``_`` are skipped.
 
 Idempotent: re-running a day re-ingests the same rows into the same batch, and the index step
 skips batches the memory already holds. Safe to interrupt: every step commits atomically
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import sys
 import urllib.request
 
@@ -73,38 +75,71 @@ def run_update(inputs: list[str], memory: str, batch: str, executor, shards: int
             "operation": manifest.operation, "count": manifest.count, "files_verified": checked}
 
 
-def batch_input(folder: str) -> str:
-    """The ingest input of one incoming batch folder: its ``*.tar`` shards, else its
-    ``*.parquet`` files, else the folder itself as an image-folder tree."""
-    names = storage.list_names(folder)
-    for suffix in (".tar", ".parquet"):
-        if any(name.endswith(suffix) for name in names):
-            return storage.join(folder, "*" + suffix)
-    return folder
+READY = "_SUCCESS"  # the marker an upload writes last (Hadoop's and Spark's convention)
+BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+GLOB_CHARS = re.compile(r"[*?\[\]{}]")
 
 
-def pending_batches(incoming: str, memory: str) -> list[tuple[str, str]]:
-    """``[(batch, input)]`` for every folder under ``incoming`` that the memory's LATEST version
-    does not hold yet, in name order (dates sort as they happened). Raises FileNotFoundError
-    when ``incoming`` does not exist."""
+def batch_inputs(folder: str) -> list[str]:
+    """The ingest inputs of one incoming batch folder, named one by one so the batch records
+    exactly what went in: its ``.tar`` shards, or its ``.parquet`` files, or (neither present)
+    the folder itself as an image-folder tree (``<label>/<file>``). Raises ValueError for a
+    folder holding both kinds, and for a shard name the ingest would read as a pattern."""
+    names = [n for n in storage.list_names(folder) if not n.startswith((".", "_"))]
+    kinds = {suffix: [n for n in names if n.endswith(suffix)] for suffix in (".tar", ".parquet")}
+    if kinds[".tar"] and kinds[".parquet"]:
+        raise ValueError(f"{folder} holds both .tar and .parquet files: one format per batch")
+    files = kinds[".tar"] or kinds[".parquet"]
+    for name in files:
+        if GLOB_CHARS.search(name):
+            raise ValueError(f"{storage.join(folder, name)}: a shard name must not contain "
+                             "* ? [ ] { } (the ingest reads those as a pattern)")
+    return [storage.join(folder, name) for name in files] or [folder]
+
+
+def pending_batches(incoming: str, memory: str, ready_marker: str = READY) -> list[tuple[str, list[str]]]:
+    """``[(batch, inputs)]`` for every folder under ``incoming`` that is complete (holds
+    ``ready_marker``; "" = every folder, for uploads renamed into place atomically) and that the
+    memory's LATEST version does not hold yet, in name order (dates sort as they happened).
+    Folders named ``.x`` or ``_x`` are skipped. A missing local ``incoming`` raises
+    FileNotFoundError; a missing object-store prefix (they have no empty folders) is no batch
+    yet. Raises ValueError for a folder name that is not a batch name ([A-Za-z0-9._-])."""
     if not storage.exists(incoming):
-        raise FileNotFoundError(f"--incoming {incoming} does not exist")
+        if storage.is_local(incoming):
+            raise FileNotFoundError(f"--incoming {incoming} does not exist")
+        log.warning("nothing under %s yet", incoming)
+        return []
     latest = read_latest(memory)
     served = set(resolve_version(memory, latest).batches) if latest else set()
     fs, path = storage.filesystem(incoming)
-    folders = [name for name in storage.list_names(incoming)
-               if not name.startswith((".", "_")) and fs.isdir(posixpath.join(path, name))]
-    return [(name, batch_input(storage.join(incoming, name))) for name in folders if name not in served]
+    pending = []
+    for name in storage.list_names(incoming):
+        if name.startswith((".", "_")) or name in served or not fs.isdir(posixpath.join(path, name)):
+            continue
+        if not BATCH_NAME.fullmatch(name):
+            raise ValueError(f"{storage.join(incoming, name)}: a batch folder is named with "
+                             "letters, digits, '.', '_' and '-' only")
+        folder = storage.join(incoming, name)
+        if ready_marker and not storage.exists(storage.join(folder, ready_marker)):
+            log.info("batch %s: no %s yet (upload in progress?): not this round", name, ready_marker)
+            continue
+        pending.append((name, batch_inputs(folder)))
+    return pending
 
 
 def run_pending(incoming: str, memory: str, executor, shards: int = 1,
-                beam_args: list[str] | None = None) -> list[dict]:
+                beam_args: list[str] | None = None, ready_marker: str = READY) -> list[dict]:
     """Ingest and publish every pending batch of ``incoming`` (``pending_batches``), oldest
     first, one version each; a batch already embedded by a killed round is not embedded again.
-    Returns one ``run_update`` summary per batch ([] when nothing is pending)."""
-    return [run_update([source], memory, batch, executor, shards, skip_ingest_if_present=True,
-                       beam_args=beam_args)
-            for batch, source in pending_batches(incoming, memory)]
+    Returns one ``run_update`` summary per batch ([] when nothing is pending). Stops at the
+    first batch that fails, raising its error: the batches before it stay published (each is
+    logged as it is), the failing one and those after it are pending for the next round."""
+    summaries = []
+    for batch, inputs in pending_batches(incoming, memory, ready_marker):
+        summaries.append(run_update(inputs, memory, batch, executor, shards,
+                                    skip_ingest_if_present=True, beam_args=beam_args))
+        log.info("published batch %s: %s", batch, json.dumps(summaries[-1]))
+    return summaries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,9 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", "-i", dest="inputs", action="append",
                         help="Shard pattern of the new images (repeatable; needs --batch).")
-    source.add_argument("--incoming", default="",
+    source.add_argument("--incoming", default=None,
                         help="Folder of batch folders (one per day, say): ingest and publish "
-                             "every one the memory does not serve yet, oldest first.")
+                             "every complete one the memory does not serve yet, oldest first.")
+    parser.add_argument("--ready-marker", default=READY,
+                        help="With --incoming: a batch folder is complete once it holds this "
+                             "file, written last by the upload (default %(default)s; '' takes "
+                             "every folder, for uploads renamed into place atomically).")
     parser.add_argument("--memory", "-m", required=True, help="ROOT of the visual memory.")
     parser.add_argument("--batch", default="",
                         help="Batch name of --input, e.g. the date: the unit of idempotence.")
@@ -134,16 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if args.inputs and not args.batch:
         parser.error("--input needs --batch (the unit of idempotence, e.g. the date)")
+    if args.incoming is not None and (args.batch or args.skip_ingest_if_present or not args.incoming):
+        parser.error("--incoming takes no --batch or --skip-ingest-if-present (each folder is a "
+                     "batch, never embedded twice) and needs a folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     executor = make_executor(args.ray_address, use_ray=not args.no_ray)
     if args.incoming:
-        rounds = run_pending(args.incoming, args.memory, executor, args.shards, beam_args)
+        rounds = run_pending(args.incoming, args.memory, executor, args.shards, beam_args,
+                             args.ready_marker)
         summary = {"incoming": args.incoming, "batches": rounds,
                    "version": rounds[-1]["version"] if rounds else read_latest(args.memory)}
     else:
         summary = run_update(args.inputs, args.memory, args.batch, executor, args.shards,
                              args.skip_ingest_if_present, beam_args)
-    if args.reload_url:
+    published = summary.get("batches", [summary])
+    if args.reload_url and published:  # nothing published: serving has nothing to reload
         summary["serving"] = reload_serving(args.reload_url, os.environ.get(args.token_env, ""))
     print(json.dumps(summary), flush=True)
     return 0

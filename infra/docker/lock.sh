@@ -2,13 +2,19 @@
 # `make lock`: resolve the images' environments with pip's resolver and write them as locks
 # (name==version, one per line) next to this script:
 #   requirements.lock      the project with its gcp and aws extras (faiss-cpu)
-#   requirements-gpu.lock  the same with faiss-gpu 1.15.1 (and its CUDA 12 wheels) for faiss-cpu
+#   requirements-gpu.lock  the same with the gpu extra (faiss-gpu and its CUDA 12 wheels) for faiss-cpu
+# The images' platform is x86-64 Linux with Python 3.11 (Debian bookworm): resolve there.
 # Nothing is installed (pip install --dry-run --report). Run it after changing pyproject.toml;
 # tests/test_infra.py checks that the locks still satisfy pyproject.toml's pins.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 out=infra/docker
+platform=$("$PY" -c 'import platform, sys; print(platform.machine(), "%d.%d" % sys.version_info[:2])')
+if [ "$platform" != "x86_64 3.11" ]; then
+  echo "lock: resolve on x86_64 with Python 3.11, the images' platform (this is $platform)" >&2
+  exit 1
+fi
 report=$(mktemp -d)
 trap 'rm -rf "$report"' EXIT
 resolve() {  # resolve <report.json> <requirement>...
@@ -16,7 +22,7 @@ resolve() {  # resolve <report.json> <requirement>...
   "$PY" -m pip install --quiet --dry-run --ignore-installed --report "$file" "$@"
 }
 resolve "$report/cpu.json" '.[gcp,aws]'
-resolve "$report/gpu.json" '.[gcp,aws]' 'faiss-gpu==1.15.1'
+resolve "$report/gpu.json" '.[gcp,aws,gpu]'
 "$PY" - "$report" "$out" <<'PY'
 import json, sys
 from pathlib import Path
