@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -38,18 +39,32 @@ GIB = 1 << 30
 pytestmark = pytest.mark.slow
 
 
+def distinct_ports(count: int) -> list[int]:
+    """``count`` free loopback ports, all different: the sockets are held open together (one
+    bind-and-release at a time can hand out the same port twice, which Ray refuses)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 class Cluster:
     """`ray start --head` (0 CPUs) + one `ray start --address` node, both on 127.0.0.1."""
 
     def __init__(self, logs: Path, env: dict[str, str]) -> None:
         self.temp = tempfile.mkdtemp(prefix="vs", dir="/tmp")
-        self.gcs = free_port()
         ports = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                  "metrics-export-port", "node-manager-port", "object-manager-port")
+        self.gcs, client, *numbers = distinct_ports(2 + 2 * len(ports))
+        head_ports, worker_ports = numbers[:len(ports)], numbers[len(ports):]
         self.head = ray_node(["--head", f"--port={self.gcs}", "--num-cpus=0", "--include-dashboard=false",
                               f"--temp-dir={self.temp}", "--min-worker-port=22000", "--max-worker-port=22200",
-                              f"--ray-client-server-port={free_port()}",
-                              *[f"--{name}={free_port()}" for name in ports]], env, logs / "head.log")
+                              f"--ray-client-server-port={client}",
+                              *[f"--{n}={port}" for n, port in zip(ports, head_ports)]], env, logs / "head.log")
         self.worker = None
         wait_until(lambda: "Ray runtime started" in (logs / "head.log").read_text(), 90,
                    "ray start --head", self.head, logs / "head.log")
@@ -57,7 +72,7 @@ class Cluster:
         # encoder's 2 CPUs + 1 GPU, 4 Searcher replicas x (4 CPUs, 32 GiB): logical resources.
         self.worker = ray_node([f"--address=127.0.0.1:{self.gcs}", "--num-cpus=24", "--num-gpus=1",
                                 f"--memory={160 * GIB}", "--min-worker-port=22300",
-                                "--max-worker-port=22500", *[f"--{name}={free_port()}" for name in ports]],
+                                "--max-worker-port=22500", *[f"--{n}={port}" for n, port in zip(ports, worker_ports)]],
                                env, logs / "worker.log")
         wait_until(lambda: "Ray runtime started" in (logs / "worker.log").read_text(), 90,
                    "ray start (second node)", self.worker, logs / "worker.log")
