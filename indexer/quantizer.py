@@ -1,23 +1,27 @@
 """One trained quantizer per version: segment files hold inverted lists, not quantizers.
 
-A build trains one empty index per version (coarse quantizer and codebooks), stored once as
-``<version>/trained.faiss`` and named by the manifest (``trained_path``). Every segment of the
-version is encoded with it and written *stripped* (``write_stripped``): its coarse quantizer
-is swapped for an empty placeholder of the same dimension while FAISS writes the file, so the
-file holds the inverted lists (codes and ids), a header and the PQ codebooks (FAISS's reader
-requires those: 256 x d float32, 0.4 MB at d = 384) -- not the nlist x d centroids (100 MB at
-nlist 65536, d = 384), nor an HNSW graph over them. Loading attaches the quantizer of the
-version's trained index (``attach``), read once per process and shared by every segment and
-shard that process serves (``trained_index``).
+A build trains one empty index per version (pre-transform, coarse quantizer and codebooks),
+stored once as ``<version>/trained.faiss`` and named by the manifest (``trained_path``). Every
+segment of the version is encoded with it and written *stripped* (``write_stripped``): its
+coarse quantizer is swapped for an empty placeholder of the same dimension while FAISS writes
+the file, and an OPQ/PCA pre-transform over the IVF level is left out (the file holds the IVF
+index alone), so the file holds the inverted lists (codes and ids), a header and the PQ
+codebooks (FAISS's reader requires those: 256 x d' float32, 0.26 MB at d' = 256) -- not the
+nlist x d centroids (100 MB at nlist 65536, d = 384), an HNSW graph over them, nor the OPQ
+rotation (d x d' float32, 0.39 MB for OPQ64_256 at d = 384). Loading attaches the quantizer and
+the pre-transform of the version's trained index (``attach``), read once per process and shared
+by every segment and shard that process serves (``trained_index``).
 
 A stripped IVF index is recognised by its quantizer holding no centroids while ``nlist > 0``
 (a trained quantizer holds exactly nlist). Exact indexes (``IDMap2,Flat``) have no quantizer
-and are written as they are. Segments written before this scheme carry their own quantizer and
-load unchanged.
+and are written as they are. Segments written before this scheme carry their own quantizer
+(and pre-transform) and load unchanged; segments that kept only the pre-transform get the
+quantizer alone.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,29 +45,65 @@ def is_stripped(index: faiss.Index) -> bool:
     return ivf is not None and ivf.nlist > 0 and ivf.quantizer.ntotal == 0
 
 
-def write_stripped(index: faiss.Index, path: str) -> None:
-    """Write ``index`` to the local file ``path`` without its coarse quantizer (streamed by
-    FAISS's writer: no serialised copy in memory). ``index`` is unchanged afterwards; it must
-    not be searched by another thread while this runs. Raises RuntimeError from FAISS."""
+def _stored_level(index: faiss.Index) -> faiss.Index:
+    """What a segment file holds of ``index``: the IVF level alone when ``index`` is an
+    OPQ/PCA pre-transform directly over an IVF index (the transform is the version's, shared),
+    else ``index`` itself."""
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(outer.index)
+        if isinstance(inner, faiss.IndexIVF):
+            return inner
+    return index
+
+
+@contextlib.contextmanager
+def _stripped_view(index: faiss.Index):
+    """``index``'s stored level (``_stored_level``) with an empty placeholder for its coarse
+    quantizer while the block runs; ``index`` is restored afterwards and must not be searched
+    by another thread meanwhile."""
     ivf = _ivf(index)
-    if ivf is None or is_stripped(index):
-        faiss.write_index(index, path)
+    if ivf is None:
+        yield index
+        return
+    stored = _stored_level(index)
+    if is_stripped(index):
+        yield stored
         return
     quantizer, owned = ivf.quantizer, ivf.own_fields
-    placeholder = faiss.IndexFlat(ivf.d, ivf.metric_type)
+    placeholder = faiss.IndexFlat(ivf.d, ivf.metric_type)  # referenced until restored
     ivf.own_fields = False
     ivf.quantizer = placeholder
     try:
-        faiss.write_index(index, path)
+        yield stored
     finally:
         ivf.quantizer = quantizer
         ivf.own_fields = owned
 
 
+def write_stripped(index: faiss.Index, path: str) -> None:
+    """Write ``index`` to the local file ``path`` without its coarse quantizer or its
+    pre-transform (streamed by FAISS's writer: no serialised copy in memory). ``index`` is
+    unchanged afterwards; it must not be searched by another thread while this runs. Raises
+    RuntimeError from FAISS."""
+    with _stripped_view(index) as stored:
+        faiss.write_index(stored, path)
+
+
+def serialize_stripped(index: faiss.Index) -> bytes:
+    """``index`` serialised as ``write_stripped`` writes it. The index's quantizer pointer is
+    swapped while FAISS serialises, so ``index`` must be private to the caller (never a
+    ``Trained.index`` that other threads search through)."""
+    with _stripped_view(index) as stored:
+        return faiss.serialize_index(stored).tobytes()
+
+
 def attach(index: faiss.Index, trained: faiss.Index) -> faiss.Index:
-    """Give a stripped ``index`` the coarse quantizer of ``trained`` (shared, not copied: the
-    trained index stays referenced by ``index``) and return it. Raises ValueError when the
-    two disagree on nlist or dimension. An index that is not stripped is returned as is."""
+    """Give a stripped ``index`` the coarse quantizer of ``trained`` and, when the file left it
+    out, ``trained``'s pre-transform (both shared, not copied: ``trained`` stays referenced by
+    the result); return the searchable index (a new ``IndexPreTransform`` over ``index`` in the
+    second case, else ``index``). Raises ValueError when the two disagree on nlist or
+    dimension. An index that is not stripped is returned as is."""
     if not is_stripped(index):
         return index
     ivf, source = _ivf(index), _ivf(trained)
@@ -76,7 +116,17 @@ def attach(index: faiss.Index, trained: faiss.Index) -> faiss.Index:
     ivf.own_fields = False
     ivf.quantizer = source.quantizer
     index.referenced_objects = [trained]  # the shared quantizer lives as long as the segment
-    return index
+    outer = faiss.downcast_index(trained)
+    if (not isinstance(outer, faiss.IndexPreTransform)
+            or isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)):
+        return index
+    wrapped = faiss.IndexPreTransform(index)  # own_fields false: frees neither part
+    transforms = [outer.chain.at(number) for number in range(outer.chain.size())]
+    for transform in reversed(transforms):
+        wrapped.prepend_transform(transform)
+    # the chain belongs to ``trained``: it, and the IVF level, live as long as the wrapper
+    wrapped.referenced_objects = [index, trained, *transforms]
+    return wrapped
 
 
 def merge_lists(index: faiss.Index, other: faiss.Index) -> None:
@@ -97,30 +147,12 @@ def merge_lists(index: faiss.Index, other: faiss.Index) -> None:
     source.ntotal = 0
 
 
-def serialize_stripped(index: faiss.Index) -> bytes:
-    """``index`` serialised without its coarse quantizer. The index's quantizer pointer is
-    swapped while FAISS serialises, so ``index`` must be private to the caller (never a
-    ``Trained.index`` that other threads search through)."""
-    ivf = _ivf(index)
-    if ivf is None or is_stripped(index):
-        return faiss.serialize_index(index).tobytes()
-    quantizer, owned = ivf.quantizer, ivf.own_fields
-    placeholder = faiss.IndexFlat(ivf.d, ivf.metric_type)  # referenced until restored
-    ivf.own_fields = False
-    ivf.quantizer = placeholder
-    try:
-        return faiss.serialize_index(index).tobytes()
-    finally:
-        ivf.quantizer = quantizer
-        ivf.own_fields = owned
-
-
 @dataclass(frozen=True, eq=False)
 class Trained:
     """A version's trained index, shared read-only by every segment and thread of a process:
-    ``index`` (coarse quantizer and codebooks) and ``stripped`` (the same index serialised
-    without its coarse quantizer: the empty template every segment is encoded from). Nothing
-    here is mutated after construction."""
+    ``index`` (pre-transform, coarse quantizer and codebooks) and ``stripped`` (the same index
+    as ``serialize_stripped`` writes it: the empty template every segment is encoded from).
+    Nothing here is mutated after construction."""
 
     index: faiss.Index
     stripped: bytes

@@ -137,19 +137,6 @@ def write_segment(index_root: str, stem: str, index: faiss.Index, meta: pa.Table
     return segment
 
 
-def encode(trained: faiss.Index | bytes | np.ndarray, vectors: np.ndarray,
-           ids: np.ndarray) -> faiss.Index:
-    """(n, d) float32 unit vectors with their int64 ids on a copy of the trained empty index."""
-    if isinstance(trained, bytes):
-        trained = np.frombuffer(trained, dtype=np.uint8)
-    index = (faiss.deserialize_index(trained) if isinstance(trained, np.ndarray)
-             else faiss.clone_index(trained))
-    if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                           np.ascontiguousarray(ids, dtype=np.int64))
-    return index
-
-
 _OPENED: dict[tuple[str, str, str], object] = {}  # (root, path, sha256) -> ShardMetadata
 _OPENED_MAX = 256
 

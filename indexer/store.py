@@ -32,9 +32,9 @@ def load_index(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True,
     views for ArrayInvertedLists and IndexFlatCodes; ``IO_FLAG_MMAP`` where faiss is older), so
     heap holds only small tables, and the page cache the codes queries touch. A segment written
     without its coarse quantizer (indexer/quantizer.py) gets the one of ``manifest``'s trained
-    index, shared per process; without ``manifest`` it is returned as stored (its lists can be
-    read and merged, not searched). Remote files are cached locally first. Raises
-    ChecksumMismatch, FileNotFoundError."""
+    index, and its pre-transform where the file left that out, shared per process; without
+    ``manifest`` it is returned as stored (its lists can be read and merged, not searched).
+    Remote files are cached locally first. Raises ChecksumMismatch, FileNotFoundError."""
     url = _url(root, entry.index_path)
     if verify:
         verify_file(url, entry.index_sha256)
@@ -42,7 +42,7 @@ def load_index(root: str, entry: SegmentEntry | ShardEntry, verify: bool = True,
     flags = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP) if mmap else 0
     index = faiss.read_index(local, flags | faiss.IO_FLAG_READ_ONLY)
     if manifest is not None and is_stripped(index):
-        attach(index, trained_index(root, manifest).index)
+        index = attach(index, trained_index(root, manifest).index)
     return index
 
 

@@ -276,13 +276,6 @@ def remove_pieces(index_root: str, pieces: Sequence[PieceFiles]) -> None:
             storage.remove(storage.join(index_root, f"{piece.stem}{suffix}"))
 
 
-def empty_like(index: faiss.Index) -> np.ndarray:
-    """The trained, empty index behind a built shard (quantizer and codebooks kept)."""
-    empty = faiss.clone_index(index)
-    empty.reset()
-    return faiss.serialize_index(empty)
-
-
 def merge_pieces(pieces: list[ShardPiece]) -> tuple[faiss.Index, pa.Table, np.ndarray | None]:
     """The pieces of one shard as one index, metadata and vectors, in piece order."""
     index = faiss.deserialize_index(pieces[0].index)

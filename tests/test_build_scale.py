@@ -101,6 +101,46 @@ def test_segments_hold_lists_only_and_share_the_versions_trained_index(memory, v
     assert recall > 0.8
 
 
+def test_an_opq_memory_keeps_its_rotation_once_and_answers_as_one_faiss_index(memory, vectors):
+    """OPQ segment files hold the IVF level alone (no centroids, no rotation: those are in the
+    version's trained file); loaded with their version they search through its rotation and
+    quantizer. A build, an add and a compaction answer exactly as one in-process FAISS index of
+    the version's trained kind holding the same rows."""
+    from indexer.edit import run_add, run_compact
+    from indexer.quantizer import trained_index
+    from indexer.search import SearchParams
+    from tests.indexer_helpers import assert_same_topk
+
+    built = run_build(BuildConfig(memory, num_shards=2, factory="OPQ8_16,IVF16,PQ8x8"),
+                      LocalExecutor())
+    write_batch(memory, "more", vectors[6_000:6_150], parts=1, first_id=6_001)
+    added = run_add(memory, ["more"], LocalExecutor())
+    compacted = run_compact(memory, LocalExecutor())
+    assert [len(s.segments) for s in added.shards] == [2, 2]
+    assert [len(s.segments) for s in compacted.shards] == [1, 1]
+    for version in (built, added, compacted):
+        assert version.trained_path == built.trained_path
+        for entry in version.shards:
+            for segment in entry.segments:
+                stored = load_index(memory, segment)  # kept: a downcast view does not own it
+                assert isinstance(faiss.downcast_index(stored), faiss.IndexIVFPQ)
+                assert is_stripped(stored)
+                loaded = load_index(memory, segment, manifest=version)
+                assert isinstance(faiss.downcast_index(loaded), faiss.IndexPreTransform)
+                assert not is_stripped(loaded)
+    reference = faiss.clone_index(trained_index(memory, built).index)  # rotation + quantizer
+    reference.add_with_ids(vectors[:6_150], np.arange(1, 6_151, dtype=np.int64))
+    queries = vectors[6_150:6_200]
+    params = faiss.SearchParametersPreTransform(index_params=faiss.SearchParametersIVF(nprobe=4))
+    expected = reference.search(queries, 10, params=params)
+    for version in (added, compacted):
+        found = ShardedIndex(memory, version).search(queries, 10, SearchParams(nprobe=4),
+                                                     rerank=False)
+        assert_same_topk(found, expected)
+    old = ShardedIndex(memory, built).search(queries, 10, SearchParams(nprobe=4), rerank=False)
+    assert not np.isin(old[1], np.arange(6_001, 6_151)).any()  # the build is unchanged
+
+
 def test_the_trained_index_is_verified_before_it_is_used(memory):
     manifest = run_build(BuildConfig(memory, factory=FACTORY), LocalExecutor())
     path = os.path.join(index_root(memory), manifest.trained_path)

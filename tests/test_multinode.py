@@ -19,7 +19,7 @@ import pytest
 import requests
 import yaml
 
-from tests.test_security import free_port, small_memory, stop, wait_until  # noqa: F401 (fixture)
+from tests.test_security import distinct_ports, small_memory, stop, wait_until  # noqa: F401 (fixture)
 
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 TOKEN = "multinode-token-not-a-secret"
@@ -80,13 +80,13 @@ def test_a_node_killed_under_query_load(small_memory, tmp_path):  # noqa: F811 (
     env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=secrets.token_hex(32))
     temp = tempfile.mkdtemp(prefix="vm", dir="/tmp")
-    gcs, http_port = free_port(), free_port()
-    head_ports = [f"--{name}={free_port()}" for name in (
-        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")]
-    worker_ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "metrics-export-port", "node-manager-port", "object-manager-port")]
+    head_names = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                  "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
+                  "object-manager-port")
+    worker_names = head_names[1:]
+    gcs, http_port, *numbers = distinct_ports(2 + len(head_names) + len(worker_names))
+    head_ports = [f"--{name}={port}" for name, port in zip(head_names, numbers)]
+    worker_ports = [f"--{name}={port}" for name, port in zip(worker_names, numbers[len(head_names):])]
     head = ray_node(["--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=false",
                      f"--temp-dir={temp}", "--min-worker-port=21000", "--max-worker-port=21200",
                      *head_ports], env, tmp_path / "head.log")

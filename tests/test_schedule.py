@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,7 +31,7 @@ import requests
 
 from tests.test_infra import INFRA, cronjob_command
 from tests.test_multinode import kill_tree, ray_node
-from tests.test_security import free_port, stop, wait_until
+from tests.test_security import distinct_ports, stop, wait_until
 
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
 TOKEN = "schedule-token-not-a-secret"
@@ -39,32 +39,23 @@ GIB = 1 << 30
 pytestmark = pytest.mark.slow
 
 
-def distinct_ports(count: int) -> list[int]:
-    """``count`` free loopback ports, all different: the sockets are held open together (one
-    bind-and-release at a time can hand out the same port twice, which Ray refuses)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 class Cluster:
     """`ray start --head` (0 CPUs) + one `ray start --address` node, both on 127.0.0.1."""
 
-    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+    NODE_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                  "metrics-export-port", "node-manager-port", "object-manager-port")
+    PORTS = 2 + 2 * len(NODE_PORTS)  # GCS, Ray client, and each node's own
+
+    def __init__(self, logs: Path, env: dict[str, str], ports: list[int]) -> None:
+        """``ports``: PORTS distinct free ports (``distinct_ports``, drawn with the test's others)."""
         self.temp = tempfile.mkdtemp(prefix="vs", dir="/tmp")
-        ports = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                 "metrics-export-port", "node-manager-port", "object-manager-port")
-        self.gcs, client, *numbers = distinct_ports(2 + 2 * len(ports))
-        head_ports, worker_ports = numbers[:len(ports)], numbers[len(ports):]
+        names = self.NODE_PORTS
+        self.gcs, client, *numbers = ports
+        head_ports, worker_ports = numbers[:len(names)], numbers[len(names):]
         self.head = ray_node(["--head", f"--port={self.gcs}", "--num-cpus=0", "--include-dashboard=false",
                               f"--temp-dir={self.temp}", "--min-worker-port=22000", "--max-worker-port=22200",
                               f"--ray-client-server-port={client}",
-                              *[f"--{n}={port}" for n, port in zip(ports, head_ports)]], env, logs / "head.log")
+                              *[f"--{n}={port}" for n, port in zip(names, head_ports)]], env, logs / "head.log")
         self.worker = None
         wait_until(lambda: "Ray runtime started" in (logs / "head.log").read_text(), 90,
                    "ray start --head", self.head, logs / "head.log")
@@ -72,7 +63,7 @@ class Cluster:
         # encoder's 2 CPUs + 1 GPU, 4 Searcher replicas x (4 CPUs, 32 GiB): logical resources.
         self.worker = ray_node([f"--address=127.0.0.1:{self.gcs}", "--num-cpus=24", "--num-gpus=1",
                                 f"--memory={160 * GIB}", "--min-worker-port=22300",
-                                "--max-worker-port=22500", *[f"--{n}={port}" for n, port in zip(ports, worker_ports)]],
+                                "--max-worker-port=22500", *[f"--{n}={port}" for n, port in zip(names, worker_ports)]],
                                env, logs / "worker.log")
         wait_until(lambda: "Ray runtime started" in (logs / "worker.log").read_text(), 90,
                    "ray start (second node)", self.worker, logs / "worker.log")
@@ -99,6 +90,17 @@ def new_items(memory: str, batch: str) -> tuple[list[int], np.ndarray]:
 
     table = read_embeddings(memory, batch, ["id", "embedding"])
     return table.column("id").to_pylist(), np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+
+
+def every_proxy_routes(serve_log: Path, nodes: int) -> bool:
+    """Every node's Serve proxy has started and holds the application's routes. The loopback
+    nodes share one IP, so their proxies share the HTTP port (SO_REUSEPORT) and the kernel
+    hands each connection to either: a proxy still waiting for its routes answers 404."""
+    text = serve_log.read_text(errors="replace")
+    started = set(re.findall(r"ProxyActor pid=(\d+)\).*Proxy starting on node", text))
+    routed = set(re.findall(r"ProxyActor pid=(\d+)\).*Got updated endpoints: .*'/v1/neighbors'",
+                            text))
+    return len(started) == nodes and started <= routed
 
 
 class QueryLoad:
@@ -146,9 +148,11 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
 
     memory, incoming = str(tmp_path / "memory"), tmp_path / "incoming"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("VMEM_", "RAY_ADDRESS"))}
+    # RAY_DEDUP_LOGS=0: every proxy's own lines reach serve.log when logged (every_proxy_routes)
     base.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token",
-                RAY_AUTH_TOKEN=secrets.token_hex(32), PATH=f"{BIN}:{os.environ['PATH']}")
-    http_port = free_port()
+                RAY_DEDUP_LOGS="0", RAY_AUTH_TOKEN=secrets.token_hex(32),
+                PATH=f"{BIN}:{os.environ['PATH']}")
+    http_port, *cluster_ports = distinct_ports(1 + Cluster.PORTS)
     url = f"http://127.0.0.1:{http_port}"
     command, cron_env = cronjob_command({"INCOMING": str(incoming), "MEMORY": memory,
                                          "SERVING_URL": url, "BEAM_ARGS": ""})
@@ -159,7 +163,7 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
     seed = subprocess.run(["/bin/sh", "-c", command], env={**update_env, "SERVING_URL": ""},
                           capture_output=True, text=True, timeout=600)
     assert seed.returncode == 0, seed.stdout + seed.stderr
-    cluster = Cluster(tmp_path, base)
+    cluster = Cluster(tmp_path, base, cluster_ports)
     server = load = None
     try:
         server = subprocess.Popen([str(BIN / "vmem"), "serve", "--config", str(INFRA / "kuberay" / "rayservice.yaml"),
@@ -169,6 +173,8 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
                                   stderr=subprocess.STDOUT)
         wait_until(lambda: requests.get(f"{url}/healthz", timeout=5).status_code == 200, 420,
                    "vmem serve (the RayService's Serve config)", server, tmp_path / "serve.log")
+        wait_until(lambda: every_proxy_routes(tmp_path / "serve.log", nodes=2), 120,
+                   "the Serve proxies of both nodes", server, tmp_path / "serve.log")
         served = requests.get(f"{url}/v1/memory", timeout=30).json()
         assert served["version"] == read_latest(memory) and served["size"] == 40
         _, day_one = new_items(memory, "2026-11-01")

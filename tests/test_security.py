@@ -36,6 +36,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def distinct_ports(count: int) -> list[int]:
+    """``count`` free loopback ports, all different: the sockets are held open together (one
+    bind-and-release at a time can hand out the same port twice, which Ray refuses)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 # ---- the source policy (pure) -------------------------------------------------------------
 
 def no_dns(host: str) -> list[str]:
@@ -421,11 +434,11 @@ def test_the_token_reaches_a_replica_on_a_cluster_started_separately(small_memor
     # ~/.ray/auth_token is neither read nor written
     clean.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token",
                  RAY_AUTH_TOKEN=secrets.token_hex(32))
-    gcs, http_port = free_port(), free_port()
+    names = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")
+    gcs, http_port, *numbers = distinct_ports(2 + len(names))
     temp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # short (socket paths) and private to this test
-    ports = {f"--{name}": free_port() for name in (
-        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")}
+    ports = {f"--{name}": port for name, port in zip(names, numbers)}
     head_log, serve_log = tmp_path / "head.log", tmp_path / "serve.log"
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={gcs}", "--num-cpus=2", "--include-dashboard=false",
