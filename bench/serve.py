@@ -18,8 +18,8 @@ Systems, per memory and shard count:
   project_groups1           ... searcher_groups 1 (one searcher replica: one more hop)
   in_process_sharded_index  indexer.search.ShardedIndex in this process (the project's own
                             searcher, the same defaults and re-rank, no HTTP)
-  in_process_raw_faiss      faiss.read_index of the S = 1 file, index.search at the same nprobe
-                            (no re-rank: PQ scores)                                  [S = 1]
+  in_process_raw_faiss      the S = 1 file read into RAM (the version's quantizer attached),
+                            index.search at the same nprobe (no re-rank: PQ scores)  [S = 1]
   clip_back                 clip-retrieval's clip back serving the S = 1 file (same nprobe, no
                             re-rank) and its Arrow metadata, memory-mapped, over HTTP  [S = 1]
   serve_floor               a trivial Serve FastAPI app echoing the 384-float body: the floor
@@ -329,9 +329,8 @@ def measure_system(system: System, memory: Memory, args, codes_ids_bytes: int = 
 
 def measure_in_process(memory: Memory, shards: int, args) -> dict:
     """The project's searcher in this process, and (S = 1) raw FAISS on the same file."""
-    import faiss
-
-    from indexer.search import ShardedIndex, nlist_of_index
+    from indexer.search import ShardedIndex, faiss_params
+    from indexer.store import load_index
 
     manifest = memory.manifests[shards]
     out = {}
@@ -344,14 +343,17 @@ def measure_in_process(memory: Memory, shards: int, args) -> dict:
         f"ShardedIndex(root, manifest).search(q, k): the version's defaults {manifest.search_defaults}")
     if shards == 1:
         progress(f"{memory.name} S=1: in-process raw faiss")
-        raw = faiss.read_index(os.path.join(memory.root, "index", manifest.shards[0].index_path))
+        # the shard file read into RAM, with the version's quantizer (and rotation) attached:
+        # segment files hold inverted lists only (indexer/quantizer.py)
+        raw = load_index(memory.root, manifest.shards[0].base, mmap=False, manifest=manifest)
         nprobe = int(manifest.search_defaults.get("nprobe") or 0)
-        params = faiss.SearchParametersIVF(nprobe=nprobe) if nlist_of_index(raw) and nprobe else None
+        params = faiss_params(raw, nprobe)
         out["in_process_raw_faiss"] = measure_system(
             in_process_system("in_process_raw_faiss", lambda q, k: raw.search(q, k, params=params)[1],
                               memory.queries), memory, args)
         out["in_process_raw_faiss"]["searching"] = (
-            f"faiss.read_index (in RAM) + index.search(q, k, nprobe={nprobe if params else None}), "
+            f"faiss.read_index (in RAM, the version's quantizer attached) + index.search(q, k, "
+            f"nprobe={nprobe if params else None}), "
             "no re-rank")
         del raw
     return out
@@ -389,12 +391,12 @@ def clip_back_skip_reason(args) -> str | None:
 
 
 def prepare_clip_back_folder(memory: Memory, folder: str) -> int | None:
-    """clip back's folder for the S = 1 shard: its .faiss file (nprobe saved in a copy; a link
-    when there is none) and its metadata as Arrow, padded so that row number == id. Returns
-    the nprobe saved."""
+    """clip back's folder for the S = 1 shard: its index made self-contained (the version's
+    quantizer attached, nprobe saved) and its metadata as Arrow, padded so that row number ==
+    id. Returns the nprobe saved."""
     from bench.peers.clip_back import prepare_index_folder
     from indexer.factory import nlist_of
-    from indexer.store import load_metadata
+    from indexer.store import load_index, load_metadata
 
     manifest = memory.manifests[1]
     entry = manifest.shards[0]
@@ -403,9 +405,11 @@ def prepare_clip_back_folder(memory: Memory, folder: str) -> int | None:
     if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
         raise ValueError("clip back needs ids 1 ... N (row == id after one padding row)")
     nprobe = int(manifest.search_defaults.get("nprobe") or 0) if nlist_of(manifest.factory) else 0
-    prepare_index_folder(folder, os.path.join(memory.root, "index", entry.index_path), table,
-                         nprobe=nprobe or None, metadata_format="arrow", first_id=1,
-                         link=not nprobe)
+    # a self-contained index: the shard file holds inverted lists only, the version's trained
+    # index gives it its quantizer (and rotation); written whole for clip back
+    index = load_index(memory.root, entry, mmap=False, manifest=manifest)
+    prepare_index_folder(folder, index, table, nprobe=nprobe or None, metadata_format="arrow",
+                         first_id=1)
     return nprobe or None
 
 

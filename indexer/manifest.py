@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from indexer.layout import MANIFEST, version_dir
 from pipelines import storage
 
-FORMAT_VERSION = 2  # 2: shards are segments + tombstones; 1 (one file set per shard) still reads
+# 3: segment files of an OPQ/PCA index hold the IVF level alone (the version's trained index
+#    gives the rotation and the quantizer, indexer/quantizer.py); a reader of format 2 would
+#    search them unrotated, so readers refuse a format newer than their own (upgrade serving
+#    before the writers). 2: shards are segments + tombstones. 1 (one file set per shard).
+# Every older format still reads.
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -138,6 +143,11 @@ class IndexManifest(storage.JsonRecord):
 
     @classmethod
     def from_fields(cls, fields: dict) -> "IndexManifest":
+        """Raises ValueError for a version written in a newer format than this code reads."""
+        written = int(fields.get("format_version", 1))
+        if written > FORMAT_VERSION:
+            raise ValueError(f"index version {fields.get('version')!r} is in format {written}; this "
+                             f"vmem reads formats up to {FORMAT_VERSION}: upgrade it")
         return cls(**{**fields, "shards": [ShardEntry.from_fields(e) for e in fields["shards"]]})
 
     def files(self) -> list[tuple[str, str]]:

@@ -141,6 +141,22 @@ def test_an_opq_memory_keeps_its_rotation_once_and_answers_as_one_faiss_index(me
     assert not np.isin(old[1], np.arange(6_001, 6_151)).any()  # the build is unchanged
 
 
+def test_a_version_in_a_newer_format_is_refused_not_misread(memory):
+    """A reader never searches files it does not know how to read (format 3 segment files of
+    an OPQ index hold no rotation: a format-2 reader would search them unrotated)."""
+    from indexer.manifest import FORMAT_VERSION, IndexManifest
+
+    manifest = run_build(BuildConfig(memory, factory=FACTORY), LocalExecutor())
+    assert manifest.format_version == FORMAT_VERSION == 3
+    path = Path(IndexManifest.url_for(memory, manifest.version))
+    fields = json.loads(path.read_text())
+    path.write_text(json.dumps({**fields, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(ValueError, match=f"format {FORMAT_VERSION + 1}.*upgrade"):
+        resolve_version(memory)
+    path.write_text(json.dumps({**fields, "format_version": 2}))  # older formats still read
+    assert resolve_version(memory).version == manifest.version
+
+
 def test_the_trained_index_is_verified_before_it_is_used(memory):
     manifest = run_build(BuildConfig(memory, factory=FACTORY), LocalExecutor())
     path = os.path.join(index_root(memory), manifest.trained_path)
