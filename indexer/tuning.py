@@ -57,10 +57,18 @@ class ExactTopK:
         self.result = (np.full((n, 0), -np.inf, np.float32), np.full((n, 0), -1, np.int64))
 
     def update(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """Fold in (m, d) ``vectors`` labelled ``ids`` (m,) int64."""
+        """Fold in (m, d) ``vectors`` labelled ``ids`` (m,) int64. Once every query holds k
+        neighbours, a column scoring below a query's k-th best so far cannot enter its top-k
+        (a tie can, by id): only the columns at or above it are kept and sorted, which after
+        the first chunks is a few per query instead of a partial sort of all m."""
         if not len(self.queries) or not len(ids):
             return
-        found = chunk_topk(self.queries @ np.asarray(vectors, dtype=np.float32).T, ids, self.k)
+        scores = self.queries @ np.asarray(vectors, dtype=np.float32).T
+        best = self.result[0]
+        if best.shape[1] == self.k and self.k and np.isfinite(best[:, -1]).all():
+            found = kept_at_least(scores, ids, best[:, -1:])
+        else:
+            found = chunk_topk(scores, ids, self.k)
         self.result = merge_topk([self.result[0], found[0]], [self.result[1], found[1]], self.k)
 
 
@@ -91,14 +99,24 @@ def chunk_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
         return merge_topk([scores], [np.broadcast_to(ids, scores.shape)], k)
     best = np.argpartition(-scores, width - 1, axis=1)[:, :width]
     threshold = np.take_along_axis(scores, best, axis=1).min(axis=1, keepdims=True)
+    kept_scores, kept_ids = kept_at_least(scores, ids, threshold)
+    return merge_topk([kept_scores], [kept_ids], k)
+
+
+def kept_at_least(scores: np.ndarray, ids: np.ndarray,
+                  threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (n, m) ``scores`` (columns labelled ``ids`` (m,)), the columns scoring at
+    least that row's ``threshold`` ((n, 1)), unsorted: ((n, w) scores, (n, w) ids), padded
+    with (-inf, -1) to the widest row (w >= 1)."""
     rows, cols = np.nonzero(scores >= threshold)
     counts = np.bincount(rows, minlength=len(scores))
     position = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    kept_scores = np.full((len(scores), counts.max()), -np.inf, dtype=scores.dtype)
-    kept_ids = np.full((len(scores), counts.max()), -1, dtype=np.int64)
+    width = max(int(counts.max()) if len(counts) else 0, 1)
+    kept_scores = np.full((len(scores), width), -np.inf, dtype=scores.dtype)
+    kept_ids = np.full((len(scores), width), -1, dtype=np.int64)
     kept_scores[rows, position] = scores[rows, cols]
     kept_ids[rows, position] = ids[cols]
-    return merge_topk([kept_scores], [kept_ids], k)
+    return kept_scores, kept_ids
 
 
 def without_self(ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:

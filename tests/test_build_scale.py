@@ -283,6 +283,27 @@ def test_the_streamed_ground_truth_top_k_equals_a_full_sort_ties_included():
         np.testing.assert_array_equal(found[0], full[0])
 
 
+def test_the_streamed_exact_top_k_equals_a_full_sort_over_many_chunks_ties_included():
+    """ExactTopK fed chunk by chunk (after the first chunks only the columns at or above each
+    query's k-th best so far are kept) equals one full (score desc, id asc) sort."""
+    from indexer.search import merge_topk
+    from indexer.tuning import ExactTopK
+
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        dim, k, rows = int(rng.integers(2, 6)), int(rng.integers(1, 25)), int(rng.integers(1, 400))
+        vectors = rng.integers(-2, 3, (rows, dim)).astype(np.float32)  # many tied scores
+        queries = rng.integers(-2, 3, (6, dim)).astype(np.float32)
+        ids = rng.permutation(10**6)[:rows].astype(np.int64)
+        exact = ExactTopK(queries, k)
+        for chunk in np.array_split(np.arange(rows), int(rng.integers(1, 9))):
+            exact.update(vectors[chunk], ids[chunk])
+        scores = queries @ vectors.T
+        full = merge_topk([scores], [np.ascontiguousarray(np.broadcast_to(ids, scores.shape))], k)
+        np.testing.assert_array_equal(exact.result[1], full[1])
+        np.testing.assert_array_equal(exact.result[0], full[0])
+
+
 def test_the_add_pass_exact_neighbours_equal_brute_force_over_every_part():
     """The build finds its tuning queries' exact neighbours from the chunks its add tasks read
     (tuning.ExactTopK, one per part, merged): equal to one full sort over all rows, ties
