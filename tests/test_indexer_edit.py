@@ -262,9 +262,13 @@ def test_compaction_runs_beside_edits_and_keeps_them(memory_copy, monkeypatch):
 
     run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
     ids, vectors, _ = load_embeddings(memory_copy)
-    first = np.sort(np.random.default_rng(1).choice(ids[:400], 60, replace=False))
-    first_delete, _ = run_delete(memory_copy, ForgetRequest(ids=first.tolist()), LOCAL, policy=NEVER)  # 15 %
-    later = np.setdiff1d(ids[:400], first)[:5]
+    # chosen by id, per shard (id mod 2), not by row order (Beam's, which varies between runs):
+    # 30 of each shard's ~150 items (20 %: both shards are due) and then 3 + 2 more
+    built = np.sort(load_embeddings(memory_copy, ["train-a"])[0])
+    first = np.sort(np.concatenate([built[built % 2 == shard][:30] for shard in (0, 1)]))
+    first_delete, _ = run_delete(memory_copy, ForgetRequest(ids=first.tolist()), LOCAL, policy=NEVER)
+    rest = np.setdiff1d(built, first)
+    later = np.sort(np.concatenate([rest[rest % 2 == 0][:3], rest[rest % 2 == 1][:2]]))
     later_delete = []
     real_compact = edit.compact_shard
 
