@@ -141,39 +141,39 @@ def phase_single(root: str, factory: str, seed: int, index_path: str, task_memor
     from indexer import factory as factories
     from indexer.build import sample_inputs
     from indexer.executor import LocalExecutor
+    from indexer.phases import Phases
     from indexer.reader import plan_inputs
     from indexer.tasks import chunk_rows_for
     from pipelines import storage
     from pipelines.schema import embeddings_matrix
 
     started = time.perf_counter()
-    inputs = plan_inputs(root)
-    wanted = factories.training_size(factory, inputs.count)
-    chunk_rows = chunk_rows_for(inputs.dim, task_memory_mb << 20)
-    if wanted:
-        sample = sample_inputs(LocalExecutor(), inputs.parts, inputs.dim, inputs.count, wanted, 0, seed, chunk_rows).train
-        sampled = time.perf_counter()
-        index = factories.train(factory, inputs.dim, sample, seed)
+    phases = Phases(LocalExecutor())
+    with phases("sampling"):
+        inputs = plan_inputs(root)
+        wanted = factories.training_size(factory, inputs.count)
+        chunk_rows = chunk_rows_for(inputs.dim, task_memory_mb << 20)
+        sample = (sample_inputs(LocalExecutor(), inputs.parts, inputs.dim, inputs.count, wanted, 0, seed,
+                                chunk_rows).train if wanted else None)
+    with phases("training"):
+        index = factories.train(factory, inputs.dim, sample, seed) if wanted else factories.make_index(
+            factory, inputs.dim)
         del sample
-    else:
-        sampled = time.perf_counter()
-        index = factories.make_index(factory, inputs.dim)
-    trained = time.perf_counter()
-    for part in inputs.parts:
-        fs, path = storage.filesystem(part.url)
-        with fs.open(path, "rb") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows,
-                                                            columns=["id", "embedding"]):
-                table = pa.Table.from_batches([batch])
-                ids = table.column("id").to_numpy().astype(np.int64)
-                vectors = np.ascontiguousarray(embeddings_matrix(table))
-                index.add_with_ids(vectors, ids)
-    added = time.perf_counter()
-    faiss.write_index(index, index_path)
+    with phases("adding"):
+        for part in inputs.parts:
+            fs, path = storage.filesystem(part.url)
+            with fs.open(path, "rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows,
+                                                                columns=["id", "embedding"]):
+                    table = pa.Table.from_batches([batch])
+                    ids = table.column("id").to_numpy().astype(np.int64)
+                    vectors = np.ascontiguousarray(embeddings_matrix(table))
+                    index.add_with_ids(vectors, ids)
+    with phases("writing"):
+        faiss.write_index(index, index_path)
     return {"factory": factory, "count": int(index.ntotal), "train_vectors": int(wanted),
-            "sample_seconds": round(sampled - started, 3), "train_seconds": round(trained - sampled, 3),
-            "add_seconds": round(added - trained, 3), "write_seconds": round(time.perf_counter() - added, 3),
-            "build_seconds": round(time.perf_counter() - started, 3), "chunk_rows": chunk_rows}
+            "phases": phases.details(), "build_seconds": round(time.perf_counter() - started, 3),
+            "chunk_rows": chunk_rows}
 
 
 def phase_single_search(index_path: str, nprobe: int, queries: str, found: str) -> dict:
@@ -403,44 +403,17 @@ def run_section(count: int, dim: int, args, autofaiss: Path | None) -> dict:
         systems: dict = {}
         section["systems"] = systems
         common = ["--seed", str(args.seed), "--task-memory-mb", str(args.task_memory_mb)]
-        for shards in args.shards:
-            name = f"project_s{shards}"
-            progress(f"{count}x{dim}: {name} (Ray, {args.ray_cpus} CPUs)")
-            result, tree = measured(name, this("project", "--root", root, "--num-shards", str(shards),
-                                               "--factory", args.factory, "--bytes-per-vector",
-                                               str(args.bytes_per_vector), "--ray-cpus", str(args.ray_cpus),
-                                               *common), logs, args)
-            found = os.path.join(work, f"{name}-found.npy")
-            searched = unmeasured(this("project-search", "--root", root, "--version", result["version"],
-                                       "--queries-file", q_path, "--found-file", found))
-            systems[name] = {"build": result, "process_tree": tree,
-                             "search": {"params": "manifest search_defaults (ShardedIndex)",
-                                        **({"exit_error": searched["exit_error"]}
-                                           if "exit_error" in searched else {})},
-                             "vectors_per_second": round(count / tree["wall_seconds"], 1),
-                             "disk": project_disk(root, result["version"]), **recall(found, truth)}
-            _progress_system(name, systems[name])
-        first = systems[f"project_s{args.shards[0]}"]["build"]
-        factory, nprobe = first["factory"], int(first["search_defaults"].get("nprobe") or 0)
-
+        order = [f"project_s{s}" for s in args.shards] + ([] if args.skip_single else ["single_faiss"])
+        for repeat in range(args.repeats):
+            # interleaved, the order reversed every other repeat: a drift of the machine's
+            # speed over the run weighs on every system alike (docs/benchmarks.md, noise)
+            for name in order if repeat % 2 == 0 else order[::-1]:
+                if name == "single_faiss":
+                    run_single(systems, root, work, logs, q_path, truth, count, common, args, repeat)
+                else:
+                    run_project(systems, name, root, work, logs, q_path, truth, count, common, args, repeat)
         if args.skip_single:
             systems["single_faiss"] = {"skipped": "--skip-single"}
-        else:
-            progress(f"{count}x{dim}: single_faiss ({factory}, nprobe {nprobe})")
-            index_path = os.path.join(work, "single.faiss")
-            result, tree = measured("single_faiss", this("single", "--root", root, "--factory", factory,
-                                                         "--index-file", index_path, *common), logs, args)
-            found = os.path.join(work, "single-found.npy")
-            searched = unmeasured(this("single-search", "--index-file", index_path, "--nprobe", str(nprobe),
-                                       "--queries-file", q_path, "--found-file", found))
-            size = os.path.getsize(index_path)
-            systems["single_faiss"] = {"build": result, "process_tree": tree,
-                                       "vectors_per_second": round(count / tree["wall_seconds"], 1),
-                                       "search": {"nprobe": nprobe, **({"exit_error": searched["exit_error"]}
-                                                                       if "exit_error" in searched else {})},
-                                       "disk": {"index_bytes": size, "bytes_per_vector": round(size / count, 2)},
-                                       **recall(found, truth)}
-            _progress_system("single_faiss", systems["single_faiss"])
 
         if autofaiss:
             systems["autofaiss"] = run_autofaiss_system(autofaiss, work, npy_dir, q_path, truth, count,
@@ -459,6 +432,63 @@ def run_section(count: int, dim: int, args, autofaiss: Path | None) -> dict:
             shutil.rmtree(work, ignore_errors=True)
             section["work"] = None
     return section
+
+
+def _repeat(system: dict, build: dict, tree: dict) -> None:
+    system.setdefault("repeats", []).append({"process_tree": tree, "phases": build.get("details", build)["phases"],
+                                             "build_seconds": build["build_seconds"]})
+
+
+def run_project(systems: dict, name: str, root: str, work: str, logs: str, q_path: str, truth, count: int,
+                common: list[str], args, repeat: int) -> None:
+    """One measured project build (a new version each repeat); the first is also searched."""
+    shards = int(name.removeprefix("project_s"))
+    progress(f"{count}: {name} (Ray, {args.ray_cpus} CPUs), repeat {repeat + 1} of {args.repeats}")
+    result, tree = measured(f"{name}-{repeat}", this(
+        "project", "--root", root, "--num-shards", str(shards), "--factory", args.factory,
+        "--bytes-per-vector", str(args.bytes_per_vector), "--ray-cpus", str(args.ray_cpus), *common), logs, args)
+    if name in systems:
+        _repeat(systems[name], result, tree)
+        _progress_tree(name, tree)
+        return
+    found = os.path.join(work, f"{name}-found.npy")
+    searched = unmeasured(this("project-search", "--root", root, "--version", result["version"],
+                               "--queries-file", q_path, "--found-file", found))
+    systems[name] = {"build": result, "process_tree": tree,
+                     "search": {"params": "manifest search_defaults (ShardedIndex)",
+                                **({"exit_error": searched["exit_error"]} if "exit_error" in searched else {})},
+                     "vectors_per_second": round(count / tree["wall_seconds"], 1),
+                     "disk": project_disk(root, result["version"]), **recall(found, truth)}
+    _repeat(systems[name], result, tree)
+    _progress_system(name, systems[name])
+
+
+def run_single(systems: dict, root: str, work: str, logs: str, q_path: str, truth, count: int,
+               common: list[str], args, repeat: int) -> None:
+    """One measured single-process FAISS build with the factory and nprobe of the project's
+    first S (built before it in the first repeat); the first is also searched."""
+    first = systems[f"project_s{args.shards[0]}"]["build"]
+    factory, nprobe = first["factory"], int(first["search_defaults"].get("nprobe") or 0)
+    progress(f"{count}: single_faiss ({factory}, nprobe {nprobe}), repeat {repeat + 1} of {args.repeats}")
+    index_path = os.path.join(work, "single.faiss")
+    result, tree = measured(f"single_faiss-{repeat}", this("single", "--root", root, "--factory", factory,
+                                                         "--index-file", index_path, *common), logs, args)
+    if "single_faiss" in systems:
+        _repeat(systems["single_faiss"], result, tree)
+        _progress_tree("single_faiss", tree)
+        return
+    found = os.path.join(work, "single-found.npy")
+    searched = unmeasured(this("single-search", "--index-file", index_path, "--nprobe", str(nprobe),
+                               "--queries-file", q_path, "--found-file", found))
+    size = os.path.getsize(index_path)
+    systems["single_faiss"] = {"build": result, "process_tree": tree,
+                               "vectors_per_second": round(count / tree["wall_seconds"], 1),
+                               "search": {"nprobe": nprobe, **({"exit_error": searched["exit_error"]}
+                                                               if "exit_error" in searched else {})},
+                               "disk": {"index_bytes": size, "bytes_per_vector": round(size / count, 2)},
+                               **recall(found, truth)}
+    _repeat(systems["single_faiss"], result, tree)
+    _progress_system("single_faiss", systems["single_faiss"])
 
 
 def run_autofaiss_system(python: Path, work: str, npy_dir: str, q_path: str, truth, count: int,
@@ -486,6 +516,11 @@ def run_autofaiss_system(python: Path, work: str, npy_dir: str, q_path: str, tru
            **recall(found, truth)}
     _progress_system("autofaiss", out)
     return out
+
+
+def _progress_tree(name: str, tree: dict) -> None:
+    progress(f"  {name}: wall {tree['wall_seconds']:.1f} s, tree CPU {tree['cpu_seconds']:.1f} s, "
+             f"peak tree RSS {tree['peak_rss_mib']:.0f} MiB")
 
 
 def _progress_system(name: str, system: dict) -> None:
@@ -521,26 +556,67 @@ def ratios(systems: dict, shard_counts: list[int]) -> dict:
     return out
 
 
+# the project's phases (indexer.phases, run_build) against the single process's: what each
+# spends on the same work
+PHASE_GROUPS = {"sampling": (("planning", "sampling"), ("sampling",)),
+                "training": (("training",), ("training",)),
+                "adding and writing": (("adding", "merging"), ("adding", "writing")),
+                "tuning": (("tuning",), ())}
+
+
+def _median(values: list) -> float | None:
+    import statistics
+
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def _paired(name: str, project: dict, single: dict, metric: str, target: float | None) -> dict:
+    """``metric`` of the process tree, per repeat, the project's over the single's run in the
+    same repeat (adjacent in time): every pair, and their median as the ratio."""
+    pairs = list(zip(project["repeats"], single["repeats"]))
+    ratios = [_ratio(p["process_tree"][metric], s["process_tree"][metric]) for p, s in pairs]
+    ratio = _median(ratios)
+    block = {name: [p["process_tree"][metric] for p, _ in pairs],
+             "single_faiss": [s["process_tree"][metric] for _, s in pairs],
+             "paired_ratios": ratios, "ratio": ratio}
+    if target is not None:
+        block.update(target_at_most=target, met=ratio is not None and ratio <= target)
+    return block
+
+
+def _phase_cpu(name: str, project: dict, single: dict) -> dict:
+    """Median CPU seconds per phase group over the repeats, project beside single, and what
+    each tree spent outside its phases (start-up, imports, Ray's daemons and idle workers)."""
+    out = {}
+    for group, (ours, theirs) in PHASE_GROUPS.items():
+        mine = _median([sum(r["phases"].get(p, {}).get("cpu_seconds", 0.0) for p in ours)
+                        for r in project["repeats"]])
+        peer = _median([sum(r["phases"].get(p, {}).get("cpu_seconds", 0.0) for p in theirs)
+                        for r in single["repeats"]]) if theirs else None
+        out[group] = {name: mine, "single_faiss": peer, "ratio": _ratio(mine, peer)}
+
+    def outside(system: dict) -> float | None:
+        return _median([r["process_tree"]["cpu_seconds"] - sum(p["cpu_seconds"] for p in r["phases"].values())
+                        for r in system["repeats"]])
+
+    out["outside the phases (tree - phases)"] = {name: outside(project), "single_faiss": outside(single)}
+    return out
+
+
 def _single_block(name: str, project: dict, single: dict) -> dict:
-    cpu = _ratio(project["process_tree"]["cpu_seconds"], single["process_tree"]["cpu_seconds"])
-    rss = _ratio(project["process_tree"]["peak_rss_bytes"], single["process_tree"]["peak_rss_bytes"])
     return {
-        "cpu_seconds": {name: project["process_tree"]["cpu_seconds"],
-                        "single_faiss": single["process_tree"]["cpu_seconds"], "ratio": cpu,
-                        "target_at_most": 1.1, "met": cpu is not None and cpu <= 1.1},
-        "peak_rss_bytes": {name: project["process_tree"]["peak_rss_bytes"],
-                           "single_faiss": single["process_tree"]["peak_rss_bytes"], "ratio": rss,
-                           "target_at_most": 2.0, "met": rss is not None and rss <= 2.0},
+        "repeats": len(project["repeats"]),
+        "cpu_seconds": _paired(name, project, single, "cpu_seconds", 1.1),
+        "cpu_seconds_by_phase_median": _phase_cpu(name, project, single),
+        "peak_rss_bytes": _paired(name, project, single, "peak_rss_bytes", 2.0),
         # PSS: the tree's cost to the machine (RSS counts a shared page once per process
         # mapping it: Ray's object store, the libraries each worker maps)
         "peak_pss_bytes": {name: project["process_tree"].get("peak_pss_bytes"),
                            "single_faiss": single["process_tree"].get("peak_pss_bytes"),
                            "ratio": _ratio(project["process_tree"].get("peak_pss_bytes") or 0,
                                            single["process_tree"].get("peak_pss_bytes") or 0)},
-        "wall_seconds": {name: project["process_tree"]["wall_seconds"],
-                         "single_faiss": single["process_tree"]["wall_seconds"],
-                         "ratio": _ratio(project["process_tree"]["wall_seconds"],
-                                         single["process_tree"]["wall_seconds"])},
+        "wall_seconds": _paired(name, project, single, "wall_seconds", None),
         "bytes_per_vector": {name: project["disk"]["bytes_per_vector_index_only"],
                              f"{name}_all_files": project["disk"]["bytes_per_vector_all_files"],
                              "single_faiss": single["disk"]["bytes_per_vector"],
@@ -639,6 +715,11 @@ def main() -> int:
     parser.add_argument("--task-memory-mb", type=int, default=default_task_mb,
                         help="The project's per-task memory (rows read at once); the single-process "
                              f"peer reads chunks of the same size. Default: the build's, {default_task_mb}.")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="Measured builds per system, interleaved (project S..., single; the order "
+                             "reversed every other repeat). Ratios are the median of the ratios of "
+                             "the builds run side by side; the first build of each is searched. "
+                             "Default 1; 3 or more on a noisy machine.")
     parser.add_argument("--skip-single", action="store_true",
                         help="Leave out the single-process FAISS baseline (e.g. a 10M run that only "
                              "checks the build completes; its ratios are then absent).")
@@ -688,7 +769,7 @@ def main() -> int:
     report: dict = {"benchmark": "index", "machine": {**machine(), "cpu_count": os.cpu_count(),
                                                       "memory_bytes": proctree.psutil.virtual_memory().total},
                     "config": {k: v for k, v in vars(args).items() if k in (
-                        "shards", "factory", "bytes_per_vector", "queries", "part_rows", "clusters", "seed",
+                        "shards", "factory", "bytes_per_vector", "queries", "part_rows", "clusters", "seed", "repeats",
                         "ray_cpus", "task_memory_mb", "autofaiss_memory", "sample_interval")},
                     "measurement": {"child_subreaper": subreaper, "targets": TARGETS},
                     "sections": {}}

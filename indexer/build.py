@@ -26,6 +26,7 @@ from indexer.faults import crash_point
 from indexer.layout import index_root, new_version_name, read_latest, set_latest
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
+from indexer.phases import Phases
 from indexer.quantizer import serialize_stripped
 from indexer.reader import plan_inputs
 from indexer.search import ShardedIndex, merge_topk
@@ -105,7 +106,9 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     DuplicateIds (an id in two rows), IncompatibleBatches, ValueError (too few vectors to
     train the factory), RuntimeError (edits landed while it ran); publishes nothing then."""
     started = time.monotonic()
-    inputs = plan_inputs(config.memory, config.batches)
+    phases = Phases(executor)
+    with phases("planning"):
+        inputs = plan_inputs(config.memory, config.batches)
     dim, shards = inputs.dim, config.num_shards
     estimate = inputs.count  # rows as written; unlearned ids (indexer/forgotten.py) drop on read
     factory = (factories.choose_factory(estimate, dim, config.bytes_per_vector)
@@ -119,43 +122,45 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     version = new_version_name()
     root = index_root(config.memory)
     with build_scratch(config.memory, version):
-        drawn = sample_inputs(executor, inputs.parts, dim, estimate, wanted, QUERIES, config.seed, chunk_rows,
-                              scratch=storage.join(root, version, ".build"))
-        prepare_s = time.monotonic() - started
+        with phases("sampling"):
+            drawn = sample_inputs(executor, inputs.parts, dim, estimate, wanted, QUERIES, config.seed,
+                                  chunk_rows, scratch=storage.join(root, version, ".build"))
+        with phases("training"):
+            if wanted:
+                log.info("training %s on %d sampled vectors (k-means over %d lists, seed %d)", factory,
+                         len(drawn.train), factories.nlist_of(factory), config.seed)
+            trained = (factories.train(factory, dim, drawn.train, config.seed,
+                                       verbose=log.isEnabledFor(logging.INFO)
+                                       and factories.nlist_of(factory) >= 1024)
+                       if wanted else factories.make_index(factory, dim))
+            drawn.train = None
+            trained = factories.to_cpu(trained)
+            trained_bytes = faiss.serialize_index(trained)
         if wanted:
-            log.info("training %s on %d sampled vectors (k-means over %d lists, seed %d)", factory,
-                     len(drawn.train), factories.nlist_of(factory), config.seed)
-        trained = (factories.train(factory, dim, drawn.train, config.seed,
-                                   verbose=log.isEnabledFor(logging.INFO) and factories.nlist_of(factory) >= 1024)
-                   if wanted else factories.make_index(factory, dim))
-        drawn.train = None
-        trained = factories.to_cpu(trained)
-        trained_bytes = faiss.serialize_index(trained)
-        train_s = time.monotonic() - started - prepare_s
-        if wanted:
-            log.info("trained in %.1f s", train_s)
+            log.info("trained in %.1f s", phases.seconds["training"])
 
-        # the add pass also finds the tuning queries' exact neighbours (self included: + 1)
-        exact_k = max(tuning_ks(estimate, (10, config.k))) + 1
-        trained_ref, queries_ref = executor.put(trained_bytes), executor.put(drawn.queries)
-        added = executor.get(
-            [executor.submit(add_part, root, version, part, number, trained_ref, shards,
-                             config.keep_vectors, chunk_rows, queries_ref, exact_k)
-             for number, part in enumerate(inputs.parts)], "adding", [p.rows for p in inputs.parts])
-        pieces = [a.pieces for a in added]
-        exact_ids = merge_topk([a.exact[0] for a in added], [a.exact[1] for a in added], exact_k)[1]
-        del added
-        stripped = serialize_stripped(trained)  # trained is private to this driver
-        entries = executor.get([executor.submit(merge_shard, root, version, shard, stripped,
-                                                *[p[shard] for p in pieces])
-                                for shard in range(shards)], "merging",
-                               [sum(p[shard].count for p in pieces) for shard in range(shards)])
-        count = sum(e.count for e in entries)
-        trained_path = f"{version}/trained.faiss"  # one copy per version: every segment's quantizer
-        trained_sha = sha256_bytes(trained_bytes.tobytes())
-        storage.write_bytes_atomic(storage.join(root, trained_path), trained_bytes.tobytes())
-        del trained_bytes
-        add_merge_s = time.monotonic() - started - train_s - prepare_s
+        with phases("adding"):
+            # the add pass also finds the tuning queries' exact neighbours (self included: + 1)
+            exact_k = max(tuning_ks(estimate, (10, config.k))) + 1
+            trained_ref, queries_ref = executor.put(trained_bytes), executor.put(drawn.queries)
+            added = executor.get(
+                [executor.submit(add_part, root, version, part, number, trained_ref, shards,
+                                 config.keep_vectors, chunk_rows, queries_ref, exact_k)
+                 for number, part in enumerate(inputs.parts)], "adding", [p.rows for p in inputs.parts])
+            pieces = [a.pieces for a in added]
+            exact_ids = merge_topk([a.exact[0] for a in added], [a.exact[1] for a in added], exact_k)[1]
+            del added
+        with phases("merging"):
+            stripped = serialize_stripped(trained)  # trained is private to this driver
+            entries = executor.get([executor.submit(merge_shard, root, version, shard, stripped,
+                                                    *[p[shard] for p in pieces])
+                                    for shard in range(shards)], "merging",
+                                   [sum(p[shard].count for p in pieces) for shard in range(shards)])
+            count = sum(e.count for e in entries)
+            trained_path = f"{version}/trained.faiss"  # one copy per version: every segment's quantizer
+            trained_sha = sha256_bytes(trained_bytes.tobytes())
+            storage.write_bytes_atomic(storage.join(root, trained_path), trained_bytes.tobytes())
+            del trained_bytes
         if count < inputs.count:
             log.info("left out %d rows of unlearned items (the forget ledger)", inputs.count - count)
 
@@ -167,18 +172,16 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             search_defaults={"k": config.k, "nprobe": 0, "rerank": rerank},
             shards=entries, batches=inputs.batches, trained_path=trained_path,
             trained_sha256=trained_sha)
-        tuning_started = time.monotonic()
-        tuned = tune(ShardedIndex(config.memory, manifest), drawn.query_ids, drawn.queries, exact_ids,
-                     count, ks=(10, config.k), target=config.recall_target)
+        with phases("tuning"):
+            tuned = tune(ShardedIndex(config.memory, manifest), drawn.query_ids, drawn.queries, exact_ids,
+                         count, ks=(10, config.k), target=config.recall_target)
         manifest.search_defaults.update(tuned.defaults())
         manifest.details = {
             "executor": executor.name, "parts": len(inputs.parts), "chunk_rows": chunk_rows,
             "unlearned_rows_left_out": inputs.count - count,
             "train_vectors": 0 if not wanted else int(min(wanted, estimate)),
-            "prepare_seconds": round(prepare_s, 3), "train_seconds": round(train_s, 3),
-            "add_merge_seconds": round(add_merge_s, 3),
-            "tuning_seconds": round(time.monotonic() - tuning_started, 3),
-            "seconds": round(time.monotonic() - started, 3), "seed": config.seed, **tuned.details()}
+            "phases": phases.details(), "seconds": round(time.monotonic() - started, 3),
+            "cpu_seconds": round(sum(phases.cpu_seconds.values()), 3), "seed": config.seed, **tuned.details()}
         crash_point("publish")
         with writer_lock(config.memory):
             _check_unchanged(config.memory, manifest, inputs)

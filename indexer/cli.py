@@ -37,9 +37,9 @@ def cmd_build(args) -> int:
     manifest = run_build(config, _executor(args))
     _print_manifest(manifest)
     defaults = manifest.search_defaults
-    print(f"  train {manifest.details['train_seconds']}s, add+merge "
-          f"{manifest.details['add_merge_seconds']}s, tuning {manifest.details['tuning_seconds']}s; "
-          f"at nprobe {defaults['nprobe']} (k_factor {defaults['k_factor']}): "
+    print("  " + ", ".join(f"{name} {p['seconds']:.1f}s ({p['cpu_seconds']:.1f} CPU-s)"
+                           for name, p in manifest.details["phases"].items()))
+    print(f"  at nprobe {defaults['nprobe']} (k_factor {defaults['k_factor']}): "
           + ", ".join(f"{name.replace('_at_', '@')} {value}" for name, value in defaults.items()
                       if name.startswith("recall_at_"))
           + ("" if manifest.details["tuning_reached_target"] else " (target not reached)"))

@@ -2,24 +2,28 @@
 a distributed build can be checked against a single-process one."""
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
 
 class LocalExecutor:
-    """Runs each task at submit time, in this process."""
+    """Runs each task at submit time, in this process. ``task_cpu_seconds`` stays 0: its
+    tasks' CPU time is this process's (indexer.phases)."""
 
     name = "local"
+    task_cpu_seconds = 0.0
 
     def put(self, value: Any) -> Any:
         return value
 
-    def submit(self, fn: Callable, *args: Any, num_returns: int = 1, **options: Any) -> Any:
-        result = fn(*args)
-        return list(result) if num_returns > 1 else result
+    def submit(self, fn: Callable, *args: Any, **options: Any) -> Any:
+        return fn(*args)
 
     def get(self, handles: Sequence[Any], what: str = "tasks",
             sizes: Sequence[int] | None = None) -> list:
@@ -40,6 +44,7 @@ class RayExecutor:
         import ray
 
         self.ray = ray
+        self.task_cpu_seconds = 0.0  # CPU s its tasks reported, summed as get() returns them
         self.max_retries = max_retries
         self._remote: dict[Callable, Any] = {}
         if not ray.is_initialized():
@@ -52,13 +57,13 @@ class RayExecutor:
     def put(self, value: Any) -> Any:
         return self.ray.put(value)
 
-    def submit(self, fn: Callable, *args: Any, num_returns: int = 1, **options: Any) -> Any:
+    def submit(self, fn: Callable, *args: Any, **options: Any) -> Any:
         remote = self._remote.get(fn)
         if remote is None:
             from indexer.heap import releasing_heap
 
-            remote = self._remote[fn] = self.ray.remote(releasing_heap(fn))
-        return remote.options(num_returns=num_returns, max_retries=self.max_retries,
+            remote = self._remote[fn] = self.ray.remote(_timed(releasing_heap(fn)))
+        return remote.options(max_retries=self.max_retries,
                               retry_exceptions=[OSError], **options).remote(*args)
 
     def get(self, handles: Sequence[Any], what: str = "tasks",
@@ -73,11 +78,32 @@ class RayExecutor:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1, timeout=5.0)
                 bar.update(sum(weight[self._key(h)] for h in done) if weight else len(done))
-        return self.ray.get(list(handles))
+        results = self.ray.get(list(handles))
+        self.task_cpu_seconds += sum(r.cpu_seconds for r in results)
+        return [r.value for r in results]
 
     @staticmethod
     def _key(handle: Any) -> Any:
         return handle.hex() if hasattr(handle, "hex") else id(handle)
+
+
+@dataclass(frozen=True)
+class _Timed:
+    """A task's return value and the CPU seconds its process spent making it."""
+
+    value: Any
+    cpu_seconds: float
+
+
+def _timed(fn: Callable) -> Callable:
+    """``fn`` as a task that also reports its process's CPU time (time.process_time) from
+    start to return."""
+    @functools.wraps(fn)
+    def task(*args: Any) -> _Timed:
+        started = time.process_time()
+        value = fn(*args)
+        return _Timed(value, time.process_time() - started)
+    return task
 
 
 def progress(what: str, total: int, unit: str):

@@ -329,3 +329,36 @@ def test_the_add_pass_exact_neighbours_equal_brute_force_over_every_part():
         merged = merge_topk([r[0] for r in results], [r[1] for r in results], k)
         np.testing.assert_array_equal(merged[1], full[1])
         np.testing.assert_array_equal(merged[0], full[0])
+
+
+def test_a_phase_counts_the_cpu_its_ray_tasks_spent(ray_executor):
+    """Phase CPU = the driver's + what its tasks reported (indexer.phases): two Ray tasks each
+    burning 0.4 CPU-s make a phase of at least 0.8 CPU-s while the driver only waits."""
+    import time
+
+    from indexer.phases import Phases
+
+    def burn(seconds: float) -> float:
+        started = time.process_time()
+        while time.process_time() - started < seconds:
+            pass
+        return seconds
+
+    phases = Phases(ray_executor)
+    driver = time.process_time()
+    with phases("burning"):
+        assert ray_executor.get([ray_executor.submit(burn, 0.4) for _ in range(2)], "burning") == [0.4, 0.4]
+    driver = time.process_time() - driver
+    assert driver < 0.4  # the burn was the tasks', not this process's
+    assert phases.cpu_seconds["burning"] >= 0.8
+    assert phases.details()["burning"]["seconds"] > 0
+
+
+def test_a_build_records_each_phases_wall_and_cpu_seconds(memory):
+    manifest = run_build(BuildConfig(memory, num_shards=2, factory=FACTORY), LocalExecutor())
+    phases = manifest.details["phases"]
+    assert list(phases) == ["planning", "sampling", "training", "adding", "merging", "tuning"]
+    assert all(p["cpu_seconds"] >= 0 and p["seconds"] >= 0 for p in phases.values())
+    assert phases["adding"]["cpu_seconds"] > 0 and phases["training"]["cpu_seconds"] > 0
+    assert manifest.details["cpu_seconds"] == pytest.approx(sum(p["cpu_seconds"] for p in phases.values()),
+                                                            abs=0.01)
