@@ -51,6 +51,15 @@ indexes, trained.faiss, metadata, key indexes, manifest) and, separately, index 
 .faiss files: shard indexes + trained.faiss); single = its index file; autofaiss = its index
 file.
 
+Repeats (--repeats N): each system is built N times, interleaved (project S..., single, then
+the reverse order, and so on), each a fresh process; the first build of each is searched. The
+CPU, RSS and wall ratios are the median of the N ratios of builds run side by side, each pair
+listed: on a machine whose speed drifts by 20-30 % over minutes (docs/benchmarks.md) one pair
+cannot show a 10 % difference. Per phase (``cpu_seconds_by_phase_median``): the project's
+build records each phase's CPU (indexer.phases: the driver's plus its Ray tasks'), the single
+process times its own (sampling, training, adding, writing); what the tree spent outside the
+phases (start-up, imports, Ray's daemons and idle workers) is the remainder.
+
 Ratios, each next to the figures it is made of (targets from the issue): CPU seconds
 project / single <= 1.1; peak tree RSS project / single <= 2; index bytes per vector
 S = 4 / S = 1 <= 1.05 (the largest S over the smallest); throughput project / autofaiss >= 2

@@ -114,6 +114,16 @@ def iter_part(part: Part, chunk_rows: int,
         yield _part_rows(part, table, with_vectors)
 
 
+def iter_vectors(part: Part, chunk_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The part's (ids (n,) int64, vectors (n, dim) float32) in chunks of at most
+    ``chunk_rows`` rows, file order, forgotten ids dropped: ``iter_part`` without the metadata
+    (only the id and embedding columns are read and decoded); the same chunks."""
+    for table in _tables(part, chunk_rows, ["id", "embedding"]):
+        if part.forgotten is not None:
+            table = table.filter(pa.array(~np.isin(table.column("id").to_numpy(), part.forgotten)))
+        yield table.column("id").to_numpy(), embeddings_matrix(table)
+
+
 def part_ids(part: Part, chunk_rows: int = 1 << 20) -> np.ndarray:
     """The part's ids (int64, file order), forgotten ones dropped; only the id column is read."""
     chunks = [table.column("id").to_numpy() for table in _tables(part, chunk_rows, ["id"])]

@@ -15,7 +15,7 @@ from indexer.manifest import ShardEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
 from indexer.metadata import conform, with_weights
 from indexer.quantizer import Trained, merge_lists, serialize_stripped, write_stripped
-from indexer.reader import Part, iter_part
+from indexer.reader import Part, iter_part, iter_vectors
 from indexer.segments import Shard, stored_ids, write_segment  # noqa: F401 (stored_ids: re-export)
 from pipelines import storage
 
@@ -82,11 +82,11 @@ def sample_part(part: Part, part_number: int, dim: int, train_probability: float
     train_rng = np.random.default_rng([seed, part_number])
     query_rng = np.random.default_rng([seed, part_number, 1])
     kept, query_ids, query_vectors = [], [], []
-    for meta, vectors in iter_part(part, chunk_rows):
+    for ids, vectors in iter_vectors(part, chunk_rows):
         if train_probability > 0:
             kept.append(vectors[train_rng.random(len(vectors)) < train_probability])
         picked = query_rng.random(len(vectors)) < query_probability
-        query_ids.append(meta.column("id").to_numpy()[picked])
+        query_ids.append(ids[picked])
         query_vectors.append(vectors[picked])
     train = np.concatenate(kept) if kept else np.empty((0, dim), np.float32)
     ids = np.concatenate(query_ids) if query_ids else np.empty(0, np.int64)
@@ -163,19 +163,16 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
             ids = meta.column("id").to_numpy()
             if exact is not None:
                 exact.update(vectors, ids)
-            shards = shard_of(ids, num_shards)
-            for shard in range(num_shards):
-                rows = np.flatnonzero(shards == shard)
-                if not len(rows):
-                    continue
+            for shard, rows in _split(ids, num_shards):
                 if shard not in writers:
                     writers[shard] = open_piece(shard, meta.schema)
                 writer, vector_file = writers[shard]
-                indexes[shard].add_with_ids(np.ascontiguousarray(vectors[rows]), ids[rows])
-                writer.write_table(meta.take(pa.array(rows)))
+                mine = vectors if rows is None else np.ascontiguousarray(vectors[rows])
+                indexes[shard].add_with_ids(mine, ids if rows is None else ids[rows])
+                writer.write_table(meta if rows is None else meta.take(pa.array(rows)))
                 if vector_file is not None:
-                    vector_file.write(np.ascontiguousarray(vectors[rows], dtype=dtype).tobytes())
-                counts[shard] += len(rows)
+                    vector_file.write(np.ascontiguousarray(mine, dtype=dtype).tobytes())
+                counts[shard] += len(mine)
             crash_point("add_part")
         for shard, index in enumerate(indexes):
             if counts[shard]:
@@ -185,6 +182,19 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
     name = None if dtype is None else np.dtype(dtype).name
     return AddedPart([PieceFiles(stems[s], counts[s], dim, name) for s in range(num_shards)],
                      None if exact is None else exact.result)
+
+
+def _split(ids: np.ndarray, num_shards: int):
+    """(shard, rows of ``ids`` in it) for each shard holding any: rows None when it holds
+    them all (one shard: no copy of the chunk)."""
+    if num_shards == 1:
+        yield 0, None
+        return
+    shards = shard_of(ids, num_shards)
+    for shard in range(num_shards):
+        rows = np.flatnonzero(shards == shard)
+        if len(rows):
+            yield shard, rows
 
 
 def split_into_pieces(trained: Trained, meta: pa.Table, vectors: np.ndarray, num_shards: int,
