@@ -16,7 +16,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import faiss
+from indexer.openmp import prefer_passive_wait
+
+prefer_passive_wait()  # before faiss loads libgomp (indexer/openmp.py)
+
+import faiss  # noqa: E402
 import numpy as np
 
 from indexer import factory as factories

@@ -11,6 +11,10 @@ import json
 import logging
 import sys
 
+from indexer.openmp import prefer_passive_wait
+
+prefer_passive_wait()  # index jobs: before faiss loads libgomp (indexer/openmp.py)
+
 from indexer.reliability import HARD_K, HARD_THRESHOLD, SOFT_C, SOFT_D, SOFT_K
 
 

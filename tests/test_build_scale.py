@@ -362,3 +362,18 @@ def test_a_build_records_each_phases_wall_and_cpu_seconds(memory):
     assert phases["adding"]["cpu_seconds"] > 0 and phases["training"]["cpu_seconds"] > 0
     assert manifest.details["cpu_seconds"] == pytest.approx(sum(p["cpu_seconds"] for p in phases.values()),
                                                             abs=0.01)
+
+
+@pytest.mark.parametrize("module", ["indexer.build", "indexer.cli"])
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE True"), ("ACTIVE", "ACTIVE False")])
+def test_index_jobs_ask_openmp_to_sleep_at_barriers_unless_told_otherwise(module, preset, expected):
+    """libgomp reads OMP_WAIT_POLICY once, when faiss loads it: importing a job's module sets
+    PASSIVE before that (indexer/openmp.py), and an explicit setting wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = (f"import os, sys; import {module}; from indexer.openmp import prefer_passive_wait; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'faiss' in sys.modules and prefer_passive_wait())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert " ".join(out[-2:]) == expected
