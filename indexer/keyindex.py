@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 SUFFIX = ".keys.npy"
+HASH_BATCH = 1 << 16  # keys hashed per slice (bounded Python objects)
 
 
 def key_hash(key: str) -> int:
@@ -30,9 +31,13 @@ def key_hash(key: str) -> int:
 def key_index(keys: pa.Array | pa.ChunkedArray, ids: np.ndarray) -> np.ndarray:
     """(n, 2) int64 (key hash, id) rows sorted by hash, then id, for the n items of a segment
     (``keys`` and ``ids`` row-aligned; a null key hashes as ""). O(n) hashes: ~1 s per
-    million keys."""
-    hashes = np.fromiter((key_hash(k or "") for k in keys.to_pylist()), dtype=np.int64,
-                         count=len(keys))
+    million keys, taken ``HASH_BATCH`` keys at a time, so that at most that many are Python
+    strings at once (a shard's 10M keys as one list would be ~1 GB of objects)."""
+    hashes = np.empty(len(keys), dtype=np.int64)
+    for start in range(0, len(keys), HASH_BATCH):
+        batch = keys.slice(start, HASH_BATCH).to_pylist()
+        hashes[start:start + len(batch)] = np.fromiter((key_hash(k or "") for k in batch),
+                                                       dtype=np.int64, count=len(batch))
     ids = np.asarray(ids, dtype=np.int64)
     order = np.lexsort((ids, hashes))
     return np.stack([hashes[order], ids[order]], axis=1)

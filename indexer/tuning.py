@@ -13,7 +13,10 @@ Choice (cost-bounded, as autofaiss bounds query time): candidates are nprobe = 1
 up to ``max_nprobe_fraction`` x nlist (at least 8) and, when vectors are kept, re-rank factors 4, 8, 16.
 The cheapest pair reaching ``target`` at both k is taken; if none does, the cheapest pair
 within 0.005 of the best mean recall (over the k) seen — the plateau — and the manifest says
-the target was missed. Recall@k = |returned top-k ∩ exact top-k| / k (faiss wiki, "Index IO and
+the target was missed. A sweep over nprobe (for one re-rank factor) stops early once two
+doublings in a row have raised the mean recall by less than that 0.005 together: past that
+point the curve is flat (the codes, not nprobe, bound recall) and every further step costs
+twice the last, the largest share of the sweep at scale (nprobe up to nlist / 8). Recall@k = |returned top-k ∩ exact top-k| / k (faiss wiki, "Index IO and
 benchmarks"), averaged over queries.
 """
 
@@ -140,11 +143,13 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 def tune(index, query_ids: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, count: int,
          ks: tuple[int, ...] = (10, 100), target: float = 0.95,
-         max_nprobe_fraction: float = 0.125) -> TuningResult:
+         max_nprobe_fraction: float = 0.125, stop_on_plateau: bool = True) -> TuningResult:
     """Search defaults for ``index`` (an indexer.search.ShardedIndex over the built shards),
     measured with held-out ``queries`` ((n, d) float32, drawn from the memory: their own ids
     ``query_ids`` (n,)) whose exact neighbours over the whole memory are ``exact_ids`` (n, w)
-    int64, best first, the query itself included, w >= max(tuning_ks(count, ks)) + 1."""
+    int64, best first, the query itself included, w >= max(tuning_ks(count, ks)) + 1.
+    ``stop_on_plateau`` False sweeps every candidate nprobe (the module's docstring). Raises
+    ValueError when ``exact_ids`` is too narrow."""
     ks = tuning_ks(count, ks)
     deepest = max(ks)
     if exact_ids.shape[1] < deepest + 1:
@@ -157,7 +162,11 @@ def tune(index, query_ids: np.ndarray, queries: np.ndarray, exact_ids: np.ndarra
     factors = K_FACTORS if rerank and nlist else (K_FACTOR,)
     curve, tried = [], []
     for k_factor in factors:
+        swept: list[tuple[int, float]] = []  # (nprobe, mean recall) for this k_factor
         for nprobe in probes:
+            if stop_on_plateau and len(swept) >= 3 and swept[-1][1] - swept[-3][1] < PLATEAU:
+                log.info("tuning: recall flat from nprobe %d to %d; sweep stopped", swept[-3][0], swept[-1][0])
+                break
             params = SearchParams(nprobe, rerank, k_factor)
             _, found = index.search(vectors, deepest + 1, params)
             found = without_self(found, query_ids, deepest)
@@ -169,10 +178,11 @@ def tune(index, query_ids: np.ndarray, queries: np.ndarray, exact_ids: np.ndarra
             if min(recall.values()) >= target:
                 return TuningResult(params, recall, True, len(query_ids), curve)
             tried.append((params, recall))
+            swept.append((nprobe, _mean(recall)))
     top = max(_mean(recall) for _, recall in tried)
     params, recall = next((p, r) for p, r in tried if _mean(r) >= top - PLATEAU)
     log.warning("no nprobe <= %d reaches recall %.2f at k = %s; using nprobe %d (recall %s)",
-                probes[-1], target, ks, params.nprobe, recall)
+                max(p.nprobe for p, _ in tried), target, ks, params.nprobe, recall)
     return TuningResult(params, recall, False, len(query_ids), curve)
 
 

@@ -331,6 +331,32 @@ def test_the_add_pass_exact_neighbours_equal_brute_force_over_every_part():
         np.testing.assert_array_equal(merged[0], full[0])
 
 
+def test_tuning_stops_where_recall_is_flat_and_chooses_as_the_full_sweep(tmp_path):
+    """With 4-byte PQ codes recall plateaus at a few probes: the sweep stops there (two
+    doublings gaining < PLATEAU together), its curve a prefix of the full sweep's, and it
+    records the same nprobe and recall as sweeping every candidate up to nlist / 8 (128)."""
+    from indexer.tuning import PLATEAU, tune
+
+    vectors = mixture(40_000, 32, clusters=40, seed=3)
+    root = str(tmp_path / "memory")
+    write_batch(root, "synthetic", vectors, parts=2)
+    manifest = run_build(BuildConfig(root, factory="IVF1024,PQ4x8"), LocalExecutor())
+    index = ShardedIndex(root, manifest)
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    rows = np.random.default_rng(0).choice(len(vectors), 128, replace=False)
+    queries = vectors[rows]
+    _, exact = brute_force(ids, vectors, queries, 101)
+    early = tune(index, ids[rows], queries, exact, len(vectors))
+    full = tune(index, ids[rows], queries, exact, len(vectors), stop_on_plateau=False)
+    assert not full.reached_target and [p["nprobe"] for p in full.curve] == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert 3 <= len(early.curve) < len(full.curve) and early.curve == full.curve[:len(early.curve)]
+    means = [(p["recall_at_10"] + p["recall_at_100"]) / 2 for p in early.curve]
+    assert means[-1] - means[-3] < PLATEAU  # stopped because the last two doublings were flat
+    if len(means) > 3:
+        assert means[-2] - means[-4] >= PLATEAU  # and not a step earlier
+    assert early.params == full.params and early.recall == full.recall
+
+
 def test_a_phase_counts_the_cpu_its_ray_tasks_spent(ray_executor):
     """Phase CPU = the driver's + what its tasks reported (indexer.phases): two Ray tasks each
     burning 0.4 CPU-s make a phase of at least 0.8 CPU-s while the driver only waits."""

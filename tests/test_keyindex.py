@@ -32,6 +32,21 @@ def test_key_hashes_are_pinned_and_lookups_return_every_id_of_a_key():
     assert keyindex.ids_of(pairs, []).tolist() == []
 
 
+def test_keys_hashed_in_slices_index_as_one_pass_over_a_chunked_column(monkeypatch):
+    """The key index hashes HASH_BATCH keys at a time (bounded Python objects): slices that
+    cross chunk boundaries, nulls included, give the same rows as hashing every key at once."""
+    rng = np.random.default_rng(4)
+    words = [None if r < 0.1 else f"key-{int(r * 1000)}" for r in rng.random(1_000)]
+    keys = pa.chunked_array([pa.array(words[:333]), pa.array(words[333:334]), pa.array(words[334:])])
+    ids = rng.permutation(1_000).astype(np.int64) + 1
+    hashes = np.array([keyindex.key_hash(k or "") for k in words], dtype=np.int64)
+    order = np.lexsort((ids, hashes))
+    expected = np.stack([hashes[order], ids[order]], axis=1)
+    for batch in (7, 334, 1 << 16):
+        monkeypatch.setattr(keyindex, "HASH_BATCH", batch)
+        np.testing.assert_array_equal(keyindex.key_index(keys, ids), expected)
+
+
 def _batch(root: str, name: str, keys: list[str], seed: int) -> list[int]:
     vectors = np.random.default_rng(seed).standard_normal((len(keys), 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
