@@ -32,7 +32,8 @@ def key_index(keys: pa.Array | pa.ChunkedArray, ids: np.ndarray) -> np.ndarray:
     """(n, 2) int64 (key hash, id) rows sorted by hash, then id, for the n items of a segment
     (``keys`` and ``ids`` row-aligned; a null key hashes as ""). O(n) hashes: ~1 s per
     million keys, taken ``HASH_BATCH`` keys at a time, so that at most that many are Python
-    strings at once (a shard's 10M keys as one list would be ~1 GB of objects)."""
+    strings at once (measured: one list of 2M nine-character keys peaked 136 MB above the
+    column, these slices 83 MB, the arrays below)."""
     hashes = np.empty(len(keys), dtype=np.int64)
     for start in range(0, len(keys), HASH_BATCH):
         batch = keys.slice(start, HASH_BATCH).to_pylist()
