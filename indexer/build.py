@@ -53,10 +53,13 @@ class BuildConfig:
     k: int = 100  # the search default recorded for serving (method.md: k_max = 100)
     seed: int = 0
     task_memory_mb: int = TASK_MEMORY_MB  # per task: sets the rows read at once (tasks.chunk_rows_for)
+    add_threads: int = 0  # OpenMP threads (and CPUs) of one add task; 0: every CPU of a node
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:
             raise ValueError("num_shards must be >= 1")
+        if self.add_threads < 0:
+            raise ValueError("add_threads must be >= 0 (0: every CPU of a node)")
         if self.task_memory_mb < 1:
             raise ValueError("task_memory_mb must be >= 1")
         if self.keep_vectors not in VECTOR_DTYPES:
@@ -147,9 +150,11 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             # the add pass also finds the tuning queries' exact neighbours (self included: + 1)
             exact_k = max(tuning_ks(estimate, (10, config.k))) + 1
             trained_ref, queries_ref = executor.put(trained_bytes), executor.put(drawn.queries)
+            threads = config.add_threads or executor.cpus_per_node()  # indexer/openmp.py: why
             added = executor.get(
                 [executor.submit(add_part, root, version, part, number, trained_ref, shards,
-                                 config.keep_vectors, chunk_rows, queries_ref, exact_k)
+                                 config.keep_vectors, chunk_rows, queries_ref, exact_k, threads,
+                                 num_cpus=threads)
                  for number, part in enumerate(inputs.parts)], "adding", [p.rows for p in inputs.parts])
             pieces = [a.pieces for a in added]
             exact_ids = merge_topk([a.exact[0] for a in added], [a.exact[1] for a in added], exact_k)[1]
@@ -182,6 +187,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
         manifest.search_defaults.update(tuned.defaults())
         manifest.details = {
             "executor": executor.name, "parts": len(inputs.parts), "chunk_rows": chunk_rows,
+            "add_threads": threads,
             "unlearned_rows_left_out": inputs.count - count,
             "train_vectors": 0 if not wanted else int(min(wanted, estimate)),
             "phases": phases.details(), "seconds": round(time.monotonic() - started, 3),

@@ -37,7 +37,8 @@ def cmd_build(args) -> int:
     config = BuildConfig(memory=args.memory, batches=args.batch or [], num_shards=args.shards,
                          factory=args.factory, bytes_per_vector=args.bytes_per_vector,
                          keep_vectors=args.keep_vectors, recall_target=args.recall_target,
-                         seed=args.seed, task_memory_mb=args.task_memory_mb or TASK_MEMORY_MB)
+                         seed=args.seed, task_memory_mb=args.task_memory_mb or TASK_MEMORY_MB,
+                         add_threads=args.add_threads)
     manifest = run_build(config, _executor(args))
     _print_manifest(manifest)
     defaults = manifest.search_defaults
@@ -177,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--task-memory-mb", type=int, default=None,
                        help="Working memory per task (default 256): parts are read this many MB at "
                             "a time, so a part larger than a worker's memory still builds.")
+    build.add_argument("--add-threads", type=int, default=0,
+                       help="FAISS threads (and Ray CPUs) of one add task (default 0: every CPU of "
+                            "a node, one task per node: cheaper than one single-threaded task per "
+                            "core with an HNSW coarse quantizer).")
 
     add = command("add", cmd_add, "Add embedding batches to LATEST with its trained quantizer.")
     add.add_argument("--batch", action="append", required=True, help="Batch to add (repeatable).")

@@ -139,10 +139,12 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
         trained_ref = executor.put(faiss.serialize_index(trained.index))
         new_version = new_version_name(parent.version)
         chunk_rows = chunk_rows_for(parent.dim, task_memory_bytes)
+        threads = executor.cpus_per_node()  # one encoding task per node (indexer/openmp.py)
         with build_scratch(root, new_version):
             pieces = [added.pieces for added in executor.get(
                 [executor.submit(add_part, index_root(root), new_version, p, number, trained_ref,
-                                 parent.num_shards, _vector_kind(root, parent), chunk_rows)
+                                 parent.num_shards, _vector_kind(root, parent), chunk_rows,
+                                 None, 0, threads, num_cpus=threads)
                  for number, p in enumerate(inputs.parts)], "encoding new parts",
                 [p.rows for p in inputs.parts])]
             entries = executor.get([executor.submit(add_segment, root, new_version, parent.shards[s],

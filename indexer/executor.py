@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ class LocalExecutor:
 
     def put(self, value: Any) -> Any:
         return value
+
+    def cpus_per_node(self) -> int:
+        """CPUs this process may run on (its affinity mask)."""
+        return len(os.sched_getaffinity(0))
 
     def submit(self, fn: Callable, *args: Any, **options: Any) -> Any:
         return fn(*args)
@@ -56,6 +61,16 @@ class RayExecutor:
 
     def put(self, value: Any) -> Any:
         return self.ray.put(value)
+
+    def cpus_per_node(self) -> int:
+        """CPUs of the smallest alive node that has any (``ray.nodes()``' resources), so that
+        a task asking for this many fits on every node. Raises RuntimeError when no alive node
+        has a CPU."""
+        cpus = [int(node["Resources"].get("CPU", 0)) for node in self.ray.nodes()
+                if node.get("Alive") and node["Resources"].get("CPU", 0) >= 1]
+        if not cpus:
+            raise RuntimeError("the Ray cluster has no alive node with a CPU")
+        return min(cpus)
 
     def submit(self, fn: Callable, *args: Any, **options: Any) -> Any:
         remote = self._remote.get(fn)

@@ -9,9 +9,19 @@ plain process; with ``OMP_WAIT_POLICY=PASSIVE`` 61.4 against 62.3, at the same w
 (docs/benchmarks.md). libgomp reads the variable once, when it is loaded (with faiss), and a
 local Ray instance's workers inherit the driver's environment; workers of a running cluster
 take it from that cluster's environment (``ray start`` / KubeRay ``env``).
+
+``omp_threads`` sets how many OpenMP threads FAISS uses for the span of one task: the add
+runs as one task per node with every CPU of that node (indexer/build.py), since two
+single-threaded processes assigning through an HNSW coarse quantizer each pay their own
+quantizer's cache misses: measured on 2 cores (bench/add_threads.py: OPQ64,IVF16384_HNSW32,
+PQ64x8, 128-d, 400,000 rows a side, alternating rounds, 2026-12-01), two 1-thread processes
+of 200,000 rows each, run at once, took 1.19, 1.52 and 1.20x the CPU per vector of one
+process with 2 threads (264, 223, 257 CPU-us); an earlier run of the same probe 1.60, 1.33,
+1.39x (docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -26,3 +36,19 @@ def prefer_passive_wait() -> bool:
         return os.environ[VARIABLE].upper() == POLICY
     os.environ[VARIABLE] = POLICY
     return "faiss" not in sys.modules
+
+
+@contextlib.contextmanager
+def omp_threads(count: int):
+    """FAISS's OpenMP thread count set to ``count`` (>= 1) inside the block, restored after
+    (a Ray worker process runs other tasks next). Raises ValueError for ``count`` < 1."""
+    if count < 1:
+        raise ValueError(f"OpenMP threads must be >= 1, got {count}")
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -30,7 +30,7 @@ from indexer import keyindex
 from indexer.checksums import sha256_bytes, sha256_file
 from indexer.manifest import SegmentEntry, ShardEntry, TombstoneEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
-from indexer.metadata import ipc_bytes, sorted_by_id, with_weights, write_ipc
+from indexer.metadata import ipc_bytes, with_weights, write_sorted_ipc
 from indexer.quantizer import merge_lists, write_stripped
 from pipelines import storage
 
@@ -102,38 +102,61 @@ def _gather_rows(sources: Sequence[np.ndarray], order: np.ndarray, dtype, path: 
 def write_segment(index_root: str, stem: str, index: faiss.Index, meta: pa.Table,
                   vectors: np.ndarray | Sequence[np.ndarray] | None) -> SegmentEntry:
     """Write one segment's files (each atomically, streamed to storage) under
-    ``ROOT/index/<stem>.*``: the index stripped of its coarse quantizer (indexer/quantizer.py),
-    metadata sorted by id (float64 weights), vectors in the same row order. ``vectors`` is an
-    (n, d) array or a list of arrays whose stacked rows align with ``meta`` (pieces: possibly
-    memory-mapped, gathered in chunks). Raises RuntimeError when the index and the metadata
-    disagree on the row count, DuplicateIds when an id occurs twice."""
+    ``ROOT/index/<stem>.*``: its rows (``write_segment_rows``), then the index stripped of its
+    coarse quantizer (``write_segment_index``). Raises DuplicateIds when an id occurs twice,
+    RuntimeError when the index and the metadata disagree on the row count."""
+    return write_segment_index(index_root, stem, index,
+                               write_segment_rows(index_root, stem, meta, vectors))
+
+
+def write_segment_rows(index_root: str, stem: str, meta: pa.Table,
+                       vectors: np.ndarray | Sequence[np.ndarray] | None) -> SegmentEntry:
+    """The row files of a segment under ``ROOT/index/<stem>.*``: metadata sorted by id
+    (float64 weights; metadata.write_sorted_ipc: one column in memory at a time), vectors in
+    the same row order, the key index. ``vectors`` is an (n, d) array or a list of arrays
+    whose stacked rows align with ``meta`` (pieces: possibly memory-mapped, gathered in
+    chunks). The entry's ``index_sha256`` is empty until ``write_segment_index`` writes the
+    index, so a merge holds one shard's metadata or its codes, never both. Raises
+    DuplicateIds when an id occurs twice (nothing written then)."""
     from indexer.reader import DuplicateIds
 
-    meta, order = sorted_by_id(with_weights(meta))
-    if int(index.ntotal) != meta.num_rows:
-        raise RuntimeError(f"{stem}: index holds {index.ntotal} vectors, metadata {meta.num_rows}")
+    meta = with_weights(meta)
     ids = meta.column("id").to_numpy()
-    repeated = ids[1:][ids[1:] == ids[:-1]]
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
     if len(repeated):
         raise DuplicateIds(f"{len(np.unique(repeated))} ids occur more than once in {stem} "
                            f"(e.g. {np.unique(repeated)[:5].tolist()}): the same key ingested "
                            "in two batches?")
     segment = SegmentEntry(
-        count=int(index.ntotal), index_path=f"{stem}.faiss",
-        index_sha256=_write_file(index_root, f"{stem}.faiss",
-                                 lambda path: write_stripped(index, path)),
+        count=len(ids), index_path=f"{stem}.faiss", index_sha256="",
         metadata_path=f"{stem}{METADATA_SUFFIX}",
         metadata_sha256=_write_file(index_root, f"{stem}{METADATA_SUFFIX}",
-                                    lambda path: write_ipc(meta, path)))
+                                    lambda path: write_sorted_ipc(meta, order, path)))
     if vectors is not None:
         sources = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
         segment.vectors_path = f"{stem}.vectors.npy"
         segment.vectors_sha256 = _write_file(
             index_root, segment.vectors_path,
             lambda path: _gather_rows(sources, order, sources[0].dtype, path))
+    del order
     segment.keys_path = f"{stem}{keyindex.SUFFIX}"
-    keys = keyindex.key_index(meta.column("key"), ids)
+    keys = keyindex.key_index(meta.column("key"), ids)  # sorted by (hash, id): row order moot
     segment.keys_sha256 = _write_file(index_root, segment.keys_path, lambda path: _save_npy(keys, path))
+    return segment
+
+
+def write_segment_index(index_root: str, stem: str, index: faiss.Index,
+                        segment: SegmentEntry) -> SegmentEntry:
+    """``segment`` (from ``write_segment_rows``) completed with its index file, stripped of
+    the coarse quantizer (indexer/quantizer.py). Raises RuntimeError when the index does not
+    hold exactly the segment's rows."""
+    if int(index.ntotal) != segment.count:
+        raise RuntimeError(f"{stem}: index holds {index.ntotal} vectors, metadata {segment.count}")
+    segment.index_sha256 = _write_file(index_root, f"{stem}.faiss",
+                                       lambda path: write_stripped(index, path))
     return segment
 
 

@@ -16,7 +16,7 @@ from indexer.metadata import SUFFIX as METADATA_SUFFIX
 from indexer.metadata import conform, with_weights
 from indexer.quantizer import Trained, merge_lists, serialize_stripped, write_stripped
 from indexer.reader import Part, iter_part, iter_vectors
-from indexer.segments import Shard, stored_ids, write_segment  # noqa: F401 (stored_ids: re-export)
+from indexer.segments import Shard, stored_ids, write_segment_index, write_segment_rows  # noqa: F401 (stored_ids: re-export)
 from pipelines import storage
 
 VECTOR_DTYPES = {"none": None, "fp16": np.float16, "fp32": np.float32}
@@ -127,7 +127,7 @@ class PieceFiles:
 
 def add_part(index_root: str, version: str, part: Part, number: int, trained: np.ndarray,
              num_shards: int, keep_vectors: str, chunk_rows: int,
-             queries: np.ndarray | None = None, exact_k: int = 0) -> AddedPart:
+             queries: np.ndarray | None = None, exact_k: int = 0, threads: int = 1) -> AddedPart:
     """Encode one part onto the trained index, split by shard (id mod S), streaming: the part
     is read ``chunk_rows`` at a time (reader.iter_part); each chunk's codes go to one
     in-memory index per shard (they share one coarse quantizer: a row is assigned once), its
@@ -135,7 +135,18 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
     part's codes. Files are written atomically under deterministic names, so a retried task
     (Ray re-runs a lost one) writes the same pieces. With tuning ``queries`` ((q, dim)
     float32), each chunk read also feeds their exact top-``exact_k`` (tuning.ExactTopK), so
-    tuning reads the input no more."""
+    tuning reads the input no more. FAISS runs ``threads`` OpenMP threads meanwhile (the
+    caller reserves as many CPUs: indexer/openmp.py says why one task per node)."""
+    from indexer.openmp import omp_threads
+
+    with omp_threads(threads):
+        return _add_part(index_root, version, part, number, trained, num_shards, keep_vectors,
+                         chunk_rows, queries, exact_k)
+
+
+def _add_part(index_root: str, version: str, part: Part, number: int, trained: np.ndarray,
+              num_shards: int, keep_vectors: str, chunk_rows: int, queries: np.ndarray | None,
+              exact_k: int) -> AddedPart:
     import pyarrow.ipc as ipc
 
     from indexer.tuning import ExactTopK
@@ -235,21 +246,18 @@ def build_scratch(root: str, version: str):
 
 
 @contextlib.contextmanager
-def opened_pieces(index_root: str, trained_stripped: bytes, pieces: Sequence[PieceFiles]):
-    """The pieces of one shard as (index, metadata, vector sources), in piece order: the codes
-    merged into one index (in memory: one shard's codes), the metadata and vectors memory-
-    mapped from the piece files (remote files downloaded to a scratch folder first). The
-    index has no coarse quantizer: it is for writing, not searching."""
+def opened_rows(index_root: str, pieces: Sequence[PieceFiles]):
+    """The rows of one shard's pieces as (metadata, vector sources), in piece order: memory-
+    mapped from the piece files (remote files copied to a scratch folder first), so only the
+    pages read are resident; vector sources None when the pieces hold no vectors."""
     import pyarrow.ipc as ipc
 
-    index = faiss.deserialize_index(np.frombuffer(trained_stripped, dtype=np.uint8))
     metas, sources = [], []
     with tempfile.TemporaryDirectory(prefix="vmem-merge-") as scratch:
         for piece in pieces:
             if not piece.count:
                 continue
             stem = storage.join(index_root, piece.stem)
-            merge_lists(index, faiss.read_index(storage.local_copy(f"{stem}.faiss", scratch)))
             local = storage.local_copy(f"{stem}{METADATA_SUFFIX}", scratch)
             metas.append(ipc.open_file(pa.memory_map(local, "r")).read_all())
             if piece.dtype is not None:
@@ -257,27 +265,47 @@ def opened_pieces(index_root: str, trained_stripped: bytes, pieces: Sequence[Pie
                                          dtype=piece.dtype, mode="r", shape=(piece.count, piece.dim)))
         meta = (pa.concat_tables(metas, promote_options="permissive") if metas
                 else conform(pa.table({"id": pa.array([], pa.int64())})))
-        yield index, meta, sources or None
+        yield meta, sources or None
 
 
-def write_shard(index_root: str, version: str, shard: int, index: faiss.Index,
-                meta: pa.Table, vectors: np.ndarray | None) -> ShardEntry:
-    """A compacted shard (one base segment, no tombstones) written under ``<version>/``."""
-    segment = write_segment(index_root, f"{version}/shard-{shard:05d}", index, meta, vectors)
-    return ShardEntry(shard, segment.count, [segment])
+def merged_codes(index_root: str, trained_stripped: bytes, pieces: Sequence[PieceFiles]) -> faiss.Index:
+    """The codes of one shard's pieces merged into one index, in piece order (in memory: one
+    shard's codes; remote piece files are copied one at a time). The index has no coarse
+    quantizer: it is for writing, not searching."""
+    index = faiss.deserialize_index(np.frombuffer(trained_stripped, dtype=np.uint8))
+    for piece in pieces:
+        if piece.count:
+            with tempfile.TemporaryDirectory(prefix="vmem-merge-") as scratch:
+                local = storage.local_copy(storage.join(index_root, f"{piece.stem}.faiss"), scratch)
+                merge_lists(index, faiss.read_index(local))
+    return index
+
+
+@contextlib.contextmanager
+def opened_pieces(index_root: str, trained_stripped: bytes, pieces: Sequence[PieceFiles]):
+    """The pieces of one shard as (index, metadata, vector sources): ``merged_codes`` and
+    ``opened_rows`` together (for a delta segment, which is small)."""
+    with opened_rows(index_root, pieces) as (meta, sources):
+        yield merged_codes(index_root, trained_stripped, pieces), meta, sources
 
 
 def merge_shard(index_root: str, version: str, shard: int, trained_stripped: bytes,
                 *pieces: PieceFiles) -> ShardEntry:
     """Merge the parts' piece files of one shard, in part order (deterministic), and write
-    the shard's base segment; the piece files are removed once it is written. Memory: one
-    shard's codes, metadata and id order; vectors are gathered from the memory-mapped pieces
-    in chunks. Raises DuplicateIds when an id occurs twice in the shard (ids are split by id
-    mod S, so every duplicate meets itself in one shard)."""
-    with opened_pieces(index_root, trained_stripped, pieces) as (index, meta, sources):
-        entry = write_shard(index_root, version, shard, index, meta, sources)
+    the shard's compacted base segment; the piece files are removed once it is written. The
+    rows are written first (metadata sorted by id one column at a time, vectors gathered in
+    chunks from the memory-mapped pieces), then the codes are merged and written: memory is
+    one shard's codes, or its ids and one metadata column, never both. Raises DuplicateIds
+    when an id occurs twice in the shard (ids are split by id mod S, so every duplicate
+    meets itself in one shard)."""
+    stem = f"{version}/shard-{shard:05d}"
+    with opened_rows(index_root, pieces) as (meta, sources):
+        segment = write_segment_rows(index_root, stem, meta, sources)
+    del meta, sources  # unmapped before the codes are read
+    segment = write_segment_index(index_root, stem, merged_codes(index_root, trained_stripped, pieces),
+                                  segment)
     remove_pieces(index_root, pieces)
-    return entry
+    return ShardEntry(shard, segment.count, [segment])
 
 
 def remove_pieces(index_root: str, pieces: Sequence[PieceFiles]) -> None:
