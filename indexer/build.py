@@ -53,13 +53,13 @@ class BuildConfig:
     k: int = 100  # the search default recorded for serving (method.md: k_max = 100)
     seed: int = 0
     task_memory_mb: int = TASK_MEMORY_MB  # per task: sets the rows read at once (tasks.chunk_rows_for)
-    add_threads: int = 0  # OpenMP threads (and CPUs) of one add task; 0: every CPU of a node
+    add_threads: int = 0  # OpenMP threads (and CPUs) of one add task; 0: factory.add_threads
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:
             raise ValueError("num_shards must be >= 1")
         if self.add_threads < 0:
-            raise ValueError("add_threads must be >= 0 (0: every CPU of a node)")
+            raise ValueError("add_threads must be >= 0 (0: by the coarse quantizer)")
         if self.task_memory_mb < 1:
             raise ValueError("task_memory_mb must be >= 1")
         if self.keep_vectors not in VECTOR_DTYPES:
@@ -150,7 +150,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             # the add pass also finds the tuning queries' exact neighbours (self included: + 1)
             exact_k = max(tuning_ks(estimate, (10, config.k))) + 1
             trained_ref, queries_ref = executor.put(trained_bytes), executor.put(drawn.queries)
-            threads = config.add_threads or executor.cpus_per_node()  # indexer/openmp.py: why
+            threads = config.add_threads or factories.add_threads(factory, executor.cpus_per_node())
             added = executor.get(
                 [executor.submit(add_part, root, version, part, number, trained_ref, shards,
                                  config.keep_vectors, chunk_rows, queries_ref, exact_k, threads,

@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "a time, so a part larger than a worker's memory still builds.")
     build.add_argument("--add-threads", type=int, default=0,
                        help="FAISS threads (and Ray CPUs) of one add task (default 0: every CPU of "
-                            "a node, one task per node: cheaper than one single-threaded task per "
-                            "core with an HNSW coarse quantizer).")
+                            "a node with an HNSW coarse quantizer, one task per node; 1 with a flat "
+                            "one, one task per CPU: the cheaper of the two for each, measured).")
 
     add = command("add", cmd_add, "Add embedding batches to LATEST with its trained quantizer.")
     add.add_argument("--batch", action="append", required=True, help="Batch to add (repeatable).")

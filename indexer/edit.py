@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from indexer import factory as factories
 from indexer import keyindex
 from indexer.checksums import sha256_bytes
 from indexer.forgotten import record_forgotten
@@ -139,7 +140,7 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
         trained_ref = executor.put(faiss.serialize_index(trained.index))
         new_version = new_version_name(parent.version)
         chunk_rows = chunk_rows_for(parent.dim, task_memory_bytes)
-        threads = executor.cpus_per_node()  # one encoding task per node (indexer/openmp.py)
+        threads = factories.add_threads(parent.factory, executor.cpus_per_node())
         with build_scratch(root, new_version):
             pieces = [added.pieces for added in executor.get(
                 [executor.submit(add_part, index_root(root), new_version, p, number, trained_ref,

@@ -90,6 +90,22 @@ def nlist_of(factory: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def hnsw_quantizer(factory: str) -> bool:
+    """Whether ``factory``'s coarse quantizer is an HNSW graph (``IVF{nlist}_HNSW{M}``)."""
+    return any(token.startswith("IVF") and "_HNSW" in token for token in factory.split(","))
+
+
+def add_threads(factory: str, node_cpus: int) -> int:
+    """OpenMP threads of one add task (indexer/openmp.py), the rest of the node's CPUs going to
+    other add tasks: every CPU of the node (one task per node) when the coarse quantizer is
+    HNSW, whose per-process copies cost more to search (bench/add_threads.py: 1.19-1.60x the
+    CPU per vector as one-thread processes); one (one task per CPU) with a flat quantizer,
+    whose assignment is a BLAS product: at 1M x 384, OPQ64_256,IVF4096,PQ64x8, S = 4, 2 CPUs
+    (2026-12-01), one-thread tasks added at 1.05x FAISS's CPU, one two-thread task at 1.26x
+    (docs/benchmarks.md)."""
+    return max(1, node_cpus) if hnsw_quantizer(factory) else 1
+
+
 def training_size(factory: str, count: int) -> int:
     """How many vectors to train on: enough for k-means and the PQ codebooks (256 centroids
     each), no more than the memory holds. 0 for indexes that need no training."""

@@ -10,8 +10,9 @@ plain process; with ``OMP_WAIT_POLICY=PASSIVE`` 61.4 against 62.3, at the same w
 local Ray instance's workers inherit the driver's environment; workers of a running cluster
 take it from that cluster's environment (``ray start`` / KubeRay ``env``).
 
-``omp_threads`` sets how many OpenMP threads FAISS uses for the span of one task: the add
-runs as one task per node with every CPU of that node (indexer/build.py), since two
+``omp_threads`` sets how many OpenMP threads FAISS uses for the span of one task: behind an
+HNSW coarse quantizer the add runs as one task per node with every CPU of that node
+(indexer/factory.py: ``add_threads``, which also says why not behind a flat one), since two
 single-threaded processes assigning through an HNSW coarse quantizer each pay their own
 quantizer's cache misses: measured on 2 cores (bench/add_threads.py: OPQ64,IVF16384_HNSW32,
 PQ64x8, 128-d, 400,000 rows a side, alternating rounds, 2026-12-01), two 1-thread processes

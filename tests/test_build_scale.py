@@ -432,6 +432,18 @@ def test_an_add_task_runs_faiss_on_every_cpu_of_its_node_and_gives_them_back(ray
         BuildConfig("unused", add_threads=-1)
 
 
+@pytest.mark.parametrize("factory, expected", [("OPQ64,IVF16384_HNSW32,PQ64x8", 16), ("IVF8192_HNSW32,Flat", 16),
+                                               ("OPQ64_256,IVF4096,PQ64x8", 1), ("IVF16,PQ8x8", 1),
+                                               ("IDMap2,Flat", 1), ("HNSW32", 1)])
+def test_add_tasks_take_a_whole_node_only_behind_an_hnsw_coarse_quantizer(factory, expected):
+    """factory.add_threads: every CPU of the node where the measured cost favours threads
+    (HNSW assignment), one where it favours one task per CPU (a flat quantizer's BLAS)."""
+    from indexer.factory import add_threads
+
+    assert add_threads(factory, 16) == expected
+    assert add_threads(factory, 0) == 1
+
+
 def test_metadata_is_sorted_one_column_at_a_time_into_one_record_batch(tmp_path):
     """metadata.write_sorted_ipc on a memory-mapped table over its in-memory threshold:
     the file equals a whole-table take, in one record batch (zero-copy for readers), while

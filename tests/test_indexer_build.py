@@ -71,9 +71,10 @@ def test_ivfpq_ray_build_has_identical_codes_to_single_process(memory_copy, ray_
     single_root = str(tmp_path / "single")
     shutil.copytree(memory_copy, single_root)
     config = dict(num_shards=2, factory="IVF8,PQ16x8", seed=7)
-    ray_manifest = run_build(BuildConfig(memory_copy, **config), ray_executor)
-    single_manifest = run_build(BuildConfig(single_root, add_threads=1, **config), LocalExecutor())
-    # one add task per node with both CPUs as FAISS threads == one thread, code for code
+    ray_manifest = run_build(BuildConfig(memory_copy, add_threads=2, **config), ray_executor)
+    single_manifest = run_build(BuildConfig(single_root, **config), LocalExecutor())
+    # one add task per node with both CPUs as FAISS threads == one thread a task (the default
+    # with a flat quantizer: factory.add_threads), code for code
     assert (ray_manifest.details["add_threads"], single_manifest.details["add_threads"]) == (2, 1)
     for ray_entry, single_entry in zip(ray_manifest.shards, single_manifest.shards):
         ray_codes = _codes_by_id(load_index(memory_copy, ray_entry))
