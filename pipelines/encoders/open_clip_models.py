@@ -30,7 +30,7 @@ class TextTower(torch.nn.Module):
         super().__init__()
         model.visual = None  # encode_text does not use it; its weights are freed
         self.model = model
-        self.logit_scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+        self.logit_scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)
