@@ -54,7 +54,7 @@ def test_the_text_tower_embeds_in_the_image_space_and_is_separate(clip_model, tm
     assert vectors.shape == (3, image.dim) == (3, 256) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors, model_text(model, texts), atol=1e-5)
-    assert text.logit_scale == pytest.approx(float(model.logit_scale.exp()))
+    assert text.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()))
     with pytest.raises(TextUnsupported, match="open_clip"):
         load_text_encoder(EncoderSpec.parse("efficientnet-lite0"))
     from safetensors.torch import save_file  # an image-only checkpoint has no text tower to load
