@@ -1,0 +1,96 @@
+"""What does the local Ray instance a build starts for itself cost while it does nothing, and
+do longer polling periods for its daemons cut that? The CPU seconds of its processes (driver,
+workers, raylet, GCS, agents, log and autoscaler monitors) are a fixed cost of every Ray
+build (docs/benchmarks.md, "Ray's fixed cost").
+
+Each round runs two fresh processes one after the other, each starting a local instance as
+``indexer.executor.RayExecutor`` does (2 CPUs), running one trivial task per CPU, then
+waiting ``--seconds`` with no work and shutting down: one with Ray's own polling periods
+(``RAY_DEFAULTS``), one with longer ones (``LONGER_POLLING``: the environment variables the
+daemons read at start). Each process tree is measured whole (bench/proctree.run_measured:
+CPU seconds by process, wall time); rounds alternate the order, so both sides see the same
+noise.
+
+    python bench/ray_idle.py --seconds 120 --rounds 3 --out bench/results-ray-idle.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Ray 2.60's defaults (ray/_private/log_monitor.py, ray/autoscaler/_private/constants.py,
+# ray/dashboard/modules/reporter/reporter_consts.py) and the candidate: the log monitor
+# rescans its folder every LOG_NAME_UPDATE_INTERVAL_S (0.5 s) rather than on every 0.1 s
+# poll, the autoscaler monitor and the dashboard agent's node stats every 60 s, not 5.
+RAY_DEFAULTS = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "1000", "AUTOSCALER_UPDATE_INTERVAL_S": "5",
+                "REPORTER_UPDATE_INTERVAL_MS": "5000"}
+LONGER_POLLING = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "AUTOSCALER_UPDATE_INTERVAL_S": "60",
+                  "REPORTER_UPDATE_INTERVAL_MS": "60000"}
+SETTINGS = {"ray_defaults": RAY_DEFAULTS, "longer_polling": LONGER_POLLING}
+
+
+def idle(seconds: float, cpus: int) -> None:
+    """The measured child: a build's Ray instance, one task per CPU, then ``seconds`` idle."""
+    import ray
+
+    from indexer.executor import RayExecutor
+
+    executor = RayExecutor(num_cpus=cpus)
+    executor.get([executor.submit(abs, -n) for n in range(cpus)], "warm-up")
+    time.sleep(seconds)
+    ray.shutdown()
+
+
+def measure(variant: str, seconds: float, cpus: int, logs: Path) -> dict:
+    import os
+
+    from bench import proctree
+
+    env = {k: v for k, v in os.environ.items() if k not in RAY_DEFAULTS and not k.startswith("RAY_ADDRESS")}
+    env.update(SETTINGS[variant], PYTHONPATH=str(ROOT))
+    tree = proctree.run_measured([sys.executable, __file__, "--out", "-", "--_idle", str(seconds), str(cpus)],
+                                 str(logs / f"{variant}.out"), str(logs / f"{variant}.err"), env=env)
+    return {"wall_seconds": tree["wall_seconds"], "cpu_seconds": tree["cpu_seconds"],
+            "cpu_seconds_by_process": tree["cpu_seconds_sampled_by_process"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="JSON results file.")
+    parser.add_argument("--seconds", type=float, default=120.0, help="Idle time per instance (120).")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of each instance (2, the builds').")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--_idle", nargs=2, help=argparse.SUPPRESS)  # seconds cpus
+    args = parser.parse_args()
+    if args._idle:
+        idle(float(args._idle[0]), int(args._idle[1]))
+        return
+    from bench import proctree
+    from bench.common import machine
+
+    proctree.become_subreaper()
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="ray-idle-") as logs:
+        for number in range(args.rounds):
+            order = list(SETTINGS) if number % 2 == 0 else list(SETTINGS)[::-1]
+            runs = {variant: measure(variant, args.seconds, args.cpus, Path(logs)) for variant in order}
+            runs["ratio_longer_polling_over_ray_defaults"] = round(
+                runs["longer_polling"]["cpu_seconds"] / runs["ray_defaults"]["cpu_seconds"], 3)
+            rounds.append(runs)
+            print(json.dumps({v: runs[v]["cpu_seconds"] for v in order}), flush=True)
+    ratios = sorted(r["ratio_longer_polling_over_ray_defaults"] for r in rounds)
+    out = {"benchmark": "ray_idle", "machine": machine(), "seconds": args.seconds, "cpus": args.cpus,
+           "settings": SETTINGS, "rounds": rounds,
+           "median_ratio_longer_polling_over_ray_defaults": ratios[len(ratios) // 2]}
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
