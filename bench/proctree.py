@@ -253,7 +253,8 @@ class TreeSampler:
 
 
 def run_measured(command: list[str], stdout_path: str, stderr_path: str, interval: float = 0.5,
-                 teardown_timeout: float = 60.0, env: dict | None = None) -> dict:
+                 teardown_timeout: float = 60.0, env: dict | None = None,
+                 deadline: float | None = None) -> dict:
     """Run ``command`` as a child of this process and measure its whole process tree (it and
     every descendant, daemons it leaves behind included: call ``become_subreaper`` once
     first): wall seconds until the child exits, CPU seconds of the tree, the peak of the
@@ -271,7 +272,11 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
     Descendants still running ``teardown_timeout`` s after the child exits are terminated (by
     pid: they are this run's). This process must have no other child while it runs. Output
     goes to the two files (a chatty child cannot block on a full pipe). Raises
-    CalledProcessError when the child fails."""
+    CalledProcessError when the child fails.
+
+    ``deadline``: seconds after which a child still running is killed (SIGKILL, then its
+    descendants at teardown); the figures are then those of the stopped run and
+    ``stopped_at_deadline`` is True (a lower bound on what finishing would have cost)."""
     import subprocess
 
     reap_children()
@@ -282,19 +287,24 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
         child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
         # Wait for the child to end without reaping it (WNOWAIT), so that one more sample
         # reads its final CPU time from the zombie; then reap it.
+        stopped = False
         while os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             sampler.sample()
+            if deadline is not None and not stopped and time.monotonic() - started > deadline:
+                child.kill()
+                stopped = True
             time.sleep(interval)
         wall = time.monotonic() - started
         sampler.sample()
         child.wait()
+    at_deadline = stopped and child.returncode == -9
     teardown_started, killed = time.monotonic(), []
     while True:
         live = sampler.sample()
         reap_children()
         if not live:
             break
-        if time.monotonic() - teardown_started > teardown_timeout:
+        if at_deadline or time.monotonic() - teardown_started > teardown_timeout:
             for process in live:
                 try:
                     killed.append(process_name(process))
@@ -302,13 +312,13 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
             psutil.wait_procs(live, timeout=10)
-            teardown_started = float("inf")  # kill once, then only wait and reap
+            teardown_started, at_deadline = float("inf"), False  # kill once, then wait and reap
         time.sleep(0.05)
     while not reap_children():
         time.sleep(0.1)
     reaped = children_cpu_seconds() - cpu_before
     sampled = sum(used for _, used in sampler.cpu.values())
-    if child.returncode:
+    if child.returncode and not stopped:
         with open(stderr_path, "rb") as err:
             tail = err.read()[-4000:].decode(errors="replace")
         raise subprocess.CalledProcessError(child.returncode, command, stderr=tail)
@@ -324,4 +334,5 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
                                 "pss_mib": round(r["pss_bytes"] / 2**20, 1)}
                                for r in sampler.peak_processes[:12]],
             "processes_seen": len(sampler.cpu), "samples": sampler.samples,
-            "killed_at_teardown": killed}
+            "killed_at_teardown": killed,
+            "stopped_at_deadline": stopped and child.returncode == -9}
