@@ -1,0 +1,46 @@
+"""bench/proctree.run_measured's deadline (bench/index.py --autofaiss-deadline): a build still
+running at the deadline is stopped with its whole tree and reported as stopped, not failed.
+Run in a fresh interpreter: the measuring process becomes a child subreaper."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _measure(command: list[str], deadline: float | None, tmp_path: Path) -> dict:
+    script = textwrap.dedent(f"""
+        import json
+        from bench import proctree
+        proctree.become_subreaper()
+        tree = proctree.run_measured({command!r}, {str(tmp_path / 'out')!r}, {str(tmp_path / 'err')!r},
+                                     interval=0.1, teardown_timeout=30, deadline={deadline!r})
+        left = [p.name() for p in proctree.psutil.Process().children(recursive=True)]
+        print(json.dumps({{**tree, "left": left}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_build_past_its_deadline_is_stopped_with_every_descendant(tmp_path):
+    # a grandchild that would outlive its parent by a minute, and a parent that never ends
+    tree = _measure(["/bin/sh", "-c", "sleep 60 & exec sleep 60"], 1.0, tmp_path)
+    assert tree["stopped_at_deadline"] is True
+    assert 1.0 <= tree["wall_seconds"] < 30
+    assert tree["killed_at_teardown"] == ["sleep"] and tree["left"] == []
+
+
+def test_a_build_within_its_deadline_is_measured_as_before(tmp_path):
+    tree = _measure(["/bin/sh", "-c", "exit 0"], 60.0, tmp_path)
+    assert tree["stopped_at_deadline"] is False and tree["killed_at_teardown"] == []
+    failed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from bench import proctree
+        proctree.run_measured(["/bin/sh", "-c", "exit 3"], {str(tmp_path / 'o')!r}, {str(tmp_path / 'e')!r},
+                              deadline=60.0)
+    """)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and "CalledProcessError" in failed.stderr
