@@ -108,11 +108,13 @@ class VersionFollower:
             self.refused[version] = (time.monotonic(), why)
             log.error("version %s refused, still serving %s: %s", version, self.version, why)
             return
+        # the lease first: once ``self.version`` says so, ``ensure`` answers from this version,
+        # and the writer's ``wait_until_served`` must already see it
+        await asyncio.to_thread(renew_lease, self.memory, self.holder, version, self.options.lease_ttl_s)
+        self.lease_renewed = time.monotonic()
         self.version = version
         self.switches += 1
         self.refused.pop(version, None)
-        self.lease_renewed = time.monotonic()
-        await asyncio.to_thread(renew_lease, self.memory, self.holder, version, self.options.lease_ttl_s)
 
     async def start_on_loadable(self, latest: str) -> str:
         """At start: serve ``latest`` or, if it cannot be loaded, its newest loadable ancestor
@@ -121,9 +123,9 @@ class VersionFollower:
         for _ in range(self.options.fallback_depth):
             try:
                 await asyncio.wait_for(self._switch(candidate), self.options.reload_timeout_s)
-                self.version = candidate
                 await asyncio.to_thread(renew_lease, self.memory, self.holder, candidate,
                                         self.options.lease_ttl_s)
+                self.version = candidate
                 self.lease_renewed = self.confirmed_at = time.monotonic()
                 return candidate
             except Exception as failure:  # noqa: BLE001 - try the parent

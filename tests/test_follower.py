@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from indexer.build import BuildConfig, run_build
 from indexer.edit import ForgetRequest, run_delete
 from indexer.executor import LocalExecutor
 from indexer.layout import set_latest
-from indexer.leases import live_leases, wait_until_served
+from indexer.leases import live_leases, renew_lease, wait_until_served
 from indexer.segments import CompactionPolicy
 from serving.follower import FollowOptions, VersionFollower, VersionUnavailable
 from serving.searchers import SearcherService
@@ -44,9 +45,16 @@ def test_a_restarted_searcher_falls_back_to_a_loadable_version(two_versions):
     assert healthy.current_version() == deleted.version
 
 
-def test_the_follower_switches_refuses_and_waits_for_min_version(two_versions):
+def test_the_follower_switches_refuses_and_waits_for_min_version(two_versions, monkeypatch):
     root, built, deleted = two_versions
     loaded: list[str] = []
+    import serving.follower
+
+    def slow_renew(*args, **kwargs):  # a slow store: the lease must still be written first
+        time.sleep(0.1)
+        renew_lease(*args, **kwargs)
+
+    monkeypatch.setattr(serving.follower, "renew_lease", slow_renew)
 
     async def switch(version: str) -> None:
         if version.endswith("-broken"):
