@@ -3,6 +3,7 @@ Beam ingest, Ray build, HTTP classify, add a class, forget, every experiment, th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
         [sys.executable, "-m", "vmem", "demo", "--work", str(tmp_path / "work"), "--report", str(report),
          "--train-per-class", "20", "--test-per-class", "6", "--forget", "5", "--encoders",
          "efficientnet-lite0", "--per-class", "1,0", "--device", "cpu"],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a native crash prints every thread's stack
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Serve and Ray stopped" in done.stdout and "summary" in done.stdout
     demo = json.loads((report / "demo.json").read_text())
