@@ -46,3 +46,33 @@ def test_command_help_explains_options(command, expected, capsys):
 def test_unknown_command_is_an_error():
     out = run("fly")
     assert out.returncode == 2 and "unknown command" in out.stderr
+
+
+PROGRAM = """
+import sys
+import vmem.cli
+
+def command(argv):
+    import ray  # noqa: F401  (a command that used Ray: the program then ends through os._exit)
+
+    print("written before exit", end="")  # no newline: still in stdout's buffer
+    if argv == ["raise"]:
+        raise ValueError("a bug")
+    if argv == ["usage"]:
+        raise SystemExit(2)
+    return 3
+
+vmem.cli.main = command
+vmem.cli.run(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("argv, status", [([], 3), (["raise"], 1), (["usage"], 2)])
+def test_the_program_exits_with_its_status_after_ray_ran_in_it(argv, status):
+    # After Ray, `vmem` ends with os._exit once Python's exit work is done (vmem.cli.run): the
+    # command's status, its buffered output and an uncaught error's traceback must all survive.
+    done = subprocess.run([sys.executable, "-c", PROGRAM, *argv], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == status, done.stderr[-2000:]
+    assert done.stdout == "written before exit"
+    assert ("ValueError: a bug" in done.stderr) == (argv == ["raise"])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+from tests import native_crash
 
 pytestmark = pytest.mark.slow
 
@@ -17,13 +18,13 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     report.mkdir()
     (report / "pruning.json").write_text("{}")  # a previous run's result: replaced, not kept
     (report / "notes.txt").write_text("mine")  # not the demo's: left alone
-    done = subprocess.run(
+    done = native_crash.run(
         [sys.executable, "-m", "vmem", "demo", "--work", str(tmp_path / "work"), "--report", str(report),
          "--train-per-class", "20", "--test-per-class", "6", "--forget", "5", "--encoders",
          "efficientnet-lite0", "--per-class", "1,0", "--device", "cpu"],
-        capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a native crash prints every thread's stack
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        tmp_path, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # a crash in Python prints every thread's stack
+    assert done.returncode == 0, native_crash.explain(done, tmp_path)
     assert "Serve and Ray stopped" in done.stdout and "summary" in done.stdout
     demo = json.loads((report / "demo.json").read_text())
     stages = demo["data"]["stages"]

@@ -1,5 +1,3 @@
-import sys
+from vmem.cli import run
 
-from vmem.cli import main
-
-sys.exit(main())
+run()
