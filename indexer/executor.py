@@ -132,3 +132,22 @@ def progress(what: str, total: int, unit: str):
 
 def make_executor(ray_address: str | None, use_ray: bool = True, num_cpus: int | None = None):
     return RayExecutor(ray_address, num_cpus) if use_ray else LocalExecutor()
+
+
+class DeferredExecutor:
+    """The executor ``factory()`` makes, made on first use (any attribute: ``submit``, ``put``,
+    ``name``...). A job that may have nothing to index (a scheduled round with no new batch, one
+    whose ingest fails or is killed) then starts no Ray instance; ``made`` says whether it did."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._executor: Any = None
+
+    @property
+    def made(self) -> bool:
+        return self._executor is not None
+
+    def __getattr__(self, name: str) -> Any:  # only for names this class does not define
+        if self._executor is None:
+            self._executor = self._factory()
+        return getattr(self._executor, name)

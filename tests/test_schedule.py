@@ -162,14 +162,14 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
                                          "SERVING_URL": url, "BEAM_ARGS": ""})
     update_env = {**base, **cron_env, "VMEM_TOKEN": TOKEN}
 
-    # The memory's first day, published before serving starts (serving needs a version).
+    # The memory's first day, published before serving starts (serving needs a version), while
+    # the cluster starts.
     arrive(incoming, "2026-11-01", fmnist_shards / "fashion-mnist-train-000000.tar")
-    seed = subprocess.run(["/bin/sh", "-c", command], env={**update_env, "SERVING_URL": ""},
-                          capture_output=True, text=True, timeout=600)
-    assert seed.returncode == 0, seed.stdout + seed.stderr
+    seed = scheduled_round(command, {**update_env, "SERVING_URL": ""}, tmp_path / "round-0.log")
     cluster = Cluster(tmp_path, base, cluster_ports)
     server = load = None
     try:
+        assert seed.wait(600) == 0, (tmp_path / "round-0.log").read_text()[-3000:]
         server = subprocess.Popen([str(BIN / "vmem"), "serve", "--config", str(INFRA / "kuberay" / "rayservice.yaml"),
                                    "--memory", memory, "--port", str(http_port),
                                    "--ray-address", f"127.0.0.1:{cluster.gcs}"],
@@ -232,6 +232,8 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
         memory_view = requests.get(f"{url}/v1/memory", timeout=30).json()
         assert memory_view["size"] == 40 + 40 + 20 + 40
     finally:
+        if seed.poll() is None:
+            os.killpg(seed.pid, signal.SIGKILL)
         if load is not None:
             load.stop()
         if server is not None:

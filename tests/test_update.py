@@ -89,3 +89,28 @@ def test_incoming_rounds_publish_every_pending_batch_once(fmnist_shards, tmp_pat
     upload("day {1,2}", "fashion-mnist-test-000001.tar")
     with pytest.raises(ValueError, match="batch folder is named"):
         pending_batches(str(incoming), memory)
+
+
+def test_a_round_starts_its_executor_only_to_publish(fmnist_shards, tmp_path, monkeypatch):
+    """The executor (a Ray instance, in the CronJob) is made when a batch is published, once;
+    a round with nothing pending makes none (indexer.executor.DeferredExecutor)."""
+    import shutil
+
+    from indexer.executor import DeferredExecutor
+    from vmem import update
+
+    incoming, memory = tmp_path / "incoming", str(tmp_path / "memory")
+    (incoming / "2026-11-01").mkdir(parents=True)
+    shutil.copy(fmnist_shards / "fashion-mnist-train-000000.tar", incoming / "2026-11-01")
+    (incoming / "2026-11-01" / "_SUCCESS").write_bytes(b"")
+    made = []
+    deferred = DeferredExecutor(lambda: made.append(1) or LocalExecutor())
+    assert not deferred.made and made == []
+    (summary,) = update.run_pending(str(incoming), memory, deferred)
+    assert summary["count"] == 40 and deferred.made and made == [1]  # made once, at publish
+
+    def no_executor(*args, **kwargs):
+        raise AssertionError("a round with nothing pending made an executor")
+
+    monkeypatch.setattr(update, "make_executor", no_executor)
+    assert update.main(["--incoming", str(incoming), "--memory", memory]) == 0

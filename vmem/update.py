@@ -32,7 +32,7 @@ import urllib.request
 
 from indexer.build import BuildConfig, run_build
 from indexer.edit import compact_if_due, run_add
-from indexer.executor import make_executor
+from indexer.executor import DeferredExecutor, make_executor
 from indexer.layout import read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import resolve_version, verify_version
@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--incoming takes no --batch or --skip-ingest-if-present (each folder is a "
                      "batch, never embedded twice) and needs a folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    executor = make_executor(args.ray_address, use_ray=not args.no_ray)
+    # Ray starts when the first batch is published, not before its ingest: a round with
+    # nothing pending, or killed while it embeds, starts none
+    executor = DeferredExecutor(lambda: make_executor(args.ray_address, use_ray=not args.no_ray))
     if args.incoming:
         rounds = run_pending(args.incoming, args.memory, executor, args.shards, beam_args,
                              args.ready_marker)
