@@ -40,10 +40,10 @@ from pipelines.manifest import (
     rejected_dir,
 )
 from pipelines.records import ImageRecord, Rejected, content_hash
+from pipelines.rules import DEDUPE_POLICIES  # noqa: F401  (re-exported)
 from pipelines.schema import USE_COMPLIANT_NESTED_TYPE
 from pipelines.transforms import NAMESPACE, REJECTED
 
-DEDUPE_POLICIES = ("none", "content")
 _COLUMNS = ["key", "source", "content_hash"]
 DUPLICATES_SCHEMA = pa.schema([
     ("key", pa.string()),  # the kept duplicate (this batch)

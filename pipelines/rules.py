@@ -11,6 +11,7 @@ from typing import Any
 from pipelines.manifest import read_parquet_files
 
 DEFAULT_MAX_REJECT_RATIO = 0.1
+DEDUPE_POLICIES = ("none", "content")  # --dedupe: keep and list content duplicates | skip them
 # Rejections that are the user's policy, not bad input: they never count against the ratio.
 POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"), (None, "SkippedByExtension"),
                      (None, "NotARegularFile"))

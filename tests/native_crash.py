@@ -32,8 +32,9 @@ def backtrace(cwd: Path, frames: int = 25) -> str:
     if shutil.which("gdb") is None:
         return f"(core {cores[-1]} left; gdb not installed)"
     try:
-        done = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"thread apply all bt {frames}", sys.executable,
-                               str(cores[-1])], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(["gdb", "-batch", "-nx", "-ex", f"thread apply all bt {frames}",
+                               sys.executable, str(cores[-1])],
+                              capture_output=True, text=True, timeout=300)
         return done.stdout[-20000:] + done.stderr[-2000:]
     finally:
         for core in cores:

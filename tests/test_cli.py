@@ -76,3 +76,15 @@ def test_the_program_exits_with_its_status_after_ray_ran_in_it(argv, status):
     assert done.returncode == status, done.stderr[-2000:]
     assert done.stdout == "written before exit"
     assert ("ValueError: a bug" in done.stderr) == (argv == ["raise"])
+
+
+@pytest.mark.parametrize("command", ["ingest", "update", "data", "index", "import"])
+def test_help_imports_neither_beam_nor_torch_nor_ray(command):
+    # A job's --help is its parser only: the engines load when the job runs.
+    probe = ("import sys\nfrom vmem.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted({'apache_beam', 'torch', 'ray'} & set(sys.modules)), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr[-2000:]

@@ -45,11 +45,11 @@ def api_batch(root: str, name: str, keys: list[str], seed: int) -> None:
 
 def beam_batch(root: str, name: str, keys: list[str], seed: int) -> None:
     """A batch written by Beam's Parquet sink exactly as the ingest job configures it
-    (pipelines.ingest.embeddings_sink), then committed by its manifest as run_ingest does."""
+    (pipelines.ingest_pipeline.embeddings_sink), then committed by its manifest as run_ingest does."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.ingest import LOCAL_RUNNER, embeddings_sink
+    from pipelines.ingest_pipeline import LOCAL_RUNNER, embeddings_sink
     from pipelines.manifest import embeddings_dir
 
     n, run_id = len(keys), "run1"

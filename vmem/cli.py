@@ -71,7 +71,8 @@ def run(argv: list[str] | None = None) -> NoReturn:
     (``gcs_client_io_service``, ``worker.io``, gRPC's timer and executor threads, seen in
     /proc/self/task at exit), and the libraries' static destructors race them: ``vmem demo``
     died of SIGSEGV after printing "done", past faulthandler's reach (twice in ~15 runs of the
-    test suite's demo, once in CI). The handler is registered before any command imports Ray, so it runs last.
+    test suite's demo, once in CI). The handler is registered before any command imports Ray,
+    so it runs last.
     """
     status = {"code": 1}  # an uncaught exception: Python prints it and exits with 1
 
