@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
 from experiments import (aggregation, interpretability, label_noise, memory_size, new_classes, pruning,
@@ -164,4 +163,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from indexer import program
+
+    program.run(main)

@@ -19,7 +19,6 @@ import logging
 import os
 import secrets
 import socket
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -261,4 +260,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from indexer import program
+
+    program.run(main)

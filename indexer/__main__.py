@@ -1,5 +1,4 @@
-import sys
-
+from indexer import program
 from indexer.cli import main
 
-sys.exit(main())
+program.run(main)

@@ -11,7 +11,6 @@ import argparse
 import io
 import json
 import logging
-import sys
 from datetime import datetime, timezone
 
 import numpy as np
@@ -168,4 +167,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from indexer import program
+
+    program.run(main)

@@ -32,7 +32,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -259,4 +258,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from indexer import program
+
+    program.run(main)

@@ -6,10 +6,7 @@ imported only when their command runs: ``vmem data`` never imports Ray.
 """
 from __future__ import annotations
 
-import atexit
 import importlib
-import logging
-import os
 import sys
 from typing import NoReturn
 
@@ -56,43 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def exit_code(stop: SystemExit) -> int:
-    """The status Python gives ``sys.exit(code)``: None is 0, an int itself, anything else 1."""
-    return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
-
-
 def run(argv: list[str] | None = None) -> NoReturn:
-    """The ``vmem`` program: ``main(argv)``, then exit with its status.
+    """The ``vmem`` program: ``main(argv)``, then exit with its status (indexer.program.run:
+    after a command that ran Ray, without the native libraries' teardown)."""
+    from indexer import program
 
-    Where a command ran Ray in this process, the process ends with ``os._exit`` once Python's
-    own exit work is done (non-daemon threads joined, every other atexit handler run: Ray's,
-    logging's, tempfile's, multiprocessing's), skipping the native libraries' teardown. Ray's
-    core worker and gRPC leave native threads running after ``ray.shutdown()``
-    (``gcs_client_io_service``, ``worker.io``, gRPC's timer and executor threads, seen in
-    /proc/self/task at exit), and the libraries' static destructors race them: ``vmem demo``
-    died of SIGSEGV after printing "done", past faulthandler's reach (twice in ~15 runs of the
-    test suite's demo, once in CI). The handler is registered before any command imports Ray,
-    so it runs last.
-    """
-    status = {"code": 1}  # an uncaught exception: Python prints it and exits with 1
-
-    def finish() -> None:
-        if "ray" in sys.modules:
-            logging.shutdown()
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            os._exit(status["code"])
-
-    atexit.register(finish)
-    try:
-        status["code"] = main(argv)
-    except SystemExit as stop:  # argparse's --help and usage errors
-        status["code"] = exit_code(stop)
-        raise
-    except KeyboardInterrupt:
-        status["code"] = 128 + 2  # as a shell reports a program ended by SIGINT
-        raise
-    sys.exit(status["code"])
+    program.run(main, argv)
 
 
 if __name__ == "__main__":

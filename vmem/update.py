@@ -27,7 +27,6 @@ import logging
 import os
 import posixpath
 import re
-import sys
 import urllib.request
 
 from indexer.build import BuildConfig, run_build
@@ -196,4 +195,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from indexer import program
+
+    program.run(main)

@@ -1,0 +1,51 @@
+"""How a job's process ends, for every entry point that may run Ray in its process (``vmem``,
+``python -m indexer``, the job modules' ``__main__``): ``run(main)`` runs ``main(argv)`` and
+exits with its status. Standard library only: the entry points import it before anything else.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+from typing import Callable, NoReturn
+
+
+def exit_code(stop: SystemExit) -> int:
+    """The status Python gives ``sys.exit(code)``: None is 0, an int itself, anything else 1."""
+    return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
+    """``main(argv)``, then exit with its status (None is 0).
+
+    Where the job ran Ray in this process, the process ends with ``os._exit`` once Python's
+    own exit work is done (non-daemon threads joined, every other atexit handler run: Ray's,
+    logging's, tempfile's, multiprocessing's), skipping the native libraries' teardown. Ray's
+    core worker and gRPC leave native threads running after ``ray.shutdown()``
+    (``gcs_client_io_service``, ``worker.io``, gRPC's timer and executor threads, seen in
+    /proc/self/task at exit), and the libraries' static destructors race them: ``vmem demo``
+    died of SIGSEGV after printing "done", past faulthandler's reach (twice in ~15 runs of the
+    test suite's demo, once in CI); a RayJob whose driver crashed so would be reported failed
+    after its version was published. The handler is registered before the job imports Ray,
+    so it runs last.
+    """
+    status = {"code": 1}  # an uncaught exception: Python prints it and exits with 1
+
+    def finish() -> None:
+        if "ray" in sys.modules:
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(status["code"])
+
+    atexit.register(finish)
+    try:
+        status["code"] = int(main(argv) or 0)
+    except SystemExit as stop:  # argparse's --help and usage errors
+        status["code"] = exit_code(stop)
+        raise
+    except KeyboardInterrupt:
+        status["code"] = 128 + 2  # as a shell reports a program ended by SIGINT
+        raise
+    sys.exit(status["code"])
