@@ -40,9 +40,9 @@ test: setup system-deps
 	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup system-deps
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/index.py
-	$(BIN)/python bench/serve.py
+	$(RUN) $(BIN)/python bench/ingest.py
+	$(RUN) $(BIN)/python bench/index.py
+	$(RUN) $(BIN)/python bench/serve.py
 
 # Not part of `make test`: needs root for buildah/mmdebstrap and ~25 GB of disk (infra/README.md).
 images: setup

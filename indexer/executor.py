@@ -147,7 +147,14 @@ class DeferredExecutor:
     def made(self) -> bool:
         return self._executor is not None
 
-    def __getattr__(self, name: str) -> Any:  # only for names this class does not define
+    def resolve(self) -> Any:
+        """The executor, made now if it was not yet (before a job takes the memory's writer
+        lock: starting Ray there would hold off online edits for the start-up)."""
         if self._executor is None:
             self._executor = self._factory()
-        return getattr(self._executor, name)
+        return self._executor
+
+    def __getattr__(self, name: str) -> Any:  # only for names this class does not define
+        if name.startswith("_"):  # copy/pickle probes, and _executor before __init__ set it
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)

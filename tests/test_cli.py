@@ -1,6 +1,7 @@
 """The `vmem` entry point and every job's --help."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -53,13 +54,18 @@ import sys
 import vmem.cli
 
 def command(argv):
+    import ctypes
+
     import ray  # noqa: F401  (a command that used Ray: the program then ends through os._exit)
 
     print("written before exit", end="")  # no newline: still in stdout's buffer
+    ctypes.CDLL(None).printf(b"|by C")  # C stdio's buffer (a pipe: fully buffered)
     if argv == ["raise"]:
         raise ValueError("a bug")
     if argv == ["usage"]:
         raise SystemExit(2)
+    if argv == ["interrupt"]:
+        raise KeyboardInterrupt
     return 3
 
 vmem.cli.main = command
@@ -67,15 +73,28 @@ vmem.cli.run(sys.argv[1:])
 """
 
 
-@pytest.mark.parametrize("argv, status", [([], 3), (["raise"], 1), (["usage"], 2)])
+@pytest.mark.parametrize("argv, status", [([], 3), (["raise"], 1), (["usage"], 2), (["interrupt"], -2)])
 def test_the_program_exits_with_its_status_after_ray_ran_in_it(argv, status):
-    # After Ray, `vmem` ends with os._exit once Python's exit work is done (vmem.cli.run): the
-    # command's status, its buffered output and an uncaught error's traceback must all survive.
+    # After Ray, `vmem` ends with os._exit once Python's exit work is done (indexer.program.run):
+    # the command's status (Ctrl-C: killed by SIGINT, as Python ends), its buffered output
+    # (Python's and C's) and an uncaught error's traceback must all survive.
     done = subprocess.run([sys.executable, "-c", PROGRAM, *argv], capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == status, done.stderr[-2000:]
-    assert done.stdout == "written before exit"
+    assert sorted(done.stdout.split("|")) == ["by C", "written before exit"]
     assert ("ValueError: a bug" in done.stderr) == (argv == ["raise"])
+
+
+def test_the_program_ends_without_teardown_even_when_its_output_pipe_is_closed():
+    # A reader gone (`vmem update ... | head`): flushing fails, the process still ends through
+    # os._exit with the command's status, not through the native teardown (status 120).
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered: fails at exit
+    done = subprocess.run([sys.executable, "-c", PROGRAM], stdout=writer, stderr=subprocess.PIPE,
+                          text=True, timeout=180, env=env)
+    os.close(writer)
+    assert done.returncode == 3, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("command", ["ingest", "update", "data", "index", "import"])

@@ -57,11 +57,19 @@ class Cluster:
                               f"--ray-client-server-port={client}",
                               *[f"--{n}={port}" for n, port in zip(names, head_ports)]], env, logs / "head.log")
         self.worker = None
+        try:
+            self._start_worker(logs, env, self.gcs, worker_ports)
+        except BaseException:
+            self.close()  # the nodes started so far
+            raise
+
+    def _start_worker(self, logs: Path, env: dict[str, str], gcs: int, worker_ports: list[int]) -> None:
+        names = self.NODE_PORTS
         wait_until(lambda: "Ray runtime started" in (logs / "head.log").read_text(), 90,
                    "ray start --head", self.head, logs / "head.log")
         # The RayService's worker groups in one node: 2 Routers x 1 CPU, the Writer's 0.5, the
         # encoder's 2 CPUs + 1 GPU, 4 Searcher replicas x (4 CPUs, 32 GiB): logical resources.
-        self.worker = ray_node([f"--address=127.0.0.1:{self.gcs}", "--num-cpus=24", "--num-gpus=1",
+        self.worker = ray_node([f"--address=127.0.0.1:{gcs}", "--num-cpus=24", "--num-gpus=1",
                                 f"--memory={160 * GIB}", "--min-worker-port=22300",
                                 "--max-worker-port=22500", *[f"--{n}={port}" for n, port in zip(names, worker_ports)]],
                                env, logs / "worker.log")
@@ -166,9 +174,9 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
     # the cluster starts.
     arrive(incoming, "2026-11-01", fmnist_shards / "fashion-mnist-train-000000.tar")
     seed = scheduled_round(command, {**update_env, "SERVING_URL": ""}, tmp_path / "round-0.log")
-    cluster = Cluster(tmp_path, base, cluster_ports)
-    server = load = None
+    cluster = server = load = None
     try:
+        cluster = Cluster(tmp_path, base, cluster_ports)
         assert seed.wait(600) == 0, (tmp_path / "round-0.log").read_text()[-3000:]
         server = subprocess.Popen([str(BIN / "vmem"), "serve", "--config", str(INFRA / "kuberay" / "rayservice.yaml"),
                                    "--memory", memory, "--port", str(http_port),
@@ -238,4 +246,5 @@ def test_three_scheduled_rounds_one_killed_while_serving_on_two_nodes(fmnist_sha
             load.stop()
         if server is not None:
             stop(server)
-        cluster.close()
+        if cluster is not None:
+            cluster.close()

@@ -46,6 +46,8 @@ def publish(memory: str, batch: str, executor, shards: int) -> IndexManifest:
     """Add the batch to LATEST (a delta segment per shard), or build the first version when
     there is none; then compact the shards past the compaction policy (deletes and adds made
     online since the last step are folded in here, off the serving path)."""
+    if isinstance(executor, DeferredExecutor):
+        executor = executor.resolve()  # Ray starts here, before any writer lock is taken
     if read_latest(memory) is None:
         return run_build(BuildConfig(memory, batches=list_batches(memory), num_shards=shards), executor)
     run_add(memory, [batch], executor)
