@@ -92,7 +92,7 @@ def test_incoming_rounds_publish_every_pending_batch_once(fmnist_shards, tmp_pat
 
 
 def test_a_round_starts_its_executor_only_to_publish(fmnist_shards, tmp_path, monkeypatch):
-    """The executor (a Ray instance, in the CronJob) is made when a batch is published, once;
+    """The executor (a Ray instance, unless --no-ray) is made when a batch is published, once;
     a round with nothing pending makes none (indexer.executor.DeferredExecutor)."""
     import shutil
 
