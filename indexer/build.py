@@ -27,7 +27,7 @@ from indexer import factory as factories
 from indexer.checksums import sha256_bytes
 from indexer.executor import LocalExecutor, RayExecutor
 from indexer.faults import crash_point
-from indexer.layout import index_root, new_version_name, read_latest, set_latest
+from indexer.layout import commit_latest, index_root, new_version_name, read_latest
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
 from indexer.phases import Phases
@@ -197,7 +197,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             _check_unchanged(config.memory, manifest, inputs)
             manifest.parent = read_latest(config.memory)
             manifest.write(config.memory)
-            set_latest(config.memory, version)  # the publish: last, atomic
+            commit_latest(config.memory, version, manifest.parent)  # the publish: last, atomic
     return manifest
 
 

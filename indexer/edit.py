@@ -24,7 +24,7 @@ from indexer import factory as factories
 from indexer import keyindex
 from indexer.checksums import sha256_bytes
 from indexer.forgotten import record_forgotten
-from indexer.layout import index_root, new_version_name, set_latest, version_dir
+from indexer.layout import ConcurrentEdit, commit_latest, index_root, new_version_name, version_dir
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
 from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
@@ -59,8 +59,9 @@ def _now() -> str:
 def publish(root: str, parent: IndexManifest, version: str, operation: str,
             entries: list[ShardEntry], batches: list[str], details: dict,
             trained: bytes | None = None) -> IndexManifest:
-    """Write the manifest of ``version`` (a child of ``parent``) and point LATEST at it: the
-    commit point of every edit. The caller holds the writer lock. A parent without a stored
+    """Write the manifest of ``version`` (a child of ``parent``) and commit it as LATEST
+    (indexer/layout.py: raises ConcurrentEdit, nothing committed, when another writer, on
+    another machine, committed after ``parent`` first). The caller holds the writer lock. A parent without a stored
     trained index gets one in this version (``trained``, else derived from the parent's base
     segment), so later edits encode from it and every segment written since, stored without
     a coarse quantizer (indexer/quantizer.py), finds its quantizer there."""
@@ -76,7 +77,11 @@ def publish(root: str, parent: IndexManifest, version: str, operation: str,
         search_defaults=dict(parent.search_defaults), shards=entries, batches=batches,
         details=details, trained_path=trained_path, trained_sha256=trained_sha)
     manifest.write(root)
-    set_latest(root, version)
+    try:
+        commit_latest(root, version, parent.version)
+    except ConcurrentEdit:  # another writer came first: this version's files serve nobody
+        storage.remove(version_dir(root, version))
+        raise
     return manifest
 
 

@@ -22,8 +22,8 @@ add); Beam's ``beam-temp-*`` folders under ``ROOT/embeddings/<batch>/`` and
 ``ROOT/rejected/<batch>/`` (a killed ingest; no committed batch names them). The grace period must exceed the longest time a run leaves its files unchanged before
 it publishes (a build writes its shard files, then tunes, then takes the writer lock to publish).
 
-Never touched: ``ROOT/index/forgotten/`` (the forget ledger), ``LATEST``, ``.leases``,
-``.pins``, ``.writer.lock``, embedding batches other than ``online-*``. The whole collection
+Never touched: ``ROOT/index/forgotten/`` (the forget ledger), ``LATEST``, ``.commits``
+(the commit records, indexer/layout.py), ``.leases``, ``.pins``, ``.writer.lock``, embedding batches other than ``online-*``. The whole collection
 runs inside ``leases.writer_lock``, so no edit publishes while it decides.
 """
 from __future__ import annotations

@@ -3,8 +3,11 @@
 **One writer.** Every edit of a memory (add, delete, compact, prune, rollback, gc) runs inside
 ``writer_lock(root)``: on a local or mounted filesystem an OS file lock (``filelock``) on
 ``ROOT/index/.writer.lock``, so the CLI, a scheduled ``vmem update`` and the serving writer
-never interleave. Object stores have no portable lock through fsspec; there the serving
-``Writer`` deployment (one replica) is the single writer and the lock is process-local.
+never interleave on one machine. Object stores have no portable lock through fsspec; there the
+lock is process-local, and writers on different machines (the serving ``Writer``, a scheduled
+``vmem update``) are ordered by the commit itself (indexer/layout.py): of two edits made from
+the same version only the first to commit lands, the other raises ConcurrentEdit having
+committed nothing (its caller runs it again; the serving API answers 503 + Retry-After).
 
 **Replica leases.** Each serving router replica renews ``ROOT/index/.leases/<holder>.json``
 (``{holder, version, expires}``) when it switches version and every ``ttl/3`` seconds. A

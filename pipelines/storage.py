@@ -114,6 +114,41 @@ def local_copy(url: str, scratch: str) -> str:
     return target
 
 
+def create_exclusive(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` only if nothing has that name yet: the put-if-absent a commit
+    protocol needs (whoever writes the name first wins). Raises FileExistsError when the name
+    is taken. Local: a hidden temp file hard-linked to the name (``link(2)`` fails on an
+    existing name, atomically; readers never see a partial file). Elsewhere: fsspec's
+    ``pipe_file(mode="create")``, a conditional write where the driver makes it one (gcsfs:
+    ``ifGenerationMatch=0``; s3fs: ``If-None-Match: *``); a driver that does not falls back to
+    fsspec's check-then-write, which two machines could race."""
+    fs, path = filesystem(url)
+    directory, name = posixpath.split(path)
+    fs.makedirs(directory, exist_ok=True)
+    if not is_local(url):
+        fs.pipe_file(path, data, mode="create")
+        return
+    temp = posixpath.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temp, path)
+    finally:
+        os.unlink(temp)
+
+
+def read_json_if_exists(url: str) -> Any | None:
+    """The JSON at ``url``, or None when there is none. Reads the object itself (no listing,
+    so no driver's listing cache can hide a file another machine has just written)."""
+    fs, path = filesystem(url)
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
 def write_json_atomic(url: str, value: Any) -> None:
     write_bytes_atomic(url, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 

@@ -49,6 +49,7 @@ log = logging.getLogger("ray.serve")
 QUERY_KINDS = ("image_base64", "embedding", "text", "item_id", "item_key")  # a query gives one
 WEB = Path(__file__).resolve().parent / "web"  # the page: static files, no build step, no CDN
 WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+RETRY_AFTER_S = 1  # seconds a 503 tells the client to wait (Retry-After)
 api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,
               description="Classify images by retrieval; every answer comes with its evidence.")
 api.add_middleware(BodyLimit, limit=lambda: getattr(api.state, "max_body_bytes", None))
@@ -64,7 +65,11 @@ class ApiError(Exception):
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-    return JSONResponse({"error": error.message, "field": error.field}, status_code=error.status)
+    """A 503 (a version not served yet, the writer busy, an edit that lost a commit race:
+    nothing wrong with the request) says when to try again, as admission's does."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 503 else None
+    return JSONResponse({"error": error.message, "field": error.field}, status_code=error.status,
+                        headers=headers)
 
 
 @api.exception_handler(Refused)

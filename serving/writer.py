@@ -19,6 +19,7 @@ from ray import serve
 from indexer.edit import compact_if_due
 from indexer.executor import LocalExecutor
 from indexer.layout import read_latest
+from indexer.layout import ConcurrentEdit
 from indexer.leases import WriterBusy, wait_until_served
 from indexer.reader import DuplicateIds
 from indexer.segments import DEFAULT_POLICY, CompactionPolicy
@@ -69,7 +70,7 @@ class WriterService:
         async with self.lock:
             try:
                 result = await asyncio.to_thread(work)
-            except WriterBusy as error:
+            except (WriterBusy, ConcurrentEdit) as error:  # nothing committed: a retry may land
                 return EditFailure(503, "memory", str(error))
             except Exception as error:
                 status = next((code for kind, code in refusals if isinstance(error, kind)), 500)

@@ -148,6 +148,7 @@ def test_min_version_not_yet_served_is_503_with_retry_after(cluster):
     response = requests.post(f"{url}/v1/neighbors", json={
         "embedding": unit(3, resolve_version(root).dim), "k": 3, "min_version": "99991231T000000000-ffffff"})
     assert response.status_code == 503 and response.json()["field"] == "min_version"
+    assert response.headers["retry-after"] == "1"
     keys, body = neighbour_keys(url, unit(3, resolve_version(root).dim), 3, min_version=read_latest(root))
     assert body["version"] == read_latest(root)
 

@@ -170,7 +170,7 @@ def test_killed_build_leaves_a_complete_latest(memory_copy):
     deadline = time.monotonic() + 120
     index_dir = os.path.join(memory_copy, "index")
     while time.monotonic() < deadline and process.poll() is None:
-        if len([n for n in os.listdir(index_dir) if n != "LATEST"]) > 1:
+        if len([n for n in os.listdir(index_dir) if n != "LATEST" and not n.startswith(".")]) > 1:
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)

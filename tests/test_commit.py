@@ -1,0 +1,97 @@
+"""Publishing a version: one successor per generation, claimed with a put-if-absent, so two
+writers that no lock reaches (the serving writer and a scheduled `vmem update` on an object
+store) cannot both commit from the same version, and no reader ever goes back a version."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from indexer import layout
+from indexer.layout import ConcurrentEdit, commit_latest, read_head, read_latest, set_latest
+from pipelines import storage
+
+
+def test_of_writers_racing_from_one_version_exactly_one_commits(tmp_path):
+    root = str(tmp_path / "memory")
+    set_latest(root, "v0")
+    writers = 8
+    start, outcomes = threading.Barrier(writers), [None] * writers
+
+    def write(i: int) -> None:
+        start.wait()
+        try:
+            outcomes[i] = commit_latest(root, f"v1-{i}", "v0")
+        except ConcurrentEdit as error:
+            outcomes[i] = error
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    won = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, layout.Head)]
+    assert len(won) == 1 and sum(isinstance(o, ConcurrentEdit) for o in outcomes) == writers - 1
+    assert read_head(root) == layout.Head(f"v1-{won[0]}", 2)
+    claims = storage.list_names(storage.join(root, "index", layout.COMMITS))
+    assert [c for c in claims if not c.startswith(".")] == [f"{1:020d}.json", f"{2:020d}.json"]
+    with pytest.raises(ConcurrentEdit, match="moved to version v1-"):
+        commit_latest(root, "v2", "v0")  # a writer that started from v0 after the race: refused too
+
+
+def test_an_object_store_claim_is_a_put_if_absent(tmp_path):
+    """Elsewhere than a local disk the claim is fsspec's pipe_file(mode="create") (memory:// here;
+    gcsfs and s3fs make it a conditional write): a taken generation is refused."""
+    root = f"memory://commit-{tmp_path.name}"
+    assert commit_latest(root, "v0", None) == layout.Head("v0", 1)
+    with pytest.raises(ConcurrentEdit, match="generation 1 first"):
+        layout._claim(root, layout.Head(None, 0), "other")
+    assert read_latest(root) == "v0"
+
+
+def test_readers_follow_commits_past_a_late_or_missing_latest_hint(tmp_path, monkeypatch):
+    root = str(tmp_path / "memory")
+    for version, parent in (("v0", None), ("v1", "v0"), ("v2", "v1")):
+        commit_latest(root, version, parent)
+    # a slow writer's hint, written after newer commits, must not move readers back
+    storage.write_json_atomic(storage.join(root, "index", layout.LATEST), {"version": "v0", "generation": 1})
+    assert read_latest(root) == "v2" and read_head(root).generation == 3
+
+    def lost(url, value):
+        raise OSError("the store timed out")
+
+    monkeypatch.setattr(storage, "write_json_atomic", lost)
+    assert commit_latest(root, "v3", "v2") == layout.Head("v3", 4)  # killed after the claim: committed
+    monkeypatch.undo()
+    assert read_latest(root) == "v3"
+    with pytest.raises(ConcurrentEdit):
+        commit_latest(root, "v3b", "v2")
+    # a pointer written before generations existed reads as generation 0
+    legacy = str(tmp_path / "legacy")
+    storage.write_json_atomic(storage.join(legacy, "index", layout.LATEST), {"version": "old"})
+    assert read_head(legacy) == layout.Head("old", 0)
+    assert commit_latest(legacy, "new", "old") == layout.Head("new", 1)
+
+
+def test_an_edit_made_from_a_stale_version_commits_nothing_and_a_forgotten_item_stays_forgotten(memory_copy):
+    """Writer A (say `vmem update` on another machine) prepared a version from the base while
+    writer B (the serving writer) unlearned items: A's publish is refused, its files removed,
+    and B's version, without the items, stays the memory's."""
+    from indexer.build import BuildConfig, run_build
+    from indexer.edit import ForgetRequest, publish, run_delete
+    from indexer.executor import LocalExecutor
+    from indexer.layout import list_versions, new_version_name, version_dir
+    from indexer.search import ShardedIndex
+    from indexer.store import resolve_version
+
+    base = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LocalExecutor())
+    forgotten = [int(i) for i in ShardedIndex.ids_of(memory_copy, base)[:5]]
+    deleted, _ = run_delete(memory_copy, ForgetRequest(ids=forgotten), LocalExecutor(), policy=None)
+    stale = new_version_name(base.version)
+    with pytest.raises(ConcurrentEdit, match=f"moved to version {deleted.version}"):
+        publish(memory_copy, base, stale, "add", base.shards, base.batches, {})
+    assert read_latest(memory_copy) == deleted.version
+    assert not storage.exists(version_dir(memory_copy, stale)) and stale not in list_versions(memory_copy)
+    served = ShardedIndex.ids_of(memory_copy, resolve_version(memory_copy, read_latest(memory_copy)))
+    assert len(served) == base.count - 5 and not np.isin(forgotten, served).any()
