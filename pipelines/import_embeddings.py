@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import logging
 import posixpath
-import sys
 import time
 import uuid
 from contextlib import ExitStack
@@ -485,4 +484,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from indexer import program  # --runner ray runs Ray in this process: end as every job does
+
+    program.run(main)

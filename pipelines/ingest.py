@@ -149,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "(e.g. 'gs://b/shards/{00000..00999}.tar'). A path that exists "
                              "is taken literally (e.g. 'photos [2024]'); patterns expand only "
                              "when no such path exists. Repeat for several.")
+    parser.add_argument("--memory", "-m", required=True,
+                        help="ROOT of the visual memory (local folder or fsspec URL).")
+    parser.add_argument("--batch", default="",
+                        help="Batch name under ROOT/embeddings/ (default: derived from --input, "
+                             "so re-running the same command replaces the same batch).")
+    add_embedding_options(parser, DEFAULT_ENCODER)
+    parser.add_argument("--log-level", default="INFO", help="Python logging level.")
+    return parser
+
+
+def add_embedding_options(parser: argparse.ArgumentParser, encoder_default: str | None) -> None:
+    """The options that say how a batch is read, checked and embedded, shared by ``vmem
+    ingest`` and ``vmem update`` (the fields of IngestConfig other than inputs, memory, batch
+    and beam_args). ``encoder_default`` None leaves ``--encoder`` and ``--weights`` None when
+    not given, for a caller that takes them from the memory."""
     parser.add_argument("--no-glob", action="store_true",
                         help="Take every --input literally: no brace or glob expansion; a "
                              "missing path is an error.")
@@ -171,24 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
                              "again to decode and preprocess; past it the item goes to "
                              "rejected/ with TimeoutError (0: no limit). Only regular files "
                              "are read: named pipes, devices and sockets are rejected unopened.")
-    parser.add_argument("--memory", "-m", required=True,
-                        help="ROOT of the visual memory (local folder or fsspec URL).")
-    parser.add_argument("--batch", default="",
-                        help="Batch name under ROOT/embeddings/ (default: derived from --input, "
-                             "so re-running the same command replaces the same batch).")
     parser.add_argument("--format", dest="source_format", default="auto",
                         choices=("auto",) + SOURCE_FORMATS,
                         help="Source layout; auto: .tar -> webdataset, .parquet -> parquet, "
                              "else image folders (label = parent folder).")
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
+    parser.add_argument("--encoder", default=encoder_default,
                         help="efficientnet-lite0|1|2 (offline), open_clip:<model>[:<tag>], or "
-                             "timm:<model>[.<tag>] (e.g. timm:vit_large_patch14_dinov2.lvd142m).")
-    parser.add_argument("--weights", default="",
+                             "timm:<model>[.<tag>] (e.g. timm:vit_large_patch14_dinov2.lvd142m)"
+                             + (f" (default {encoder_default})." if encoder_default else
+                                ". Default: the encoder that embedded the memory's batches "
+                                f"({DEFAULT_ENCODER} for an empty memory); another is refused."))
+    parser.add_argument("--weights", default="" if encoder_default else None,
                         help="Encoder weights: local/fsspec path to .safetensors or a torch "
-                             "checkpoint (loaded weights-only). Default: packaged or hub weights.")
+                             "checkpoint (loaded weights-only). Default: "
+                             + ("packaged or hub weights." if encoder_default else
+                                "those of the memory's batches (packaged or hub weights for an "
+                                "empty memory); others are refused."))
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N.")
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="Max images per encoder forward (default: 16 on CPU, 256 on GPU).")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=0,
+                        help="Max images per encoder forward (default: 16 on CPU, 256 on GPU; "
+                             "--batch_size is the spelling a Dataflow Flex Template passes).")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="Intra-op threads per forward (default: all cores); with "
                              "--direct_running_mode multi_threading use cores / workers.")
@@ -224,8 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Parquet: a Hugging Face {bytes, path} image with null bytes is "
                              "read from its path (relative to the Parquet file's folder); an "
                              "absolute path must lie under that folder or a --path-root. Repeat.")
-    parser.add_argument("--log-level", default="INFO", help="Python logging level.")
-    return parser
+
+
+def config_from_args(args: argparse.Namespace, inputs: list[str], memory: str, batch: str,
+                     beam_args: list[str]) -> IngestConfig:
+    """The IngestConfig of parsed ``add_embedding_options`` (``args.encoder`` and
+    ``args.weights`` already resolved to strings) for these inputs, memory and batch."""
+    return IngestConfig(
+        inputs=inputs, memory=memory, batch=batch, source_format=args.source_format,
+        encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
+        max_pixels=args.max_pixels, max_aspect_ratio=args.max_aspect_ratio,
+        image_column=args.image_column, label_column=args.label_column, key_column=args.key_column,
+        image_field=args.image_field, label_from=args.label_from, unlabelled=args.unlabelled,
+        path_roots=args.path_roots, torch_threads=args.torch_threads, no_glob=args.no_glob,
+        item_timeout_s=args.item_timeout, max_reject_ratio=args.max_reject_ratio,
+        dedupe=args.dedupe, beam_args=beam_args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,15 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
                         force=True)  # an import (Beam's) may have configured the root logger
-    config = IngestConfig(
-        inputs=args.inputs, memory=args.memory, batch=args.batch, source_format=args.source_format,
-        encoder=args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
-        max_pixels=args.max_pixels, image_column=args.image_column, label_column=args.label_column,
-        max_aspect_ratio=args.max_aspect_ratio,
-        key_column=args.key_column, image_field=args.image_field,
-        label_from=args.label_from, unlabelled=args.unlabelled, path_roots=args.path_roots,
-        torch_threads=args.torch_threads, no_glob=args.no_glob, item_timeout_s=args.item_timeout,
-        max_reject_ratio=args.max_reject_ratio, dedupe=args.dedupe, beam_args=beam_args)
+    config = config_from_args(args, args.inputs, args.memory, args.batch, beam_args)
     return exit_status("vmem ingest", lambda: run_ingest(config))
 
 

@@ -187,10 +187,14 @@ def test_flex_template_parameters_are_ingest_options():
 
     metadata = json.loads((INFRA / "dataflow" / "flex-template-metadata.json").read_text())
     assert metadata["name"] and metadata["parameters"]
-    options = {action.dest for action in build_parser()._actions}
+    # the launcher passes each parameter as --<name>=<value>: it must be an option string as spelt
+    options = {string for action in build_parser()._actions for string in action.option_strings}
     for parameter in metadata["parameters"]:
         assert {"name", "label", "helpText"} <= set(parameter)
-        assert parameter["name"] in options | {"input"}, parameter["name"]
+        assert f"--{parameter['name']}" in options, parameter["name"]
+    args, beam_args = build_parser().parse_known_args(
+        [f"--{p['name']}=8" for p in metadata["parameters"]])
+    assert args.batch_size == 8 and beam_args == []  # none left over for Beam to ignore
 
 
 def test_capacity_plan_is_consistent():

@@ -114,3 +114,52 @@ def test_a_round_starts_its_executor_only_to_publish(fmnist_shards, tmp_path, mo
 
     monkeypatch.setattr(update, "make_executor", no_executor)
     assert update.main(["--incoming", str(incoming), "--memory", memory]) == 0
+
+
+def test_new_batches_take_the_memory_encoder_and_another_is_refused_before_embedding(tmp_path, capsys):
+    """`vmem update` embeds with the encoder and weights that embedded the memory (a memory
+    built with another encoder than the default must not get default-encoder batches, which
+    the index step would refuse only after they were committed); a different --encoder or
+    --weights is a usage error, raised before anything is read or embedded."""
+    from pipelines.manifest import BatchManifest, list_batches
+    from vmem import update
+
+    memory = str(tmp_path / "memory")
+    assert update.resolve_encoder(memory, None, None) == ("efficientnet-lite0", "")  # empty memory
+    assert update.resolve_encoder(memory, "timm:vit_small_patch14_dinov2.lvd142m", None) == \
+        ("timm:vit_small_patch14_dinov2.lvd142m", "")
+    BatchManifest(batch="day-1", run_id="r1", created="2026-12-02T00:00:00+00:00",
+                  encoder="efficientnet-lite1", dim=1280, weights="/models/lite1.safetensors").write(memory)
+    assert update.resolve_encoder(memory, None, None) == ("efficientnet-lite1", "/models/lite1.safetensors")
+    assert update.resolve_encoder(memory, "efficientnet-lite1", None)[0] == "efficientnet-lite1"
+    with pytest.raises(ValueError, match="embedded by efficientnet-lite1"):
+        update.resolve_encoder(memory, "efficientnet-lite0", None)
+    with pytest.raises(ValueError, match="weights /models/lite1.safetensors"):
+        update.resolve_encoder(memory, None, "")
+    with pytest.raises(SystemExit) as exited:
+        update.main(["--input", str(tmp_path / "missing-*.tar"), "--batch", "day-2", "--memory", memory,
+                     "--no-ray", "--encoder", "efficientnet-lite0"])
+    assert exited.value.code == 2
+    assert "--encoder efficientnet-lite0: the memory's batches were embedded by efficientnet-lite1" \
+        in capsys.readouterr().err
+    assert list_batches(memory) == ["day-1"]  # nothing embedded, nothing committed
+
+
+def test_update_reads_and_embeds_as_ingest_options_say_with_the_memory_encoder(fmnist_shards, tmp_path, capsys):
+    """End to end through `vmem update`'s parser: day 1 embedded by efficientnet-lite1 with an
+    ingest option (--label-from); day 2, given no --encoder, is embedded by lite1 too and added
+    to the same index (the default encoder's batch would have been refused as incompatible)."""
+    import json
+
+    from pipelines.manifest import BatchManifest
+    from vmem import update
+
+    memory = str(tmp_path / "memory")
+    common = ["--memory", memory, "--no-ray", "--label-from", "json:label;cls", "--batch-size", "8"]
+    assert update.main(["--input", str(fmnist_shards / "fashion-mnist-train-000000.tar"),
+                        "--batch", "day-1", "--encoder", "efficientnet-lite1", *common]) == 0
+    assert update.main(["--input", str(fmnist_shards / "fashion-mnist-train-000001.tar"),
+                        "--batch", "day-2", *common]) == 0
+    day2 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (day2["operation"], day2["count"], day2["embedded"]) == ("add", 80, 40)
+    assert {BatchManifest.read(memory, b).encoder for b in ("day-1", "day-2")} == {"efficientnet-lite1"}

@@ -13,6 +13,11 @@ holding ``*.tar`` WebDataset shards, ``*.parquet`` files or image folders ``<lab
 taken once it holds ``_SUCCESS`` (``--ready-marker``), which the upload writes last: on an object
 store a folder appears file by file. Names starting with ``.`` or ``_`` are skipped.
 
+Each batch is read and embedded as ``vmem ingest`` would (the same options: ``--format``,
+``--label-from``, ``--max-reject-ratio`` ...), by the encoder and weights that embedded the
+memory's batches unless ``--encoder``/``--weights`` say otherwise (a different one is refused
+before anything is embedded: two embedding spaces cannot share an index).
+
 Idempotent: re-running a day re-ingests the same rows into the same batch, and the index step
 skips batches the memory already holds. Safe to interrupt: every step commits atomically
 (batch manifest, then version manifest, then LATEST), so a failure leaves the last good version
@@ -28,6 +33,7 @@ import os
 import posixpath
 import re
 import urllib.request
+from dataclasses import dataclass, replace
 
 from indexer.build import BuildConfig, run_build
 from indexer.edit import compact_if_due, run_add
@@ -36,7 +42,8 @@ from indexer.layout import read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import resolve_version, verify_version
 from pipelines import storage
-from pipelines.ingest import IngestConfig, run_ingest
+from pipelines.encoders import DEFAULT_ENCODER
+from pipelines.ingest import IngestConfig, add_embedding_options, config_from_args, run_ingest
 from pipelines.manifest import BatchManifest, list_batches
 
 log = logging.getLogger("vmem.update")
@@ -62,18 +69,64 @@ def reload_serving(url: str, token: str, timeout: float = 120.0) -> dict:
 
 
 def run_update(inputs: list[str], memory: str, batch: str, executor, shards: int = 1,
-               skip_ingest_if_present: bool = False, beam_args: list[str] | None = None) -> dict:
+               skip_ingest_if_present: bool = False, ingest: IngestConfig | None = None) -> dict:
+    """Ingest ``inputs`` as ``batch`` of ``memory`` (how: ``ingest``, an IngestConfig whose
+    inputs, memory and batch are replaced; default: IngestConfig's defaults), then publish it
+    (``publish``) and verify the published version's files. Returns the round's summary."""
     if skip_ingest_if_present and batch in list_batches(memory):
         ingested = BatchManifest.read(memory, batch)
         log.info("batch %s already ingested (run %s): not re-ingesting", batch, ingested.run_id)
     else:
-        ingested = run_ingest(IngestConfig(inputs=inputs, memory=memory, batch=batch,
-                                           beam_args=beam_args or [])).manifest
+        template = ingest or IngestConfig(inputs=[], memory=memory)
+        ingested = run_ingest(replace(template, inputs=inputs, memory=memory, batch=batch)).manifest
     manifest = publish(memory, batch, executor, shards)
     checked = verify_version(memory, resolve_version(memory, manifest.version))
     return {"batch": batch, "embedded": ingested.counts["embedded"],
             "rejected": ingested.counts["rejected"], "version": manifest.version,
             "operation": manifest.operation, "count": manifest.count, "files_verified": checked}
+
+
+@dataclass(frozen=True)
+class MemoryEncoder:
+    """The encoder (its recorded name) and weights that embedded a memory's batches."""
+
+    encoder: str
+    weights: str
+    batch: str  # the batch they were read from
+
+
+def memory_encoder(memory: str) -> MemoryEncoder | None:
+    """The encoder of the memory's LATEST version (its last batch), or of its first complete
+    batch when no version is published yet; None for a memory with neither."""
+    latest = read_latest(memory)
+    batches = list(resolve_version(memory, latest).batches) if latest else []
+    candidates = batches[::-1] or list_batches(memory)
+    if not candidates:
+        return None
+    manifest = BatchManifest.read(memory, candidates[0])
+    return MemoryEncoder(manifest.encoder, manifest.weights, candidates[0])
+
+
+def resolve_encoder(memory: str, encoder: str | None, weights: str | None) -> tuple[str, str]:
+    """(encoder, weights) for a new batch of ``memory``: those given, defaulting to the ones
+    that embedded the memory's batches (``memory_encoder``; DEFAULT_ENCODER and packaged
+    weights for an empty memory). Raises ValueError when a given encoder or weights differ from
+    the memory's: vectors of two embedding spaces cannot share an index, and a batch embedded
+    by the wrong encoder would otherwise be committed before the index step refuses it."""
+    from pipelines.encoders import EncoderSpec
+
+    recorded = memory_encoder(memory)
+    if recorded is None:
+        return encoder or DEFAULT_ENCODER, weights or ""
+    if encoder is not None and EncoderSpec.parse(encoder).name != recorded.encoder:
+        raise ValueError(f"--encoder {encoder}: the memory's batches were embedded by "
+                         f"{recorded.encoder} (batch {recorded.batch}); a batch must be "
+                         "embedded by the same encoder (leave --encoder out to use it)")
+    if weights is not None and weights != recorded.weights:
+        raise ValueError(f"--weights {weights or '(packaged)'}: the memory's batches were "
+                         f"embedded with weights {recorded.weights or '(packaged)'} (batch "
+                         f"{recorded.batch}); leave --weights out to use them")
+    return recorded.encoder, recorded.weights
 
 
 READY = "_SUCCESS"  # the marker an upload writes last (Hadoop's and Spark's convention)
@@ -129,16 +182,17 @@ def pending_batches(incoming: str, memory: str, ready_marker: str = READY) -> li
 
 
 def run_pending(incoming: str, memory: str, executor, shards: int = 1,
-                beam_args: list[str] | None = None, ready_marker: str = READY) -> list[dict]:
+                ingest: IngestConfig | None = None, ready_marker: str = READY) -> list[dict]:
     """Ingest and publish every pending batch of ``incoming`` (``pending_batches``), oldest
-    first, one version each; a batch already embedded by a killed round is not embedded again.
+    first, one version each (embedded as ``ingest`` says: see run_update); a batch already
+    embedded by a killed round is not embedded again.
     Returns one ``run_update`` summary per batch ([] when nothing is pending). Stops at the
     first batch that fails, raising its error: the batches before it stay published (each is
     logged as it is), the failing one and those after it are pending for the next round."""
     summaries = []
     for batch, inputs in pending_batches(incoming, memory, ready_marker):
         summaries.append(run_update(inputs, memory, batch, executor, shards,
-                                    skip_ingest_if_present=True, beam_args=beam_args))
+                                    skip_ingest_if_present=True, ingest=ingest))
         log.info("published batch %s: %s", batch, json.dumps(summaries[-1]))
     return summaries
 
@@ -166,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-ray", action="store_true", help="Run the index step in-process.")
     parser.add_argument("--reload-url", default="", help="Serving base URL to reload afterwards.")
     parser.add_argument("--token-env", default="VMEM_TOKEN", help="Variable holding the serving token.")
+    embedding = parser.add_argument_group("how each batch is read and embedded (as vmem ingest)")
+    add_embedding_options(embedding, encoder_default=None)
     return parser
 
 
@@ -178,17 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--incoming takes no --batch or --skip-ingest-if-present (each folder is a "
                      "batch, never embedded twice) and needs a folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    try:
+        args.encoder, args.weights = resolve_encoder(args.memory, args.encoder, args.weights)
+    except ValueError as error:
+        parser.error(str(error))
+    ingest = config_from_args(args, [], args.memory, "", beam_args)
     # Ray starts when the first batch is published, not before its ingest: a round with
     # nothing pending, or killed while it embeds, starts none
     executor = DeferredExecutor(lambda: make_executor(args.ray_address, use_ray=not args.no_ray))
     if args.incoming:
-        rounds = run_pending(args.incoming, args.memory, executor, args.shards, beam_args,
+        rounds = run_pending(args.incoming, args.memory, executor, args.shards, ingest,
                              args.ready_marker)
         summary = {"incoming": args.incoming, "batches": rounds,
                    "version": rounds[-1]["version"] if rounds else read_latest(args.memory)}
     else:
         summary = run_update(args.inputs, args.memory, args.batch, executor, args.shards,
-                             args.skip_ingest_if_present, beam_args)
+                             args.skip_ingest_if_present, ingest)
     published = summary.get("batches", [summary])
     if args.reload_url and published:  # nothing published: serving has nothing to reload
         summary["serving"] = reload_serving(args.reload_url, os.environ.get(args.token_env, ""))
