@@ -99,7 +99,9 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
     data = storage.join(config.work, "data")
     roots = [data if "://" in data else os.path.abspath(data)]
     start(load_config(DEFAULT_CONFIG, memory, "127.0.0.1", port,
-                      {"token": token, "allowed_source_roots": roots}))
+                      {"token": token, "allowed_source_roots": roots,
+                       # a free port, not the packaged 8001: a `vmem serve` left running keeps its own
+                       "data_plane_port": free_port()}))
     client = MemoryClient(f"http://127.0.0.1:{port}", token)
 
     def classify_records(records: list[ImageRecord]) -> list:

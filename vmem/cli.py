@@ -1,7 +1,7 @@
 """``vmem <command> ...`` dispatches to a job module, as ``python -m <module> ...`` would.
 
 Each job is a module with ``main(argv)`` so Beam and Ray users can submit it directly
-(``python -m pipelines.ingest``, ``ray job submit -- python -m indexer.build``). Modules are
+(``python -m pipelines.ingest``, ``ray job submit -- python -m indexer build``). Modules are
 imported only when their command runs: ``vmem data`` never imports Ray.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("experiments.cli", "Experiments: the paper's claims measured on your memory; writes a report."),
     "update": ("vmem.update", "Scheduled step: ingest new shards, publish a version, verify, reload serving."),
     "demo": ("experiments.demo", "The whole system on Fashion-MNIST: ingest, build, serve, add, forget, report."),
-    "index": ("indexer.cli", "Ray jobs: build, add, delete, prune, log, rollback, verify, gc index versions."),
+    "index": ("indexer.cli", "Ray jobs: build, add, delete, compact, prune, forget-status, log, rollback, verify, gc."),
 }
 
 
