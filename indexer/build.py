@@ -115,6 +115,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     started = time.monotonic()
     phases = Phases(executor)
     with phases("planning"):
+        before = read_latest(config.memory)  # what edits landing while it runs are measured against
         inputs = plan_inputs(config.memory, config.batches)
     dim, shards = inputs.dim, config.num_shards
     estimate = inputs.count  # rows as written; unlearned ids (indexer/forgotten.py) drop on read
@@ -175,7 +176,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
 
         rerank = config.keep_vectors != "none"
         manifest = IndexManifest(
-            version=version, parent=read_latest(config.memory),
+            version=version, parent=before,
             created=datetime.now(timezone.utc).isoformat(), operation="build", encoder=inputs.encoder,
             dim=dim, factory=factory, num_shards=shards, count=count,
             search_defaults={"k": config.k, "nprobe": 0, "rerank": rerank},
@@ -194,24 +195,30 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
             "cpu_seconds": round(sum(phases.cpu_seconds.values()), 3), "seed": config.seed, **tuned.details()}
         crash_point("publish")
         with writer_lock(config.memory):
-            _check_unchanged(config.memory, manifest, inputs)
-            manifest.parent = read_latest(config.memory)
+            head = read_latest(config.memory)  # read once: checked, then committed on (or refused)
+            _check_unchanged(config.memory, version, inputs, before, head)
+            manifest.parent = head
             manifest.write(config.memory)
-            commit_latest(config.memory, version, manifest.parent)  # the publish: last, atomic
+            commit_latest(config.memory, version, head)  # the publish: last, atomic
     return manifest
 
 
-def _check_unchanged(root: str, manifest: IndexManifest, inputs) -> None:
-    """Edits published while the build ran must not be lost by publishing it: an item
-    unlearned meanwhile (the forget ledger grew) or a batch added meanwhile refuses the
-    publish (nothing is committed; run the build again)."""
+def _check_unchanged(root: str, version: str, inputs, before: str | None, head: str | None) -> None:
+    """Edits published while the build ran (LATEST went from ``before`` to ``head``) must not
+    be lost by publishing it: an item unlearned meanwhile (the forget ledger grew), a batch
+    added meanwhile, or a version named after this one (readers and ``min_version`` take the
+    later name as the newer version) refuses the publish: nothing is committed; run the build
+    again. Raises RuntimeError."""
     from indexer.forgotten import forgotten_ids
 
-    latest = read_latest(root)
-    if latest and latest != manifest.parent:
-        added = sorted(set(IndexManifest.read(root, latest).batches) - set(inputs.batches))
+    if head and head != before:
+        had = set(IndexManifest.read(root, before).batches) if before else set()
+        added = sorted(set(IndexManifest.read(root, head).batches) - had - set(inputs.batches))
         if added:
             raise RuntimeError(f"batches {added} were added while the build ran; not publishing")
+        if head > version:
+            raise RuntimeError(f"version {head} was published while the build ran (version "
+                               f"{version}, named when it started); not publishing (run it again)")
     known = inputs.parts[0].forgotten if inputs.parts and inputs.parts[0].forgotten is not None else []
     if len(np.setdiff1d(forgotten_ids(root), known)):
         raise RuntimeError("items were unlearned while the build ran; not publishing (run it again)")

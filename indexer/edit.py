@@ -49,6 +49,7 @@ from pipelines import storage
 
 log = logging.getLogger("vmem.index")
 FORGET_REPORT = "forget-report.json"
+PURGE_ATTEMPTS = 3  # compactions a purge tries while other writers' commits come first
 COMPACTION_REPORT = "compaction-report.json"
 
 
@@ -327,13 +328,19 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
                   "bytes_removed": None, "seconds": round(seconds, 3),
                   "seconds_per_item": round(seconds / len(forget), 6)}
         storage.write_json_atomic(storage.join(version_dir(root, version), FORGET_REPORT), report)
-        if operation == "delete":  # unlearning: rebuilds from the batches must not bring them back
-            record_forgotten(root, version, forget)
-        manifest = publish(root, parent, version, operation, entries, parent.batches,
-                           {"removed": int(len(forget)), "forget_report": FORGET_REPORT,
-                            "seconds": round(seconds, 3), **(details or {})})
-        compacted = (_compact(root, manifest, executor, {e.shard for e in manifest.shards
-                                                          if (owner == e.shard).any()})
+        # unlearning: rebuilds from the batches must not bring them back (recorded before the
+        # commit, so no crash can commit the delete without it; dropped if the commit is refused)
+        ledger = record_forgotten(root, version, forget) if operation == "delete" else None
+        try:
+            manifest = publish(root, parent, version, operation, entries, parent.batches,
+                               {"removed": int(len(forget)), "forget_report": FORGET_REPORT,
+                                "seconds": round(seconds, 3), **(details or {})})
+        except ConcurrentEdit:
+            if ledger:
+                storage.remove(ledger)
+            raise
+        compacted = (_purge(root, manifest, executor, {e.shard for e in manifest.shards
+                                                        if (owner == e.shard).any()})
                      if purge else _maybe_compact(root, manifest, executor, policy))
         if compacted.version != manifest.version:
             report["bytes_removed"] = _purged(root, compacted.version, version)
@@ -358,7 +365,8 @@ def compact_if_due(root: str, executor, policy: CompactionPolicy = DEFAULT_POLIC
     works (the serving writer runs this after an edit has returned, and edits go on meanwhile):
     the shards of a snapshot are compacted into new files, then, under the lock, rebased onto
     whatever LATEST became (segments added and tombstones written since the snapshot are kept
-    on top of the compacted base) and published. Returns LATEST afterwards."""
+    on top of the compacted base) and published. Returns LATEST afterwards (without this
+    compaction when another writer's commit came first: it is left for the next call)."""
     snapshot = resolve_version(root)
     due = {e.shard for e in snapshot.shards if policy.due(e)}
     if not due:
@@ -385,7 +393,11 @@ def compact_if_due(root: str, executor, policy: CompactionPolicy = DEFAULT_POLIC
         chosen = {s for s in compacted if entries[s] is not latest.shards[s]}
         if not chosen:
             return latest
-        return _publish_compaction(root, latest, snapshot, entries, chosen, started)
+        try:
+            return _publish_compaction(root, latest, snapshot, entries, chosen, started)
+        except ConcurrentEdit as error:  # another machine's edit came first: compact next time
+            log.warning("compaction of %s not published (%s)", snapshot.version, error)
+            return resolve_version(root)
 
 
 def _rebase(compacted: ShardEntry, snapshot: ShardEntry, latest: ShardEntry) -> ShardEntry | None:
@@ -404,10 +416,36 @@ def _rebase(compacted: ShardEntry, snapshot: ShardEntry, latest: ShardEntry) -> 
 
 def _maybe_compact(root: str, manifest: IndexManifest, executor,
                    policy: CompactionPolicy | None) -> IndexManifest:
+    """After a committed edit: compact the shards past ``policy``. A compaction that loses a
+    commit race (indexer/layout.py) is left to a later edit: the edit stands, so this returns
+    its version rather than failing it."""
     if policy is None:
         return manifest
     due = {e.shard for e in manifest.shards if policy.due(e)}
-    return _compact(root, manifest, executor, due) if due else manifest
+    if not due:
+        return manifest
+    try:
+        return _compact(root, manifest, executor, due)
+    except ConcurrentEdit as error:
+        log.warning("compaction after version %s not published (%s); a later edit compacts",
+                    manifest.version, error)
+        return manifest
+
+
+def _purge(root: str, manifest: IndexManifest, executor, shards: set[int],
+           attempts: int = PURGE_ATTEMPTS) -> IndexManifest:
+    """``delete --purge``'s compaction of ``shards`` after the committed delete ``manifest``,
+    retried on the new LATEST (which holds the delete's tombstones) when another writer's
+    commit came first; after ``attempts`` lost races the delete stands unpurged (its forget
+    report says bytes_removed null, as before any compaction) and this returns ``manifest``."""
+    parent = manifest
+    for _ in range(attempts):
+        try:
+            return _compact(root, parent, executor, shards)
+        except ConcurrentEdit as error:
+            log.warning("purge after version %s lost a commit race (%s)", manifest.version, error)
+            parent = resolve_version(root)
+    return manifest
 
 
 def _compact(root: str, parent: IndexManifest, executor, shards: set[int] | None) -> IndexManifest:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from indexer import leases
 from indexer.forgotten import LEDGER
-from indexer.layout import LATEST, MANIFEST, index_root, list_versions, read_latest
+from indexer.layout import LATEST, MANIFEST, ConcurrentEdit, index_root, list_versions, read_head, read_latest
 from indexer.manifest import IndexManifest
 from pipelines import storage
 from pipelines.manifest import BEAM_TEMP_PREFIX
@@ -232,7 +232,8 @@ def run_gc(root: str, keep: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
     ``shared_files_kept`` (files of dropped folders a kept version reads), ``files_freed``,
     ``bytes_freed``. Raises ValueError on a negative ``keep`` or ``grace_seconds``,
     leases.WriterBusy when another writer holds the lock past ``lock_timeout_s``,
-    RuntimeError when LATEST names a version without a manifest, and what
+    RuntimeError when LATEST names a version without a manifest, layout.ConcurrentEdit when
+    a writer on another machine committed while it planned, and what
     ``IndexManifest.read`` raises for an unreadable manifest (nothing is removed then)."""
     if keep < 0:
         raise ValueError(f"keep must be >= 0, not {keep}")
@@ -241,8 +242,12 @@ def run_gc(root: str, keep: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
     started = time.monotonic()
     fs, base = storage.filesystem(root)
     with leases.writer_lock(root, timeout_s=lock_timeout_s):
+        head = read_head(root)
         plan = _plan(root, keep, grace_seconds, time.time() if now is None else now)
         if not dry_run:
+            if read_head(root) != head:  # a writer the lock does not reach (another machine)
+                raise ConcurrentEdit(f"the memory moved from version {head.version} while gc "
+                                     "planned: nothing removed; run it again")
             _apply(fs, plan)
 
     def rel(paths) -> list[str]:

@@ -9,7 +9,9 @@ across machines on an object store, where the writer lock (indexer/leases.py) ca
 ``ROOT/index/LATEST`` (``{version, generation}``), written after the claim, is a hint: a
 reader starts there and follows the claims after its generation (``read_head``), so a writer
 killed between its claim and the hint, or a hint written late by a slow writer, never shows a
-reader an older version than the newest committed one.
+reader an older version than the newest committed one. A writer that commits without claims
+(this project before the protocol) would be passed over by readers: upgrade every writer of a
+memory together.
 """
 from __future__ import annotations
 
@@ -108,16 +110,20 @@ def _claim(root: str, head: Head, version: str) -> Head:
     new = Head(version, head.generation + 1)
     record = {"version": version, "parent": head.version,
               "created": datetime.now(timezone.utc).isoformat()}
+    url = _claim_url(root, new.generation)
     try:
-        storage.create_exclusive(_claim_url(root, new.generation),
-                                 (json.dumps(record, sort_keys=True) + "\n").encode())
+        storage.create_exclusive(url, (json.dumps(record, sort_keys=True) + "\n").encode())
     except FileExistsError as error:
-        raise ConcurrentEdit(f"another writer committed generation {new.generation} first "
-                             f"(after version {head.version}): nothing committed; run it again") from error
+        # a driver that retried a create whose first try landed (its answer lost) finds its
+        # own claim: version names are unique, so the claim says whose it is
+        if (storage.read_json_if_exists(url) or {}).get("version") != version:
+            raise ConcurrentEdit(f"another writer committed generation {new.generation} first "
+                                 f"(after version {head.version}): nothing committed; run it "
+                                 "again") from error
     try:  # committed: the claim is the commit, LATEST only saves readers a step
         storage.write_json_atomic(storage.join(index_root(root), LATEST),
                                   {"version": version, "generation": new.generation})
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - the commit stands whatever the hint's fate
         log.warning("version %s is committed (generation %d) but the LATEST hint was not "
                     "written (%s): readers follow the commit record instead", version,
                     new.generation, error)

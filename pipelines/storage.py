@@ -118,7 +118,8 @@ def create_exclusive(url: str, data: bytes) -> None:
     """Write ``data`` to ``url`` only if nothing has that name yet: the put-if-absent a commit
     protocol needs (whoever writes the name first wins). Raises FileExistsError when the name
     is taken. Local: a hidden temp file hard-linked to the name (``link(2)`` fails on an
-    existing name, atomically; readers never see a partial file). Elsewhere: fsspec's
+    existing name, atomically; readers never see a partial file), or where the mount has no
+    hard links an ``O_EXCL`` create. Elsewhere: fsspec's
     ``pipe_file(mode="create")``, a conditional write where the driver makes it one (gcsfs:
     ``ifGenerationMatch=0``; s3fs: ``If-None-Match: *``); a driver that does not falls back to
     fsspec's check-then-write, which two machines could race."""
@@ -135,6 +136,12 @@ def create_exclusive(url: str, data: bytes) -> None:
         os.fsync(handle.fileno())
     try:
         os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FUSE mounts such as gcsfuse): O_EXCL still decides
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
     finally:
         os.unlink(temp)
 

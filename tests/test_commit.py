@@ -95,3 +95,124 @@ def test_an_edit_made_from_a_stale_version_commits_nothing_and_a_forgotten_item_
     assert not storage.exists(version_dir(memory_copy, stale)) and stale not in list_versions(memory_copy)
     served = ShardedIndex.ids_of(memory_copy, resolve_version(memory_copy, read_latest(memory_copy)))
     assert len(served) == base.count - 5 and not np.isin(forgotten, served).any()
+
+
+def test_a_create_retried_after_its_first_try_landed_is_this_writers_commit(tmp_path, monkeypatch):
+    """A driver that retries a conditional create whose answer was lost sees its own claim as
+    'exists': the claim names the version, so the commit stands (and nothing is cleaned up);
+    a hint that fails in any way after the claim leaves the commit standing too."""
+    root = str(tmp_path / "memory")
+    commit_latest(root, "v0", None)
+    real = storage.create_exclusive
+
+    def answer_lost(url, data):
+        real(url, data)
+        raise FileExistsError(url)  # the retry's 412
+
+    monkeypatch.setattr(storage, "create_exclusive", answer_lost)
+    assert commit_latest(root, "v1", "v0") == layout.Head("v1", 2)
+    with pytest.raises(ConcurrentEdit):  # someone else's claim is still a lost race
+        layout._claim(root, layout.Head("v0", 1), "v1-other")
+    monkeypatch.undo()
+
+    def http_error(url, value):
+        raise RuntimeError("HttpError 503 after retries")
+
+    monkeypatch.setattr(storage, "write_json_atomic", http_error)
+    assert commit_latest(root, "v2", "v1") == layout.Head("v2", 3)
+    monkeypatch.undo()
+    assert read_latest(root) == "v2"
+
+
+def test_exclusive_create_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
+    import os
+
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")  # gcsfuse and other FUSE mounts
+
+    monkeypatch.setattr(os, "link", no_links)
+    url = str(tmp_path / "claim.json")
+    storage.create_exclusive(url, b"first")
+    with pytest.raises(FileExistsError):
+        storage.create_exclusive(url, b"second")
+    assert (tmp_path / "claim.json").read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["claim.json"]  # no temp file left
+
+
+def test_compaction_after_a_committed_edit_never_fails_the_edit(monkeypatch):
+    """The compaction that follows an add or a delete may lose a commit race to another
+    machine's edit: the edit stands (its version is returned); a purge retries on the new
+    LATEST a bounded number of times."""
+    from indexer import edit
+
+    calls = []
+
+    def losing(root, parent, executor, shards):
+        calls.append(parent)
+        raise ConcurrentEdit("another writer came first")
+
+    monkeypatch.setattr(edit, "_compact", losing)
+    monkeypatch.setattr(edit, "resolve_version", lambda root, version=None: "head")
+
+    class Due:
+        def due(self, entry):
+            return True
+
+    class Manifest:
+        version, shards = "v7", [type("Entry", (), {"shard": 0})()]
+
+    manifest = Manifest()
+    assert edit._maybe_compact("root", manifest, None, Due()) is manifest
+    calls.clear()
+    assert edit._purge("root", manifest, None, {0}) is manifest
+    assert calls == [manifest, "head", "head"]  # retried on LATEST, PURGE_ATTEMPTS times in all
+    monkeypatch.setattr(edit, "_compact", lambda root, parent, executor, shards: "compacted")
+    assert edit._purge("root", manifest, None, {0}) == "compacted"
+
+
+def test_a_delete_that_loses_the_commit_race_leaves_no_ledger_record_and_a_build_refuses_edits_made_meanwhile(
+        memory_copy, monkeypatch):
+    from indexer import edit
+    from indexer.build import BuildConfig, _check_unchanged, run_build
+    from indexer.edit import ForgetRequest, run_delete
+    from indexer.executor import LocalExecutor
+    from indexer.forgotten import forgotten_ids
+    from indexer.layout import new_version_name
+    from indexer.manifest import IndexManifest
+    from indexer.reader import plan_inputs
+    from indexer.search import ShardedIndex
+
+    base = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LocalExecutor())
+    ids = [int(i) for i in ShardedIndex.ids_of(memory_copy, base)[:3]]
+
+    def another_machine(name: str, parent: IndexManifest, **changes) -> IndexManifest:
+        fields = {**storage.read_json(IndexManifest.url_for(memory_copy, parent.version)),
+                  "version": name, "parent": parent.version, **changes}
+        foreign = IndexManifest.from_fields(fields)
+        foreign.write(memory_copy)
+        commit_latest(memory_copy, name, parent.version)
+        return foreign
+
+    building = new_version_name()  # a build that started now
+    record = edit.record_forgotten
+
+    def then_commit_elsewhere(root, version, forget):
+        url = record(root, version, forget)
+        another_machine(new_version_name(), base)  # lands while the delete is being written
+        return url
+
+    monkeypatch.setattr(edit, "record_forgotten", then_commit_elsewhere)
+    with pytest.raises(ConcurrentEdit):
+        run_delete(memory_copy, ForgetRequest(ids=ids), LocalExecutor(), policy=None)
+    monkeypatch.undo()
+    assert not np.isin(ids, forgotten_ids(memory_copy)).any()  # nothing committed, nothing recorded
+
+    inputs = plan_inputs(memory_copy, ["train-a"])
+    head = read_latest(memory_copy)
+    with pytest.raises(RuntimeError, match="was published while the build ran"):
+        _check_unchanged(memory_copy, building, inputs, base.version, head)
+    added = another_machine(new_version_name(), IndexManifest.read(memory_copy, head),
+                            batches=["train-a", "train-b"])
+    with pytest.raises(RuntimeError, match=r"batches \['train-b'\] were added"):
+        _check_unchanged(memory_copy, new_version_name(), inputs, base.version, added.version)
+    _check_unchanged(memory_copy, new_version_name(), inputs, added.version, added.version)  # nothing landed

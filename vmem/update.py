@@ -47,6 +47,7 @@ from pipelines.ingest import IngestConfig, add_embedding_options, config_from_ar
 from pipelines.manifest import BatchManifest, list_batches
 
 log = logging.getLogger("vmem.update")
+API_FORMAT = "api"  # the source_format of batches added through the HTTP API (serving/editing.py)
 
 
 def publish(memory: str, batch: str, executor, shards: int) -> IndexManifest:
@@ -96,15 +97,19 @@ class MemoryEncoder:
 
 
 def memory_encoder(memory: str) -> MemoryEncoder | None:
-    """The encoder of the memory's LATEST version (its last batch), or of its first complete
-    batch when no version is published yet; None for a memory with neither."""
+    """The encoder of the memory's LATEST version (its newest batch), or of its first complete
+    batch when no version is published yet; None for a memory with neither. Batches added
+    online (``source_format`` api) are passed over while another is there: they record the
+    encoder's name but not the weights the serving encoder loaded."""
     latest = read_latest(memory)
-    batches = list(resolve_version(memory, latest).batches) if latest else []
-    candidates = batches[::-1] or list_batches(memory)
-    if not candidates:
-        return None
-    manifest = BatchManifest.read(memory, candidates[0])
-    return MemoryEncoder(manifest.encoder, manifest.weights, candidates[0])
+    batches = list(resolve_version(memory, latest).batches)[::-1] if latest else list_batches(memory)
+    first = None
+    for name in batches:  # newest first; usually the first one read decides
+        manifest = BatchManifest.read(memory, name)
+        if manifest.source_format != API_FORMAT:
+            return MemoryEncoder(manifest.encoder, manifest.weights, name)
+        first = first or manifest
+    return MemoryEncoder(first.encoder, first.weights, first.batch) if first else None
 
 
 def resolve_encoder(memory: str, encoder: str | None, weights: str | None) -> tuple[str, str]:
