@@ -34,7 +34,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 demo: setup system-deps
-	$(RUN) $(BIN)/vmem demo --work $(DEMO) --report report --train-per-class $(DEMO_TRAIN_PER_CLASS) --test-per-class $(DEMO_TEST_PER_CLASS)
+	$(RUN) $(BIN)/vmem demo --work $(DEMO) --report report --train-per-class $(DEMO_TRAIN_PER_CLASS) --test-per-class $(DEMO_TEST_PER_CLASS) $(DEMO_ARGS)
 
 test: setup system-deps
 	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -242,17 +242,23 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=defaults.work, help="Data, memory and derived memories.")
     parser.add_argument("--report", default=defaults.report, help="Where index.html and results go.")
-    parser.add_argument("--train-per-class", type=int, default=defaults.train_per_class)
-    parser.add_argument("--test-per-class", type=int, default=defaults.test_per_class)
-    parser.add_argument("--new-class", default=defaults.new_class, help="Class added through the API.")
-    parser.add_argument("--forget", type=int, default=defaults.forget, help="Images forgotten through the API.")
-    parser.add_argument("--shards", type=int, default=defaults.shards)
+    parser.add_argument("--train-per-class", type=int, default=defaults.train_per_class,
+                        help="Training images per class in the memory (default %(default)s; "
+                             "Fashion-MNIST has 6,000).")
+    parser.add_argument("--test-per-class", type=int, default=defaults.test_per_class,
+                        help="Query images per class (default %(default)s; at most 1,000).")
+    parser.add_argument("--new-class", default=defaults.new_class,
+                        help="Class kept out of memory, then added through the API (default %(default)s).")
+    parser.add_argument("--forget", type=int, default=defaults.forget,
+                        help="Images most used as evidence, forgotten through the API (default %(default)s).")
+    parser.add_argument("--shards", type=int, default=defaults.shards, help="Index shards (default %(default)s).")
     parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one).")
     parser.add_argument("--encoders", default=",".join(defaults.encoders),
-                        help="Encoders of the memory-size experiment (comma list).")
-    parser.add_argument("--per-class", default="1,10,100,0", help="Memory sizes per class (0 = all).")
+                        help="Encoders of the memory-size experiment (comma list; default %(default)s).")
+    parser.add_argument("--per-class", default="1,10,100,0",
+                        help="Memory sizes per class of the memory-size experiment (0 = all; default %(default)s).")
     parser.add_argument("--no-experiments", action="store_true", help="Stop after the serving stages.")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     run_demo(DemoConfig(args.work, args.report, args.train_per_class, args.test_per_class, args.new_class,
