@@ -216,3 +216,17 @@ def test_a_delete_that_loses_the_commit_race_leaves_no_ledger_record_and_a_build
     with pytest.raises(RuntimeError, match=r"batches \['train-b'\] were added"):
         _check_unchanged(memory_copy, new_version_name(), inputs, base.version, added.version)
     _check_unchanged(memory_copy, new_version_name(), inputs, added.version, added.version)  # nothing landed
+
+
+def test_the_serving_writer_answers_a_lost_commit_race_with_503(tmp_path):
+    """An API edit refused by the commit (another machine's edit came first) is a 503 (the
+    router adds Retry-After; the client retries), not a 500: nothing was committed."""
+    import asyncio
+
+    from serving.writer import EditFailure, WriterService
+
+    def loses():
+        raise ConcurrentEdit("the memory moved to version v9 while this edit of v8 ran")
+
+    failure = asyncio.run(WriterService(str(tmp_path))._run(loses, "ids", ()))
+    assert failure == EditFailure(503, "memory", "the memory moved to version v9 while this edit of v8 ran")
