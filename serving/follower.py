@@ -1,6 +1,7 @@
 """Which version a router replica serves: every replica follows ``LATEST``, within bounds.
 
-Each router replica polls ``ROOT/index/LATEST`` (a tiny file) every ``version_poll_s`` and
+Each router replica polls ``ROOT/index/LATEST`` (a tiny file, then the commit record after its
+generation: indexer/layout.py ``read_head``) every ``version_poll_s`` and
 switches its searcher groups to a newer version as soon as it appears (a switch loads only the
 segments and tombstones that changed: indexer/search.py ``SegmentCache``). It renews a lease
 (indexer/leases.py) naming the version it serves, which is how the writer knows when every
