@@ -32,8 +32,11 @@ Systems, each run as its own fresh process:
                  trained by ``indexer.factory.train``, then each Parquet part read in chunks (id
                  and embedding columns only) and ``add_with_ids``, then ``faiss.write_index``.
                  Searched at the project's recorded nprobe (no tuning of its own).
-  autofaiss      autofaiss 2.18 ``build_index`` on the .npy folder, max_index_memory_usage =
-                 --bytes-per-vector x N bytes, current_memory_available --autofaiss-memory,
+  autofaiss      autofaiss 2.18 ``build_index`` on the .npy folder, max_index_memory_usage = the
+                 bytes of the largest index the project built in the section (codes, ids,
+                 lists, the trained quantizer: the same whole-index budget; --autofaiss-budget
+                 code: --bytes-per-vector x N, which counts the project's PQ code alone),
+                 current_memory_available --autofaiss-memory,
                  metric ip, its own index choice and its own tuned search parameters.
                  With --autofaiss-deadline F its build is stopped once it has run F times the
                  slowest project build of the section: its throughput is then at most N over
@@ -435,7 +438,8 @@ def run_section(count: int, dim: int, args, autofaiss: Path | None) -> dict:
             slowest = max(systems[f"project_s{s}"]["process_tree"]["wall_seconds"] for s in args.shards)
             deadline = args.autofaiss_deadline * slowest if args.autofaiss_deadline else None
             systems["autofaiss"] = run_autofaiss_system(autofaiss, work, npy_dir, q_path, truth, count,
-                                                        logs, args, deadline)
+                                                        logs, args, deadline,
+                                                        autofaiss_budget(systems, args, count))
             shutil.rmtree(npy_dir, ignore_errors=True)
         else:
             systems["autofaiss"] = {"skipped": "--skip-autofaiss"}
@@ -509,12 +513,24 @@ def run_single(systems: dict, root: str, work: str, logs: str, q_path: str, trut
     _progress_system("single_faiss", systems["single_faiss"])
 
 
+def autofaiss_budget(systems: dict, args, count: int) -> tuple[int, str]:
+    """(bytes, rule) of autofaiss's max_index_memory_usage: by default the largest index the
+    project built in this section (its ``index_only_bytes``: shard files and the trained
+    quantizer), so both get the same whole-index budget; with --autofaiss-budget code,
+    --bytes-per-vector x N (the project's PQ code budget alone, as runs before 2026-12-02)."""
+    if args.autofaiss_budget == "code":
+        return args.bytes_per_vector * count, f"--bytes-per-vector {args.bytes_per_vector} x N"
+    built = max(systems[f"project_s{s}"]["disk"]["index_only_bytes"] for s in args.shards)
+    return int(built), "the project's largest index in this section (whole index)"
+
+
 def run_autofaiss_system(python: Path, work: str, npy_dir: str, q_path: str, truth, count: int,
-                         logs: str, args, deadline: float | None = None) -> dict:
-    """autofaiss's build, measured, then searched; stopped after ``deadline`` seconds when
-    given (then only its process tree and the deadline are reported)."""
+                         logs: str, args, deadline: float | None, budget_of: tuple[int, str]) -> dict:
+    """autofaiss's build at ``budget_of`` = (bytes, rule), measured, then searched; stopped
+    after ``deadline`` seconds when given (then only its process tree and the deadline are
+    reported)."""
     index_path, infos_path = os.path.join(work, "autofaiss.index"), os.path.join(work, "autofaiss.json")
-    budget = f"{args.bytes_per_vector * count}B"
+    budget = f"{budget_of[0]}B"
     progress(f"{count}: autofaiss (max_index_memory_usage {budget}, "
              f"current_memory_available {args.autofaiss_memory}"
              + (f", stopped after {deadline:.0f} s)" if deadline else ")"))
@@ -527,7 +543,7 @@ def run_autofaiss_system(python: Path, work: str, npy_dir: str, q_path: str, tru
                      f"{tree['cpu_seconds']:.1f} s so far")
             return {"stopped_at_deadline": {"deadline_seconds": round(deadline, 1),
                                             "deadline_factor": args.autofaiss_deadline},
-                    "build": {"max_index_memory_usage": budget,
+                    "build": {"max_index_memory_usage": budget, "budget_rule": budget_of[1],
                               "current_memory_available": args.autofaiss_memory},
                     "process_tree": tree, "vectors_per_second_at_most": round(count / deadline, 1)}
         found = os.path.join(work, "autofaiss-found.npy")
@@ -538,7 +554,8 @@ def run_autofaiss_system(python: Path, work: str, npy_dir: str, q_path: str, tru
     infos = result["infos"]
     size = os.path.getsize(index_path)
     out = {"build": {"build_seconds": result["build_seconds"], "index_key": infos.get("index_key"),
-                     "max_index_memory_usage": budget, "current_memory_available": args.autofaiss_memory},
+                     "max_index_memory_usage": budget, "budget_rule": budget_of[1],
+                     "current_memory_available": args.autofaiss_memory},
            "process_tree": tree, "vectors_per_second": round(count / tree["wall_seconds"], 1),
            "search": {"index_param": infos.get("index_param"), **searched},
            "infos": infos, "disk": {"index_bytes": size, "bytes_per_vector": round(size / count, 2)},
@@ -743,8 +760,15 @@ def main() -> int:
                              "'auto' = the project's choice at --bytes-per-vector (exact below 100k "
                              "vectors; IVF{nlist}[_HNSW32],PQ{m}x8 above).")
     parser.add_argument("--bytes-per-vector", "--budget", dest="bytes_per_vector", type=int, default=64,
-                        help="Code budget in bytes per vector: the project's 'auto' and autofaiss's "
-                             "max_index_memory_usage (= budget x N bytes). Default 64.")
+                        help="PQ code budget in bytes per vector of the project's 'auto' factory "
+                             "(default 64); with --autofaiss-budget code also autofaiss's "
+                             "max_index_memory_usage (= budget x N bytes).")
+    parser.add_argument("--autofaiss-budget", choices=("index", "code"), default="index",
+                        help="autofaiss's max_index_memory_usage: index (default) = the bytes of "
+                             "the largest index the project built in the section (the same "
+                             "whole-index budget); code = --bytes-per-vector x N (the PQ code "
+                             "budget alone: autofaiss then gets fewer bytes than the project "
+                             "used, as in the runs before 2026-12-02).")
     parser.add_argument("--queries", type=int, default=1000,
                         help="Held-out queries (stream 1 of the same distribution), default 1000.")
     parser.add_argument("--part-rows", type=int, default=250_000,
