@@ -15,37 +15,51 @@ EXACT_BELOW = 100_000  # vectors; exact search costs ~N*d flops per query, fine 
 MIN_TRAIN_PER_CENTROID = 39  # faiss's k-means warns below this
 
 
+MIN_DIMS_PER_SUBQUANTIZER = 2  # 1-d sub-quantizers cost the most k-means work per byte of code
+
+
 def pq_subquantizers(dim: int, bytes_per_vector: int) -> int:
-    """The largest m <= budget dividing dim (8-bit codes: one byte per sub-quantizer)."""
-    for m in range(min(bytes_per_vector, dim), 0, -1):
-        if dim % m == 0:
-            return m
-    return 1
+    """m = min(budget, dim / 2): one byte per sub-quantizer (8-bit codes), at least
+    ``MIN_DIMS_PER_SUBQUANTIZER`` dimensions each. m need not divide dim: the OPQ rotation's
+    output is padded to a multiple of m (``opq_output_dim``), as autofaiss's OPQ48_144 at
+    d = 128. One dimension per sub-quantizer was the fault of the old rule (the largest m
+    dividing d): PQ32 at d = 32 trained in 436 CPU-s on 65,536 vectors where autofaiss's
+    whole build took 97 (docs/benchmarks.md); a budget of 48 at d = 128 gave PQ32."""
+    return max(1, min(bytes_per_vector, dim // MIN_DIMS_PER_SUBQUANTIZER))
 
 
-HNSW_FROM_NLIST = 8192  # coarse quantizer: flat below, HNSW32 from here (autofaiss, big-ann)
-QUANTIZER_EF_SEARCH = 128  # HNSW beam when assigning and probing; FAISS uses max(ef, nprobe)
+def opq_output_dim(dim: int, m: int) -> int:
+    """d' of ``OPQ{m}_{d'}``: a multiple of m (faiss's PQ needs d' % m == 0), at most 4 per
+    sub-quantizer (a reduction above that), padded up from dim when m does not divide it."""
+    return min(4 * m, -(-dim // m) * m)
+
+
+HNSW_FROM_NLIST = 65536  # coarse quantizer: flat below, HNSW32 from here (autofaiss, big-ann)
+QUANTIZER_EF_SEARCH = 128  # HNSW beam when probing; FAISS uses max(ef, nprobe)
+ASSIGN_EF_SEARCH = 64  # HNSW beam when a build assigns a vector to its list (top-1 only)
 
 
 def choose_factory(count: int, dim: int, bytes_per_vector: int = 64) -> str:
     """``IDMap2,Flat`` for small memories; ``OPQ{m}_{d'},IVF{nlist},PQ{m}x8`` otherwise, with
     nlist ~ 4 sqrt(N) (a power of two, capped so each list trains on enough points) and m from
-    the budget. The OPQ rotation (as autofaiss chooses) balances the variance across the m
-    sub-spaces and keeps d' = min(d, 4m) dimensions (4 per sub-quantizer): at 100,000 x 384,
-    IVF1024, PQ64 it lifted recall@10 from 0.711 to 0.778 for 76 more training CPU-seconds,
-    bounded by OPQ's 65,536-point sample (bench/pq_recall.py, docs/benchmarks.md). From nlist =
-    8192 the coarse quantizer is an HNSW graph over the centroids (``IVF{nlist}_HNSW32``, as
-    autofaiss and the big-ann baselines choose), so assigning a vector to its list costs
-    ~log(nlist) distance computations instead of nlist: at a billion vectors and 131k lists
-    a flat quantizer's assignment costs several times the training."""
+    the budget (``pq_subquantizers``). The OPQ rotation (as autofaiss chooses) balances the
+    variance across the m sub-spaces and outputs d' = ``opq_output_dim`` dimensions: at
+    100,000 x 384, IVF1024, PQ64 it lifted recall@10 from 0.711 to 0.778 for 76 more training
+    CPU-seconds, bounded by OPQ's 65,536-point sample (bench/pq_recall.py, docs/benchmarks.md).
+    From nlist = ``HNSW_FROM_NLIST`` the coarse quantizer is an HNSW graph over the centroids
+    (``IVF{nlist}_HNSW32``, as autofaiss and the big-ann baselines choose): assigning a vector
+    costs ~log(nlist) distance computations instead of nlist. Below it a flat quantizer is
+    cheaper: one BLAS product assigned a 128-d vector among 16,384 centroids in 90 CPU-us,
+    32,768 in 163, 65,536 in 477; HNSW32 took 342, 653 and 690 at efSearch 128, 196, 327 and
+    427 at 64 (one thread, 2026-12-02, docs/benchmarks.md)."""
     if count < EXACT_BELOW:
         return "IDMap2,Flat"
     nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
     nlist = max(16, min(nlist, 65536, count // MIN_TRAIN_PER_CENTROID))
     quantizer = "_HNSW32" if nlist >= HNSW_FROM_NLIST else ""
     m = pq_subquantizers(dim, bytes_per_vector)
-    reduced = min(dim, 4 * m)
-    rotation = f"OPQ{m}_{reduced}" if reduced < dim else f"OPQ{m}"
+    output = opq_output_dim(dim, m)
+    rotation = f"OPQ{m}_{output}" if output != dim else f"OPQ{m}"
     return f"{rotation},IVF{nlist}{quantizer},PQ{m}x8"
 
 
@@ -95,6 +109,15 @@ def hnsw_quantizer(factory: str) -> bool:
     return any(token.startswith("IVF") and "_HNSW" in token for token in factory.split(","))
 
 
+def set_quantizer_beam(index: faiss.Index, ef_search: int) -> None:
+    """Set the HNSW beam (``efSearch``) of ``index``'s coarse quantizer, when it is an HNSW
+    graph; nothing otherwise. Mutates ``index``: call it on a private copy only."""
+    ivf = faiss.try_extract_index_ivf(index)
+    quantizer = None if ivf is None else faiss.downcast_index(ivf.quantizer)
+    if quantizer is not None and hasattr(quantizer, "hnsw"):
+        quantizer.hnsw.efSearch = ef_search
+
+
 def add_threads(factory: str, node_cpus: int) -> int:
     """OpenMP threads of one add task (indexer/openmp.py), the rest of the node's CPUs going to
     other add tasks: every CPU of the node (one task per node) when the coarse quantizer is
@@ -120,8 +143,13 @@ def minimum_training_vectors(factory: str, dim: int) -> int:
     rotation needs at least as many points as dimensions (faiss aborts the process otherwise)."""
     pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
     pq_centroids = 2 ** int(pq.group(1) or 8) if pq else 0
-    rotation = dim if re.match(r"\s*OPQ", factory) else 0
+    rotation = max(dim, _opq_output(factory)) if re.match(r"\s*OPQ", factory) else 0
     return max(nlist_of(factory), pq_centroids, rotation, 1)
+
+
+def _opq_output(factory: str) -> int:
+    match = re.match(r"\s*OPQ\d+_(\d+)", factory)
+    return int(match.group(1)) if match else 0
 
 
 def bytes_per_vector(index: faiss.Index) -> float:
@@ -181,7 +209,5 @@ def train(factory: str, dim: int, sample: np.ndarray, seed: int = 0,
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         if ivf is not None:
             ivf.clustering_index = None
-            quantizer = faiss.downcast_index(ivf.quantizer)
-            if hasattr(quantizer, "hnsw"):
-                quantizer.hnsw.efSearch = QUANTIZER_EF_SEARCH
+            set_quantizer_beam(index, QUANTIZER_EF_SEARCH)
     return index

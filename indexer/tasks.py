@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from indexer.factory import ASSIGN_EF_SEARCH, set_quantizer_beam
 from indexer.faults import crash_point
 from indexer.manifest import ShardEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
@@ -151,7 +152,8 @@ def _add_part(index_root: str, version: str, part: Part, number: int, trained: n
 
     from indexer.tuning import ExactTopK
 
-    shared = Trained.from_bytes(trained)
+    shared = Trained.from_bytes(trained)  # this task's own copy: its beam may be set
+    set_quantizer_beam(shared.index, ASSIGN_EF_SEARCH)  # top-1 assignment needs a narrower one
     indexes = [shared.empty() for _ in range(num_shards)]
     dtype = VECTOR_DTYPES[keep_vectors]
     stems = [f"{version}/.build/part-{number:05d}.shard-{s:05d}" for s in range(num_shards)]

@@ -178,11 +178,24 @@ def test_duplicate_ids_are_found_at_the_merge_and_nothing_is_published(memory, v
         p for p in os.listdir(index_root(memory)) if not p.startswith(".")]
 
 
+@pytest.mark.parametrize("count, dim, budget, expected", [
+    (1_000_000, 384, 64, "OPQ64_256,IVF4096,PQ64x8"),  # at most 4 dims per sub-quantizer
+    (10_000_000, 128, 48, "OPQ48_144,IVF16384,PQ48x8"),  # 48 does not divide 128: padded, as autofaiss
+    (120_000, 32, 64, "OPQ16,IVF1024,PQ16x8"),  # at least 2 dims per sub-quantizer
+    (120_000, 100, 16, "OPQ16_64,IVF1024,PQ16x8"),
+    (50_000, 384, 64, "IDMap2,Flat")])
+def test_factory_rule_sizes_the_code_to_the_budget(count, dim, budget, expected):
+    from indexer.factory import choose_factory, make_index
+
+    assert choose_factory(count, dim, budget) == expected
+    make_index(expected, dim)  # a string faiss accepts
+
+
 def test_an_hnsw_coarse_quantizer_is_chosen_for_large_nlist_and_searches(tmp_path):
     from indexer.factory import choose_factory
 
-    assert choose_factory(10_000_000, 128) == "OPQ64,IVF16384_HNSW32,PQ64x8"
-    assert choose_factory(1_000_000, 384) == "OPQ64_256,IVF4096,PQ64x8"  # 4 dims per sub-quantizer
+    assert choose_factory(1_000_000_000, 128) == "OPQ64,IVF65536_HNSW32,PQ64x8"
+    assert choose_factory(10_000_000, 128) == "OPQ64,IVF16384,PQ64x8"  # flat: a BLAS product is cheaper
     data = mixture(8_000, 32, clusters=40, seed=3)
     root = str(tmp_path / "memory")
     write_batch(root, "synthetic", data[:7_900], parts=2)
