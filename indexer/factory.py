@@ -48,10 +48,12 @@ def choose_factory(count: int, dim: int, bytes_per_vector: int = 64) -> str:
     CPU-seconds, bounded by OPQ's 65,536-point sample (bench/pq_recall.py, docs/benchmarks.md).
     From nlist = ``HNSW_FROM_NLIST`` the coarse quantizer is an HNSW graph over the centroids
     (``IVF{nlist}_HNSW32``, as autofaiss and the big-ann baselines choose): assigning a vector
-    costs ~log(nlist) distance computations instead of nlist. Below it a flat quantizer is
-    cheaper: one BLAS product assigned a 128-d vector among 16,384 centroids in 90 CPU-us,
-    32,768 in 163, 65,536 in 477; HNSW32 took 342, 653 and 690 at efSearch 128, 196, 327 and
-    427 at 64 (one thread, 2026-12-02, docs/benchmarks.md)."""
+    costs ~log(nlist) distance computations instead of nlist. Below it a flat quantizer is as
+    cheap: one BLAS product assigned a 128-d vector among 16,384 centroids in 95 CPU-us,
+    32,768 in 183, 65,536 in 345; HNSW32 at the build's beam (``ASSIGN_EF_SEARCH`` 64) took
+    192, 188 and 127, agreeing with the flat list for 99.9-99.7 % of vectors (one thread,
+    ``bench/assign.py``, 2026-12-02, docs/benchmarks.md). At 10M x 128 the flat quantizer
+    cut the add from 245 to 104 CPU-us per vector against HNSW32 at efSearch 128."""
     if count < EXACT_BELOW:
         return "IDMap2,Flat"
     nlist = 2 ** round(math.log2(4 * math.sqrt(count)))

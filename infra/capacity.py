@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indexer.factory import choose_factory, nlist_of  # noqa: E402  the build's own rule
 
 ENCODERS = {  # dim: the embedding length; gflops: forward cost per 224-px image
     "clip-vit-l14": {"dim": 768, "gflops": 81.1},
@@ -56,7 +62,7 @@ def plan(images: float, encoder: str, inputs: Inputs) -> dict:
     replicas_for_qps = max(inputs.replicas, math.ceil(inputs.target_qps / inputs.shard_qps_per_node))
     nodes = shards * replicas_for_qps
     gpu_hours = images / inputs.gpu_images_per_s / 3600
-    nlist = 2 ** round(math.log2(4 * math.sqrt(images)))
+    factory = choose_factory(int(images), dim, inputs.pq_bytes)
     return {
         "images": images, "encoder": encoder, "dim": dim,
         "embedding_gpu_hours": round(gpu_hours, 1),
@@ -66,7 +72,7 @@ def plan(images: float, encoder: str, inputs: Inputs) -> dict:
         "index_bytes_per_vector": round(disk_bpv, 1),
         "ram_bytes_per_vector": round(ram_bpv, 1),
         "index_tib": round(serving_bytes / 2**40, 2),
-        "nlist": nlist,
+        "factory": factory, "nlist": nlist_of(factory),
         "shards": shards, "replicas_per_shard": replicas_for_qps, "serving_nodes": nodes,
         "expected_qps": round(inputs.shard_qps_per_node * replicas_for_qps),
         "expected_recall_at_10": ">= 0.95 with exact re-ranking (nprobe tuned per build); "

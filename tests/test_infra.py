@@ -211,6 +211,9 @@ def test_capacity_plan_is_consistent():
     assert one["ram_bytes_per_vector"] == pytest.approx((64 + 8 + 6) * 1.2)  # resident: codes + ids
     assert 4 * one["shards"] <= five["shards"] <= 5 * one["shards"]  # ceil(N * B / node) per N
     assert one["serving_nodes"] == one["shards"] * one["replicas_per_shard"]
+    from indexer.factory import choose_factory
+
+    assert one["factory"] == choose_factory(10**9, 1024, 64) and one["nlist"] == 65536  # the build's rule, capped
 
 
 def test_kubernetes_validation_catches_a_typo():
