@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import emit_report  # noqa: E402
 from bench.synthetic import DecayingSpace  # noqa: E402
 
 
@@ -72,10 +73,7 @@ def main() -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out = {"benchmark": "assign", "dim": args.dim, "queries": args.queries, "threads": 1,
            "seed": args.seed, "faiss": faiss.__version__, "rows": rows}
-    text = json.dumps(out, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit_report(out, args.out)
     return 0
 
 

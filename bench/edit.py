@@ -44,6 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import emit_report  # noqa: E402
+
 
 def progress(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -325,10 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                                 for kind in ("add_until_every_replica", "delete_until_every_replica")}
         results["flat_in_n"]["sizes"] = [sizes[0], sizes[-1]]
     results["seconds"] = round(time.time() - started, 1)
-    text = json.dumps(results, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit_report(results, args.out)
     return 0
 
 
