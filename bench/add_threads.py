@@ -3,7 +3,7 @@ each with its own copy of the HNSW coarse quantizer) than as one process with on
 thread per core (one build task per node)? indexer/openmp.py quotes the answer.
 
 Each round adds ``--rows`` seeded vectors to a trained OPQ64,IVF16384_HNSW32,PQ64x8 (the 10M
-benchmark's factory) twice, in fresh processes: once in one process with ``--cpus`` threads,
+benchmark's factory until 2026-12-02; efSearch 128, the build's beam then) twice, in fresh processes: once in one process with ``--cpus`` threads,
 once split over ``--cpus`` one-thread processes running at once. Rounds alternate, so both
 sides see the same machine noise; the JSON holds every round's CPU-us per vector and their
 paired ratio.

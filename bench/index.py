@@ -758,7 +758,7 @@ def main() -> int:
     parser.add_argument("--factory", default="auto",
                         help="FAISS factory for the project (and so for the single-process peer); "
                              "'auto' = the project's choice at --bytes-per-vector (exact below 100k "
-                             "vectors; IVF{nlist}[_HNSW32],PQ{m}x8 above).")
+                             "vectors; OPQ{m}_{d'},IVF{nlist}[_HNSW32],PQ{m}x8 above).")
     parser.add_argument("--bytes-per-vector", "--budget", dest="bytes_per_vector", type=int, default=64,
                         help="PQ code budget in bytes per vector of the project's 'auto' factory "
                              "(default 64); with --autofaiss-budget code also autofaiss's "

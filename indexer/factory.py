@@ -20,7 +20,8 @@ MIN_DIMS_PER_SUBQUANTIZER = 2  # 1-d sub-quantizers cost the most k-means work p
 
 def pq_subquantizers(dim: int, bytes_per_vector: int) -> int:
     """m = min(budget, dim / 2): one byte per sub-quantizer (8-bit codes), at least
-    ``MIN_DIMS_PER_SUBQUANTIZER`` dimensions each. m need not divide dim: the OPQ rotation's
+    ``MIN_DIMS_PER_SUBQUANTIZER`` dimensions each (m >= 1: d = 1 gets one 1-d sub-quantizer,
+    d = 2 or 3 a 1-byte code whatever the budget). m need not divide dim: the OPQ rotation's
     output is padded to a multiple of m (``opq_output_dim``), as autofaiss's OPQ48_144 at
     d = 128. One dimension per sub-quantizer was the fault of the old rule (the largest m
     dividing d): PQ32 at d = 32 trained in 436 CPU-s on 65,536 vectors where autofaiss's

@@ -152,7 +152,8 @@ class Trained:
     """A version's trained index, shared read-only by every segment and thread of a process:
     ``index`` (pre-transform, coarse quantizer and codebooks) and ``stripped`` (the same index
     as ``serialize_stripped`` writes it: the empty template every segment is encoded from).
-    Nothing here is mutated after construction."""
+    A cached one (``trained_index``) is never mutated after construction; only the owner of a
+    private copy may (a build's add task narrows its coarse quantizer's beam)."""
 
     index: faiss.Index
     stripped: bytes

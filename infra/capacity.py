@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.factory import choose_factory, nlist_of  # noqa: E402  the build's own rule
+from indexer.factory import choose_factory, nlist_of, pq_subquantizers  # noqa: E402  the build's own rule
 
 ENCODERS = {  # dim: the embedding length; gflops: forward cost per 224-px image
     "clip-vit-l14": {"dim": 768, "gflops": 81.1},
@@ -49,7 +49,7 @@ def plan(images: float, encoder: str, inputs: Inputs) -> dict:
     spec = ENCODERS[encoder]
     dim = spec["dim"]
     embedding_bytes = images * dim * 4  # float32 Parquet (compression gains little on floats)
-    index_bpv = inputs.pq_bytes + inputs.id_bytes + inputs.list_overhead_bytes
+    index_bpv = pq_subquantizers(dim, inputs.pq_bytes) + inputs.id_bytes + inputs.list_overhead_bytes  # code bytes = m
     rerank_bpv = dim * inputs.rerank_bytes_per_dim
     # RAM holds the codes and ids (IVF lists are scanned); metadata and re-rank vectors are
     # memory-mapped from local SSD and read for the k answers / k_factor x k candidates only.
@@ -62,7 +62,7 @@ def plan(images: float, encoder: str, inputs: Inputs) -> dict:
     replicas_for_qps = max(inputs.replicas, math.ceil(inputs.target_qps / inputs.shard_qps_per_node))
     nodes = shards * replicas_for_qps
     gpu_hours = images / inputs.gpu_images_per_s / 3600
-    factory = choose_factory(int(images), dim, inputs.pq_bytes)
+    factory = choose_factory(int(images), dim, inputs.pq_bytes)  # planned for IVF-PQ sizes (N >= 100k)
     return {
         "images": images, "encoder": encoder, "dim": dim,
         "embedding_gpu_hours": round(gpu_hours, 1),

@@ -191,8 +191,18 @@ def test_factory_rule_sizes_the_code_to_the_budget(count, dim, budget, expected)
     make_index(expected, dim)  # a string faiss accepts
 
 
-def test_an_hnsw_coarse_quantizer_is_chosen_for_large_nlist_and_searches(tmp_path):
+def test_an_hnsw_coarse_quantizer_is_chosen_for_large_nlist_and_searches(tmp_path, monkeypatch):
+    import indexer.tasks
     from indexer.factory import choose_factory
+
+    beams = []  # (beam, the quantizer's beam after): what each add task assigned with
+    narrow = indexer.tasks.set_quantizer_beam
+
+    def spy(index, ef_search):
+        narrow(index, ef_search)
+        beams.append((ef_search, faiss.downcast_index(faiss.extract_index_ivf(index).quantizer).hnsw.efSearch))
+
+    monkeypatch.setattr(indexer.tasks, "set_quantizer_beam", spy)
 
     assert choose_factory(1_000_000_000, 128) == "OPQ64,IVF65536_HNSW32,PQ64x8"
     assert choose_factory(10_000_000, 128) == "OPQ64,IVF16384,PQ64x8"  # flat: a BLAS product is cheaper
@@ -202,10 +212,12 @@ def test_an_hnsw_coarse_quantizer_is_chosen_for_large_nlist_and_searches(tmp_pat
     manifest = run_build(BuildConfig(root, num_shards=2, factory="IVF64_HNSW16,PQ16x8"), LocalExecutor())
     trained = faiss.read_index(os.path.join(index_root(root), manifest.trained_path))
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(trained).quantizer)
-    assert isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.hnsw.efSearch == 128
+    assert isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.hnsw.efSearch == 128  # search's beam
+    assert beams and set(beams) == {(64, 64)}  # the add tasks' private copies: the build's narrower beam
     index = ShardedIndex(root, manifest)
     searched = faiss.extract_index_ivf(index.shards[0].segments[0].index).quantizer
     assert isinstance(faiss.downcast_index(searched), faiss.IndexHNSWFlat)
+    assert faiss.downcast_index(searched).hnsw.efSearch == 128  # serving never sees the build's beam
     found = index.search(data[7_900:], 10, 64)[1]  # nprobe = nlist: every list visited
     exact = brute_force(np.arange(1, 7_901), data[:7_900], data[7_900:], 10)[1]
     assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]) > 0.8
