@@ -7,9 +7,17 @@ from indexer.store import verify_version
 
 
 def history(root: str) -> list[dict]:
+    """Every committed version, oldest first, the head marked ``latest``. Versions are listed
+    before the head is read, and those named after it are left out: a publish in flight (its
+    manifest written, its commit not yet claimed, e.g. the Writer's background compaction) or
+    one that lost the race (its folder about to be removed) is not history. A LATEST moved
+    back by hand (``layout.set_latest``) hides the later versions the same way."""
+    versions = list_versions(root)
     latest = read_latest(root)
     rows = []
-    for version in list_versions(root):
+    for version in versions:
+        if latest is not None and version > latest:
+            continue
         manifest = IndexManifest.read(root, version)
         rows.append({"version": version, "latest": version == latest, "parent": manifest.parent,
                      "operation": manifest.operation, "count": manifest.count,

@@ -230,3 +230,25 @@ def test_the_serving_writer_answers_a_lost_commit_race_with_503(tmp_path):
 
     failure = asyncio.run(WriterService(str(tmp_path))._run(loses, "ids", ()))
     assert failure == EditFailure(503, "memory", "the memory moved to version v9 while this edit of v8 ran")
+
+
+def test_history_lists_committed_versions_only(memory_copy):
+    """A version whose manifest is written but whose commit is not yet claimed (a publish in
+    flight, such as the Writer's background compaction) is not history yet; once claimed it is
+    the newest row and the latest."""
+    import shutil
+
+    from indexer.build import BuildConfig, run_build
+    from indexer.executor import LocalExecutor
+    from indexer.history import history
+    from indexer.layout import list_versions, new_version_name, version_dir
+
+    base = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LocalExecutor())
+    in_flight = new_version_name(base.version)
+    shutil.copytree(version_dir(memory_copy, base.version), version_dir(memory_copy, in_flight))
+    assert in_flight in list_versions(memory_copy)
+    rows = history(memory_copy)
+    assert [row["version"] for row in rows] == [base.version] and rows[-1]["latest"]
+    commit_latest(memory_copy, in_flight, base.version)
+    rows = history(memory_copy)
+    assert [row["version"] for row in rows] == [base.version, in_flight] and rows[-1]["latest"]
