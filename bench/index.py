@@ -52,6 +52,16 @@ bytes on disk per vector, and recall@10 / recall@100 of the held-out queries at 
 defaults (project: ``ShardedIndex`` with the manifest's defaults; single: the project's nprobe;
 autofaiss: its ``index_param``). Search runs in separate, unmeasured processes.
 
+Ray instance (--ray-instance). ``own`` (default): each project build starts its local Ray
+instance and shuts it down, so its figures include Ray's start-up (about 10 CPU-s on 2 cores)
+and the daemons' polling. ``running``: one instance is started with ``ray start`` before the
+section's builds (its start-up CPU reported apart, under ``ray_instance``) and each build joins
+it, as a build submitted to a running cluster (KubeRay, scheduled ingestion) does; a build's
+CPU seconds are then its own process tree's plus what the instance's processes used while it
+ran (daemons, and the workers Ray starts for the build, from their start to their exit), each
+part also given alone (``build_tree``, ``ray_instance``), and its peak RSS the sum of the two
+parts' peaks (an upper bound).
+
 Bytes on disk per vector: project = every file under ``<root>/index/<version>/`` (shard
 indexes, trained.faiss, metadata, key indexes, manifest) and, separately, index only (the
 .faiss files: shard indexes + trained.faiss); single = its index file; autofaiss = its index
@@ -83,6 +93,7 @@ before importing autofaiss. Nothing else is patched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -96,6 +107,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import emit_phase, machine  # noqa: E402
+from bench.running_ray import RunningRay  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 AUTOFAISS_VENV = HERE / ".venv-autofaiss"
@@ -116,12 +128,12 @@ def progress(message: str) -> None:
 # --------------------------------------------------------------------------- phases (child processes)
 
 def phase_project(root: str, shards: int, factory: str, budget: int, seed: int, ray_cpus: int,
-                  task_memory_mb: int) -> dict:
+                  task_memory_mb: int, ray_address: str | None = None) -> dict:
     from indexer.build import BuildConfig, run_build
     from indexer.executor import RayExecutor
 
     started = time.perf_counter()
-    executor = RayExecutor(num_cpus=ray_cpus)
+    executor = RayExecutor(address=ray_address, num_cpus=ray_cpus)
     ray_init = time.perf_counter() - started
     manifest = run_build(BuildConfig(root, num_shards=shards, factory=factory, bytes_per_vector=budget,
                                      keep_vectors="none", seed=seed, task_memory_mb=task_memory_mb),
@@ -357,15 +369,38 @@ def project_disk(root: str, version: str) -> dict:
 
 # --------------------------------------------------------------------------- driver
 
-def measured(name: str, command: list[str], logs: str, args,
-             deadline: float | None = None) -> tuple[dict | None, dict]:
+def measured(name: str, command: list[str], logs: str, args, deadline: float | None = None,
+             instance: RunningRay | None = None) -> tuple[dict | None, dict]:
     """Run a build phase as a measured process tree: (its JSON result, the tree's figures).
-    A build stopped at ``deadline`` seconds (proctree.run_measured) has no result (None)."""
+    A build stopped at ``deadline`` seconds (proctree.run_measured) has no result (None).
+
+    ``instance``: a running Ray instance the build submits to (--ray-instance running); what
+    its processes used over the build is added to the tree's CPU seconds and its peak RSS over
+    the build to the tree's (a sum of two peaks: an upper bound), each part also given alone."""
     from bench import proctree
 
     out, err = os.path.join(logs, f"{name}.out"), os.path.join(logs, f"{name}.err")
+    before = None
+    if instance is not None:
+        before = instance.cpu_snapshot()
+        instance.sampler.reset_peaks()
     tree = proctree.run_measured(command, out, err, interval=args.sample_interval,
-                                 teardown_timeout=args.teardown_timeout, deadline=deadline)
+                                 teardown_timeout=args.teardown_timeout, deadline=deadline,
+                                 env=None if instance is None else {**os.environ, **instance.env},
+                                 alongside=None if instance is None else instance.sampler)
+    if instance is not None:
+        used, by_name = instance.cpu_since(before)
+        tree["build_tree"] = {k: tree[k] for k in ("cpu_seconds", "cpu_seconds_sampled_by_process",
+                                                    "peak_rss_bytes", "peak_rss_anon_bytes", "peak_pss_bytes")}
+        tree["ray_instance"] = {"cpu_seconds": used, "cpu_seconds_sampled_by_process": by_name,
+                                "peak_rss_bytes": instance.sampler.peak_rss,
+                                "peak_rss_anon_bytes": instance.sampler.peak_anon,
+                                "peak_pss_bytes": instance.sampler.peak_pss}
+        for key in ("cpu_seconds", "peak_rss_bytes", "peak_rss_anon_bytes", "peak_pss_bytes"):
+            tree[key] = round(tree["build_tree"][key] + tree["ray_instance"][key], 3)
+        tree["cpu_seconds_sampled_by_process"] = {
+            **tree["build_tree"]["cpu_seconds_sampled_by_process"],
+            **{f"instance: {n}": v for n, v in by_name.items()}}
     tree["peak_rss_mib"] = round(tree["peak_rss_bytes"] / 2**20, 1)
     if tree["stopped_at_deadline"]:
         return None, tree
@@ -423,14 +458,22 @@ def run_section(count: int, dim: int, args, autofaiss: Path | None) -> dict:
         section["systems"] = systems
         common = ["--seed", str(args.seed), "--task-memory-mb", str(args.task_memory_mb)]
         order = [f"project_s{s}" for s in args.shards] + ([] if args.skip_single else ["single_faiss"])
-        for repeat in range(args.repeats):
-            # interleaved, the order reversed every other repeat: a drift of the machine's
-            # speed over the run weighs on every system alike (docs/benchmarks.md, noise)
-            for name in order if repeat % 2 == 0 else order[::-1]:
-                if name == "single_faiss":
-                    run_single(systems, root, work, logs, q_path, truth, count, common, args, repeat)
-                else:
-                    run_project(systems, name, root, work, logs, q_path, truth, count, common, args, repeat)
+        with contextlib.ExitStack() as stack:
+            instance = None
+            if args.ray_instance == "running":
+                instance = stack.enter_context(RunningRay(args.ray_cpus, args.sample_interval))
+                section["ray_instance"] = {"mode": "running", "start_up": instance.start_up}
+                progress(f"{count}x{dim}: Ray instance running at {instance.address} "
+                         f"(start-up {instance.start_up['cpu_seconds']} CPU-s, not a build's)")
+            for repeat in range(args.repeats):
+                # interleaved, the order reversed every other repeat: a drift of the machine's
+                # speed over the run weighs on every system alike (docs/benchmarks.md, noise)
+                for name in order if repeat % 2 == 0 else order[::-1]:
+                    if name == "single_faiss":
+                        run_single(systems, root, work, logs, q_path, truth, count, common, args, repeat)
+                    else:
+                        run_project(systems, name, root, work, logs, q_path, truth, count, common, args,
+                                    repeat, instance)
         if args.skip_single:
             systems["single_faiss"] = {"skipped": "--skip-single"}
 
@@ -462,13 +505,16 @@ def _repeat(system: dict, build: dict, tree: dict) -> None:
 
 
 def run_project(systems: dict, name: str, root: str, work: str, logs: str, q_path: str, truth, count: int,
-                common: list[str], args, repeat: int) -> None:
+                common: list[str], args, repeat: int, instance: RunningRay | None) -> None:
     """One measured project build (a new version each repeat); the first is also searched."""
     shards = int(name.removeprefix("project_s"))
-    progress(f"{count}: {name} (Ray, {args.ray_cpus} CPUs), repeat {repeat + 1} of {args.repeats}")
+    progress(f"{count}: {name} (Ray, {args.ray_cpus} CPUs, {args.ray_instance} instance), "
+             f"repeat {repeat + 1} of {args.repeats}")
+    joins = [] if instance is None else ["--ray-address", instance.address]
     result, tree = measured(f"{name}-{repeat}", this(
         "project", "--root", root, "--num-shards", str(shards), "--factory", args.factory,
-        "--bytes-per-vector", str(args.bytes_per_vector), "--ray-cpus", str(args.ray_cpus), *common), logs, args)
+        "--bytes-per-vector", str(args.bytes_per_vector), "--ray-cpus", str(args.ray_cpus), *joins, *common),
+        logs, args, instance=instance)
     if name in systems:
         _repeat(systems[name], result, tree)
         _progress_tree(name, tree)
@@ -782,6 +828,13 @@ def main() -> int:
     from indexer.build import BuildConfig
 
     default_task_mb = BuildConfig.__dataclass_fields__["task_memory_mb"].default
+    parser.add_argument("--ray-instance", choices=("own", "running"), default="own",
+                        help="own (default): each project build starts its local Ray instance and "
+                             "stops it, and pays for both. running: one instance is started with "
+                             "`ray start` before the section (its start-up reported apart) and every "
+                             "project build joins it, as a build submitted to a running cluster does; "
+                             "a build's figures then add what the instance's processes (daemons, the "
+                             "build's workers) used over the build (bench/running_ray.py).")
     parser.add_argument("--task-memory-mb", type=int, default=default_task_mb,
                         help="The project's per-task memory (rows read at once); the single-process "
                              f"peer reads chunks of the same size. Default: the build's, {default_task_mb}.")
@@ -820,12 +873,13 @@ def main() -> int:
     for hidden in ("--root", "--version", "--queries-file", "--found-file", "--index-file"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--num-shards", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--ray-address", help=argparse.SUPPRESS)
     parser.add_argument("--nprobe", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.phase == "project":
         emit_phase(phase_project(args.root, args.num_shards, args.factory, args.bytes_per_vector,
-                                 args.seed, args.ray_cpus, args.task_memory_mb))
+                                 args.seed, args.ray_cpus, args.task_memory_mb, args.ray_address))
         return 0
     if args.phase == "project-search":
         emit_phase(phase_project_search(args.root, args.version, args.queries_file, args.found_file))
@@ -846,7 +900,7 @@ def main() -> int:
                                                       "memory_bytes": proctree.psutil.virtual_memory().total},
                     "config": {k: v for k, v in vars(args).items() if k in (
                         "shards", "factory", "bytes_per_vector", "queries", "part_rows", "clusters", "seed", "repeats",
-                        "ray_cpus", "task_memory_mb", "autofaiss_memory", "sample_interval")},
+                        "ray_cpus", "ray_instance", "task_memory_mb", "autofaiss_memory", "sample_interval")},
                     "measurement": {"child_subreaper": subreaper, "targets": TARGETS},
                     "sections": {}}
     autofaiss = None

@@ -162,6 +162,22 @@ def wait_quiet(tree_of: Callable[[], list], below: float = 0.15, window: float =
 
 # --------------------------------------------------------------------------- measured runs
 
+def set_subreaper(on: bool) -> bool:
+    """Make this process the reaper of its orphaned descendants, or stop being it (Linux
+    ``prctl PR_SET_CHILD_SUBREAPER``); returns whether it was one before. False (and no
+    change) where prctl is not available."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        was = ctypes.c_int(0)
+        libc.prctl(37, ctypes.byref(was), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+        libc.prctl(36, int(on), 0, 0, 0)
+        return bool(was.value)
+    except (OSError, AttributeError):
+        return False
+
+
 def become_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (Linux ``prctl
     PR_SET_CHILD_SUBREAPER``): a daemon that a child starts and leaves behind (Ray's
@@ -198,9 +214,13 @@ class TreeSampler:
     """Samples this process's descendants (the measured tree): the RSS (and anonymous RSS)
     summed over the tree, its peak over time with the processes it was made of, and the CPU
     seconds each process was last seen to have used (a process that ends between two samples
-    loses at most one interval: ``children_cpu_seconds`` has the exact total)."""
+    loses at most one interval: ``children_cpu_seconds`` has the exact total).
 
-    def __init__(self) -> None:
+    ``tree_of``: the processes to sample instead (e.g. a running Ray instance's,
+    bench/running_ray.py)."""
+
+    def __init__(self, tree_of: Callable[[], list] | None = None) -> None:
+        self._tree_of = tree_of
         self.peak_rss = self.peak_anon = self.peak_pss = 0
         self.peak_processes: list[dict] = []
         self.samples = 0
@@ -209,11 +229,13 @@ class TreeSampler:
 
     def sample(self) -> list:
         """One sample; returns the live (non-zombie) descendants."""
-        me = psutil.Process()
-        try:
-            tree = me.children(recursive=True)
-        except psutil.NoSuchProcess:  # pragma: no cover
-            return []
+        if self._tree_of is not None:
+            tree = self._tree_of()
+        else:
+            try:
+                tree = psutil.Process().children(recursive=True)
+            except psutil.NoSuchProcess:  # pragma: no cover
+                return []
         rss = anon = pss = 0
         live, rows = [], []
         for process in tree:
@@ -245,6 +267,11 @@ class TreeSampler:
         self.peak_pss = max(self.peak_pss, pss)
         return live
 
+    def reset_peaks(self) -> None:
+        """Start the RSS / PSS peaks afresh (the CPU figures are kept)."""
+        self.peak_rss = self.peak_anon = self.peak_pss = 0
+        self.peak_processes = []
+
     def cpu_by_name(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, used in self.cpu.values():
@@ -254,7 +281,7 @@ class TreeSampler:
 
 def run_measured(command: list[str], stdout_path: str, stderr_path: str, interval: float = 0.5,
                  teardown_timeout: float = 60.0, env: dict | None = None,
-                 deadline: float | None = None) -> dict:
+                 deadline: float | None = None, alongside: TreeSampler | None = None) -> dict:
     """Run ``command`` as a child of this process and measure its whole process tree (it and
     every descendant, daemons it leaves behind included: call ``become_subreaper`` once
     first): wall seconds until the child exits, CPU seconds of the tree, the peak of the
@@ -276,7 +303,10 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
 
     ``deadline``: seconds after which a child still running is killed (SIGKILL, then its
     descendants at teardown); the figures are then those of the stopped run and
-    ``stopped_at_deadline`` is True (a lower bound on what finishing would have cost)."""
+    ``stopped_at_deadline`` is True (a lower bound on what finishing would have cost).
+
+    ``alongside``: another sampler (processes outside the tree, e.g. a running Ray instance
+    the child submits to) sampled at the same times, until the tree has ended."""
     import subprocess
 
     reap_children()
@@ -290,6 +320,8 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
         stopped = False
         while os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             sampler.sample()
+            if alongside is not None:
+                alongside.sample()
             if deadline is not None and not stopped and time.monotonic() - started > deadline:
                 child.kill()
                 stopped = True
@@ -301,6 +333,8 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
     teardown_started, killed = time.monotonic(), []
     while True:
         live = sampler.sample()
+        if alongside is not None:
+            alongside.sample()
         reap_children()
         if not live:
             break

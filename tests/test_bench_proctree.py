@@ -44,3 +44,36 @@ def test_a_build_within_its_deadline_is_measured_as_before(tmp_path):
                               deadline=60.0)
     """)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert failed.returncode != 0 and "CalledProcessError" in failed.stderr
+
+
+def test_a_sampler_alongside_measures_processes_outside_the_tree(tmp_path):
+    """bench/index.py --ray-instance running: a running Ray instance's processes are not the
+    build's descendants; they are sampled alongside it, and the build's teardown neither waits
+    for them nor kills them. Stand-in for the instance: a CPU-bound process started before."""
+    script = textwrap.dedent(f"""
+        import json, subprocess, sys, time
+        from bench import proctree
+        # started as `ray start` starts its daemons: orphaned while this is no subreaper
+        started = subprocess.run(["/bin/sh", "-c", sys.executable + " -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                                 capture_output=True, text=True, check=True)
+        burner = proctree.psutil.Process(int(started.stdout))
+        proctree.become_subreaper()
+        outside = proctree.TreeSampler(lambda: [burner])
+        outside.sample()
+        before = sum(used for _, used in outside.cpu.values())
+        tree = proctree.run_measured(["/bin/sh", "-c", "sleep 1.5"], {str(tmp_path / 'out')!r},
+                                     {str(tmp_path / 'err')!r}, interval=0.1, teardown_timeout=30,
+                                     alongside=outside)
+        after = sum(used for _, used in outside.cpu.values())
+        alive = burner.is_running()
+        burner.kill()
+        print(json.dumps({{"tree_cpu": tree["cpu_seconds"], "outside_cpu": after - before,
+                          "wall": tree["wall_seconds"], "killed": tree["killed_at_teardown"],
+                          "burner_alive": alive}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, check=True)
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["burner_alive"] and out["killed"] == []
+    assert out["tree_cpu"] < 0.3  # sleep: the burner is not in the build's tree
+    assert 0.5 * out["wall"] < out["outside_cpu"] <= out["wall"] + 0.3  # ~one CPU over the build
