@@ -52,7 +52,10 @@ class RunningRay:
         # Ray turns token authentication on for `ray start`: a token of this instance's own,
         # so that ~/.ray/auth_token is neither read nor written; drivers need ``env`` too
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-                    "RAY_ADDRESS": self.address, "RAY_USAGE_STATS_ENABLED": "0"}
+                    "RAY_ADDRESS": self.address, "RAY_USAGE_STATS_ENABLED": "0",
+                    # as infra/kuberay/rayjob-index-build.yaml sets it for a cluster's workers
+                    # (indexer/openmp.py: a local instance's workers inherit it from the build)
+                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         self.sampler = proctree.TreeSampler(self.processes)
         self.start_up: dict = {}
 
