@@ -59,8 +59,8 @@ section's builds (its start-up CPU reported apart, under ``ray_instance``) and e
 it, as a build submitted to a running cluster (KubeRay, scheduled ingestion) does; a build's
 CPU seconds are then its own process tree's plus what the instance's processes used while it
 ran (daemons, and the workers Ray starts for the build, from their start to their exit), each
-part also given alone (``build_tree``, ``ray_instance``), and its peak RSS the sum of the two
-parts' peaks (an upper bound).
+part also given alone (``build_tree``, ``ray_instance``), and its peak RSS the peak of the two
+parts' RSS summed at each sample.
 
 Bytes on disk per vector: project = every file under ``<root>/index/<version>/`` (shard
 indexes, trained.faiss, metadata, key indexes, manifest) and, separately, index only (the
@@ -375,8 +375,8 @@ def measured(name: str, command: list[str], logs: str, args, deadline: float | N
     A build stopped at ``deadline`` seconds (proctree.run_measured) has no result (None).
 
     ``instance``: a running Ray instance the build submits to (--ray-instance running); what
-    its processes used over the build is added to the tree's CPU seconds and its peak RSS over
-    the build to the tree's (a sum of two peaks: an upper bound), each part also given alone."""
+    its processes used over the build is added to the tree's CPU seconds, and the peak RSS is
+    that of the two summed at each sample; each part is also given alone."""
     from bench import proctree
 
     out, err = os.path.join(logs, f"{name}.out"), os.path.join(logs, f"{name}.err")
@@ -396,8 +396,8 @@ def measured(name: str, command: list[str], logs: str, args, deadline: float | N
                                 "peak_rss_bytes": instance.sampler.peak_rss,
                                 "peak_rss_anon_bytes": instance.sampler.peak_anon,
                                 "peak_pss_bytes": instance.sampler.peak_pss}
-        for key in ("cpu_seconds", "peak_rss_bytes", "peak_rss_anon_bytes", "peak_pss_bytes"):
-            tree[key] = round(tree["build_tree"][key] + tree["ray_instance"][key], 3)
+        tree["cpu_seconds"] = round(tree["build_tree"]["cpu_seconds"] + used, 3)
+        tree.update(tree.pop("peak_with_alongside"))
         tree["cpu_seconds_sampled_by_process"] = {
             **tree["build_tree"]["cpu_seconds_sampled_by_process"],
             **{f"instance: {n}": v for n, v in by_name.items()}}

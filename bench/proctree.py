@@ -221,6 +221,7 @@ class TreeSampler:
 
     def __init__(self, tree_of: Callable[[], list] | None = None) -> None:
         self._tree_of = tree_of
+        self.last_rss = self.last_anon = self.last_pss = 0  # of the latest sample
         self.peak_rss = self.peak_anon = self.peak_pss = 0
         self.peak_processes: list[dict] = []
         self.samples = 0
@@ -260,6 +261,7 @@ class TreeSampler:
             rows.append({"pid": process.pid, "name": name, "rss_bytes": one, "rss_anon_bytes": one_anon,
                          "pss_bytes": one_pss})
         self.samples += 1
+        self.last_rss, self.last_anon, self.last_pss = rss, anon, pss
         if rss > self.peak_rss:
             self.peak_rss = rss
             self.peak_processes = sorted(rows, key=lambda r: -r["rss_bytes"])
@@ -306,12 +308,15 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
     ``stopped_at_deadline`` is True (a lower bound on what finishing would have cost).
 
     ``alongside``: another sampler (processes outside the tree, e.g. a running Ray instance
-    the child submits to) sampled at the same times, until the tree has ended."""
+    the child submits to) sampled at the same times, until the tree has ended;
+    ``peak_with_alongside`` is then the peak over time of the two trees' RSS, anonymous RSS
+    and PSS summed at each sample."""
     import subprocess
 
     reap_children()
     cpu_before = children_cpu_seconds()
     sampler = TreeSampler()
+    combined = [0, 0, 0]  # peak RSS, anonymous RSS, PSS of the tree and ``alongside`` together
     started = time.monotonic()
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
@@ -322,6 +327,9 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
             sampler.sample()
             if alongside is not None:
                 alongside.sample()
+                together = (sampler.last_rss + alongside.last_rss, sampler.last_anon + alongside.last_anon,
+                            sampler.last_pss + alongside.last_pss)
+                combined = [max(a, b) for a, b in zip(combined, together)]
             if deadline is not None and not stopped and time.monotonic() - started > deadline:
                 child.kill()
                 stopped = True
@@ -369,4 +377,7 @@ def run_measured(command: list[str], stdout_path: str, stderr_path: str, interva
                                for r in sampler.peak_processes[:12]],
             "processes_seen": len(sampler.cpu), "samples": sampler.samples,
             "killed_at_teardown": killed,
-            "stopped_at_deadline": stopped and child.returncode == -9}
+            "stopped_at_deadline": stopped and child.returncode == -9,
+            **({} if alongside is None else {"peak_with_alongside": {
+                "peak_rss_bytes": combined[0], "peak_rss_anon_bytes": combined[1],
+                "peak_pss_bytes": combined[2]}})}
