@@ -60,7 +60,9 @@ it, as a build submitted to a running cluster (KubeRay, scheduled ingestion) doe
 CPU seconds are then its own process tree's plus what the instance's processes used while it
 ran (daemons, and the workers Ray starts for the build, from their start to their exit), each
 part also given alone (``build_tree``, ``ray_instance``), and its peak RSS the peak of the two
-parts' RSS summed at each sample.
+parts' RSS summed at each sample. ``none``: each project build runs every task in its own
+process (``vmem index build --no-ray``, ``LocalExecutor``): the same task functions without
+Ray, so the difference from ``own`` is what Ray costs.
 
 Bytes on disk per vector: project = every file under ``<root>/index/<version>/`` (shard
 indexes, trained.faiss, metadata, key indexes, manifest) and, separately, index only (the
@@ -128,12 +130,15 @@ def progress(message: str) -> None:
 # --------------------------------------------------------------------------- phases (child processes)
 
 def phase_project(root: str, shards: int, factory: str, budget: int, seed: int, ray_cpus: int,
-                  task_memory_mb: int, ray_address: str | None = None) -> dict:
+                  task_memory_mb: int, ray_address: str | None = None, use_ray: bool = True) -> dict:
+    """One project build as ``vmem index build`` runs it: on Ray (a local instance of
+    ``ray_cpus`` CPUs, or the one at ``ray_address``), or with ``use_ray`` False every task in
+    this process (``--no-ray``: the same task functions, no Ray)."""
     from indexer.build import BuildConfig, run_build
-    from indexer.executor import RayExecutor
+    from indexer.executor import make_executor
 
     started = time.perf_counter()
-    executor = RayExecutor(address=ray_address, num_cpus=ray_cpus)
+    executor = make_executor(ray_address, use_ray=use_ray, num_cpus=ray_cpus)
     ray_init = time.perf_counter() - started
     manifest = run_build(BuildConfig(root, num_shards=shards, factory=factory, bytes_per_vector=budget,
                                      keep_vectors="none", seed=seed, task_memory_mb=task_memory_mb),
@@ -508,9 +513,11 @@ def run_project(systems: dict, name: str, root: str, work: str, logs: str, q_pat
                 common: list[str], args, repeat: int, instance: RunningRay | None) -> None:
     """One measured project build (a new version each repeat); the first is also searched."""
     shards = int(name.removeprefix("project_s"))
-    progress(f"{count}: {name} (Ray, {args.ray_cpus} CPUs, {args.ray_instance} instance), "
-             f"repeat {repeat + 1} of {args.repeats}")
-    joins = [] if instance is None else ["--ray-address", instance.address]
+    engine = ("no Ray: tasks in the build's process" if args.ray_instance == "none"
+              else f"Ray, {args.ray_cpus} CPUs, {args.ray_instance} instance")
+    progress(f"{count}: {name} ({engine}), repeat {repeat + 1} of {args.repeats}")
+    joins = ([] if instance is None else ["--ray-address", instance.address]) + (
+        ["--no-ray"] if args.ray_instance == "none" else [])
     result, tree = measured(f"{name}-{repeat}", this(
         "project", "--root", root, "--num-shards", str(shards), "--factory", args.factory,
         "--bytes-per-vector", str(args.bytes_per_vector), "--ray-cpus", str(args.ray_cpus), *joins, *common),
@@ -828,13 +835,15 @@ def main() -> int:
     from indexer.build import BuildConfig
 
     default_task_mb = BuildConfig.__dataclass_fields__["task_memory_mb"].default
-    parser.add_argument("--ray-instance", choices=("own", "running"), default="own",
+    parser.add_argument("--ray-instance", choices=("own", "running", "none"), default="own",
                         help="own (default): each project build starts its local Ray instance and "
                              "stops it, and pays for both. running: one instance is started with "
                              "`ray start` before the section (its start-up reported apart) and every "
                              "project build joins it, as a build submitted to a running cluster does; "
                              "a build's figures then add what the instance's processes (daemons, the "
-                             "build's workers) used over the build (bench/running_ray.py).")
+                             "build's workers) used over the build (bench/running_ray.py). none: each "
+                             "project build runs its tasks in its own process (`vmem index build "
+                             "--no-ray`): the project's code without Ray, to show Ray's share.")
     parser.add_argument("--task-memory-mb", type=int, default=default_task_mb,
                         help="The project's per-task memory (rows read at once); the single-process "
                              f"peer reads chunks of the same size. Default: the build's, {default_task_mb}.")
@@ -874,12 +883,14 @@ def main() -> int:
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--num-shards", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--ray-address", help=argparse.SUPPRESS)
+    parser.add_argument("--no-ray", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nprobe", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.phase == "project":
         emit_phase(phase_project(args.root, args.num_shards, args.factory, args.bytes_per_vector,
-                                 args.seed, args.ray_cpus, args.task_memory_mb, args.ray_address))
+                                 args.seed, args.ray_cpus, args.task_memory_mb, args.ray_address,
+                                 use_ray=not args.no_ray))
         return 0
     if args.phase == "project-search":
         emit_phase(phase_project_search(args.root, args.version, args.queries_file, args.found_file))
