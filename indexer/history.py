@@ -1,9 +1,35 @@
 """Versions form a history through their parents: list it, and move LATEST back."""
 from __future__ import annotations
 
+from typing import Iterator
+
 from indexer.layout import list_versions, read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import verify_version
+
+# Operations after which every item the parent serves is still served, or was already hidden
+# in the parent: an add (new items, no item removed), a compaction (drops only items the
+# parent's tombstones hide), a soft prune (weights only). Serving a parent instead of such a
+# version can be stale, never bring a deleted item back. A build, delete, hard prune or
+# rollback can remove items the parent serves.
+ADDITIVE_OPERATIONS = frozenset({"add", "compact", "prune-soft"})
+
+
+def additive_ancestors(root: str, manifest: IndexManifest, depth: int = 10) -> Iterator[IndexManifest]:
+    """``manifest``'s ancestors, newest first, as far as every step back undoes an additive
+    operation only (ADDITIVE_OPERATIONS) and keeps the shard count, at most ``depth`` of them:
+    the versions a replica may serve in its place without bringing back an item deleted since
+    (serving/searchers.py, serving/follower.py). Reads one manifest per ancestor; raises
+    FileNotFoundError when a parent's manifest is missing."""
+    current = manifest
+    for _ in range(depth):
+        if current.operation not in ADDITIVE_OPERATIONS or not current.parent:
+            return
+        parent = IndexManifest.read(root, current.parent)
+        if parent.num_shards != manifest.num_shards:
+            return
+        yield parent
+        current = parent
 
 
 def history(root: str) -> list[dict]:

@@ -47,6 +47,12 @@ def answer(searcher: ShardSearcher, queries: np.ndarray, k: int,
     return ShardAnswer(scores, ids, meta, version, shard, vectors)
 
 
+def empty_answer(n: int, version: str = "") -> ShardAnswer:
+    """An answer with no neighbour for each of ``n`` queries: (n, 0) arrays."""
+    meta = {f: np.empty((n, 0), dtype=np.float64 if f == "weight" else object) for f in META_FIELDS}
+    return ShardAnswer(np.empty((n, 0), np.float32), np.empty((n, 0), np.int64), meta, version)
+
+
 def merge_answers(answers: list[ShardAnswer], k: int) -> ShardAnswer:
     """The k best neighbours per query over all shards, with their metadata. One answer is
     already in (score desc, id asc) order: its first k are returned as they are."""

@@ -19,7 +19,8 @@ replica has a new version. Guarantees (Milvus's vocabulary):
 A version that fails to load (corrupt file, checksum mismatch) is refused: the replica keeps
 the version it serves, reports it in ``status()`` (``/healthz``) and metrics, and retries it
 after ``retry_failed_s``. A replica that starts on a LATEST it cannot load falls back to the
-newest loadable ancestor.
+newest loadable ancestor reachable through additive operations only (an add, a compaction, a
+soft prune: indexer/history.py), never past a delete, which would bring forgotten items back.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from indexer.history import additive_ancestors
 from indexer.layout import read_latest
 from indexer.leases import drop_lease, renew_lease
 from indexer.manifest import IndexManifest
@@ -117,26 +119,38 @@ class VersionFollower:
         self.switches += 1
         self.refused.pop(version, None)
 
-    async def start_on_loadable(self, latest: str) -> str:
-        """At start: serve ``latest`` or, if it cannot be loaded, its newest loadable ancestor
-        (each refusal recorded). Raises the last error when none loads."""
-        candidate, error = latest, None
-        for _ in range(self.options.fallback_depth):
+    async def start_on_loadable(self, latest: str, switch=None) -> str:
+        """At start: serve ``latest`` or, if it cannot be loaded, its newest ancestor reachable
+        through additive operations only (indexer.history.additive_ancestors: no item deleted
+        since comes back), each refusal recorded. ``switch``: the loader to use (default the
+        follower's; the router passes one that serves a failing shard from an ancestor or
+        leaves it out). Raises RuntimeError (from the last error) when none loads."""
+        switch = switch or self._switch
+        candidates = [latest]
+        error: Exception | None = None
+        while candidates:
+            candidate = candidates.pop(0)
             try:
-                await asyncio.wait_for(self._switch(candidate), self.options.reload_timeout_s)
+                await asyncio.wait_for(switch(candidate), self.options.reload_timeout_s)
                 await asyncio.to_thread(renew_lease, self.memory, self.holder, candidate,
                                         self.options.lease_ttl_s)
                 self.version = candidate
                 self.lease_renewed = self.confirmed_at = time.monotonic()
                 return candidate
-            except Exception as failure:  # noqa: BLE001 - try the parent
+            except Exception as failure:  # noqa: BLE001 - try an additive ancestor
                 error = failure
                 self.refused[candidate] = (time.monotonic(), f"{type(failure).__name__}: {failure}")
-                log.error("cannot serve version %s (%s); trying its parent", candidate, failure)
-                candidate = await asyncio.to_thread(lambda v=candidate: IndexManifest.read(self.memory, v).parent)
-                if not candidate:
-                    break
-        raise RuntimeError(f"no loadable version from {latest}") from error
+                log.error("cannot serve version %s (%s)", candidate, failure)
+                if candidate == latest:
+                    try:
+                        candidates = await asyncio.to_thread(self._additive_ancestors, latest)
+                    except (OSError, ValueError) as unreadable:  # a manifest gone (gc) or bad
+                        log.error("no ancestor of %s to fall back to: %s", latest, unreadable)
+        raise RuntimeError(f"no loadable version from {latest} without a deletion since") from error
+
+    def _additive_ancestors(self, version: str) -> list[str]:
+        manifest = IndexManifest.read(self.memory, version)
+        return [m.version for m in additive_ancestors(self.memory, manifest, self.options.fallback_depth)]
 
     # ---- per request ---------------------------------------------------------------------
     async def ensure(self, min_version: str | None = None) -> str:

@@ -10,6 +10,7 @@ endpoint annotations at run time, and string annotations would turn them into bo
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 import time
 from pathlib import Path
@@ -318,18 +319,24 @@ class Router:
         deadline = time.monotonic() + self.options.request_deadline_s
         answers = await asyncio.gather(*[self._group(n, h, query, deadline)
                                          for n, h in enumerate(self.groups)])
-        answered = sorted(s for a in answers if a is not None for s in a.shards)
+        answers = [a for a in answers if a is not None and a.shards]  # a group may hold none
+        answered = sorted(s for a in answers for s in a.shards)
         if not answered:
             raise ApiError(503, "shards", "no shard answered; try again")
-        merged = merge_answers([a.answer for a in answers if a is not None], k)
+        merged = merge_answers([a.answer for a in answers], k)
         self.shards_answered.observe(len(answered))
         if len(answered) < self.num_shards:
             self.partial.inc()
-        return merged, answered
+        stale = {shard: v for a in answers for shard, v in a.stale.items()}
+        return merged, answered, stale
 
-    def _envelope(self, merged, answered: list[int], k: int) -> dict:
+    def _envelope(self, merged, answered: list[int], stale: dict[int, str], k: int) -> dict:
+        """The answer's provenance: its version, the shards that answered (``partial`` when
+        some did not) and those answered from an ancestor version because a file of this one
+        failed to load (``shards_stale``: stale, never holding an item deleted since)."""
         return {"version": merged.version, "k": k, "shards_answered": answered,
-                "shards_total": self.num_shards, "partial": len(answered) < self.num_shards}
+                "shards_total": self.num_shards, "partial": len(answered) < self.num_shards,
+                "shards_stale": [{"shard": shard, "version": v} for shard, v in sorted(stale.items())]}
 
     async def _answer(self, requests: list[QueryRequest], vote: bool, prefix: str = "",
                       vectors: np.ndarray | None = None) -> list[dict]:
@@ -357,7 +364,7 @@ class Router:
         deciding = time.perf_counter()
         results = []
         for i, (request, k, aggregator, reranker) in enumerate(zip(requests, ks, aggregators, rerankers)):
-            merged, answered = searched[nprobes[i]]
+            merged, answered, stale = searched[nprobes[i]]
             row = merged.select(slice(rows[i], rows[i] + 1))
             if reranker is not None:
                 row = rerank_answer(reranker, vectors[i:i + 1], row)
@@ -366,7 +373,7 @@ class Router:
             unknown_below = (self.options.unknown_below if request.unknown_below is None
                              else request.unknown_below)
             decision = decide(ids, scores, meta, aggregator, unknown_below)[0]
-            body = self._envelope(merged, answered, k)
+            body = self._envelope(merged, answered, stale, k)
             if reranker is not None:
                 body["reranked_by"] = reranker.name
             if vote:
@@ -498,10 +505,12 @@ class Router:
     def version(self) -> str:
         return self.follower.version
 
-    async def _load(self, version: str) -> None:
-        """Make every searcher group serve ``version`` (raises if any cannot: the follower then
-        keeps the current one)."""
-        await asyncio.gather(*[h.reload(version) for h in self.groups])
+    async def _load(self, version: str, strict: bool = True) -> None:
+        """Make every searcher group serve ``version``. ``strict`` (a switch): raises if any
+        shard cannot load from it, and the follower keeps the current version. Otherwise (at
+        start) a shard whose files fail is served from an additive ancestor or left out
+        (serving/searchers.py ShardGroup), and /healthz says so."""
+        await asyncio.gather(*[h.reload(version, strict) for h in self.groups])
 
     async def _start(self) -> None:
         """First use in the replica's event loop: serve LATEST (or its newest loadable
@@ -510,8 +519,9 @@ class Router:
             return
         self.started = True
         latest = await asyncio.to_thread(read_latest, self.options.memory)
-        if latest:  # every group (in-process or remote) on LATEST, or its newest loadable ancestor
-            await self.follower.start_on_loadable(latest)
+        if latest:  # every group (in-process or remote) on LATEST, a shard that fails to load
+            # served from an additive ancestor or left out (never a version missing a deletion)
+            await self.follower.start_on_loadable(latest, functools.partial(self._load, strict=False))
         self.follower.start()
 
     async def _version(self, min_version: str = "") -> str:
@@ -613,9 +623,18 @@ class Router:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         """``status``: ok, or degraded when a newer version was refused (the reason is listed;
-        the replica keeps answering from ``version``)."""
+        the replica keeps answering from ``version``) or a shard of ``version`` failed to load
+        (``degraded_shards``: shard -> the ancestor version it is served from, or None when it
+        is left out, and why)."""
         await self._start()
-        return {**self.follower.status(), "shards": self.num_shards, "replica": self.replica,
+        status = self.follower.status()
+        degraded = {}
+        for found in await asyncio.gather(*[h.degraded() for h in self.groups]):
+            degraded.update({str(shard): why for shard, why in found.items()})
+        if degraded:
+            status["status"] = "degraded"
+        return {**status, "degraded_shards": dict(sorted(degraded.items(), key=lambda x: int(x[0]))),
+                "shards": self.num_shards, "replica": self.replica,
                 "data_plane": self.data_plane.address if self.data_plane else None}
 
     @api.get("/metrics")

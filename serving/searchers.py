@@ -11,18 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from ray import serve
 
+from indexer.history import additive_ancestors
 from indexer.manifest import IndexManifest
 from indexer.search import RERANK_FLOOR, SearchParams, SegmentCache, ShardSearcher
 from indexer.store import resolve_version
-from serving.answers import ShardAnswer, answer, merge_answers
+from serving.answers import ShardAnswer, answer, empty_answer, merge_answers
 from serving.coalesce import Coalescer
 
 log = logging.getLogger("ray.serve")
+
+
+class VersionRefused(Exception):
+    """A searcher group would not switch to ``version``: shards that serve now would fail
+    (``broken``: {shard: {"serving", "reason"}}, ShardGroup.degraded)."""
+
+    def __init__(self, version: str, broken: dict[int, dict]) -> None:
+        reasons = "; ".join(f"shard {s}: {d['reason']}" for s, d in sorted(broken.items()))
+        super().__init__(f"version {version} refused: {reasons}")
+        self.version, self.broken = version, broken
+
+    def __reduce__(self):  # picklable across Ray with its fields
+        return VersionRefused, (self.version, self.broken)
 
 
 @dataclass(frozen=True)
@@ -45,14 +60,24 @@ class ShardQuery:
 
 @dataclass
 class GroupAnswer:
-    """A group's merged top-k with the shard numbers that produced it."""
+    """A group's merged top-k with the shard numbers that produced it, and those of them
+    answered from an ancestor of the version asked for (shard -> version; ShardGroup)."""
 
     answer: ShardAnswer
     shards: tuple[int, ...]
+    stale: dict[int, str] = field(default_factory=dict)
 
 
 class ShardGroup:
-    """The shards of one version that one replica serves, searched and merged together."""
+    """The shards of one version that one replica serves, searched and merged together.
+
+    A shard whose files fail to load (checksum, corruption, a missing file) is served from its
+    newest ancestor reachable through additive operations only (indexer.history
+    ``additive_ancestors``: stale, but no item deleted since comes back), and left out when
+    there is none: the group then answers for the shards it holds (``shards``), the router
+    marks answers partial, and ``degraded`` ({shard: {"serving": the ancestor's version or
+    None, "reason"}}) says why. Raises ValueError when the version has fewer shards than asked
+    for, FileNotFoundError when it has no manifest."""
 
     def __init__(self, memory: str, shards: tuple[int, ...], version: str = "",
                  cache: SegmentCache | None = None) -> None:
@@ -61,14 +86,68 @@ class ShardGroup:
         if missing:
             raise ValueError(f"version {manifest.version} has {manifest.num_shards} shards; "
                              f"this replica serves {list(shards)}")
-        self.version, self.shards = manifest.version, shards
-        self.manifest = manifest
-        self.searchers = [ShardSearcher.load(memory, manifest, s, cache=cache) for s in shards]
-        self.defaults = self.searchers[0].defaults if self.searchers else SearchParams()
+        self.version, self.manifest = manifest.version, manifest
+        self.manifests = [manifest]  # every version whose files this group holds
+        # shard -> {"serving": the ancestor version it is served from, or None when left out,
+        # "reason": why this version's files did not load}
+        self.degraded: dict[int, dict] = {}
+        self.loaded_at = time.monotonic()
+        loaded = []
+        for shard in shards:
+            try:
+                loaded.append((shard, ShardSearcher.load(memory, manifest, shard, cache=cache)))
+            except Exception as error:  # noqa: BLE001 - any unloadable file: fall back or leave out
+                searcher = self._fallback(memory, shard, cache, f"{type(error).__name__}: {error}")
+                if searcher is not None:
+                    loaded.append((shard, searcher))
+        self.shards = tuple(shard for shard, _ in loaded)
+        self.searchers = [searcher for _, searcher in loaded]
+        self.defaults = SearchParams.from_manifest(manifest)
         self.dim = manifest.dim
+
+    def _fallback(self, memory: str, shard: int, cache: SegmentCache | None,
+                  why: str) -> ShardSearcher | None:
+        log.error("shard %d cannot serve version %s (%s); trying its additive ancestors",
+                  shard, self.version, why)
+        for ancestor in self._ancestors(memory):
+            try:
+                searcher = ShardSearcher.load(memory, ancestor, shard, cache=cache)
+            except Exception as error:  # noqa: BLE001 - try the next ancestor
+                log.error("shard %d cannot serve version %s either (%s: %s)",
+                          shard, ancestor.version, type(error).__name__, error)
+                continue
+            self.degraded[shard] = {"serving": ancestor.version, "reason": why}
+            self.manifests.append(ancestor)
+            log.error("shard %d serves version %s in place of %s (stale, nothing deleted since)",
+                      shard, ancestor.version, self.version)
+            return searcher
+        self.degraded[shard] = {"serving": None, "reason": why}
+        log.error("shard %d is left out of version %s: no ancestor without a deletion since "
+                  "loads", shard, self.version)
+        return None
+
+    def _ancestors(self, memory: str) -> list[IndexManifest]:
+        """The additive ancestors whose manifests can still be read (``vmem index gc`` may
+        have removed older versions: the walk stops there)."""
+        found: list[IndexManifest] = []
+        try:
+            for ancestor in additive_ancestors(memory, self.manifest):
+                found.append(ancestor)
+        except (OSError, ValueError) as error:
+            log.error("the history of version %s stops after %d ancestors: %s",
+                      self.version, len(found), error)
+        return found
+
+    @property
+    def stale(self) -> dict[int, str]:
+        """{shard: the ancestor version it is served from} (shards left out are not listed)."""
+        return {shard: d["serving"] for shard, d in self.degraded.items() if d["serving"]}
 
     def search(self, queries: np.ndarray, k: int, params: SearchParams,
                with_vectors: bool = False) -> ShardAnswer:
+        """The merged top-k of the shards this group holds (an empty (n, 0) answer if none)."""
+        if not self.searchers:
+            return empty_answer(len(queries), self.version)
         answers = [answer(searcher, queries, k, params, self.version, shard, with_vectors)
                    for shard, searcher in zip(self.shards, self.searchers)]
         return merge_answers(answers, k) if len(answers) > 1 else answers[0]
@@ -96,13 +175,18 @@ def search_batch(group: ShardGroup, requests: list[ShardQuery]) -> list[GroupAns
         for position, request in zip(positions, chosen):
             rows = slice(start, start + len(request.queries))
             start += len(request.queries)
-            results[position] = GroupAnswer(merged.select(rows).first(request.k), group.shards)
+            results[position] = GroupAnswer(merged.select(rows).first(request.k), group.shards,
+                                            group.stale)
     return results
 
 
 class SearcherService:
     """Serves shards ``shards`` of the memory at ``memory`` and follows the router's version:
     the logic of a searcher replica, also run inside the router (``searcher_groups: 0``)."""
+
+    # a degraded group (ShardGroup.degraded) tries its files again after this, then after twice
+    # as long each time they still fail, up to 32 times (a shard file can be gigabytes to verify)
+    retry_failed_s = 10.0
 
     def __init__(self, memory: str, shards: list[int], version: str = "",
                  omp_threads: int = 0) -> None:
@@ -113,41 +197,54 @@ class SearcherService:
         self.memory, self.shard_numbers = memory, tuple(shards)
         self.lock = asyncio.Lock()
         self.cache = SegmentCache()  # a new version loads only its new segments and tombstones
-        self.group = self._load_with_fallback(version or resolve_version(memory).version)
+        # a restarted replica: a shard whose files no longer load is served from an additive
+        # ancestor or left out (ShardGroup), and the replica stays up to say so
+        self.group = self._load(version or resolve_version(memory).version)
+        self._retrying: asyncio.Task | None = None
+        self._retry_after = self.retry_failed_s
         self._batches = Coalescer(self._search_batch, max_batch=64)
 
-    def _load_with_fallback(self, version: str, depth: int = 10) -> ShardGroup:
-        """``version``'s shards or, when a file fails to load (checksum, corruption), those of
-        its newest loadable ancestor: a restarted replica keeps answering. Raises the first
-        error when no ancestor loads."""
-        candidate, first = version, None
-        for _ in range(depth):
-            try:
-                return self._load(candidate)
-            except Exception as error:  # noqa: BLE001 - fall back to the parent
-                first = first or error
-                log.error("shards %s cannot serve version %s (%s); trying its parent",
-                          self.shard_numbers, candidate, error)
-                candidate = IndexManifest.read(self.memory, candidate).parent
-                if not candidate:
-                    break
-        raise first
-
     def _load(self, version: str) -> ShardGroup:
-        group = ShardGroup(self.memory, self.shard_numbers, version, self.cache)
-        self.cache.retain([group.manifest])
-        return group
+        return ShardGroup(self.memory, self.shard_numbers, version, self.cache)
 
-    async def _ensure(self, version: str) -> ShardGroup:
-        """Serve ``version`` (the router's): a replica that missed a reload catches up here."""
+    async def _ensure(self, version: str, strict: bool = False) -> ShardGroup:
+        """Serve ``version`` (the router's): a replica that missed a reload catches up here.
+        ``strict`` (the router switching versions): raise VersionRefused, still serving the
+        version it serves, when a shard of ``version`` fails to load that loads now; a shard
+        that already fails (ShardGroup.degraded) does not stop the switch, so a delete still
+        takes effect on every other shard. A degraded group tries its files again, in the
+        background, ``retry_failed_s`` after it loaded, backing off while they still fail (a
+        repaired file is served again without a restart)."""
         group = self.group
-        if version and version != group.version:
+        if version and (version != group.version or (strict and group.degraded)):
             async with self.lock:
-                if version != self.group.version:
-                    self.group = await asyncio.to_thread(self._load, version)
+                current = self.group
+                if version != current.version or (strict and current.degraded):
+                    loaded = await asyncio.to_thread(self._load, version)
+                    broken = {s: d for s, d in loaded.degraded.items() if s not in current.degraded}
+                    if strict and broken:
+                        self.cache.retain(current.manifests)
+                        raise VersionRefused(version, broken)
+                    self.group = loaded
+                    self.cache.retain(loaded.manifests)
                     log.info("shards %s now serve version %s", self.shard_numbers, version)
             group = self.group
+        elif group.degraded and time.monotonic() - group.loaded_at > self._retry_after:
+            if self._retrying is None or self._retrying.done():
+                self._retrying = asyncio.get_running_loop().create_task(self._retry(group.version))
         return group
+
+    async def _retry(self, version: str) -> None:
+        async with self.lock:
+            if self.group.version != version:
+                return
+            self.group = await asyncio.to_thread(self._load, version)
+            self.cache.retain(self.group.manifests)
+            if self.group.degraded:
+                self._retry_after = min(2 * self._retry_after, 32 * self.retry_failed_s)
+            else:
+                self._retry_after = self.retry_failed_s
+                log.info("shards %s serve every shard of version %s again", self.shard_numbers, version)
 
     async def search(self, request: ShardQuery) -> GroupAnswer:
         """The group's merged top-k for ``request``, from the version it names; concurrent
@@ -166,8 +263,14 @@ class SearcherService:
                 results[position] = result
         return results
 
-    async def reload(self, version: str = "") -> str:
-        return (await self._ensure(version or resolve_version(self.memory).version)).version
+    async def reload(self, version: str = "", strict: bool = True) -> str:
+        """Serve ``version`` (default LATEST) and return it; ``strict``: raise VersionRefused
+        (the version served staying as it was) when a shard that serves now would fail."""
+        return (await self._ensure(version or resolve_version(self.memory).version, strict)).version
+
+    async def degraded(self) -> dict[int, dict]:
+        """ShardGroup.degraded of the version served: {shard: {"serving", "reason"}}."""
+        return self.group.degraded
 
     async def stats(self, version: str = "") -> dict[str, int]:
         group = await self._ensure(version)
@@ -177,8 +280,9 @@ class SearcherService:
         return self.group.version
 
     def check_health(self) -> None:
-        """A real search (k = 1) on every shard of the group: a replica whose files or index
-        cannot answer is reported unhealthy and replaced by Serve."""
+        """A real search (k = 1) on every shard the group holds: a replica whose files or index
+        cannot answer is reported unhealthy and replaced by Serve. A shard left out at load
+        (ShardGroup.degraded) does not fail it: a new replica would meet the same files."""
         group = self.group
         probe = np.zeros((1, group.dim), dtype=np.float32)
         probe[0, 0] = 1.0
@@ -201,8 +305,11 @@ class RemoteSearchers:
     async def search(self, query: ShardQuery) -> GroupAnswer:
         return await self.handle.search.remote(query)
 
-    async def reload(self, version: str = "") -> str:
-        return await self.handle.reload.remote(version)
+    async def reload(self, version: str = "", strict: bool = True) -> str:
+        return await self.handle.reload.remote(version, strict)
+
+    async def degraded(self) -> dict[int, dict]:
+        return await self.handle.degraded.remote()
 
     async def stats(self, version: str = "") -> dict[str, int]:
         return await self.handle.stats.remote(version)

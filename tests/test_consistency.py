@@ -80,6 +80,76 @@ def neighbour_keys(url: str, embedding: list[float], k: int = 5, **extra) -> tup
     return [n["key"] for n in body["neighbours"]], body
 
 
+def _answers_until(url: str, dim: int, done, timeout: float = 90.0, run: int = 20) -> list[dict]:
+    """Query until ``run`` answers in a row satisfy ``done``; returns them. Raises
+    AssertionError with the last answer when that does not happen within ``timeout`` s."""
+    deadline, streak, body = time.monotonic() + timeout, [], None
+    while time.monotonic() < deadline:
+        response = requests.post(f"{url}/v1/neighbors", json={"embedding": unit(len(streak), dim), "k": 10})
+        body = response.json() if response.status_code == 200 else {"status": response.status_code}
+        streak = streak + [body] if response.status_code == 200 and done(body) else []
+        if len(streak) == run:
+            return streak
+        time.sleep(0.05)
+    raise AssertionError(f"no run of {run} answers as expected in {timeout} s; last: {body}")
+
+
+def _health_until(url: str, done, timeout: float = 60.0, query_dim: int = 0) -> dict:
+    """/healthz until ``done`` holds (a router asks one replica of each searcher group, so
+    this tries again; with ``query_dim`` a query first, which makes a degraded replica try its
+    files again). Raises AssertionError with the last /healthz."""
+    deadline, health = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if query_dim:
+            requests.post(f"{url}/v1/neighbors", json={"embedding": unit(0, query_dim), "k": 1})
+        health = requests.get(f"{url}/healthz").json()
+        if done(health):
+            return health
+        time.sleep(0.2)
+    raise AssertionError(f"/healthz never as expected in {timeout} s; last: {health}")
+
+
+def test_a_restarted_searcher_meets_a_corrupt_live_file(cluster):
+    """Case I5 (first in the module: no edit yet, so no compaction moves LATEST meanwhile). A
+    file of the version being served is corrupted on storage, then every replica of searcher
+    group 1 is killed (an OOM, a lost node). The new replicas refuse the file (its checksum),
+    serve that shard from the version before the add (nothing was deleted since), and queries
+    answer from every shard, naming the stale one; once the file is repaired the shard serves
+    the live version again, without a restart."""
+    url, root = cluster
+    dim = resolve_version(root).dim
+    items = [{"key": f"i5/{i}", "label": "I5", "embedding": unit(500 + i, dim)} for i in range(8)]
+    added = requests.post(f"{url}/v1/memory/items", headers=auth(), json={"items": items})
+    assert added.status_code == 200, added.text
+    live = resolve_version(root)
+    parent = IndexManifest.read(root, live.parent)
+    assert live.operation == "add" and len(live.shards[1].segments) == len(parent.shards[1].segments) + 1
+    path = storage.join(root, "index", live.shards[1].segments[-1].index_path)
+    original = open(path, "rb").read()
+    open(path, "wb").write(original[:-8] + b"corrupt!")
+    try:
+        victims = _searcher_replicas("Searcher1")
+        assert len(victims) == 2
+        for pid in victims.values():
+            os.kill(pid, signal.SIGKILL)
+        stale = [{"shard": 1, "version": parent.version}]
+        answers = _answers_until(url, dim, lambda a: a["shards_stale"] == stale and not a["partial"])
+        assert {a["version"] for a in answers} == {live.version}
+        assert all(a["shards_answered"] == [0, 1] for a in answers)
+        health = _health_until(url, lambda h: "1" in h["degraded_shards"])
+        assert health["status"] == "degraded"
+        assert health["degraded_shards"]["1"]["serving"] == parent.version
+        assert "ChecksumMismatch" in health["degraded_shards"]["1"]["reason"]
+        assert requests.post(f"{url}/v1/memory/reload", headers=auth(), timeout=90).status_code == 200
+    finally:
+        open(path, "wb").write(original)
+    # repaired: each replica tries its files again within retry_failed_s (10 s)
+    _answers_until(url, dim, lambda a: a["shards_stale"] == [] and not a["partial"], run=40)
+    found = [neighbour_keys(url, item["embedding"], 1)[0] for item in items]
+    assert found == [[item["key"]] for item in items]  # the add is served whole again
+    assert _health_until(url, lambda h: h["degraded_shards"] == {}, query_dim=dim)["status"] == "ok"
+
+
 def test_adds_and_deletes_are_seen_by_every_replica_at_once(cluster):
     url, root = cluster
     dim = resolve_version(root).dim
@@ -178,14 +248,14 @@ def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(cluster)
     assert {neighbour_keys(url, unit(1, good.dim), 3)[1]["version"] for _ in range(10)} == {fixed.version}
 
 
-def _searcher_replicas() -> dict[str, int]:
-    """Searcher0's replica actor names -> their process ids (Serve names replica actors
-    ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the "serve" namespace)."""
+def _searcher_replicas(deployment: str = "Searcher0") -> dict[str, int]:
+    """A searcher deployment's replica actor names -> their process ids (Serve names replica
+    actors ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the "serve" namespace)."""
     import ray
 
     out = {}
     for actor in ray.util.list_named_actors(all_namespaces=True):
-        if "#Searcher0#" in actor["name"]:
+        if f"#{deployment}#" in actor["name"]:
             handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
             out[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
 from indexer.build import BuildConfig, run_build
@@ -14,7 +15,9 @@ from indexer.layout import set_latest
 from indexer.leases import live_leases, renew_lease, wait_until_served
 from indexer.segments import CompactionPolicy
 from serving.follower import FollowOptions, VersionFollower, VersionUnavailable
-from serving.searchers import SearcherService
+from indexer.search import SearchParams
+from pipelines.records import api_id
+from serving.searchers import SearcherService, ShardQuery, VersionRefused
 
 NEVER = CompactionPolicy(max_tombstone_fraction=1.0, max_segments=1000)
 FAST = FollowOptions(version_poll_s=0.01, max_staleness_s=0.2, lease_ttl_s=2.0,
@@ -35,14 +38,80 @@ def corrupt(root: str, path: str) -> None:
         handle.write(b"corrupt!")
 
 
-def test_a_restarted_searcher_falls_back_to_a_loadable_version(two_versions):
+def added_items(root: str, encoder: str, count: int = 12, seed: int = 5):
+    """``count`` items added online (serving/editing.py add_items) on top of LATEST: a delta
+    segment per shard reached. Returns (the add's manifest, the items' (count, dim) vectors)."""
+    from types import SimpleNamespace
+
+    from indexer.store import resolve_version
+    from serving.editing import add_items
+
+    dim = resolve_version(root).dim
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    items = [SimpleNamespace(key=f"new-{i}", label="New", source=None, image_base64=None)
+             for i in range(count)]
+    return add_items(root, items, vectors, encoder), vectors
+
+
+def test_a_restarted_searcher_never_falls_back_past_a_delete(two_versions):
+    """The delete's tombstone file of shard 0 is corrupt: the parent would serve the deleted
+    items again, so shard 0 is left out (answers partial, /healthz degraded), not served stale."""
     root, built, deleted = two_versions
     corrupt(root, deleted.shards[0].tombstones[0].path)
-    service = SearcherService(root, [0, 1], deleted.version)  # as a replica restarting on LATEST
-    assert service.current_version() == built.version  # the parent: every file verifies
-    service.check_health()  # and it answers
-    healthy = SearcherService(root, [1], deleted.version)  # shard 1's files are intact
-    assert healthy.current_version() == deleted.version
+
+    async def scenario() -> None:
+        service = SearcherService(root, [0, 1], deleted.version)  # as a replica restarting
+        assert service.current_version() == deleted.version
+        degraded = await service.degraded()
+        assert list(degraded) == [0] and degraded[0]["serving"] is None
+        assert "ChecksumMismatch" in degraded[0]["reason"]
+        queries = np.eye(1, built.dim, dtype=np.float32)
+        got = await service.search(ShardQuery(queries, 500, SearchParams(), deleted.version))
+        assert got.shards == (1,) and got.stale == {}
+        assert "Bag" not in set(got.answer.meta["label"][0]) and len(got.answer.ids[0]) > 0
+        service.check_health()  # up, saying it is degraded: a restart would meet the same file
+        on_build = SearcherService(root, [0, 1], built.version)
+        with pytest.raises(VersionRefused, match="shard 0: ChecksumMismatch"):
+            await on_build.reload(deleted.version)  # a switch that would newly break shard 0
+        assert on_build.current_version() == built.version and await on_build.degraded() == {}
+        healthy = SearcherService(root, [1], deleted.version)  # shard 1's files are intact
+        assert healthy.current_version() == deleted.version and await healthy.degraded() == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_corrupt_added_segment_is_served_from_the_parent_until_repaired(memory_copy):
+    """An add's delta segment of shard 0 is corrupt: shard 0 is answered from the version
+    before the add (stale, nothing deleted since), every shard answers, and once the file is
+    repaired the replica serves the add's version whole again, without a restart."""
+    built = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    added, vectors = added_items(memory_copy, built.encoder)
+    delta = added.shards[0].segments[-1].index_path
+    assert added.shards[0].segments[-1] not in built.shards[0].segments
+    original = open(f"{memory_copy}/index/{delta}", "rb").read()
+    corrupt(memory_copy, delta)
+
+    async def scenario() -> None:
+        service = SearcherService(memory_copy, [0, 1], added.version)
+        assert (await service.degraded())[0]["serving"] == built.version
+        got = await service.search(ShardQuery(vectors, 1, SearchParams(), added.version))
+        assert got.shards == (0, 1) and got.stale == {0: built.version}
+        ids = np.array([api_id(f"new-{i}") for i in range(len(vectors))])
+        in_shard_1 = ids % 2 == 1  # indexer/tasks.py shard_of
+        assert in_shard_1.any() and not in_shard_1.all()
+        assert (got.answer.ids[in_shard_1, 0] == ids[in_shard_1]).all()  # shard 1 serves the add
+        assert not np.isin(got.answer.ids[:, 0], ids[~in_shard_1]).any()  # shard 0: the parent's
+        with open(f"{memory_copy}/index/{delta}", "wb") as handle:
+            handle.write(original)
+        # a switch to the same version loads the degraded shard's files again (the replica
+        # also does so by itself every retry_failed_s: tests/test_consistency.py)
+        assert await service.reload(added.version) == added.version
+        assert await service.degraded() == {}
+        got = await service.search(ShardQuery(vectors, 1, SearchParams(), added.version))
+        assert got.stale == {} and (got.answer.ids[:, 0] == ids).all()
+
+    asyncio.run(scenario())
 
 
 def test_the_follower_switches_refuses_and_waits_for_min_version(two_versions, monkeypatch):
@@ -85,19 +154,28 @@ def test_the_follower_switches_refuses_and_waits_for_min_version(two_versions, m
     asyncio.run(scenario())
 
 
-def test_the_follower_starts_on_the_newest_loadable_ancestor(two_versions):
+def test_the_follower_starts_on_the_newest_additive_ancestor_only(two_versions):
+    """At start a LATEST that cannot load is replaced by its parent across an add, never
+    across a delete (the parent would serve forgotten items)."""
     root, built, deleted = two_versions
+    added, _ = added_items(root, built.encoder)
+    broken = {added.version}
 
     async def switch(version: str) -> None:
-        if version == deleted.version:
+        if version in broken:
             raise RuntimeError("cannot load")
 
-    async def scenario() -> str:
+    async def scenario(latest: str) -> str:
         follower = VersionFollower(root, "", switch, FAST, holder="replica-b")
-        served = await follower.start_on_loadable(deleted.version)
-        assert follower.status()["status"] == "degraded"  # serving an ancestor of LATEST, and saying so
-        assert deleted.version in follower.status()["refused_versions"]
-        follower.stop()
-        return served
+        try:
+            served = await follower.start_on_loadable(latest)
+            assert follower.status()["status"] == "degraded"  # serving an ancestor of LATEST, and saying so
+            assert latest in follower.status()["refused_versions"]
+            return served
+        finally:
+            follower.stop()
 
-    assert asyncio.run(scenario()) == built.version
+    assert asyncio.run(scenario(added.version)) == deleted.version  # back across the add
+    broken.add(deleted.version)
+    with pytest.raises(RuntimeError, match="without a deletion"):
+        asyncio.run(scenario(added.version))  # the build before the delete is never served

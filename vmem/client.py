@@ -68,6 +68,9 @@ class Answer:
     scores: dict[str, float] = field(default_factory=dict)  # per-class vote sums
     aggregator: str | None = None
     parameter: float | None = None
+    # shard -> the older version it answered from, because a file of ``version`` failed to
+    # load (stale: it holds no item deleted since; /healthz says why)
+    shards_stale: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, body: dict) -> "Answer":
@@ -77,7 +80,8 @@ class Answer:
         return cls(body["version"], int(body["k"]), neighbours, list(body["shards_answered"]),
                    int(body["shards_total"]), bool(body["partial"]), body.get("label"),
                    body.get("confidence"), dict(body.get("scores", {})), body.get("aggregator"),
-                   body.get("parameter"))
+                   body.get("parameter"),
+                   {int(s["shard"]): s["version"] for s in body.get("shards_stale", [])})
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,9 @@ function render(answer, before) {
     el("span", { class: "name" }, label), el("div", { class: "fill", style: `width:${Math.max(2, 300 * score / top)}px` }),
     el("span", { class: "muted" }, score.toFixed(3)))));
   $("answered").textContent = `version ${answer.version} · shards ${answer.shards_answered.length}/${answer.shards_total}` +
-    (answer.partial ? " · PARTIAL: a shard did not answer" : "") + ` · ${answer.aggregator} (${answer.parameter})` +
+    (answer.partial ? " · PARTIAL: a shard did not answer" : "") +
+    ((answer.shards_stale || []).length ? ` · STALE: shard ${answer.shards_stale.map((s) => s.shard).join(", ")} from an older version` : "") +
+    ` · ${answer.aggregator} (${answer.parameter})` +
     (answer.reranked_by ? ` · re-ranked by ${answer.reranked_by}` : "");
   const filter = $("label-filter");
   const chosen = filter.value;
