@@ -26,6 +26,7 @@ def sha256_file(url: str) -> str:
 
 
 _verified: dict[tuple, bool] = {}  # (url, digest, size, mtime) of files this process checked
+_failed: dict[tuple, str] = {}  # the same key -> the mismatch found: an unchanged bad file fails again
 
 
 def _stamp(url: str) -> tuple | None:
@@ -39,13 +40,20 @@ def verify_file(url: str, expected: str) -> None:
     """Hash ``url`` and compare with ``expected``; raises ChecksumMismatch. A file this process
     already verified, unchanged since (same size and modification time), is not hashed again:
     versions share files, so an edit or a replica following a new version hashes only the
-    files that are new (an immutable file's stamp does not change)."""
+    files that are new (an immutable file's stamp does not change). Likewise a file that failed
+    and has not changed since fails again without being read (a corrupt file that several
+    versions share, tried for each: serving/searchers.py); a repaired file is hashed again."""
     stamp = _stamp(url)
     key = (url, expected, stamp)
     if stamp is not None and key in _verified:
         return
+    if stamp is not None and key in _failed:
+        raise ChecksumMismatch(_failed[key])
     actual = sha256_file(url)
     if actual != expected:
-        raise ChecksumMismatch(f"{url}: sha256 {actual} does not match the manifest's {expected}")
+        message = f"{url}: sha256 {actual} does not match the manifest's {expected}"
+        if stamp is not None:
+            _failed[key] = message
+        raise ChecksumMismatch(message)
     if stamp is not None:
         _verified[key] = True

@@ -1,32 +1,45 @@
 """Versions form a history through their parents: list it, and move LATEST back."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from indexer.layout import list_versions, read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import verify_version
 
-# Operations after which every item the parent serves is still served, or was already hidden
-# in the parent: an add (new items, no item removed), a compaction (drops only items the
-# parent's tombstones hide), a soft prune (weights only). Serving a parent instead of such a
-# version can be stale, never bring a deleted item back. A build, delete, hard prune or
-# rollback can remove items the parent serves.
-ADDITIVE_OPERATIONS = frozenset({"add", "compact", "prune-soft"})
+# Operations after which every item the parent serves is still served: an add (new items; an
+# id already live is refused) and a soft prune (weights only). A compaction qualifies when it
+# purged nothing (it only merged segments); one that purged rows dropped forgotten bytes,
+# which its parent's files still hold. A build, delete, hard prune or rollback can remove
+# items the parent serves.
+ADDITIVE_OPERATIONS = frozenset({"add", "prune-soft"})
 
 
-def additive_ancestors(root: str, manifest: IndexManifest, depth: int = 10) -> Iterator[IndexManifest]:
-    """``manifest``'s ancestors, newest first, as far as every step back undoes an additive
-    operation only (ADDITIVE_OPERATIONS) and keeps the shard count, at most ``depth`` of them:
-    the versions a replica may serve in its place without bringing back an item deleted since
-    (serving/searchers.py, serving/follower.py). Reads one manifest per ancestor; raises
-    FileNotFoundError when a parent's manifest is missing."""
+def _keeps(child: IndexManifest, parent: IndexManifest, shards) -> bool:
+    """Whether ``parent``'s files of ``shards`` may serve in place of ``child``'s: nothing
+    ``child`` hides or purged in those shards is visible in them."""
+    if child.operation in ADDITIVE_OPERATIONS:
+        return True
+    if child.operation == "compact" and not child.details.get("purged"):
+        return True
+    return all(child.shards[s] == parent.shards[s] for s in shards)  # untouched by the edit
+
+
+def fallback_versions(root: str, manifest: IndexManifest, shards: Iterable[int] | None = None,
+                      depth: int = 10) -> Iterator[IndexManifest]:
+    """``manifest``'s ancestors, newest first, whose files of ``shards`` (default all) a
+    replica may serve in place of ``manifest``'s without bringing back an item deleted or
+    purged since: the walk goes back through parents while each step is an add, a soft prune
+    or a compaction that purged nothing, or leaves those shards' entries unchanged; at most
+    ``depth`` steps, the same shard count (serving/searchers.py, serving/follower.py). Reads
+    one manifest per step; raises FileNotFoundError when a parent's manifest is gone (gc)."""
+    shards = list(range(manifest.num_shards)) if shards is None else list(shards)
     current = manifest
     for _ in range(depth):
-        if current.operation not in ADDITIVE_OPERATIONS or not current.parent:
+        if not current.parent:
             return
         parent = IndexManifest.read(root, current.parent)
-        if parent.num_shards != manifest.num_shards:
+        if parent.num_shards != manifest.num_shards or not _keeps(current, parent, shards):
             return
         yield parent
         current = parent

@@ -19,8 +19,9 @@ replica has a new version. Guarantees (Milvus's vocabulary):
 A version that fails to load (corrupt file, checksum mismatch) is refused: the replica keeps
 the version it serves, reports it in ``status()`` (``/healthz``) and metrics, and retries it
 after ``retry_failed_s``. A replica that starts on a LATEST it cannot load falls back to the
-newest loadable ancestor reachable through additive operations only (an add, a compaction, a
-soft prune: indexer/history.py), never past a delete, which would bring forgotten items back.
+newest loadable ancestor reachable without a step that deleted or purged an item (an add, a
+soft prune, a compaction that purged nothing: indexer/history.py ``fallback_versions``), never
+past a delete, which would bring forgotten items back.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from indexer.history import additive_ancestors
+from indexer.history import fallback_versions
 from indexer.layout import read_latest
 from indexer.leases import drop_lease, renew_lease
 from indexer.manifest import IndexManifest
@@ -121,8 +122,8 @@ class VersionFollower:
 
     async def start_on_loadable(self, latest: str, switch=None) -> str:
         """At start: serve ``latest`` or, if it cannot be loaded, its newest ancestor reachable
-        through additive operations only (indexer.history.additive_ancestors: no item deleted
-        since comes back), each refusal recorded. ``switch``: the loader to use (default the
+        while no step deleted or purged an item (indexer.history ``fallback_versions``: no
+        item deleted since comes back), each refusal recorded. ``switch``: the loader to use (default the
         follower's; the router passes one that serves a failing shard from an ancestor or
         leaves it out). Raises RuntimeError (from the last error) when none loads."""
         switch = switch or self._switch
@@ -137,20 +138,20 @@ class VersionFollower:
                 self.version = candidate
                 self.lease_renewed = self.confirmed_at = time.monotonic()
                 return candidate
-            except Exception as failure:  # noqa: BLE001 - try an additive ancestor
+            except Exception as failure:  # noqa: BLE001 - try a fallback version
                 error = failure
                 self.refused[candidate] = (time.monotonic(), f"{type(failure).__name__}: {failure}")
                 log.error("cannot serve version %s (%s)", candidate, failure)
                 if candidate == latest:
                     try:
-                        candidates = await asyncio.to_thread(self._additive_ancestors, latest)
+                        candidates = await asyncio.to_thread(self._fallback_versions, latest)
                     except (OSError, ValueError) as unreadable:  # a manifest gone (gc) or bad
                         log.error("no ancestor of %s to fall back to: %s", latest, unreadable)
         raise RuntimeError(f"no loadable version from {latest} without a deletion since") from error
 
-    def _additive_ancestors(self, version: str) -> list[str]:
+    def _fallback_versions(self, version: str) -> list[str]:
         manifest = IndexManifest.read(self.memory, version)
-        return [m.version for m in additive_ancestors(self.memory, manifest, self.options.fallback_depth)]
+        return [m.version for m in fallback_versions(self.memory, manifest, depth=self.options.fallback_depth)]
 
     # ---- per request ---------------------------------------------------------------------
     async def ensure(self, min_version: str | None = None) -> str:

@@ -508,7 +508,7 @@ class Router:
     async def _load(self, version: str, strict: bool = True) -> None:
         """Make every searcher group serve ``version``. ``strict`` (a switch): raises if any
         shard cannot load from it, and the follower keeps the current version. Otherwise (at
-        start) a shard whose files fail is served from an additive ancestor or left out
+        start) a shard whose files fail is served from a fallback version or left out
         (serving/searchers.py ShardGroup), and /healthz says so."""
         await asyncio.gather(*[h.reload(version, strict) for h in self.groups])
 
@@ -520,7 +520,7 @@ class Router:
         self.started = True
         latest = await asyncio.to_thread(read_latest, self.options.memory)
         if latest:  # every group (in-process or remote) on LATEST, a shard that fails to load
-            # served from an additive ancestor or left out (never a version missing a deletion)
+            # served from a fallback version or left out (never a version missing a deletion)
             await self.follower.start_on_loadable(latest, functools.partial(self._load, strict=False))
         self.follower.start()
 
@@ -624,18 +624,29 @@ class Router:
     async def healthz(self) -> dict:
         """``status``: ok, or degraded when a newer version was refused (the reason is listed;
         the replica keeps answering from ``version``) or a shard of ``version`` failed to load
-        (``degraded_shards``: shard -> the ancestor version it is served from, or None when it
-        is left out, and why)."""
+        (``degraded_shards``: shard -> the older version it is served from, or None when it is
+        left out, and why; as one replica of each searcher group sees it)."""
         await self._start()
         status = self.follower.status()
         degraded = {}
-        for found in await asyncio.gather(*[h.degraded() for h in self.groups]):
+        for number, found in enumerate(await asyncio.gather(*[self._degraded(h) for h in self.groups])):
+            if isinstance(found, Exception):  # a group that cannot say: its shards, and why
+                found = {s: {"serving": None, "reason": f"searcher group {number} did not answer: "
+                             f"{type(found).__name__}: {found}"} for s in self.group_shards[number]}
             degraded.update({str(shard): why for shard, why in found.items()})
         if degraded:
             status["status"] = "degraded"
         return {**status, "degraded_shards": dict(sorted(degraded.items(), key=lambda x: int(x[0]))),
                 "shards": self.num_shards, "replica": self.replica,
                 "data_plane": self.data_plane.address if self.data_plane else None}
+
+    async def _degraded(self, group) -> dict | Exception:
+        """A searcher group's degraded shards (one replica's view), within ``shard_timeout_s``:
+        the error instead when it does not answer."""
+        try:
+            return await asyncio.wait_for(group.degraded(), self.options.shard_timeout_s)
+        except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
+            return error
 
     @api.get("/metrics")
     async def metrics(self) -> PlainTextResponse:

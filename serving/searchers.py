@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ray import serve
 
-from indexer.history import additive_ancestors
+from indexer.history import fallback_versions
 from indexer.manifest import IndexManifest
 from indexer.search import RERANK_FLOOR, SearchParams, SegmentCache, ShardSearcher
 from indexer.store import resolve_version
@@ -71,67 +71,79 @@ class GroupAnswer:
 class ShardGroup:
     """The shards of one version that one replica serves, searched and merged together.
 
-    A shard whose files fail to load (checksum, corruption, a missing file) is served from its
-    newest ancestor reachable through additive operations only (indexer.history
-    ``additive_ancestors``: stale, but no item deleted since comes back), and left out when
-    there is none: the group then answers for the shards it holds (``shards``), the router
-    marks answers partial, and ``degraded`` ({shard: {"serving": the ancestor's version or
-    None, "reason"}}) says why. Raises ValueError when the version has fewer shards than asked
-    for, FileNotFoundError when it has no manifest."""
+    A shard whose files fail to load (checksum, corruption, a missing file) is left out and,
+    with ``fallback`` (else by ``fall_back()``), served from its newest ancestor whose files of
+    that shard may stand in for it (indexer.history ``fallback_versions``: stale, but no item
+    deleted or purged since comes back). The group answers for the shards it holds
+    (``shards``), the router marks answers partial when one is missing, and ``degraded``
+    ({shard: {"serving": the ancestor's version or None, "reason"}}) says why. Raises
+    ValueError when the version has fewer shards than asked for, FileNotFoundError when it has
+    no manifest."""
 
     def __init__(self, memory: str, shards: tuple[int, ...], version: str = "",
-                 cache: SegmentCache | None = None) -> None:
+                 cache: SegmentCache | None = None, fallback: bool = True) -> None:
         manifest = resolve_version(memory, version or None)
         missing = [s for s in shards if s >= manifest.num_shards]
         if missing:
             raise ValueError(f"version {manifest.version} has {manifest.num_shards} shards; "
                              f"this replica serves {list(shards)}")
+        self.memory, self.cache = memory, cache
         self.version, self.manifest = manifest.version, manifest
         self.manifests = [manifest]  # every version whose files this group holds
         # shard -> {"serving": the ancestor version it is served from, or None when left out,
         # "reason": why this version's files did not load}
         self.degraded: dict[int, dict] = {}
         self.loaded_at = time.monotonic()
-        loaded = []
+        self._wanted = tuple(shards)
+        self._loaded: dict[int, ShardSearcher] = {}
         for shard in shards:
             try:
-                loaded.append((shard, ShardSearcher.load(memory, manifest, shard, cache=cache)))
-            except Exception as error:  # noqa: BLE001 - any unloadable file: fall back or leave out
-                searcher = self._fallback(memory, shard, cache, f"{type(error).__name__}: {error}")
-                if searcher is not None:
-                    loaded.append((shard, searcher))
-        self.shards = tuple(shard for shard, _ in loaded)
-        self.searchers = [searcher for _, searcher in loaded]
+                self._loaded[shard] = ShardSearcher.load(memory, manifest, shard, cache=cache)
+            except Exception as error:  # noqa: BLE001 - any unloadable file: the shard is left out
+                why = f"{type(error).__name__}: {error}"
+                log.error("shard %d cannot serve version %s (%s)", shard, self.version, why)
+                self.degraded[shard] = {"serving": None, "reason": why}
+        if fallback:
+            self.fall_back()
+        self._index()
         self.defaults = SearchParams.from_manifest(manifest)
         self.dim = manifest.dim
 
-    def _fallback(self, memory: str, shard: int, cache: SegmentCache | None,
-                  why: str) -> ShardSearcher | None:
-        log.error("shard %d cannot serve version %s (%s); trying its additive ancestors",
-                  shard, self.version, why)
-        for ancestor in self._ancestors(memory):
-            try:
-                searcher = ShardSearcher.load(memory, ancestor, shard, cache=cache)
-            except Exception as error:  # noqa: BLE001 - try the next ancestor
-                log.error("shard %d cannot serve version %s either (%s: %s)",
-                          shard, ancestor.version, type(error).__name__, error)
-                continue
-            self.degraded[shard] = {"serving": ancestor.version, "reason": why}
-            self.manifests.append(ancestor)
-            log.error("shard %d serves version %s in place of %s (stale, nothing deleted since)",
-                      shard, ancestor.version, self.version)
-            return searcher
-        self.degraded[shard] = {"serving": None, "reason": why}
-        log.error("shard %d is left out of version %s: no ancestor without a deletion since "
-                  "loads", shard, self.version)
-        return None
+    def _index(self) -> None:
+        self.shards = tuple(s for s in self._wanted if s in self._loaded)
+        self.searchers = [self._loaded[s] for s in self.shards]
 
-    def _ancestors(self, memory: str) -> list[IndexManifest]:
-        """The additive ancestors whose manifests can still be read (``vmem index gc`` may
-        have removed older versions: the walk stops there)."""
+    def fall_back(self) -> None:
+        """Serve each shard left out from its newest loadable fallback version, if any."""
+        for shard in [s for s, d in self.degraded.items() if d["serving"] is None]:
+            tried = [self.manifest.shards[shard].files()]  # the same files would fail again
+            for ancestor in self._fallback_versions(shard):
+                files = ancestor.shards[shard].files()
+                if files in tried:
+                    continue
+                tried.append(files)
+                try:
+                    self._loaded[shard] = ShardSearcher.load(self.memory, ancestor, shard, cache=self.cache)
+                except Exception as error:  # noqa: BLE001 - try the next ancestor
+                    log.error("shard %d cannot serve version %s either (%s: %s)",
+                              shard, ancestor.version, type(error).__name__, error)
+                    continue
+                self.degraded[shard]["serving"] = ancestor.version
+                self.manifests.append(ancestor)
+                log.error("shard %d serves version %s in place of %s (stale: nothing deleted "
+                          "since)", shard, ancestor.version, self.version)
+                break
+            else:
+                log.error("shard %d is left out of version %s: no older version without a "
+                          "deletion since loads", shard, self.version)
+        self._index()
+
+    def _fallback_versions(self, shard: int) -> list[IndexManifest]:
+        """The fallback versions of ``shard`` whose manifests can still be read (``vmem index
+        gc`` may have removed older versions: the walk stops there)."""
         found: list[IndexManifest] = []
         try:
-            for ancestor in additive_ancestors(memory, self.manifest):
+            for ancestor in fallback_versions(self.memory, self.manifest, [shard]):
                 found.append(ancestor)
         except (OSError, ValueError) as error:
             log.error("the history of version %s stops after %d ancestors: %s",
@@ -197,54 +209,69 @@ class SearcherService:
         self.memory, self.shard_numbers = memory, tuple(shards)
         self.lock = asyncio.Lock()
         self.cache = SegmentCache()  # a new version loads only its new segments and tombstones
-        # a restarted replica: a shard whose files no longer load is served from an additive
-        # ancestor or left out (ShardGroup), and the replica stays up to say so
-        self.group = self._load(version or resolve_version(memory).version)
-        self._retrying: asyncio.Task | None = None
+        # a restarted replica: a shard whose files no longer load is served from an older
+        # version or left out (ShardGroup), and the replica stays up to say so
         self._retry_after = self.retry_failed_s
+        self._retrying: asyncio.Task | None = None
+        self.group = self._load(version or resolve_version(memory).version)
         self._batches = Coalescer(self._search_batch, max_batch=64)
 
-    def _load(self, version: str) -> ShardGroup:
-        return ShardGroup(self.memory, self.shard_numbers, version, self.cache)
+    def _load(self, version: str, fallback: bool = True) -> ShardGroup:
+        return ShardGroup(self.memory, self.shard_numbers, version, self.cache, fallback)
 
     async def _ensure(self, version: str, strict: bool = False) -> ShardGroup:
         """Serve ``version`` (the router's): a replica that missed a reload catches up here.
         ``strict`` (the router switching versions): raise VersionRefused, still serving the
-        version it serves, when a shard of ``version`` fails to load that loads now; a shard
-        that already fails (ShardGroup.degraded) does not stop the switch, so a delete still
-        takes effect on every other shard. A degraded group tries its files again, in the
-        background, ``retry_failed_s`` after it loaded, backing off while they still fail (a
-        repaired file is served again without a restart)."""
+        version it serves, when a shard that loads now would fail in ``version``; a shard that
+        already fails (ShardGroup.degraded) does not stop the switch. A degraded group loads
+        its files again, in the background, when a query arrives ``retry_failed_s`` after its
+        last load, backing off while they still fail (a repaired file serves again without a
+        restart)."""
         group = self.group
         if version and (version != group.version or (strict and group.degraded)):
             async with self.lock:
                 current = self.group
                 if version != current.version or (strict and current.degraded):
-                    loaded = await asyncio.to_thread(self._load, version)
+                    loaded = await asyncio.to_thread(self._load, version, False)
                     broken = {s: d for s, d in loaded.degraded.items() if s not in current.degraded}
                     if strict and broken:
-                        self.cache.retain(current.manifests)
                         raise VersionRefused(version, broken)
-                    self.group = loaded
-                    self.cache.retain(loaded.manifests)
+                    if loaded.degraded:
+                        await asyncio.to_thread(loaded.fall_back)
+                    self._serve(loaded)
                     log.info("shards %s now serve version %s", self.shard_numbers, version)
             group = self.group
         elif group.degraded and time.monotonic() - group.loaded_at > self._retry_after:
             if self._retrying is None or self._retrying.done():
-                self._retrying = asyncio.get_running_loop().create_task(self._retry(group.version))
+                self._retrying = asyncio.get_running_loop().create_task(self._retry(group))
         return group
 
-    async def _retry(self, version: str) -> None:
+    def _serve(self, group: ShardGroup) -> None:
+        if group.version != self.group.version:
+            self._retry_after = self.retry_failed_s
+        self.group = group
+        self.cache.retain(group.manifests)
+
+    async def _retry(self, degraded: ShardGroup) -> None:
+        """Load the degraded group's version again, outside the lock (searches and switches
+        go on meanwhile); serve it if the group was not replaced in the meantime."""
+        try:
+            group = await asyncio.to_thread(self._load, degraded.version)
+        except Exception as error:  # noqa: BLE001 - a failed retry backs off like a degraded one
+            log.error("shards %s: loading version %s again failed: %s", self.shard_numbers,
+                      degraded.version, error)
+            degraded.loaded_at = time.monotonic()
+            self._retry_after = min(2 * self._retry_after, 32 * self.retry_failed_s)
+            return
         async with self.lock:
-            if self.group.version != version:
+            if self.group is not degraded:
                 return
-            self.group = await asyncio.to_thread(self._load, version)
-            self.cache.retain(self.group.manifests)
-            if self.group.degraded:
+            self._serve(group)
+            if group.degraded:
                 self._retry_after = min(2 * self._retry_after, 32 * self.retry_failed_s)
             else:
-                self._retry_after = self.retry_failed_s
-                log.info("shards %s serve every shard of version %s again", self.shard_numbers, version)
+                log.info("shards %s serve every shard of version %s again", self.shard_numbers,
+                         group.version)
 
     async def search(self, request: ShardQuery) -> GroupAnswer:
         """The group's merged top-k for ``request``, from the version it names; concurrent

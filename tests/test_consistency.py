@@ -143,7 +143,8 @@ def test_a_restarted_searcher_meets_a_corrupt_live_file(cluster):
         assert requests.post(f"{url}/v1/memory/reload", headers=auth(), timeout=90).status_code == 200
     finally:
         open(path, "wb").write(original)
-    # repaired: each replica tries its files again within retry_failed_s (10 s)
+    # repaired: each replica loads its files again when a query comes 10 s after its last try
+    # (20 s or more if a retry came while the file was still corrupt: backoff)
     _answers_until(url, dim, lambda a: a["shards_stale"] == [] and not a["partial"], run=40)
     found = [neighbour_keys(url, item["embedding"], 1)[0] for item in items]
     assert found == [[item["key"]] for item in items]  # the add is served whole again

@@ -114,6 +114,63 @@ def test_a_corrupt_added_segment_is_served_from_the_parent_until_repaired(memory
     asyncio.run(scenario())
 
 
+def test_a_delete_elsewhere_does_not_stop_a_shard_s_fallback(memory_copy):
+    """A delete that left shard 0's entry unchanged (it forgot an item of shard 1) cannot have
+    hidden anything there: a corrupt file of shard 0 is served from the version before the
+    add, past the delete, while shard 1 keeps the delete (indexer/history.py fallback_versions).
+    A purging compaction would stop the walk (its parent still holds the purged bytes)."""
+    built = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    added, vectors = added_items(memory_copy, built.encoder)
+    ids = np.array([api_id(f"new-{i}") for i in range(len(vectors))])
+    gone = int(ids[ids % 2 == 1][0])
+    deleted, _ = run_delete(memory_copy, ForgetRequest(ids=[gone]), LocalExecutor(), policy=NEVER)
+    assert deleted.shards[0] == added.shards[0] and deleted.shards[1] != added.shards[1]
+    corrupt(memory_copy, deleted.shards[0].segments[-1].index_path)  # the add's delta of shard 0
+
+    async def scenario() -> None:
+        service = SearcherService(memory_copy, [0, 1], deleted.version)
+        assert await service.degraded() == {0: {"serving": built.version,
+                                                 "reason": (await service.degraded())[0]["reason"]}}
+        got = await service.search(ShardQuery(vectors, 3, SearchParams(), deleted.version))
+        assert got.shards == (0, 1) and got.stale == {0: built.version}
+        assert gone not in got.answer.ids  # shard 1 serves the delete
+        on_shard_1 = (ids % 2 == 1) & (ids != gone)
+        assert (got.answer.ids[on_shard_1, 0] == ids[on_shard_1]).all()
+
+    asyncio.run(scenario())
+
+
+def test_a_retry_that_fails_backs_off_and_keeps_serving(memory_copy, monkeypatch):
+    """A degraded group's retry whose load raises (storage unavailable) is logged, backs off
+    like a retry that still fails, and the group keeps answering as before: not a new load on
+    every query."""
+    built = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    added, vectors = added_items(memory_copy, built.encoder)
+    corrupt(memory_copy, added.shards[0].segments[-1].index_path)
+    monkeypatch.setattr(SearcherService, "retry_failed_s", 0.5)
+
+    async def scenario() -> None:
+        service = SearcherService(memory_copy, [0, 1], added.version)
+        loads: list[str] = []
+
+        def unavailable(version: str, fallback: bool = True):
+            loads.append(version)
+            raise OSError("storage unavailable")
+
+        monkeypatch.setattr(service, "_load", unavailable)
+        await asyncio.sleep(0.6)
+        started = time.monotonic()
+        for _ in range(20):
+            got = await service.search(ShardQuery(vectors, 1, SearchParams(), added.version))
+            assert got.stale == {0: built.version} and got.shards == (0, 1)
+            if service._retrying is not None:
+                await service._retrying
+        assert time.monotonic() - started < 1.0  # all within the backed-off interval (1 s)
+        assert loads == [added.version]
+
+    asyncio.run(scenario())
+
+
 def test_the_follower_switches_refuses_and_waits_for_min_version(two_versions, monkeypatch):
     root, built, deleted = two_versions
     loaded: list[str] = []
@@ -154,7 +211,7 @@ def test_the_follower_switches_refuses_and_waits_for_min_version(two_versions, m
     asyncio.run(scenario())
 
 
-def test_the_follower_starts_on_the_newest_additive_ancestor_only(two_versions):
+def test_the_follower_starts_on_the_newest_ancestor_before_no_delete(two_versions):
     """At start a LATEST that cannot load is replaced by its parent across an add, never
     across a delete (the parent would serve forgotten items)."""
     root, built, deleted = two_versions
@@ -179,3 +236,24 @@ def test_the_follower_starts_on_the_newest_additive_ancestor_only(two_versions):
     broken.add(deleted.version)
     with pytest.raises(RuntimeError, match="without a deletion"):
         asyncio.run(scenario(added.version))  # the build before the delete is never served
+
+
+def test_an_unchanged_corrupt_file_is_hashed_once(tmp_path, monkeypatch):
+    """indexer/checksums.py: a file that failed its checksum and has not changed since fails
+    again without being read (a corrupt file several versions share is tried for each); once
+    rewritten (repaired) it is hashed again."""
+    from indexer import checksums
+
+    path = tmp_path / "segment.faiss"
+    expected = checksums.sha256_bytes(b"good bytes")
+    path.write_bytes(b"bad bytes!!")
+    hashed: list[str] = []
+    real = checksums.sha256_file
+    monkeypatch.setattr(checksums, "sha256_file", lambda url: hashed.append(url) or real(url))
+    for _ in range(3):
+        with pytest.raises(checksums.ChecksumMismatch, match="does not match"):
+            checksums.verify_file(str(path), expected)
+    assert len(hashed) == 1
+    path.write_bytes(b"good bytes")
+    checksums.verify_file(str(path), expected)
+    assert len(hashed) == 2
