@@ -222,8 +222,11 @@ class SearcherService:
     async def _ensure(self, version: str, strict: bool = False) -> ShardGroup:
         """Serve ``version`` (the router's): a replica that missed a reload catches up here.
         ``strict`` (the router switching versions): raise VersionRefused, still serving the
-        version it serves, when a shard that loads now would fail in ``version``; a shard that
-        already fails (ShardGroup.degraded) does not stop the switch. A degraded group loads
+        version it serves, when a shard that loads now would fail in ``version`` and the
+        version served may stand in for it (``version`` only added since); a shard that
+        already fails (ShardGroup.degraded) does not stop the switch, nor does one whose new
+        version deleted or purged something: that shard is then left out, never served with
+        the forgotten items. A degraded group loads
         its files again, in the background, when a query arrives ``retry_failed_s`` after its
         last load, backing off while they still fail (a repaired file serves again without a
         restart)."""
@@ -234,7 +237,7 @@ class SearcherService:
                 if version != current.version or (strict and current.degraded):
                     loaded = await asyncio.to_thread(self._load, version, False)
                     broken = {s: d for s, d in loaded.degraded.items() if s not in current.degraded}
-                    if strict and broken:
+                    if strict and broken and await asyncio.to_thread(self._stands_in, current, loaded):
                         raise VersionRefused(version, broken)
                     if loaded.degraded:
                         await asyncio.to_thread(loaded.fall_back)
@@ -245,6 +248,16 @@ class SearcherService:
             if self._retrying is None or self._retrying.done():
                 self._retrying = asyncio.get_running_loop().create_task(self._retry(group))
         return group
+
+    def _stands_in(self, current: ShardGroup, new: ShardGroup) -> bool:
+        """Whether serving ``current``'s version in place of ``new``'s hides nothing ``new``
+        deleted or purged (it is one of ``new``'s fallback versions): only then may a switch
+        be refused. A version that removed items is always taken, a failing shard left out."""
+        try:
+            return current.version in {m.version for m in fallback_versions(self.memory, new.manifest)}
+        except (OSError, ValueError) as error:  # a manifest gone: do not refuse a removal
+            log.error("history of version %s unreadable (%s): switching to it", new.version, error)
+            return False
 
     def _serve(self, group: ShardGroup) -> None:
         if group.version != self.group.version:

@@ -228,7 +228,8 @@ def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(cluster)
     url, root = cluster
     good = resolve_version(root)
     bad = IndexManifest.from_fields({**storage.read_json(IndexManifest.url_for(root, good.version)),
-                                     "version": good.version + "-bad", "parent": good.version})
+                                     "version": good.version + "-bad", "parent": good.version,
+                                     "operation": "add"})  # a broken add: the old version stands in
     bad.shards[1].segments[0].index_sha256 = "0" * 64  # its bytes no longer match: refused
     bad.write(root)
     set_latest(root, bad.version)

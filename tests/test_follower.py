@@ -56,7 +56,9 @@ def added_items(root: str, encoder: str, count: int = 12, seed: int = 5):
 
 def test_a_restarted_searcher_never_falls_back_past_a_delete(two_versions):
     """The delete's tombstone file of shard 0 is corrupt: the parent would serve the deleted
-    items again, so shard 0 is left out (answers partial, /healthz degraded), not served stale."""
+    items again, so shard 0 is left out (answers partial, /healthz degraded), not served stale,
+    and a replica switching to the delete takes it (the delete holds on shard 1) rather than
+    refusing it and serving the deleted items everywhere."""
     root, built, deleted = two_versions
     corrupt(root, deleted.shards[0].tombstones[0].path)
 
@@ -71,10 +73,10 @@ def test_a_restarted_searcher_never_falls_back_past_a_delete(two_versions):
         assert got.shards == (1,) and got.stale == {}
         assert "Bag" not in set(got.answer.meta["label"][0]) and len(got.answer.ids[0]) > 0
         service.check_health()  # up, saying it is degraded: a restart would meet the same file
-        on_build = SearcherService(root, [0, 1], built.version)
-        with pytest.raises(VersionRefused, match="shard 0: ChecksumMismatch"):
-            await on_build.reload(deleted.version)  # a switch that would newly break shard 0
-        assert on_build.current_version() == built.version and await on_build.degraded() == {}
+        on_build = SearcherService(root, [0, 1], built.version)  # a switch to the broken delete:
+        assert await on_build.reload(deleted.version) == deleted.version  # taken, never refused
+        got = await on_build.search(ShardQuery(queries, 500, SearchParams(), deleted.version))
+        assert got.shards == (1,) and "Bag" not in set(got.answer.meta["label"][0])
         healthy = SearcherService(root, [1], deleted.version)  # shard 1's files are intact
         assert healthy.current_version() == deleted.version and await healthy.degraded() == {}
 
@@ -93,7 +95,11 @@ def test_a_corrupt_added_segment_is_served_from_the_parent_until_repaired(memory
     corrupt(memory_copy, delta)
 
     async def scenario() -> None:
-        service = SearcherService(memory_copy, [0, 1], added.version)
+        on_build = SearcherService(memory_copy, [0, 1], built.version)
+        with pytest.raises(VersionRefused, match="shard 0: ChecksumMismatch"):
+            await on_build.reload(added.version)  # an add that would newly break shard 0
+        assert on_build.current_version() == built.version and await on_build.degraded() == {}
+        service = SearcherService(memory_copy, [0, 1], added.version)  # a replica restarting
         assert (await service.degraded())[0]["serving"] == built.version
         got = await service.search(ShardQuery(vectors, 1, SearchParams(), added.version))
         assert got.shards == (0, 1) and got.stale == {0: built.version}
