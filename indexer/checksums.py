@@ -30,10 +30,16 @@ _failed: dict[tuple, str] = {}  # the same key -> the mismatch found: an unchang
 
 
 def _stamp(url: str) -> tuple | None:
+    """What changes when a file is rewritten: size and modification time, and where the store
+    reports them the inode, change time and ETag (a repair that restores size and mtime, such
+    as ``cp -p`` or a snapshot restore, still changes those). None when no time is known."""
     fs, path = storage.filesystem(url)
     info = fs.info(path)
     modified = info.get("mtime") or info.get("updated") or info.get("LastModified") or info.get("created")
-    return (info.get("size"), str(modified)) if modified is not None else None
+    if modified is None:
+        return None
+    return (info.get("size"), str(modified), info.get("ino"), str(info.get("created")),
+            info.get("ETag") or info.get("etag") or info.get("md5Hash"))
 
 
 def verify_file(url: str, expected: str) -> None:

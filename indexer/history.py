@@ -15,23 +15,26 @@ from indexer.store import verify_version
 ADDITIVE_OPERATIONS = frozenset({"add", "prune-soft"})
 
 
-def _keeps(child: IndexManifest, parent: IndexManifest, shards) -> bool:
+def _keeps(child: IndexManifest, parent: IndexManifest, shards, purged_ok: bool) -> bool:
     """Whether ``parent``'s files of ``shards`` may serve in place of ``child``'s: nothing
-    ``child`` hides or purged in those shards is visible in them."""
+    ``child`` hides in those shards is visible in them, and (unless ``purged_ok``) nothing it
+    purged is in them (a manifest without the record counts as purging)."""
     if child.operation in ADDITIVE_OPERATIONS:
         return True
-    if child.operation == "compact" and not child.details.get("purged"):
+    if child.operation == "compact" and (purged_ok or child.details.get("purged", True) == {}):
         return True
     return all(child.shards[s] == parent.shards[s] for s in shards)  # untouched by the edit
 
 
 def fallback_versions(root: str, manifest: IndexManifest, shards: Iterable[int] | None = None,
-                      depth: int = 10) -> Iterator[IndexManifest]:
+                      depth: int = 10, purged_ok: bool = False) -> Iterator[IndexManifest]:
     """``manifest``'s ancestors, newest first, whose files of ``shards`` (default all) a
     replica may serve in place of ``manifest``'s without bringing back an item deleted or
     purged since: the walk goes back through parents while each step is an add, a soft prune
     or a compaction that purged nothing, or leaves those shards' entries unchanged; at most
-    ``depth`` steps, the same shard count (serving/searchers.py, serving/follower.py). Reads
+    ``depth`` steps, the same shard count (serving/searchers.py, serving/follower.py).
+    ``purged_ok``: a compaction that purged rows may be passed too (its parent hides the same
+    items and only still holds their bytes: a replica already serving it may keep it). Reads
     one manifest per step; raises FileNotFoundError when a parent's manifest is gone (gc)."""
     shards = list(range(manifest.num_shards)) if shards is None else list(shards)
     current = manifest
@@ -39,7 +42,7 @@ def fallback_versions(root: str, manifest: IndexManifest, shards: Iterable[int] 
         if not current.parent:
             return
         parent = IndexManifest.read(root, current.parent)
-        if parent.num_shards != manifest.num_shards or not _keeps(current, parent, shards):
+        if parent.num_shards != manifest.num_shards or not _keeps(current, parent, shards, purged_ok):
             return
         yield parent
         current = parent

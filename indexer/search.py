@@ -312,7 +312,8 @@ class SegmentCache:
     """Loaded segments and tombstone files by (path, sha256), so a process that follows new
     versions loads only what changed: an add costs its delta segment, a delete its tombstone
     file; unchanged segments (memory-mapped) are reused. ``retain`` drops what a version no
-    longer uses. Not thread-safe: one loader at a time (the searcher's version lock)."""
+    longer uses. Loaders may run in several threads at once (a searcher's retry beside a
+    switch): each lookup keeps what it loaded, so at worst a file loads twice."""
 
     def __init__(self) -> None:
         self.segments: dict[tuple[str, str], SegmentSearcher] = {}
@@ -321,9 +322,10 @@ class SegmentCache:
     def segment(self, root: str, entry: SegmentEntry, defaults: SearchParams, verify: bool,
                 mmap: bool, manifest: IndexManifest | None = None) -> SegmentSearcher:
         key = (entry.index_path, entry.index_sha256, entry.metadata_path, entry.metadata_sha256)
-        if key not in self.segments:
-            self.segments[key] = SegmentSearcher.load(root, entry, defaults, verify, mmap, manifest)
-        loaded = self.segments[key]
+        loaded = self.segments.get(key)
+        if loaded is None:
+            loaded = SegmentSearcher.load(root, entry, defaults, verify, mmap, manifest)
+            self.segments[key] = loaded
         if loaded.defaults != defaults:
             loaded = loaded.with_hidden(loaded.hidden)
             loaded.defaults = defaults
@@ -331,9 +333,11 @@ class SegmentCache:
 
     def tombstone(self, root: str, entry: TombstoneEntry, verify: bool) -> np.ndarray:
         key = (entry.path, entry.sha256)
-        if key not in self.tombstones:
-            self.tombstones[key] = load_tombstones(root, entry, verify)
-        return self.tombstones[key]
+        ids = self.tombstones.get(key)
+        if ids is None:
+            ids = load_tombstones(root, entry, verify)
+            self.tombstones[key] = ids
+        return ids
 
     def retain(self, manifests: list[IndexManifest]) -> None:
         keep_segments = {(s.index_path, s.index_sha256, s.metadata_path, s.metadata_sha256)

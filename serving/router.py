@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, ORJSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from indexer.edit import ForgetRequest, resolve_forget
 from indexer.factory import nlist_of
@@ -645,8 +646,8 @@ class Router:
         the error instead when it does not answer."""
         try:
             return await asyncio.wait_for(group.degraded(), self.options.shard_timeout_s)
-        except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
-            return error
+        except (asyncio.TimeoutError, ray.exceptions.RayError, RayServeException) as error:
+            return error  # overloaded (BackPressureError), unavailable, dead or slow
 
     @api.get("/metrics")
     async def metrics(self) -> PlainTextResponse:

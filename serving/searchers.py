@@ -106,6 +106,7 @@ class ShardGroup:
         if fallback:
             self.fall_back()
         self._index()
+        self.loaded_at = time.monotonic()  # retries count from the end of this load
         self.defaults = SearchParams.from_manifest(manifest)
         self.dim = manifest.dim
 
@@ -137,6 +138,7 @@ class ShardGroup:
                 log.error("shard %d is left out of version %s: no older version without a "
                           "deletion since loads", shard, self.version)
         self._index()
+        self.loaded_at = time.monotonic()
 
     def _fallback_versions(self, shard: int) -> list[IndexManifest]:
         """The fallback versions of ``shard`` whose manifests can still be read (``vmem index
@@ -250,11 +252,13 @@ class SearcherService:
         return group
 
     def _stands_in(self, current: ShardGroup, new: ShardGroup) -> bool:
-        """Whether serving ``current``'s version in place of ``new``'s hides nothing ``new``
-        deleted or purged (it is one of ``new``'s fallback versions): only then may a switch
-        be refused. A version that removed items is always taken, a failing shard left out."""
+        """Whether serving ``current``'s version in place of ``new``'s shows nothing ``new``
+        deleted (it is one of ``new``'s fallback versions, a purging compaction passed: the
+        replica already holds those bytes): only then may a switch be refused. A version that
+        deleted items is always taken, a failing shard left out."""
         try:
-            return current.version in {m.version for m in fallback_versions(self.memory, new.manifest)}
+            stand_ins = fallback_versions(self.memory, new.manifest, purged_ok=True)
+            return current.version in {m.version for m in stand_ins}
         except (OSError, ValueError) as error:  # a manifest gone: do not refuse a removal
             log.error("history of version %s unreadable (%s): switching to it", new.version, error)
             return False
@@ -273,8 +277,9 @@ class SearcherService:
         except Exception as error:  # noqa: BLE001 - a failed retry backs off like a degraded one
             log.error("shards %s: loading version %s again failed: %s", self.shard_numbers,
                       degraded.version, error)
-            degraded.loaded_at = time.monotonic()
-            self._retry_after = min(2 * self._retry_after, 32 * self.retry_failed_s)
+            if self.group is degraded:  # not replaced meanwhile: back off from now
+                degraded.loaded_at = time.monotonic()
+                self._retry_after = min(2 * self._retry_after, 32 * self.retry_failed_s)
             return
         async with self.lock:
             if self.group is not degraded:

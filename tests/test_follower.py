@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -177,6 +178,33 @@ def test_a_retry_that_fails_backs_off_and_keeps_serving(memory_copy, monkeypatch
     asyncio.run(scenario())
 
 
+def test_a_broken_purging_compaction_is_refused_and_never_a_fallback(memory_copy):
+    """A compaction that purged rows, with a bad file: a replica serving the delete before it
+    refuses to switch (the delete hides the same items; its files it already holds), and a
+    replica restarting on the compaction leaves the shard out rather than load the delete's
+    files, which still hold the purged bytes."""
+    from indexer.edit import run_compact
+
+    built = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    deleted, _ = run_delete(memory_copy, ForgetRequest(labels=["Bag"]), LocalExecutor(), policy=NEVER)
+    compacted = run_compact(memory_copy, LocalExecutor())
+    assert compacted.operation == "compact" and compacted.details["purged"]
+    corrupt(memory_copy, compacted.shards[0].segments[0].index_path)
+
+    async def scenario() -> None:
+        on_delete = SearcherService(memory_copy, [0, 1], deleted.version)
+        with pytest.raises(VersionRefused, match="shard 0"):
+            await on_delete.reload(compacted.version)
+        assert on_delete.current_version() == deleted.version and await on_delete.degraded() == {}
+        restarted = SearcherService(memory_copy, [0, 1], compacted.version)
+        assert (await restarted.degraded())[0]["serving"] is None
+        queries = np.eye(1, built.dim, dtype=np.float32)
+        got = await restarted.search(ShardQuery(queries, 500, SearchParams(), compacted.version))
+        assert got.shards == (1,) and "Bag" not in set(got.answer.meta["label"][0])
+
+    asyncio.run(scenario())
+
+
 def test_the_follower_switches_refuses_and_waits_for_min_version(two_versions, monkeypatch):
     root, built, deleted = two_versions
     loaded: list[str] = []
@@ -253,6 +281,7 @@ def test_an_unchanged_corrupt_file_is_hashed_once(tmp_path, monkeypatch):
     path = tmp_path / "segment.faiss"
     expected = checksums.sha256_bytes(b"good bytes")
     path.write_bytes(b"bad bytes!!")
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
     hashed: list[str] = []
     real = checksums.sha256_file
     monkeypatch.setattr(checksums, "sha256_file", lambda url: hashed.append(url) or real(url))
@@ -260,6 +289,13 @@ def test_an_unchanged_corrupt_file_is_hashed_once(tmp_path, monkeypatch):
         with pytest.raises(checksums.ChecksumMismatch, match="does not match"):
             checksums.verify_file(str(path), expected)
     assert len(hashed) == 1
-    path.write_bytes(b"good bytes")
-    checksums.verify_file(str(path), expected)
+    stat = path.stat()
+    path.write_bytes(b"bad bytes!")  # the same size ...
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and mtime: still noticed
+    with pytest.raises(checksums.ChecksumMismatch):
+        checksums.verify_file(str(path), expected)
     assert len(hashed) == 2
+    path.write_bytes(b"good bytes")  # repaired, its mtime restored as `cp -p` would
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    checksums.verify_file(str(path), expected)
+    assert len(hashed) == 3
