@@ -308,10 +308,13 @@ class Router:
             try:
                 return await asyncio.wait_for(handle.search(query),
                                               min(self.options.shard_timeout_s, remaining))
-            except (asyncio.TimeoutError, ray.exceptions.RayError) as error:
+            except (asyncio.TimeoutError, ray.exceptions.RayError, RayServeException) as error:
                 for shard in self.group_shards[number]:
                     self.shard_failures.labels(shard=str(shard)).inc()
-                log.warning("searcher group %d attempt %d failed: %s", number, attempt + 1, error)
+                log.warning("searcher group %d attempt %d failed: %s: %s", number, attempt + 1,
+                            type(error).__name__, error)
+                if isinstance(error, RayServeException):  # overloaded (BackPressureError):
+                    break  # a retry now would only add to the queue it could not join
         return None
 
     async def _search(self, vectors: np.ndarray, k: int, nprobe: int, version: str,
@@ -473,7 +476,8 @@ class Router:
     @api.get("/v1/memory")
     async def memory(self, http: Request) -> dict:
         self._authorize(http, READ)
-        stats = await asyncio.gather(*[h.stats(self.version) for h in self.groups])
+        stats, degraded = await asyncio.gather(
+            asyncio.gather(*[h.stats(self.version) for h in self.groups]), self._degraded_shards())
         classes: dict[str, int] = {}
         for shard_classes in stats:
             for label, count in shard_classes.items():
@@ -484,7 +488,10 @@ class Router:
                 # the edit model's state: segments per shard (base + deltas) and tombstoned
                 # items (hidden, their bytes still in the files until compaction)
                 "segments": sum(len(e.segments) for e in manifest.shards),
-                "tombstoned": sum(e.tombstoned for e in manifest.shards)}
+                "tombstoned": sum(e.tombstoned for e in manifest.shards),
+                # a shard whose files of this version failed to load is counted from the older
+                # version it is served from, or not at all when it is left out (as /healthz)
+                "degraded_shards": degraded}
 
     def _authorize(self, http: Request, role: str = ADMIN) -> None:
         """The bearer token must grant ``role`` (serving/auth.py): 401 without one, 403 with one
@@ -629,17 +636,24 @@ class Router:
         left out, and why; as one replica of each searcher group sees it)."""
         await self._start()
         status = self.follower.status()
+        degraded = await self._degraded_shards()
+        if degraded:
+            status["status"] = "degraded"
+        return {**status, "degraded_shards": degraded,
+                "shards": self.num_shards, "replica": self.replica,
+                "data_plane": self.data_plane.address if self.data_plane else None}
+
+    async def _degraded_shards(self) -> dict[str, dict]:
+        """{shard (str, ascending): {"serving": the older version it is served from, or None
+        when left out, "reason"}} over every searcher group, as one replica of each sees it; a
+        group that does not answer within ``shard_timeout_s`` lists its shards with why."""
         degraded = {}
         for number, found in enumerate(await asyncio.gather(*[self._degraded(h) for h in self.groups])):
             if isinstance(found, Exception):  # a group that cannot say: its shards, and why
                 found = {s: {"serving": None, "reason": f"searcher group {number} did not answer: "
                              f"{type(found).__name__}: {found}"} for s in self.group_shards[number]}
             degraded.update({str(shard): why for shard, why in found.items()})
-        if degraded:
-            status["status"] = "degraded"
-        return {**status, "degraded_shards": dict(sorted(degraded.items(), key=lambda x: int(x[0]))),
-                "shards": self.num_shards, "replica": self.replica,
-                "data_plane": self.data_plane.address if self.data_plane else None}
+        return dict(sorted(degraded.items(), key=lambda x: int(x[0])))
 
     async def _degraded(self, group) -> dict | Exception:
         """A searcher group's degraded shards (one replica's view), within ``shard_timeout_s``:

@@ -140,6 +140,8 @@ def test_a_restarted_searcher_meets_a_corrupt_live_file(cluster):
         assert health["status"] == "degraded"
         assert health["degraded_shards"]["1"]["serving"] == parent.version
         assert "ChecksumMismatch" in health["degraded_shards"]["1"]["reason"]
+        memory = requests.get(f"{url}/v1/memory").json()  # its counts say where they come from
+        assert memory["degraded_shards"]["1"]["serving"] == parent.version
         assert requests.post(f"{url}/v1/memory/reload", headers=auth(), timeout=90).status_code == 200
     finally:
         open(path, "wb").write(original)
