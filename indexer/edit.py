@@ -316,10 +316,9 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
             raise ValueError(f"nothing to delete: none of {found['not_found']} is in the memory")
         owner = shard_of(forget, parent.num_shards)
         version = new_version_name(parent.version)
-        entries = executor.get([executor.submit(tombstone_shard, root, version, parent.shards[s],
-                                                forget[owner == s])
-                                if (owner == s).any() else _ready(executor, parent.shards[s])
-                                for s in range(parent.num_shards)], "tombstoning")
+        entries = _per_shard(executor, parent.shards, {
+            s: (tombstone_shard, root, version, parent.shards[s], forget[owner == s])
+            for s in range(parent.num_shards) if (owner == s).any()}, "tombstoning")
         seconds = time.monotonic() - started
         report = {"version": version, "parent": parent.version, "operation": operation,
                   "removed": int(len(forget)), "ids": forget.tolist(), "keys": found["keys"],
@@ -347,9 +346,14 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
         return compacted, report
 
 
-def _ready(executor, value):
-    """An already-computed task result (an untouched shard) in the executor's currency."""
-    return executor.put(value)
+def _per_shard(executor, shards: list[ShardEntry], tasks: dict[int, tuple],
+               what: str) -> list[ShardEntry]:
+    """``shards`` with each shard named in ``tasks`` ({shard: (task function, *args)})
+    replaced by its task's result (a ShardEntry), the tasks run on ``executor``; the others
+    unchanged. Raises the first task's error (after its retries)."""
+    chosen = sorted(tasks)
+    done = dict(zip(chosen, executor.get([executor.submit(*tasks[s]) for s in chosen], what)))
+    return [done.get(entry.shard, entry) for entry in shards]
 
 
 def run_compact(root: str, executor, shards: set[int] | None = None) -> IndexManifest:
@@ -456,9 +460,8 @@ def _compact(root: str, parent: IndexManifest, executor, shards: set[int] | None
     if not chosen:
         return parent
     folder = new_version_name(parent.version) + "-compaction"
-    entries = executor.get([executor.submit(compact_shard, root, folder, e)
-                            if e.shard in chosen else _ready(executor, e)
-                            for e in parent.shards], "compacting")
+    entries = _per_shard(executor, parent.shards,
+                         {s: (compact_shard, root, folder, parent.shards[s]) for s in chosen}, "compacting")
     return _publish_compaction(root, parent, parent, entries, chosen, started)
 
 

@@ -29,30 +29,37 @@ def auth() -> dict:
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def cluster(embedded_memory, tmp_path_factory, ray_executor):
-    from ray import serve
-
+def deploy(embedded_memory, folder, options: dict, deployments: dict[str, dict]) -> tuple[str, str]:
+    """The shipped serving config on 127.0.0.1 over a copy of the embedded memory rebuilt as
+    2 shards (IVF8,Flat) in ``folder``, 2 searcher groups, embeddings only, with ``options``
+    on top and each named deployment's settings updated; returns (url, memory root) once
+    /healthz answers."""
     from serving.serve import DEFAULT_CONFIG, load_config, start
 
-    root = str(tmp_path_factory.mktemp("consistent") / "memory")
+    root = str(folder / "memory")
     shutil.copytree(embedded_memory / "memory", root)
     run_build(BuildConfig(root, num_shards=2, factory="IVF8,Flat"), LocalExecutor())
     port = free_port()
     config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port,
-                         {"token": TOKEN, "searcher_groups": 2, "embeddings_only": True,
-                          "max_inflight_requests": 6, "shard_timeout_s": 1.0,
-                          "request_deadline_s": 3.0, "data_plane_port": free_port()})
-    for deployment in config["applications"][0]["deployments"]:  # as the RayService ships it
-        if deployment["name"] in ("Router", "Searcher0", "Searcher1"):
-            deployment["num_replicas"] = 2
-            deployment["ray_actor_options"] = {"num_cpus": 0.2}
-            deployment["health_check_period_s"] = 2
-            deployment["health_check_timeout_s"] = 2
+                         {"searcher_groups": 2, "embeddings_only": True, **options})
+    for deployment in config["applications"][0]["deployments"]:
+        deployment.update(deployments.get(deployment["name"], {}))
     start(config)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url)
-    yield url, root
+    return url, root
+
+
+@pytest.fixture(scope="module")
+def cluster(embedded_memory, tmp_path_factory, ray_executor):
+    from ray import serve
+
+    replicated = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.2},
+                  "health_check_period_s": 2, "health_check_timeout_s": 2}
+    yield deploy(embedded_memory, tmp_path_factory.mktemp("consistent"),
+                 {"token": TOKEN, "max_inflight_requests": 6, "shard_timeout_s": 1.0,
+                  "request_deadline_s": 3.0, "data_plane_port": free_port()},
+                 {name: replicated for name in ("Router", "Searcher0", "Searcher1")})  # as the RayService ships it
     serve.shutdown()
 
 

@@ -17,7 +17,7 @@ from indexer.reliability import Reliability, leave_one_out_neighbours, measure
 from indexer.search import ShardedIndex
 from indexer.segments import CompactionPolicy
 from indexer.store import load_index, resolve_version
-from indexer.tasks import stored_ids
+from indexer.tasks import shard_of, stored_ids
 from tests.indexer_helpers import assert_same_topk, brute_force, load_embeddings
 
 LOCAL = LocalExecutor()
@@ -116,6 +116,26 @@ def test_delete_forgets_everywhere_and_changes_nothing_else(embedded_memory, mem
     status = forget_status(memory_copy, manifest.version)
     assert status["bytes_removed"]["version"] == compacted.version
     assert status["stopped_returning"]["version"] == manifest.version
+
+
+def test_edits_on_ray_leave_the_shards_they_do_not_touch_as_they_were(memory_copy, ray_executor):
+    """A delete that names items of one shard only, then a compaction of that shard alone, on
+    real Ray tasks (``vmem index delete`` and ``compact`` run there by default): the other
+    shard's entry is carried over unchanged, the deleted items never come back."""
+    run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
+    parent = resolve_version(memory_copy)
+    ids = stored_ids(load_index(memory_copy, parent.shards[0], mmap=False))
+    doomed = ids[shard_of(ids, 2) == 0][:3]
+    deleted, report = run_delete(memory_copy, ForgetRequest(ids=doomed.tolist()), ray_executor,
+                                 policy=NEVER)
+    assert report["removed"] == 3 and deleted.count == parent.count - 3
+    assert deleted.shards[1] == parent.shards[1] and len(deleted.shards[0].tombstones) == 1
+    compacted = run_compact(memory_copy, ray_executor)  # shard 0 only: shard 1 is compacted
+    assert compacted.operation == "compact" and compacted.shards[1] == parent.shards[1]
+    assert compacted.shards[0].compacted and compacted.count == parent.count - 3
+    _, vectors, _ = load_embeddings(memory_copy)
+    assert not np.isin(ShardedIndex(memory_copy, compacted).search(vectors[:200], 100)[1], doomed).any()
+    assert not np.isin(stored_ids(load_index(memory_copy, compacted.shards[0], mmap=False)), doomed).any()
 
 
 def test_forget_report_is_written_with_the_version(memory_copy):

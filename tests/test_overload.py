@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import shutil
 
 import pytest
 import requests
 
-from indexer.build import BuildConfig, run_build
-from indexer.executor import LocalExecutor
 from indexer.store import resolve_version
-from tests.test_consistency import unit, wait_ready
-from tests.test_serving import free_port
+from tests.test_consistency import deploy, unit
 
 pytestmark = pytest.mark.slow
 
@@ -25,24 +21,11 @@ pytestmark = pytest.mark.slow
 def narrow(embedded_memory, tmp_path_factory, ray_executor):
     from ray import serve
 
-    from serving.serve import DEFAULT_CONFIG, load_config, start
-
-    root = str(tmp_path_factory.mktemp("overload") / "memory")
-    shutil.copytree(embedded_memory / "memory", root)
-    run_build(BuildConfig(root, num_shards=2, factory="IVF8,Flat"), LocalExecutor())
-    port = free_port()
-    config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port,
-                         {"searcher_groups": 2, "embeddings_only": True,
-                          "max_inflight_requests": 64, "shard_timeout_s": 5.0,
-                          "request_deadline_s": 10.0})
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] in ("Searcher0", "Searcher1"):
-            deployment.update(max_ongoing_requests=1, max_queued_requests=1,
-                              ray_actor_options={"num_cpus": 0.2})
-    start(config)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url)
-    yield url, root
+    one_at_a_time = {"max_ongoing_requests": 1, "max_queued_requests": 1,
+                     "ray_actor_options": {"num_cpus": 0.2}}
+    yield deploy(embedded_memory, tmp_path_factory.mktemp("overload"),
+                 {"max_inflight_requests": 64, "shard_timeout_s": 5.0, "request_deadline_s": 10.0},
+                 {"Searcher0": one_at_a_time, "Searcher1": one_at_a_time})
     serve.shutdown()
 
 

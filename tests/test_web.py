@@ -111,6 +111,7 @@ def test_query_inspect_forget_add_and_roll_back_in_a_browser(served, browser, em
     wait(page, "document.querySelectorAll('#versions tbody tr').length > 0")
     assert page.locator("#versions tbody tr").count() == 1
     assert page.locator("#segments").text_content().startswith("2 segments over 2 shards · 0 tombstoned")
+    assert page.locator("#degraded").is_hidden()  # every shard serves this version
     assert page.locator("#text-form").is_hidden()  # efficientnet: no text tower, no text box
 
     # query by upload: the decision, its vote bars and the evidence gallery with thumbnails

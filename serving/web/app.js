@@ -61,6 +61,11 @@ async function loadMemory() {
     `${memory.shards} shards · ${memory.encoder} · version ${memory.version}`;
   $("segments").textContent = `${memory.segments} segments over ${memory.shards} shards · ` +
     `${memory.tombstoned} tombstoned items (hidden; their bytes leave the files at compaction)`;
+  // a shard whose files of this version failed to load: counted from an older version, or not at all
+  const degraded = Object.entries(memory.degraded_shards || {}).map(([shard, why]) =>
+    `shard ${shard} ${why.serving ? `served from version ${why.serving}` : "left out"} (${why.reason})`);
+  $("degraded").hidden = !degraded.length;
+  $("degraded").textContent = degraded.length ? `STALE: ${degraded.join("; ")}` : "";
   // text queries: the memory's encoder must have a text tower (open_clip)
   $("text-form").hidden = !String(memory.encoder).startsWith("open_clip:");
   const classes = Object.entries(memory.classes).sort((a, b) => b[1] - a[1]);
