@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", "-m", required=True,
                         help="ROOT of the visual memory (local folder or fsspec URL).")
     parser.add_argument("--batch", default="",
-                        help="Batch name under ROOT/embeddings/ (default: derived from --input, "
-                             "so re-running the same command replaces the same batch).")
+                        help="Batch name under ROOT/embeddings/ (default: derived from every "
+                             "--input, e.g. 'queries-tar-1a2b3c4d' for .../queries/*.tar, so "
+                             "re-running the same command replaces the same batch and other "
+                             "inputs never do).")
     add_embedding_options(parser, DEFAULT_ENCODER)
     parser.add_argument("--log-level", default="INFO", help="Python logging level.")
     return parser

@@ -3,6 +3,7 @@ ingest``, ``vmem import``): which rejections are bad input, the ``--max-reject-r
 and the default batch name. Light on purpose: no Beam, no torch."""
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from collections.abc import Callable
@@ -52,9 +53,16 @@ def check_reject_ratio(bad: int, read: int, limit: float, batch: str, where: str
 
 
 def default_batch_name(inputs: list[str]) -> str:
-    """A deterministic name from the input pattern, so re-running a command replaces its batch."""
-    tail = inputs[0].rstrip("/").rsplit("/", 1)[-1] or "batch"
-    return re.sub(r"[^A-Za-z0-9]+", "-", tail).strip("-").lower()[:80] or "batch"
+    """A deterministic name from the inputs as given, so re-running a command replaces its
+    batch and no other command's: the first input's last two path parts, readable (lower
+    case, runs of other characters as ``-``, at most 60 characters), then 8 hex digits of a
+    BLAKE2b hash of every input. ``.../queries/*.tar`` and ``.../new-class/*.tar`` give
+    ``queries-tar-…`` and ``new-class-tar-…``; two folders both called ``queries`` differ by
+    the hash."""
+    parts = [p for p in inputs[0].rstrip("/").split("/") if p][-2:]
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()[-60:].strip("-")
+    digest = hashlib.blake2b("\n".join(inputs).encode("utf-8"), digest_size=4).hexdigest()
+    return f"{readable or 'batch'}-{digest}"
 
 
 def exit_status(command: str, run: Callable[[], Any]) -> int:

@@ -146,5 +146,16 @@ def test_command_line_prints_summary(fmnist_shards, tmp_path, capsys):
     assert main(["--input", str(fmnist_shards / "fashion-mnist-test-000000.tar"),
                  "--memory", str(tmp_path / "m"), "--device", "cpu", "--log-level", "WARNING"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert line.startswith("ingest batch=fashion-mnist-test-000000-tar read=40 embedded=40 rejected=0")
-    assert default_batch_name(["gs://b/shards/{00..09}.tar"]) == "00-09-tar"
+    batch = default_batch_name([str(fmnist_shards / "fashion-mnist-test-000000.tar")])
+    assert "-fashion-mnist-test-000000-tar-" in batch
+    assert line.startswith(f"ingest batch={batch} read=40 embedded=40 rejected=0")
+
+
+def test_default_batch_names_differ_for_different_inputs():
+    """Two ingests into one memory without --batch never replace each other's batch (a
+    pattern's last part alone, '*.tar', named both 'tar'); the same inputs name the same one."""
+    queries, added = default_batch_name(["run/queries/*.tar"]), default_batch_name(["run/new-class/*.tar"])
+    assert queries.startswith("queries-tar-") and added.startswith("new-class-tar-")
+    assert default_batch_name(["a/queries/*.tar"]) != queries != default_batch_name(["run/queries/*.tar", "x.tar"])
+    assert default_batch_name(["run/queries/*.tar"]) == queries
+    assert default_batch_name(["gs://b/shards/{00..09}.tar"]).startswith("shards-00-09-tar-")
