@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from pipelines.beam_args import check_pipeline_args
 from pipelines.decode import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
 from pipelines.encoders import DEFAULT_ENCODER
 from pipelines.manifest import (SKIPPED_PREFIX, BatchManifest, embeddings_dir, rejected_dir,
@@ -263,6 +264,7 @@ def config_from_args(args: argparse.Namespace, inputs: list[str], memory: str, b
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    check_pipeline_args(parser, beam_args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
                         force=True)  # an import (Beam's) may have configured the root logger
     config = config_from_args(args, args.inputs, args.memory, args.batch, beam_args)

@@ -49,6 +49,35 @@ def test_unknown_command_is_an_error():
     assert out.returncode == 2 and "unknown command" in out.stderr
 
 
+def test_no_command_is_an_error_and_version_is_printed(capsys):
+    assert main([]) == 2 and "usage: vmem <command>" in capsys.readouterr().err
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("vmem 0.")
+
+
+@pytest.mark.parametrize("command, extra", [
+    (["ingest", "--input", "a.tar", "--memory", "m"], ["--encodr", "efficientnet-lite1"]),
+    (["update", "--input", "a.tar", "--memory", "m", "--batch", "day-1"], ["--encodr", "x"]),
+    (["ingest", "--input", "a.tar", "--memory", "m"], ["b.tar"]),  # one value per --input
+])
+def test_an_argument_neither_the_job_nor_beam_defines_is_refused(command, extra, capsys, tmp_path):
+    # Beam only logs an argument no PipelineOptions class defines and runs without it: a
+    # mistyped option would silently leave its default in force. Refused before anything runs.
+    with pytest.raises(SystemExit) as exited:
+        main([*command, *extra])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"option: {extra[0]}" in err, err
+    assert ("did you mean --encoder?" in err) == extra[0].startswith("--encodr")
+    assert not (tmp_path / "m").exists()
+
+
+def test_beam_pipeline_options_pass():
+    from pipelines.beam_args import unknown_pipeline_args
+
+    assert unknown_pipeline_args(["--runner", "DataflowRunner", "--project=p", "--temp_location",
+                                  "gs://b/tmp", "--direct_num_workers", "2", "--streaming"]) == []
+    assert unknown_pipeline_args(["--runner", "DirectRunner", "--colour=red", "stray"]) == ["--colour=red", "stray"]
+
+
 PROGRAM = """
 import sys
 import vmem.cli

@@ -10,6 +10,7 @@ import importlib
 import sys
 from typing import NoReturn
 
+DISTRIBUTION = "visual-memory"  # pyproject.toml [project] name
 USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, RuntimeError)
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: vmem <command> [options]   (vmem <command> --help for each)", "",
+    lines = ["usage: vmem <command> [options]   (vmem <command> --help for each; vmem --version)", "",
              "Distributed visual memory: classify images by retrieval over a sharded index.", "",
              "commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
@@ -36,8 +37,16 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # no command: the usage, as an error (as argparse does for a missing argument)
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import version
+
+        print(f"vmem {version(DISTRIBUTION)}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

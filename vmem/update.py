@@ -42,6 +42,7 @@ from indexer.layout import read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import resolve_version, verify_version
 from pipelines import storage
+from pipelines.beam_args import check_pipeline_args
 from pipelines.encoders import DEFAULT_ENCODER
 from pipelines.ingest import IngestConfig, add_embedding_options, config_from_args, run_ingest
 from pipelines.manifest import BatchManifest, list_batches
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    check_pipeline_args(parser, beam_args)
     if args.inputs and not args.batch:
         parser.error("--input needs --batch (the unit of idempotence, e.g. the date)")
     if args.incoming is not None and (args.batch or args.skip_ingest_if_present or not args.incoming):
