@@ -51,6 +51,12 @@ def version_dir(root: str, version: str) -> str:
     return storage.join(index_root(root), version)
 
 
+# Every name new_version_name gives (a request naming a version is checked against it first,
+# so a name from outside never becomes a path): UTC time to the millisecond, then '-' or '~'
+# and 6 hex digits.
+VERSION_PATTERN = r"^[0-9]{8}T[0-9]{9}[-~][0-9a-f]{6}$"
+
+
 def new_version_name(after: str | None = None) -> str:
     """Sortable by creation time, unique across concurrent writers, and greater than
     ``after`` (the parent) even if the clock stepped back: clients compare versions by name

@@ -52,6 +52,8 @@ def check_token(authorization: str | None, role: str, admin_token: str, read_tok
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     if role == READ and not read_token:
         return  # queries are open unless a read token is configured
+    if role == ADMIN and not admin_token:  # no token could be accepted: say so first
+        raise Refused(403, "Authorization", "no admin token is configured: changes are disabled")
     scheme, presented = get_authorization_scheme_param(authorization)
     if scheme.lower() != "bearer" or not presented:
         raise Refused(401, "Authorization", "a bearer token is required")
@@ -61,8 +63,6 @@ def check_token(authorization: str | None, role: str, admin_token: str, read_tok
         return
     if role == ADMIN and is_reader:
         raise Refused(403, "Authorization", "a read-only token cannot change the memory")
-    if role == ADMIN and not admin_token:
-        raise Refused(403, "Authorization", "no admin token is configured: changes are disabled")
     raise Refused(403, "Authorization", "token not accepted")
 
 

@@ -1,12 +1,21 @@
 """Request bodies of the HTTP API (pydantic: FastAPI validates and documents them)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from indexer.layout import VERSION_PATTERN
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens; a longer text is refused, not silently cut
 
 
-class QueryRequest(BaseModel):
+class Body(BaseModel):
+    """A request body: a field it does not define is refused (422 naming it), so a mistyped
+    option ("kk": 5) is not silently left at its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueryRequest(Body):
     image_base64: str | None = Field(None, description="An image file (JPEG, PNG, WebP, ...), base64.")
     embedding: list[float] | None = Field(None, description="A query embedding from the memory's encoder.")
     text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS,
@@ -26,7 +35,8 @@ class QueryRequest(BaseModel):
     explain: bool = Field(True, description="Return every neighbour behind the decision.")
     rerank: str | None = Field(None, description="Re-rank the neighbours before voting: 'prototype' "
                                "(serving/rerank.py); '' for none (default: the server's).")
-    min_version: str | None = Field(None, description="Answer from this version or a newer one "
+    min_version: str | None = Field(None, pattern=VERSION_PATTERN,
+                                    description="Answer from this version or a newer one "
                                     "(an edit's response names its version: read-your-writes); "
                                     "503 with Retry-After if it is not served in time.")
 
@@ -43,11 +53,11 @@ class ZeroShotRequest(QueryRequest):
                                  "the label (default: 'a photo of a {}.').")
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(Body):
     queries: list[QueryRequest]
 
 
-class AddItem(BaseModel):
+class AddItem(Body):
     key: str = Field(..., min_length=1, description="Unique key (the item's id derives from it).")
     label: str = Field(..., min_length=1)
     image_base64: str | None = Field(None, description="The image (embedded by the memory's encoder).")
@@ -56,16 +66,16 @@ class AddItem(BaseModel):
     source: str = ""
 
 
-class AddRequest(BaseModel):
+class AddRequest(Body):
     items: list[AddItem]
 
 
-class RollbackRequest(BaseModel):
-    to: str | None = Field(None, description="The version to serve again (default: LATEST's parent); "
+class RollbackRequest(Body):
+    to: str | None = Field(None, pattern=VERSION_PATTERN, description="The version to serve again (default: LATEST's parent); "
                            "items unlearned since stay forgotten.")
 
 
-class ForgetRequestBody(BaseModel):
+class ForgetRequestBody(Body):
     ids: list[int] = Field(default_factory=list)
     keys: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)

@@ -20,6 +20,7 @@ import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, ORJSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 from ray.serve.exceptions import RayServeException
@@ -92,8 +93,23 @@ async def _body_too_large(request: Request, error: BodyTooLarge) -> JSONResponse
     return JSONResponse({"error": error.detail, "field": "body"}, status_code=413)
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (404: no such route, 405: a method the route does not take) in
+    the API's shape."""
+    return JSONResponse({"error": str(error.detail), "field": ""}, status_code=error.status_code,
+                        headers=getattr(error, "headers", None))
+
+
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 naming the first invalid field (``errors``: every one); 400 for a body that is not
+    JSON at all (pydantic's ``json_invalid``: its position is not a field)."""
+    broken = [e for e in error.errors() if e.get("type") == "json_invalid"]
+    if broken:
+        where = broken[0]["loc"][-1] if broken[0].get("loc") else "?"
+        return JSONResponse({"error": f"the body is not valid JSON ({broken[0]['msg']} at "
+                             f"character {where})", "field": "body"}, status_code=400)
     first = error.errors()[0] if error.errors() else {"loc": ["body"], "msg": "invalid request"}
     field = ".".join(str(part) for part in first["loc"] if part not in ("body", "query"))
     details = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query")) or "body",

@@ -110,7 +110,7 @@ class WriterService:
         from indexer.manifest import IndexManifest
 
         done = await self._run(lambda: IndexManifest.read(self.memory, rollback(self.memory, to)),
-                               "version", ((FileNotFoundError, 404), (ChecksumMismatch, 409),
+                               "to", ((FileNotFoundError, 404), (ChecksumMismatch, 409),
                                            (ValueError, 409)))
         if isinstance(done, EditFailure):
             return done

@@ -243,6 +243,7 @@ def test_read_back_follows_no_redirect_out_of_an_allowed_root(internal_server):
     ("bearer A", ADMIN, "A", "", None),  # the scheme is case-insensitive (RFC 7235)
     ("Bearer B", ADMIN, "A", "", 403),
     ("Bearer A", ADMIN, "", "", 403),  # no admin token configured: changes disabled
+    (None, ADMIN, "", "", 403),  # ... whatever the request carries (no token could work)
     ("Bearer R", ADMIN, "A", "R", 403),  # a read token on a mutation
     ("Bearer R", ADMIN, "", "R", 403),
     ("Bearer tökén", ADMIN, "A", "R", 403),  # non-ASCII: refused, not a 500

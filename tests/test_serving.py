@@ -172,6 +172,8 @@ def test_unknown_below_the_evidence_threshold(server, embedded_memory):
     ({"embedding": [0.1] * 1280, "aggregator": "rank", "parameter": 0}, 422, "aggregator"),
     ({"embedding": "abc"}, 422, "embedding"),
     ({"embedding": [0.1] * 1280, "rerank": "gemini"}, 422, "rerank"),
+    ({"embedding": [0.1] * 1280, "kk": 5}, 422, "kk"),  # a mistyped option is not ignored
+    ({"embedding": [0.1] * 1280, "min_version": "nope"}, 422, "min_version"),  # not a version name
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field):
     url, _ = server
@@ -179,6 +181,22 @@ def test_bad_requests_get_a_4xx_naming_the_field(server, payload, status, field)
                              headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
+
+
+def test_requests_that_are_not_json_or_not_routes_get_json_errors(server):
+    url, _ = server
+    broken = requests.post(f"{url}/v1/classify", data='{"k": 10,', headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["field"] == "body", broken.text
+    assert "not valid JSON" in broken.json()["error"]
+    missing = requests.get(f"{url}/v1/nothing-here")
+    assert missing.status_code == 404 and set(missing.json()) == {"error", "field"}
+    wrong_method = requests.get(f"{url}/v1/classify")
+    assert wrong_method.status_code == 405 and set(wrong_method.json()) == {"error", "field"}
+    for to in ("../../etc", "nope"):  # a version name from outside never becomes a path
+        refused = requests.post(f"{url}/v1/memory/rollback", json={"to": to}, headers=auth())
+        assert refused.status_code == 422 and refused.json()["field"] == "to", refused.text
+    unknown = requests.post(f"{url}/v1/memory/rollback", json={"to": "20000101T000000000-abcdef"}, headers=auth())
+    assert unknown.status_code == 404 and unknown.json()["field"] == "to", unknown.text
 
 
 def test_embeddings_are_directions_whatever_their_scale(server):
