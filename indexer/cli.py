@@ -165,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = command("build", cmd_build, "Train, add in parallel, merge into shards, publish.")
     build.add_argument("--batch", action="append", help="Embedding batch to include (repeatable; default all).")
-    build.add_argument("--shards", type=int, default=1, help="Serving shards S (items go to id mod S).")
+    build.add_argument("--shards", type=int, default=1, help="Serving shards S (items go to id mod S; default 1).")
     build.add_argument("--factory", default="auto",
                        help="'auto' (exact below 100k vectors, else IVF-PQ sized to the count and "
                             "--bytes-per-vector) or a FAISS factory string, e.g. 'OPQ64,IVF4096,PQ64x8'.")
-    build.add_argument("--bytes-per-vector", type=int, default=64, help="PQ code budget for auto.")
+    build.add_argument("--bytes-per-vector", type=int, default=64, help="PQ code bytes per vector for the automatic factory (default 64).")
     build.add_argument("--keep-vectors", choices=("none", "fp16", "fp32"), default="none",
                        help="Store vectors beside the PQ codes for exact re-ranking.")
     build.add_argument("--recall-target", type=float, default=0.95,
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--wait-served", type=float, default=0.0, metavar="SECONDS",
                         help="Then wait up to SECONDS until every serving replica (live lease) "
                              "serves the new version.")
-    delete.add_argument("--id", action="append", help="Item id (repeatable).")
+    delete.add_argument("--id", action="append", type=int, help="Item id (an integer; repeatable).")
     delete.add_argument("--key", action="append", help="Source key (repeatable).")
     delete.add_argument("--label", action="append", help="Forget a whole label (repeatable).")
 

@@ -507,8 +507,13 @@ def _purged(root: str, compaction_version: str, delete_version: str) -> dict | N
 
 def forget_status(root: str, delete_version: str) -> dict:
     """The forget report of ``delete_version`` with ``bytes_removed`` filled in from the first
-    compaction on LATEST's history that purged it (None while its tombstones still stand)."""
-    report = storage.read_json(storage.join(version_dir(root, delete_version), FORGET_REPORT))
+    compaction on LATEST's history that purged it (None while its tombstones still stand).
+    Raises FileNotFoundError naming the version when it is not a delete of this memory."""
+    url = storage.join(version_dir(root, delete_version), FORGET_REPORT)
+    if not storage.exists(url):
+        raise FileNotFoundError(f"version {delete_version} of {root} is not a delete (no forget "
+                                f"report); `vmem index log` lists the deletes")
+    report = storage.read_json(url)
     chain, version = [], resolve_version(root).version
     while version and version != delete_version:
         chain.append(version)

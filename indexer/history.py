@@ -53,9 +53,12 @@ def history(root: str) -> list[dict]:
     before the head is read, and those named after it are left out: a publish in flight (its
     manifest written, its commit not yet claimed, e.g. the Writer's background compaction) or
     one that lost the race (its folder about to be removed) is not history. A LATEST moved
-    back by hand (``layout.set_latest``) hides the later versions the same way."""
+    back by hand (``layout.set_latest``) hides the later versions the same way. Raises
+    FileNotFoundError when ``root`` has no published version."""
     versions = list_versions(root)
     latest = read_latest(root)
+    if latest is None:
+        raise FileNotFoundError(f"no published version under {root} (run `vmem index build`)")
     rows = []
     for version in versions:
         if latest is not None and version > latest:

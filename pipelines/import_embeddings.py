@@ -2,7 +2,7 @@
 re-embedding.
 
     vmem import --embeddings laion/ --encoder open_clip:ViT-B-32 --memory ROOT --batch laion-0
-    vmem import --embeddings 'embs/*.npy' --encoder dinov2 --memory ROOT
+    vmem import --embeddings 'embs/*.npy' --encoder timm:vit_large_patch14_dinov2.lvd142m --memory ROOT
     vmem import --embeddings 'embs/*.parquet' --embedding-column embedding --encoder E --memory ROOT
 
 Inputs (pipelines/sources/embeddings.py): clip-retrieval's output (a folder holding

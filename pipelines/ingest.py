@@ -1,6 +1,6 @@
 """Ingest job: image shards on any fsspec URL -> embedding shards of a visual memory.
 
-    python -m pipelines.ingest --input 'data/fmnist/train-{000000..000006}.tar' --memory ROOT
+    python -m pipelines.ingest --input 'data/fmnist/fashion-mnist-train-*.tar' --memory ROOT
 
 Beam options that this parser does not know (``--runner``, ``--project``, ``--region``,
 ``--direct_num_workers`` ...) go to Beam unchanged, so the same command runs locally, on
@@ -213,7 +213,7 @@ def add_embedding_options(parser: argparse.ArgumentParser, encoder_default: str 
                         help="Intra-op threads per forward (default: all cores); with "
                              "--direct_running_mode multi_threading use cores / workers.")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="Reject images with more pixels (decompression-bomb guard).")
+                        help="Reject images with more pixels (decompression-bomb guard; default %(default)s).")
     parser.add_argument("--max-aspect-ratio", type=float, default=DEFAULT_MAX_ASPECT_RATIO,
                         help="Reject images whose long side is more than this many times the "
                              "short side (default %(default)s; 0: no limit), checked on the "

@@ -146,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", "-q", required=True, help="ROOT holding the query embedding batches.")
     parser.add_argument("--batch", action="append", help="Query batch (repeatable; default all).")
     parser.add_argument("--out", "-o", required=True, help="Output folder/URL for prediction Parquet.")
-    parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--aggregator", choices=AGGREGATORS, default="rank")
+    parser.add_argument("--k", type=int, default=100,
+                        help="Neighbours retrieved and voted per query (default 100).")
+    parser.add_argument("--aggregator", choices=AGGREGATORS, default="rank",
+                        help="How the neighbours' labels are voted (method.md section 2; default rank).")
     parameter_help = "xi (distance), tau (softmax) or alpha (rank); default: the paper's."
     parser.add_argument("--parameter", type=float, default=None, help=parameter_help)
     parser.add_argument("--version", default=None, help="Index version (default LATEST).")

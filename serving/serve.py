@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -208,6 +209,33 @@ def start(config: dict, ray_address: str | None = None):
     return serve.run(app, name=application["name"], route_prefix=application.get("route_prefix", "/"))
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 ... 65535."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 ... 65535)")
+    return port
+
+
+def check_ports_free(config: dict) -> None:
+    """Before a local start: raise RuntimeError naming the first of the config's ports (HTTP,
+    data plane) that something on this machine already listens on, instead of Serve's
+    tracebacks from its proxy and replicas."""
+    http, args = config["http_options"], config["applications"][0]["args"]
+    ports = [("--port", http["host"], http["port"])]
+    if args.get("data_plane_port"):
+        ports.append(("--data-plane-port", args.get("data_plane_host", "127.0.0.1"), args["data_plane_port"]))
+    for flag, host, port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise RuntimeError(f"cannot listen on {host}:{port} ({error.strerror}); another "
+                                   f"server (a `vmem serve` left running?) holds it: choose "
+                                   f"another with {flag}") from error
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmem serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="Serve config file (YAML), or a KubeRay RayService manifest.")
     parser.add_argument("--host", default=None, help="Bind address (default 127.0.0.1).")
-    parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000).")
-    parser.add_argument("--data-plane-port", type=int, default=None,
+    parser.add_argument("--port", type=port_number, default=None, help="HTTP port (default 8000).")
+    parser.add_argument("--data-plane-port", type=port_number, default=None,
                         help="Port of the direct data plane: every Router replica serves the API "
                              "there itself, without Serve's proxy (default 8001 from the config; "
                              "0 = off).")
@@ -235,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: application {name!r} is valid (deployments: "
                   f"{', '.join(checked['deployments']) or 'defaults'}{unused})", flush=True)
         return 0
+    if not args.ray_address:
+        check_ports_free(config)
     start(config, args.ray_address)
     http = config["http_options"]
     served = config["applications"][0]["args"]

@@ -136,3 +136,35 @@ def test_help_imports_neither_beam_nor_torch_nor_ray(command):
                           timeout=120)
     assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+
+
+def test_serve_refuses_a_busy_or_impossible_port_in_one_line(capsys, tmp_path):
+    import socket
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--memory", str(tmp_path), "--port", "99999"])
+    assert exited.value.code == 2 and "99999 is not a port" in capsys.readouterr().err
+    with socket.socket() as busy:  # a server left running: checked before Ray starts
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--memory", str(tmp_path), "--port", str(port), "--data-plane-port", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vmem serve: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                   f"another server (a `vmem serve` left running?) holds it: choose another with --port"]
+
+
+def test_index_commands_on_a_missing_memory_or_a_bad_id_say_so(capsys, tmp_path):
+    assert main(["index", "log", "--memory", str(tmp_path / "none")]) == 1
+    assert "no published version under" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["index", "delete", "--memory", str(tmp_path), "--id", "abc", "--no-ray"])
+    assert exited.value.code == 2 and "argument --id: invalid int value: 'abc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--per-class", "0"), ("--per-class", "-1"), ("--shard-size", "0")])
+def test_data_refuses_counts_below_one(flag, value, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        main(["data", "fashion-mnist", "--out", str(tmp_path / "d"), flag, value])
+    assert exited.value.code == 2 and f"argument {flag}: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

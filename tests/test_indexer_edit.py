@@ -116,6 +116,8 @@ def test_delete_forgets_everywhere_and_changes_nothing_else(embedded_memory, mem
     status = forget_status(memory_copy, manifest.version)
     assert status["bytes_removed"]["version"] == compacted.version
     assert status["stopped_returning"]["version"] == manifest.version
+    with pytest.raises(FileNotFoundError, match=f"version {compacted.version} .* is not a delete"):
+        forget_status(memory_copy, compacted.version)
 
 
 def test_edits_on_ray_leave_the_shards_they_do_not_touch_as_they_were(memory_copy, ray_executor):

@@ -1,4 +1,4 @@
-"""``vmem update``: one scheduled step of a living memory — ingest new shards, publish them as
+r"""``vmem update``: one scheduled step of a living memory — ingest new shards, publish them as
 an index version, verify it, and tell serving to reload.
 
     vmem update --input 'gs://b/daily/2026-11-22/*.tar' --memory gs://b/memory --batch 2026-11-22 \

@@ -17,16 +17,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "when installed, else downloads the official files and checks their MD5.")
     fmnist.add_argument("--out", required=True, help="Output folder or fsspec URL for the shards.")
     fmnist.add_argument("--split", choices=("train", "test", "both"), default="both")
-    fmnist.add_argument("--per-class", type=int, default=None,
+    fmnist.add_argument("--per-class", type=positive, default=None,
                         help="Keep the first N images of each class (default: all).")
     fmnist.add_argument("--classes", default="",
                         help="Comma list of class names to keep (default all), e.g. 'Bag,Trouser'.")
     fmnist.add_argument("--exclude-classes", default="", help="Comma list of class names to leave out.")
-    fmnist.add_argument("--shard-size", type=int, default=10_000, help="Images per tar shard.")
+    fmnist.add_argument("--shard-size", type=positive, default=10_000, help="Images per tar shard.")
     fmnist.add_argument("--source-dir", type=Path, default=DEBIAN_DIR,
                         help="Folder holding the four .gz files (default: Debian's).")
     fmnist.add_argument("--base-url", default=OFFICIAL_URL, help="Download location if not local.")
     return parser
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
