@@ -125,7 +125,11 @@ def cmd_log(args) -> int:
 def cmd_rollback(args) -> int:
     from indexer.history import rollback
 
-    print(f"LATEST -> {rollback(args.memory, args.to)}")
+    from indexer.manifest import IndexManifest
+
+    version = rollback(args.memory, args.to)
+    restored = IndexManifest.read(args.memory, version).details["rolled_back_to"]
+    print(f"LATEST -> {version} (the files of version {restored})")
     return 0
 
 

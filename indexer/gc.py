@@ -268,9 +268,13 @@ def run_gc(root: str, keep: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
 def summary(report: dict) -> str:
     """A short human-readable account of a ``run_gc`` report."""
     verb = "would remove" if report["dry_run"] else "removed"
-    return (f"gc {report['root']}: kept {len(report['versions_kept'])} versions "
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}" + ("" if n == 1 else "s")
+
+    return (f"gc {report['root']}: kept {count(len(report['versions_kept']), 'version')} "
             f"({', '.join(report['versions_kept']) or 'none'}); {verb} "
-            f"{len(report['versions_removed'])} versions, {report['files_freed']} files "
+            f"{count(len(report['versions_removed']), 'version')}, {report['files_freed']} files "
             f"({report['bytes_freed']} bytes) including {len(report['temp_files_removed'])} temp "
             f"files, {len(report['orphan_folders_removed'])} orphan folders and "
             f"{len(report['online_batches_removed'])} online batches; "

@@ -232,6 +232,16 @@ def test_log_and_rollback(memory_copy):
     assert dresses and not dresses & set(found.ravel().tolist())
 
 
+def test_rollback_command_names_the_version_it_restored(memory_copy, capsys):
+    from indexer.cli import main as index
+
+    first = run_build(BuildConfig(memory_copy), LOCAL)
+    run_delete(memory_copy, ForgetRequest(labels=["Dress"]), LOCAL, policy=NEVER)
+    assert index(["rollback", "--memory", memory_copy, "--to", first.version]) == 0
+    assert capsys.readouterr().out.strip() == (f"LATEST -> {read_latest(memory_copy)} "
+                                               f"(the files of version {first.version})")
+
+
 def test_corrupted_shard_is_detected_by_checksum(memory_copy):
     manifest = run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
     path = f"{memory_copy}/index/{manifest.shards[1].index_path}"
