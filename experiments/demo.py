@@ -175,7 +175,7 @@ def demo_result(config: DemoConfig, stages: dict, timings: dict) -> Result:
              f"127.0.0.1, every query an HTTP request of the batch API (k = 100, rank voting). The forgotten "
              f"{len(forget['keys'])} images were the most frequent nearest neighbours: {forget['influenced']} queries "
              f"had one in their top-100, {forget['changed']} changed decision.")
-    return Result("demo", "Demo: serve, add a class, forget", "Knowledge is added by adding images and removed "
+    return Result("demo", "Demo: ingest, build, serve, add a class, forget", "Knowledge is added by adding images and removed "
                   "by deleting them, with no training; each answer comes with its evidence.", setup,
                   ["stage", "memory size", "version", "accuracy", "old classes", config.new_class, "seconds"],
                   rows, checks, plot, data={"stages": stages, "timings": timings}, seconds=timings["total"])
