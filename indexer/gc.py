@@ -37,11 +37,10 @@ from indexer.forgotten import LEDGER
 from indexer.layout import LATEST, MANIFEST, ConcurrentEdit, index_root, list_versions, read_head, read_latest
 from indexer.manifest import IndexManifest
 from pipelines import storage
-from pipelines.manifest import BEAM_TEMP_PREFIX
+from pipelines.manifest import BEAM_TEMP_PREFIX, ONLINE_PREFIX
 from pipelines.manifest import MANIFEST as BATCH_MANIFEST
 
 TEMP_PREFIX = ".tmp-"  # pipelines.storage.write_bytes_atomic
-ONLINE_PREFIX = "online-"  # serving.editing.write_online_batch
 DEFAULT_GRACE_SECONDS = 3600.0
 
 

@@ -19,7 +19,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pipelines import storage
 
@@ -51,19 +51,25 @@ def version_dir(root: str, version: str) -> str:
     return storage.join(index_root(root), version)
 
 
-# Every name new_version_name gives (a request naming a version is checked against it first,
-# so a name from outside never becomes a path): UTC time to the millisecond, then '-' or '~'
-# and 6 hex digits.
-VERSION_PATTERN = r"^[0-9]{8}T[0-9]{9}[-~][0-9a-f]{6}$"
+# Every version name (a request naming a version is checked against it first, so a name from
+# outside never becomes a path): UTC time to the millisecond, then '-' and 6 hex digits. Names
+# written before 2026-12-02 may carry further '~' + 6 hex digits (a child of a parent named in
+# the same millisecond, or after the clock stepped back); they stay valid.
+VERSION_PATTERN = r"^[0-9]{8}T[0-9]{9}(?:[-~][0-9a-f]{6}){1,32}$"
+_STAMP = "%Y%m%dT%H%M%S%f"
 
 
 def new_version_name(after: str | None = None) -> str:
     """Sortable by creation time, unique across concurrent writers, and greater than
     ``after`` (the parent) even if the clock stepped back: clients compare versions by name
-    (``min_version``), so a child must sort after its parent."""
-    name = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3] + "-" + uuid.uuid4().hex[:6]
+    (``min_version``), so a child must sort after its parent. When the clock reads no later
+    than the parent's time, the child takes the parent's time plus 1 ms (so a name never grows
+    and always matches VERSION_PATTERN)."""
+    now = datetime.now(timezone.utc)
+    name = now.strftime(_STAMP)[:-3] + "-" + uuid.uuid4().hex[:6]
     if after and name <= after:
-        name = after.split("-")[0] + "~" + uuid.uuid4().hex[:6]  # '~' sorts after '-'
+        parent = datetime.strptime(after[:18], _STAMP)  # its millisecond stamp
+        name = (parent + timedelta(milliseconds=1)).strftime(_STAMP)[:-3] + "-" + uuid.uuid4().hex[:6]
     return name
 
 

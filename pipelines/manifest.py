@@ -116,6 +116,7 @@ def run_files(directory: str, run_id: str, kind: str = "part") -> list[dict]:
 
 
 BEAM_TEMP_PREFIX = "beam-temp-"  # Beam file sinks' temporary folders (left by killed runs)
+ONLINE_PREFIX = "online-"  # batches of online adds (serving/editing.py); gc removes unlisted ones
 DUPLICATES_PREFIX = "duplicates-"  # content-duplicate listings (pipelines/dedupe.py)
 SKIPPED_PREFIX = "skipped-"  # members read past (records.Skipped)
 

@@ -4,12 +4,13 @@ and the default batch name. Light on purpose: no Beam, no torch."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.manifest import read_parquet_files
+from pipelines.manifest import ONLINE_PREFIX, read_parquet_files
 
 DEFAULT_MAX_REJECT_RATIO = 0.1
 DEDUPE_POLICIES = ("none", "content")  # --dedupe: keep and list content duplicates | skip them
@@ -53,16 +54,25 @@ def check_reject_ratio(bad: int, read: int, limit: float, batch: str, where: str
 
 
 def default_batch_name(inputs: list[str]) -> str:
-    """A deterministic name from the inputs as given, so re-running a command replaces its
-    batch and no other command's: the first input's last two path parts, readable (lower
-    case, runs of other characters as ``-``, at most 60 characters), then 8 hex digits of a
-    BLAKE2b hash of every input. ``.../queries/*.tar`` and ``.../new-class/*.tar`` give
-    ``queries-tar-…`` and ``new-class-tar-…``; two folders both called ``queries`` differ by
-    the hash."""
-    parts = [p for p in inputs[0].rstrip("/").split("/") if p][-2:]
+    """A deterministic name from the inputs, so re-running a command replaces its batch and
+    no other command's. The inputs are normalised (a trailing ``/`` dropped, a local path made
+    absolute, sorted), so ``data/q/``, ``./data/q`` and its absolute path name one batch. The
+    name is the first one's last two path parts, readable (lower case, runs of other
+    characters as ``-``, at most 60 characters), then 8 hex digits of a BLAKE2b hash of all
+    of them: ``.../queries/*.tar`` and ``.../new-class/*.tar`` give ``queries-tar-…`` and
+    ``new-class-tar-…``. Never starts with ``online-`` (online adds' batches, which gc
+    removes when no version lists them)."""
+    normal = sorted(_normal(url) for url in inputs)
+    parts = [p for p in normal[0].split("/") if p][-2:]
     readable = re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()[-60:].strip("-")
-    digest = hashlib.blake2b("\n".join(inputs).encode("utf-8"), digest_size=4).hexdigest()
-    return f"{readable or 'batch'}-{digest}"
+    digest = hashlib.blake2b("\n".join(normal).encode("utf-8"), digest_size=4).hexdigest()
+    name = f"{readable or 'batch'}-{digest}"
+    return f"ingest-{name}" if name.startswith(ONLINE_PREFIX) else name
+
+
+def _normal(url: str) -> str:
+    url = url.rstrip("/") or "/"
+    return url if "://" in url else os.path.abspath(url)
 
 
 def exit_status(command: str, run: Callable[[], Any]) -> int:

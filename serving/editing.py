@@ -16,6 +16,7 @@ from indexer.edit import ForgetRequest, add_rows, run_delete
 from indexer.executor import LocalExecutor
 from indexer.manifest import IndexManifest
 from pipelines import storage
+from pipelines.manifest import ONLINE_PREFIX
 from pipelines.manifest import write_embedding_batch
 from pipelines.records import ID_SCHEME_API, api_id
 from pipelines.schema import embedding_batch
@@ -42,7 +43,7 @@ def content_hash(item, vector: np.ndarray) -> str:
 
 def write_online_batch(root: str, table: pa.Table, encoder: str) -> str:
     """The rows as an ordinary embedding batch, so rebuilds and audits see them too."""
-    batch = "online-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    batch = ONLINE_PREFIX + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     write_embedding_batch(root, batch, table, encoder, "api", id_scheme=ID_SCHEME_API)
     return batch
 

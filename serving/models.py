@@ -5,6 +5,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from indexer.layout import VERSION_PATTERN
 
+NAMED_VERSION = "^$|" + VERSION_PATTERN  # a version name, or "" for none (the default)
+
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens; a longer text is refused, not silently cut
 
 
@@ -35,7 +37,7 @@ class QueryRequest(Body):
     explain: bool = Field(True, description="Return every neighbour behind the decision.")
     rerank: str | None = Field(None, description="Re-rank the neighbours before voting: 'prototype' "
                                "(serving/rerank.py); '' for none (default: the server's).")
-    min_version: str | None = Field(None, pattern=VERSION_PATTERN,
+    min_version: str | None = Field(None, pattern=NAMED_VERSION,
                                     description="Answer from this version or a newer one "
                                     "(an edit's response names its version: read-your-writes); "
                                     "503 with Retry-After if it is not served in time.")
@@ -71,7 +73,7 @@ class AddRequest(Body):
 
 
 class RollbackRequest(Body):
-    to: str | None = Field(None, pattern=VERSION_PATTERN, description="The version to serve again (default: LATEST's parent); "
+    to: str | None = Field(None, pattern=NAMED_VERSION, description="The version to serve again (default: LATEST's parent); "
                            "items unlearned since stay forgotten.")
 
 

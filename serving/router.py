@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, ORJSONResponse, PlainTextResponse, R
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
-from ray.serve.exceptions import RayServeException
+from ray.serve.exceptions import BackPressureError, RayServeException
 
 from indexer.edit import ForgetRequest, resolve_forget
 from indexer.factory import nlist_of
@@ -329,8 +329,8 @@ class Router:
                     self.shard_failures.labels(shard=str(shard)).inc()
                 log.warning("searcher group %d attempt %d failed: %s: %s", number, attempt + 1,
                             type(error).__name__, error)
-                if isinstance(error, RayServeException):  # overloaded (BackPressureError):
-                    break  # a retry now would only add to the queue it could not join
+                if isinstance(error, BackPressureError):  # overloaded: a retry now would only
+                    break  # add to the queue it could not join (a replica gone is retried)
         return None
 
     async def _search(self, vectors: np.ndarray, k: int, nprobe: int, version: str,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import logging
 import os
 import re
@@ -198,8 +199,8 @@ def start(config: dict, ray_address: str | None = None):
     if not ray.is_initialized():
         if ray_address:
             ray.init(address=ray_address)
-        else:
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+        else:  # a new local instance, never one found on this machine ("local")
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     serve.start(http_options={"host": config["http_options"]["host"],
                               "port": config["http_options"]["port"]})
     application = config["applications"][0]
@@ -219,21 +220,29 @@ def port_number(text: str) -> int:
 
 def check_ports_free(config: dict) -> None:
     """Before a local start: raise RuntimeError naming the first of the config's ports (HTTP,
-    data plane) that something on this machine already listens on, instead of Serve's
-    tracebacks from its proxy and replicas."""
+    data plane) that cannot be listened on (in use by another server, or an address this
+    machine does not have), instead of Serve's tracebacks from its proxy and replicas."""
     http, args = config["http_options"], config["applications"][0]["args"]
     ports = [("--port", http["host"], http["port"])]
     if args.get("data_plane_port"):
         ports.append(("--data-plane-port", args.get("data_plane_host", "127.0.0.1"), args["data_plane_port"]))
+    if len(ports) == 2 and ports[0][1:] == ports[1][1:]:
+        raise RuntimeError(f"--port and --data-plane-port are both {http['port']}: give them "
+                           f"different ports (or --data-plane-port 0 to turn the data plane off)")
     for flag, host, port in ports:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
-            try:
-                probe.bind((host, port))
-            except OSError as error:
-                raise RuntimeError(f"cannot listen on {host}:{port} ({error.strerror}); another "
-                                   f"server (a `vmem serve` left running?) holds it: choose "
-                                   f"another with {flag}") from error
+        try:
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+        for family, kind, protocol, _, address in addresses:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+                try:
+                    probe.bind(address)
+                except OSError as error:
+                    held = (f"; another server (a `vmem serve` left running?) holds it: choose "
+                            f"another with {flag}") if error.errno == errno.EADDRINUSE else ""
+                    raise RuntimeError(f"cannot listen on {host}:{port} ({error.strerror}){held}") from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Port of the direct data plane: every Router replica serves the API "
                              "there itself, without Serve's proxy (default 8001 from the config; "
                              "0 = off).")
-    parser.add_argument("--ray-address", default=None, help="Join a Ray cluster instead of starting one.")
+    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="Join this Ray cluster ('auto': the one this machine belongs to) "
+                             "instead of starting a new local instance (default: $RAY_ADDRESS "
+                             "when set; otherwise a new instance, even if one runs here).")
     parser.add_argument("--check", action="store_true",
                         help="Validate the config (Serve's schema, the options, the deployment "
                              "names) and exit: no Ray, no memory read.")

@@ -76,6 +76,20 @@ def test_beam_pipeline_options_pass():
     assert unknown_pipeline_args(["--runner", "DataflowRunner", "--project=p", "--temp_location",
                                   "gs://b/tmp", "--direct_num_workers", "2", "--streaming"]) == []
     assert unknown_pipeline_args(["--runner", "DirectRunner", "--colour=red", "stray"]) == ["--colour=red", "stray"]
+    assert unknown_pipeline_args(["--runner=DataflowRunner", "--experiments", "a", "--experiments", "b",
+                                  "--max_num_workers", "-1", "--save_main_session", "--flink_master",
+                                  "h:8081", "--dataflow_service_options=x=y"]) == []
+    # Beam drops these: a dashed spelling of its option, a bare --, a value after a flag
+    assert unknown_pipeline_args(["--direct-num-workers", "4", "--", "--streaming", "x"]) == [
+        "--direct-num-workers", "--", "x"]
+
+
+def test_refused_beam_arguments_get_the_closest_beam_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["ingest", "--input", "a.tar", "--memory", "m", "--runer", "DataflowRunner",
+              "--temp-location", "gs://b/tmp"])
+    err = capsys.readouterr().err
+    assert "--runer (did you mean --runner?), --temp-location (did you mean --temp_location?)." in err
 
 
 PROGRAM = """
@@ -138,8 +152,10 @@ def test_help_imports_neither_beam_nor_torch_nor_ray(command):
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
 
 
-def test_serve_refuses_a_busy_or_impossible_port_in_one_line(capsys, tmp_path):
+def test_serve_refuses_a_busy_or_impossible_port_in_one_line(capsys, tmp_path, monkeypatch):
     import socket
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local start: the ports are this machine's
 
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--memory", str(tmp_path), "--port", "99999"])
@@ -152,6 +168,8 @@ def test_serve_refuses_a_busy_or_impossible_port_in_one_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"vmem serve: error: cannot listen on 127.0.0.1:{port} (Address already in use); "
                    f"another server (a `vmem serve` left running?) holds it: choose another with --port"]
+    assert main(["serve", "--memory", str(tmp_path), "--port", "18769", "--data-plane-port", "18769"]) == 1
+    assert "--port and --data-plane-port are both 18769" in capsys.readouterr().err
 
 
 def test_index_commands_on_a_missing_memory_or_a_bad_id_say_so(capsys, tmp_path):

@@ -252,3 +252,26 @@ def test_history_lists_committed_versions_only(memory_copy):
     commit_latest(memory_copy, in_flight, base.version)
     rows = history(memory_copy)
     assert [row["version"] for row in rows] == [base.version, in_flight] and rows[-1]["latest"]
+
+
+def test_version_names_sort_after_their_parent_and_stay_valid_whatever_the_clock():
+    """A child named while the clock reads before its parent (a clock stepped back, another
+    host's clock, three versions in one millisecond) takes the parent's time + 1 ms: it sorts
+    after it, keeps one suffix, and a request naming it (min_version, rollback's ``to``) is
+    accepted, as the names of older memories ('~' chains) are."""
+    import re
+
+    from indexer.layout import VERSION_PATTERN, new_version_name
+    from serving.models import QueryRequest, RollbackRequest
+
+    chain = ["29990101T000000000-ffffff"]
+    for _ in range(50):
+        chain.append(new_version_name(chain[-1]))
+    assert chain == sorted(chain) and len(set(chain)) == len(chain)
+    assert {len(name) for name in chain} == {25} and chain[-1].startswith("29990101T000000050-")
+    for name in chain + ["29990101T000000000~87f49a~a3e2ac", new_version_name()]:
+        assert re.match(VERSION_PATTERN, name)
+        assert QueryRequest(min_version=name).min_version == RollbackRequest(to=name).to == name
+    for bad in ("../../etc", "nope", "29990101T000000000-ffffff/..", "29990101T000000000"):
+        assert not re.match(VERSION_PATTERN, bad)
+    assert QueryRequest(min_version="").min_version == RollbackRequest(to="").to == ""  # none
