@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, ORJSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -118,6 +118,16 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
                         status_code=422)
 
 
+def _granted(role: str):
+    """A route's dependency: the bearer token must grant ``role`` (serving/auth.py) under the
+    serving options of this process's Router: 401 without one, 403 with one that does not
+    (or, for ADMIN, when no admin token is configured: mutation disabled). Checked before the
+    body is validated, so a request without the right token learns nothing about it."""
+    async def check(http: Request) -> None:
+        authorize(http.app.state.options, http.headers.get("authorization"), role)
+    return Depends(check)
+
+
 @serve.deployment(max_ongoing_requests=100)
 @serve.ingress(api)
 class Router:
@@ -126,6 +136,7 @@ class Router:
         self.options = ServingOptions.from_args(options)
         api.state.max_body_bytes = self.options.max_body_bytes
         api.state.max_inflight_requests = self.options.max_inflight_requests
+        api.state.options = self.options  # the tokens (_granted)
         manifest = resolve_version(self.options.memory, self.options.version or None)
         self.encoder, self.group_shards, self.writer = encoder, group_shards, writer
         self.groups = ([RemoteSearchers(handle) for handle in groups] if groups else
@@ -414,15 +425,13 @@ class Router:
         self.latency.labels(endpoint=endpoint).observe(time.perf_counter() - started)
         return result
 
-    @api.post("/v1/classify")
-    async def classify(self, request: QueryRequest, http: Request) -> ORJSONResponse:
-        self._authorize(http, READ)
+    @api.post("/v1/classify", dependencies=[_granted(READ)])
+    async def classify(self, request: QueryRequest) -> ORJSONResponse:
         return ORJSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
 
-    @api.post("/v1/classify/zero-shot")
-    async def zero_shot(self, request: ZeroShotRequest, http: Request) -> ORJSONResponse:
+    @api.post("/v1/classify/zero-shot", dependencies=[_granted(READ)])
+    async def zero_shot(self, request: ZeroShotRequest) -> ORJSONResponse:
         """CLIP zero-shot labels for an image next to the memory's kNN decision on it."""
-        self._authorize(http, READ)
         return ORJSONResponse(await self._timed("zero_shot", self._zero_shot(request)))
 
     async def _zero_shot(self, request: ZeroShotRequest) -> dict:
@@ -454,17 +463,20 @@ class Router:
                 "templates": templates, "logit_scale": round(float(scale), 4),
                 "memory": memory, "agree": memory["label"] == label}
 
-    @api.post("/v1/neighbors")
-    async def neighbors(self, request: QueryRequest, http: Request) -> ORJSONResponse:
-        self._authorize(http, READ)
+    @api.post("/v1/neighbors", dependencies=[_granted(READ)])
+    async def neighbors(self, request: QueryRequest) -> ORJSONResponse:
         return ORJSONResponse((await self._timed("neighbors", self._answer([request], vote=False)))[0])
 
-    @api.post("/v1/classify/image")
+    @api.post("/v1/classify/image", dependencies=[_granted(READ)])
     async def classify_image(self, http: Request, k: int | None = Query(None),
                              aggregator: str | None = Query(None),
                              parameter: float | None = Query(None)) -> ORJSONResponse:
-        """The image itself as the request body (any allowed format), options as query parameters."""
-        self._authorize(http, READ)
+        """The image itself as the request body (any allowed format), options as query parameters
+        (k, aggregator, parameter; 422 naming any other)."""
+        unknown = sorted(set(http.query_params) - {"k", "aggregator", "parameter"})
+        if unknown:
+            raise ApiError(422, unknown[0], f"unknown query parameter {unknown[0]!r}: "
+                           f"the options are k, aggregator and parameter")
         data = await http.body()
         request = QueryRequest(image_base64=base64.b64encode(data).decode(), k=k,
                                aggregator=aggregator, parameter=parameter)
@@ -474,24 +486,21 @@ class Router:
         if not 1 <= len(batch.queries) <= self.options.max_batch:
             raise ApiError(422, "queries", f"send 1 to {self.options.max_batch} queries")
 
-    @api.post("/v1/classify/batch")
-    async def classify_batch(self, batch: BatchRequest, http: Request) -> ORJSONResponse:
-        self._authorize(http, READ)
+    @api.post("/v1/classify/batch", dependencies=[_granted(READ)])
+    async def classify_batch(self, batch: BatchRequest) -> ORJSONResponse:
         self._check_batch(batch)
         return ORJSONResponse({"results": await self._timed("classify_batch",
                                                            self._answer(batch.queries, True, "queries."))})
 
-    @api.post("/v1/neighbors/batch")
-    async def neighbors_batch(self, batch: BatchRequest, http: Request) -> ORJSONResponse:
-        self._authorize(http, READ)
+    @api.post("/v1/neighbors/batch", dependencies=[_granted(READ)])
+    async def neighbors_batch(self, batch: BatchRequest) -> ORJSONResponse:
         self._check_batch(batch)
         return ORJSONResponse({"results": await self._timed("neighbors_batch",
                                                            self._answer(batch.queries, False, "queries."))})
 
     # ---- the memory ----------------------------------------------------------------------
-    @api.get("/v1/memory")
-    async def memory(self, http: Request) -> dict:
-        self._authorize(http, READ)
+    @api.get("/v1/memory", dependencies=[_granted(READ)])
+    async def memory(self) -> dict:
         stats, degraded = await asyncio.gather(
             asyncio.gather(*[h.stats(self.version) for h in self.groups]), self._degraded_shards())
         classes: dict[str, int] = {}
@@ -509,10 +518,6 @@ class Router:
                 # version it is served from, or not at all when it is left out (as /healthz)
                 "degraded_shards": degraded}
 
-    def _authorize(self, http: Request, role: str = ADMIN) -> None:
-        """The bearer token must grant ``role`` (serving/auth.py): 401 without one, 403 with one
-        that does not (or, for ADMIN, when no admin token is configured: mutation disabled)."""
-        authorize(self.options, http.headers.get("authorization"), role)
 
     def __del__(self) -> None:
         """Serve calls this when it stops a replica gracefully: its lease goes with it, so edits
@@ -569,40 +574,35 @@ class Router:
         await self._version(result["version"])
         return result
 
-    @api.post("/v1/memory/items")
-    async def add(self, body: AddRequest, http: Request) -> dict:
-        self._authorize(http)
+    @api.post("/v1/memory/items", dependencies=[_granted(ADMIN)])
+    async def add(self, body: AddRequest) -> dict:
         check_sources([item.source for item in body.items], self.options.source_policy())
         if not body.items:
             raise ApiError(422, "items", "send at least one item")
         vectors = await self._vectors(body.items, lambda i: f"items.{i}.")
         return await self._edit(self.writer.add.remote(body.items, vectors, self.encoder_name))
 
-    @api.delete("/v1/memory/items")
-    async def forget(self, body: ForgetRequestBody, http: Request) -> dict:
-        self._authorize(http)
+    @api.delete("/v1/memory/items", dependencies=[_granted(ADMIN)])
+    async def forget(self, body: ForgetRequestBody) -> dict:
         if not (body.ids or body.keys or body.labels):
             raise ApiError(422, "ids", "name what to forget: ids, keys or labels")
         return await self._edit(self.writer.forget.remote(body))
 
-    @api.get("/v1/memory/versions")
-    async def versions(self, http: Request) -> dict:
+    @api.get("/v1/memory/versions", dependencies=[_granted(READ)])
+    async def versions(self) -> dict:
         """The version history (``vmem index log``), oldest first, and the version this replica
         serves."""
-        self._authorize(http, READ)
         return {"serving": self.version, "versions": await asyncio.to_thread(history, self.options.memory)}
 
-    @api.post("/v1/memory/rollback")
-    async def rollback(self, body: RollbackRequest, http: Request) -> dict:
+    @api.post("/v1/memory/rollback", dependencies=[_granted(ADMIN)])
+    async def rollback(self, body: RollbackRequest) -> dict:
         """Serve an earlier version again, as a new version (admin)."""
-        self._authorize(http)
         return await self._edit(self.writer.rollback.remote(body.to))
 
-    @api.post("/v1/memory/reload")
-    async def reload(self, http: Request) -> dict:
+    @api.post("/v1/memory/reload", dependencies=[_granted(ADMIN)])
+    async def reload(self) -> dict:
         """Every replica follows LATEST by itself; this waits (bounded by the writer's confirm
         timeout, never holding the edit lock) until every replica serves it."""
-        self._authorize(http)
         return await self._edit(self.writer.reload.remote())
 
     async def check_health(self) -> None:
@@ -625,13 +625,12 @@ class Router:
             raise ApiError(404, "name", f"no static file {name!r}")
         return FileResponse(WEB / name, media_type=WEB_FILES[name])
 
-    @api.get("/v1/thumbnail")
-    async def thumbnail(self, http: Request, source: str = Query(..., min_length=1),
+    @api.get("/v1/thumbnail", dependencies=[_granted(READ)])
+    async def thumbnail(self, source: str = Query(..., min_length=1),
                         size: int = Query(160)) -> Response:
         """A JPEG thumbnail of a remembered image, read through ``allowed_source_roots`` only
         (serving/thumbnails.py): 403 for a source outside them (nothing is read), 404 when it
         can no longer be read, 422 for a size not offered or a file that is not an image."""
-        self._authorize(http, READ)
         if size not in SIZES:
             raise ApiError(422, "size", f"size must be one of {list(SIZES)}")
         try:

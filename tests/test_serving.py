@@ -192,6 +192,8 @@ def test_requests_that_are_not_json_or_not_routes_get_json_errors(server):
     assert missing.status_code == 404 and set(missing.json()) == {"error", "field"}
     wrong_method = requests.get(f"{url}/v1/classify")
     assert wrong_method.status_code == 405 and set(wrong_method.json()) == {"error", "field"}
+    image = requests.post(f"{url}/v1/classify/image?k=5&kk=3", data=b"\x89PNG")
+    assert image.status_code == 422 and image.json()["field"] == "kk", image.text
     for to in ("../../etc", "nope"):  # a version name from outside never becomes a path
         refused = requests.post(f"{url}/v1/memory/rollback", json={"to": to}, headers=auth())
         assert refused.status_code == 422 and refused.json()["field"] == "to", refused.text
@@ -252,6 +254,9 @@ def test_mutating_endpoints_need_the_token(server):
     assert wrong.status_code == 403 and wrong.json()["field"] == "Authorization"
     assert requests.delete(f"{url}/v1/memory/items", json={"keys": ["x"]}).status_code == 401
     assert requests.post(f"{url}/v1/memory/reload").status_code == 401
+    # the token is checked before the body: without it, a bad body learns nothing either
+    assert requests.delete(f"{url}/v1/memory/items", json={"kk": ["x"]}).status_code == 401
+    assert requests.post(f"{url}/v1/memory/rollback", json={"to": "../x"}).status_code == 401
 
 
 def auth() -> dict:
