@@ -33,7 +33,8 @@ EXPERIMENTS = {
 }
 
 
-def _ints(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """An argparse type: a comma list of integers, 'all' read as 0 (every image)."""
     return [0 if part.strip() == "all" else int(part) for part in text.split(",") if part.strip()]
 
 
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--encoders", type=_names, default=None,
                             help="Comma list (default: the memory's encoder), e.g. "
                                  "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2.")
-        target.add_argument("--per-class", type=_ints, default=[1, 10, 100, 0],
+        target.add_argument("--per-class", type=int_list, default=[1, 10, 100, 0],
                             help="Images per class, 'all' for every image (default 1,10,100,all).")
         target.add_argument("--encoder-weights", action="append", default=[], metavar="ENCODER=URL",
                             help="Weights for an encoder of --encoders (repeatable), e.g. "
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("--forget-fraction", type=float, default=0.05)
         target.add_argument("--single-deletions", type=int, default=5, help="Timed one-image deletions.")
     for target in (specific["pruning"], everything):
-        target.add_argument("--thresholds", type=_ints, default=[32, 64, 128, 256],
+        target.add_argument("--thresholds", type=int_list, default=[32, 64, 128, 256],
                             help="Hard-pruning v_wrong thresholds (method.md: 128).")
     for target in (specific["label-noise"], everything):
         target.add_argument("--noise", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])

@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from experiments import plots
+from experiments.cli import int_list
 from experiments.report import clear_results, summary_lines, write_report
 from experiments.results import Check, Result, pct
 from pipelines import storage
@@ -255,15 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="HTTP port on 127.0.0.1 (default: a free one).")
     parser.add_argument("--encoders", default=",".join(defaults.encoders),
                         help="Encoders of the memory-size experiment (comma list; default %(default)s).")
-    parser.add_argument("--per-class", default="1,10,100,0",
-                        help="Memory sizes per class of the memory-size experiment (0 = all; default %(default)s).")
+    parser.add_argument("--per-class", type=int_list, default=[1, 10, 100, 0],
+                        help="Memory sizes per class of the memory-size experiment, 'all' for "
+                             "every image (as vmem eval memory-size; default 1,10,100,all).")
     parser.add_argument("--no-experiments", action="store_true", help="Stop after the serving stages.")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     run_demo(DemoConfig(args.work, args.report, args.train_per_class, args.test_per_class, args.new_class,
                         args.forget, args.shards, args.port, [e for e in args.encoders.split(",") if e],
-                        [int(n) for n in args.per_class.split(",") if n], not args.no_experiments, args.device))
+                        args.per_class, not args.no_experiments, args.device))
     return 0
 
 
