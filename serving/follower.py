@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -49,6 +50,18 @@ class FollowOptions:
     reload_timeout_s: float = 60.0  # one switch (loading a version) at most
     retry_failed_s: float = 10.0  # a version that failed to load is tried again after this
     fallback_depth: int = 10  # ancestors tried when LATEST cannot be loaded at start
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def reason(error: BaseException) -> str:
+    """Why a version was refused, one readable string: the original exception of a Ray task
+    error (its ``cause``; not the remote traceback), without terminal colour codes."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
+    return ANSI_ESCAPE.sub("", f"{type(error).__name__}: {error}").strip()
 
 
 class VersionUnavailable(Exception):
@@ -108,7 +121,7 @@ class VersionFollower:
         try:
             await asyncio.wait_for(self._switch(version), self.options.reload_timeout_s)
         except Exception as error:  # noqa: BLE001 - refused: keep serving what we have
-            why = f"{type(error).__name__}: {error}"
+            why = reason(error)
             self.refused[version] = (time.monotonic(), why)
             log.error("version %s refused, still serving %s: %s", version, self.version, why)
             return
@@ -140,7 +153,7 @@ class VersionFollower:
                 return candidate
             except Exception as failure:  # noqa: BLE001 - try a fallback version
                 error = failure
-                self.refused[candidate] = (time.monotonic(), f"{type(failure).__name__}: {failure}")
+                self.refused[candidate] = (time.monotonic(), reason(failure))
                 log.error("cannot serve version %s (%s)", candidate, failure)
                 if candidate == latest:
                     try:
@@ -167,8 +180,10 @@ class VersionFollower:
                 if min_version > self.version:
                     await asyncio.sleep(min(self.options.version_poll_s, 0.05))
             if min_version > self.version:
-                raise VersionUnavailable(f"version {min_version} is not served yet "
-                                         f"(this replica serves {self.version})")
+                refused = self.refused.get(min_version)
+                raise VersionUnavailable(f"version {min_version} is not served yet (this replica "
+                                         f"serves {self.version}" + (f"; it refused {min_version}: "
+                                         f"{refused[1]})" if refused else ")"))
         return self.version
 
     def status(self) -> dict:

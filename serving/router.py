@@ -480,7 +480,13 @@ class Router:
         data = await http.body()
         request = QueryRequest(image_base64=base64.b64encode(data).decode(), k=k,
                                aggregator=aggregator, parameter=parameter)
-        return ORJSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
+        try:
+            answer = await self._timed("classify", self._answer([request], vote=True))
+        except ApiError as error:  # the image is the body here, not a base64 field
+            if error.field == "image_base64":
+                error.field = "body"
+            raise
+        return ORJSONResponse(answer[0])
 
     def _check_batch(self, batch: BatchRequest) -> None:
         if not 1 <= len(batch.queries) <= self.options.max_batch:
@@ -553,15 +559,16 @@ class Router:
             await self.follower.start_on_loadable(latest, functools.partial(self._load, strict=False))
         self.follower.start()
 
-    async def _version(self, min_version: str = "") -> str:
-        """The version this request is answered from (serving/follower.py guarantees)."""
+    async def _version(self, min_version: str = "", field: str = "min_version") -> str:
+        """The version this request is answered from (serving/follower.py guarantees); 503
+        naming ``field`` when ``min_version`` is not served in time."""
         await self._start()
         if self.pinned:
             return self.version
         try:
             return await self.follower.ensure(min_version or None)
         except VersionUnavailable as error:
-            raise ApiError(503, "min_version", str(error)) from error
+            raise ApiError(503, field, str(error)) from error
 
     async def _edit(self, call) -> dict:
         """Run an edit on the writer; its failures become JSON errors. This replica then serves
@@ -571,7 +578,7 @@ class Router:
         result = await call
         if isinstance(result, EditFailure):
             raise ApiError(result.status, result.field, result.message)
-        await self._version(result["version"])
+        await self._version(result["version"], "version")  # the edit's, not a request field
         return result
 
     @api.post("/v1/memory/items", dependencies=[_granted(ADMIN)])

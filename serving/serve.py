@@ -187,6 +187,18 @@ def deployment_overrides(application: dict, env_vars: dict[str, str], job_runtim
     return overrides
 
 
+def connect(ray_address: str | None) -> None:
+    """This process's Ray, unless it has one: the cluster at ``ray_address``, or a new local
+    instance on loopback ("local": never one found on this machine)."""
+    import ray
+
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address)
+        else:
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+
+
 def start(config: dict, ray_address: str | None = None):
     """Start Ray (local on loopback unless an address is given), Serve, and the application.
     Token variables go to the Router replicas in their runtime_env (``token_env_vars``), never
@@ -196,11 +208,7 @@ def start(config: dict, ray_address: str | None = None):
 
     from serving.app import build_app
 
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address)
-        else:  # a new local instance, never one found on this machine ("local")
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+    connect(ray_address)
     serve.start(http_options={"host": config["http_options"]["host"],
                               "port": config["http_options"]["port"]})
     application = config["applications"][0]
@@ -277,26 +285,40 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.ray_address:
         check_ports_free(config)
-    start(config, args.ray_address)
-    http = config["http_options"]
-    served = config["applications"][0]["args"]
-    print(f"serving {served['memory']} on http://{http['host']}:{http['port']} (OpenAPI at /docs)",
-          flush=True)
-    if served.get("data_plane_port"):
-        print(f"direct data plane (same API, no proxy hop) on "
-              f"http://{served.get('data_plane_host', '127.0.0.1')}:{served['data_plane_port']}",
-              flush=True)
-    print("Ctrl-C stops", flush=True)
+    connect(args.ray_address)
+    # From here a stop (Ctrl-C, SIGTERM, also while the application deploys) takes the
+    # application down: Ray's own SIGTERM handler (set by ray.init) would exit and leave it
+    # running on a cluster joined with --ray-address.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        start(config, args.ray_address)
+        http = config["http_options"]
+        served = config["applications"][0]["args"]
+        print(f"serving {served['memory']} on http://{http['host']}:{http['port']} (OpenAPI at "
+              f"/docs)", flush=True)
+        if served.get("data_plane_port"):
+            print(f"direct data plane (same API, no proxy hop) on "
+                  f"http://{served.get('data_plane_host', '127.0.0.1')}:{served['data_plane_port']}",
+                  flush=True)
+        print("Ctrl-C stops", flush=True)
         stop.wait()
     except KeyboardInterrupt:  # Ctrl-C is the normal way to stop a foreground server
-        logging.getLogger("vmem.serve").info("interrupted: shutting Serve down")
+        logging.getLogger("vmem.serve").info("interrupted: shutting the application down")
+    finally:
+        take_down(config["applications"][0]["name"], joined=bool(args.ray_address))
+    return 0
+
+
+def take_down(name: str, joined: bool) -> None:
+    """Stop what ``vmem serve`` started: on a cluster it joined, its application only (other
+    applications on that cluster keep serving); on its own local instance, Serve."""
     from ray import serve
 
-    serve.shutdown()
-    return 0
+    if joined:
+        serve.delete(name)
+    else:
+        serve.shutdown()
 
 
 if __name__ == "__main__":

@@ -250,6 +250,12 @@ def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(cluster)
         health = requests.get(f"{url}/healthz").json()
         assert health["status"] == "degraded" and bad.version in health["refused_versions"]
         assert "ChecksumMismatch" in health["refused_versions"][bad.version]
+        assert "\x1b" not in health["refused_versions"][bad.version]  # the cause, not a coloured traceback
+        # a reload waits for the replicas, which refuse it: 503 naming the version and why
+        reload = requests.post(f"{url}/v1/memory/reload", headers=auth(), timeout=90)
+        assert reload.status_code == 503 and reload.json()["field"] == "version", reload.text
+        assert f"it refused {bad.version}: VersionRefused" in reload.json()["error"], reload.text
+        assert "ChecksumMismatch" in reload.json()["error"], reload.text
     finally:  # a forward version with the good files (versions only move forward)
         fixed = IndexManifest.from_fields({**storage.read_json(IndexManifest.url_for(root, good.version)),
                                            "version": bad.version + "-fixed", "parent": bad.version})

@@ -299,3 +299,16 @@ def test_an_unchanged_corrupt_file_is_hashed_once(tmp_path, monkeypatch):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     checksums.verify_file(str(path), expected)
     assert len(hashed) == 3
+
+
+def test_a_refusal_reason_is_the_remote_cause_without_colour_codes():
+    """A searcher's refusal reaches the router as a Ray task error whose text is the remote
+    traceback, coloured for a terminal: /healthz and the 503 give its cause in one line."""
+    from ray.exceptions import RayTaskError
+
+    from serving.follower import reason
+
+    remote = RayTaskError("reload", "\x1b[36mTraceback (most recent call last):\x1b[0m\n  ...",
+                          ValueError("checksum mismatch: shard-00001.faiss"))
+    assert reason(remote) == reason(remote.as_instanceof_cause()) == "ValueError: checksum mismatch: shard-00001.faiss"
+    assert reason(OSError("\x1b[31mgone\x1b[0m")) == "OSError: gone"
