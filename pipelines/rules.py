@@ -55,8 +55,8 @@ def check_reject_ratio(bad: int, read: int, limit: float, batch: str, where: str
 
 def default_batch_name(inputs: list[str]) -> str:
     """A deterministic name from the inputs, so re-running a command replaces its batch and
-    no other command's. The inputs are normalised (a trailing ``/`` dropped, a local path made
-    absolute, sorted), so ``data/q/``, ``./data/q`` and its absolute path name one batch. The
+    no other command's. The inputs are normalised (a trailing ``/`` dropped, a local path's
+    ``.`` and ``..`` resolved, sorted), so ``data/q/`` and ``./data/q`` name one batch. The
     name is the first one's last two path parts, readable (lower case, runs of other
     characters as ``-``, at most 60 characters), then 8 hex digits of a BLAKE2b hash of all
     of them: ``.../queries/*.tar`` and ``.../new-class/*.tar`` give ``queries-tar-…`` and
@@ -72,7 +72,7 @@ def default_batch_name(inputs: list[str]) -> str:
 
 def _normal(url: str) -> str:
     url = url.rstrip("/") or "/"
-    return url if "://" in url else os.path.abspath(url)
+    return url if "://" in url else os.path.normpath(url)  # relative stays relative: the same on every machine
 
 
 def exit_status(command: str, run: Callable[[], Any]) -> int:

@@ -120,11 +120,16 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 def _granted(role: str):
     """A route's dependency: the bearer token must grant ``role`` (serving/auth.py) under the
-    serving options of this process's Router: 401 without one, 403 with one that does not
-    (or, for ADMIN, when no admin token is configured: mutation disabled). Checked before the
-    body is validated, so a request without the right token learns nothing about it."""
+    serving options of this process's Router (``api.state``, as the middlewares read theirs):
+    401 without one, 403 with one that does not (or, for ADMIN, when no admin token is
+    configured: mutation disabled); 503 before the Router has set its options. Checked before
+    the body's fields are validated (a body that is not JSON at all is reported first: FastAPI
+    parses it before any dependency runs)."""
     async def check(http: Request) -> None:
-        authorize(http.app.state.options, http.headers.get("authorization"), role)
+        options = getattr(api.state, "options", None)
+        if options is None:
+            raise ApiError(503, "Authorization", "the server is starting; try again")
+        authorize(options, http.headers.get("authorization"), role)
     return Depends(check)
 
 

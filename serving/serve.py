@@ -286,11 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.ray_address:
         check_ports_free(config)
     connect(args.ray_address)
-    # From here a stop (Ctrl-C, SIGTERM, also while the application deploys) takes the
+    # From here a stop (Ctrl-C, or SIGTERM as Ctrl-C: it interrupts the deploy too) takes the
     # application down: Ray's own SIGTERM handler (set by ray.init) would exit and leave it
     # running on a cluster joined with --ray-address.
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         start(config, args.ray_address)
         http = config["http_options"]
@@ -302,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"http://{served.get('data_plane_host', '127.0.0.1')}:{served['data_plane_port']}",
                   flush=True)
         print("Ctrl-C stops", flush=True)
-        stop.wait()
+        threading.Event().wait()  # until interrupted
     except KeyboardInterrupt:  # Ctrl-C is the normal way to stop a foreground server
         logging.getLogger("vmem.serve").info("interrupted: shutting the application down")
     finally:
@@ -312,13 +311,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def take_down(name: str, joined: bool) -> None:
     """Stop what ``vmem serve`` started: on a cluster it joined, its application only (other
-    applications on that cluster keep serving); on its own local instance, Serve."""
+    applications on that cluster keep serving; one of the same name was replaced by it); on
+    its own local instance, Serve. Nothing to do when Serve never started (a failed start:
+    its own error is the one reported)."""
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
-    if joined:
-        serve.delete(name)
-    else:
+    if not joined:
         serve.shutdown()
+        return
+    try:
+        serve.delete(name)
+    except RayServeException as error:  # no Serve instance on the cluster: nothing was deployed
+        logging.getLogger("vmem.serve").info("nothing to take down: %s", error)
 
 
 if __name__ == "__main__":

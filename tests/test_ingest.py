@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 
 import fsspec
 import numpy as np
@@ -162,6 +161,6 @@ def test_default_batch_names_differ_for_different_inputs():
     assert default_batch_name(["gs://b/shards/{00..09}.tar"]).startswith("shards-00-09-tar-")
     # one batch however the same inputs are written; never an online add's batch name (gc)
     assert default_batch_name(["laion/"]) == default_batch_name(["./laion"]) == default_batch_name(
-        [os.path.abspath("laion")])
+        ["data/../laion"]) == default_batch_name(["laion"])
     assert default_batch_name(["a.tar", "b.tar"]) == default_batch_name(["b.tar", "a.tar"])
     assert default_batch_name(["uploads/online/*.tar"]).startswith("ingest-online-tar-")
