@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import emit_report  # noqa: E402
+from bench.common import compile_bytecode, emit_report  # noqa: E402
 
 
 def progress(message: str) -> None:
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     results = {"benchmark": "edit", "created": datetime.now(timezone.utc).isoformat(),
                "command": " ".join(["bench/edit.py"] + (argv or sys.argv[1:])),
-               "machine": {"cpus": os.cpu_count()}, "by_size": {}}
+               "machine": {"cpus": os.cpu_count()}, "bytecode": compile_bytecode(), "by_size": {}}
     for count in args.sizes:
         results["by_size"][str(count)] = one_size(count, args, work)
     sizes = [str(s) for s in args.sizes]

@@ -108,7 +108,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import emit_phase, machine  # noqa: E402
+from bench.common import compile_bytecode, emit_phase, machine  # noqa: E402
 from bench.running_ray import RunningRay  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -912,7 +912,8 @@ def main() -> int:
                     "config": {k: v for k, v in vars(args).items() if k in (
                         "shards", "factory", "bytes_per_vector", "queries", "part_rows", "clusters", "seed", "repeats",
                         "ray_cpus", "ray_instance", "task_memory_mb", "autofaiss_memory", "sample_interval")},
-                    "measurement": {"child_subreaper": subreaper, "targets": TARGETS},
+                    "measurement": {"child_subreaper": subreaper, "targets": TARGETS,
+                                    "bytecode": compile_bytecode()},
                     "sections": {}}
     autofaiss = None
     if not args.skip_autofaiss:

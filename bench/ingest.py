@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit_phase, machine, run_phase  # noqa: E402
+from bench.common import compile_bytecode, emit_phase, machine, run_phase  # noqa: E402
 
 
 def raw_forward(shards: str, encoder_name: str, device: str, batch_sizes: list[int]) -> dict:
@@ -92,6 +92,7 @@ def main() -> int:
 
     from pipelines.data.fashion_mnist import write_fashion_mnist
 
+    bytecode = compile_bytecode()
     with tempfile.TemporaryDirectory() as data:
         write_fashion_mnist(data, ("train",), per_class=args.images // 10, shard_size=500)
         shards = os.path.join(data, "fashion-mnist-train-*.tar")
@@ -127,6 +128,7 @@ def main() -> int:
         "ratio": round(beam["images_per_s"] / raw["images_per_s"], 3),
         "cpu_ratio": round(raw_cpu / beam_cpu, 3),
         "target_ratio": 0.85, "machine": machine(), "beam_args": beam_args,
+        "bytecode": bytecode,
     }, indent=2))
     return 0
 

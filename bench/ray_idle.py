@@ -1,17 +1,25 @@
 """What does the local Ray instance a build starts for itself cost while it does nothing, and
-do longer polling periods for its daemons cut that? The CPU seconds of its processes (driver,
-workers, raylet, GCS, agents, log and autoscaler monitors) are a fixed cost of every Ray
-build (docs/benchmarks.md, "Ray's fixed cost").
+what changes that cost? The CPU seconds of its processes (driver, workers, raylet, GCS, agents,
+log and autoscaler monitors) are a fixed cost of every Ray build (docs/benchmarks.md, "Ray's
+fixed cost").
 
 Each round runs two fresh processes one after the other, each starting a local instance as
 ``indexer.executor.RayExecutor`` does (2 CPUs), running one trivial task per CPU, then
-waiting ``--seconds`` with no work and shutting down: one with Ray's own polling periods
-(``RAY_DEFAULTS``), one with longer ones (``LONGER_POLLING``: the environment variables the
-daemons read at start). Each process tree is measured whole (bench/proctree.run_measured:
-CPU seconds by process, wall time); rounds alternate the order, so both sides see the same
-noise.
+waiting ``--seconds`` with no work and shutting down. ``--compare`` picks the pair:
+
+  polling   Ray's own polling periods (``RAY_DEFAULTS``) against longer ones
+            (``LONGER_POLLING``: the environment variables the daemons read at start).
+  bytecode  every process importing from cached bytecode (``cached``: the environment is
+            compiled first, bench/common.compile_bytecode, as an installed deployment is)
+            against every process compiling what it imports (``compiling``: an empty
+            ``PYTHONPYCACHEPREFIX`` and ``PYTHONDONTWRITEBYTECODE=1``, as in a venv installed
+            with ``pip --no-compile`` run from a shell that sets that variable).
+
+Each process tree is measured whole (bench/proctree.run_measured: CPU seconds by process, wall
+time); rounds alternate the order, so both sides see the same noise.
 
     python bench/ray_idle.py --seconds 120 --rounds 3 --out bench/results-ray-idle.json
+    python bench/ray_idle.py --compare bytecode --seconds 3 --rounds 3 --out bench/results-ray-bytecode.json
 """
 from __future__ import annotations
 
@@ -33,7 +41,12 @@ RAY_DEFAULTS = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "1000", "AUTOSCALER_UPDA
                 "REPORTER_UPDATE_INTERVAL_MS": "5000"}
 LONGER_POLLING = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "AUTOSCALER_UPDATE_INTERVAL_S": "60",
                   "REPORTER_UPDATE_INTERVAL_MS": "60000"}
-SETTINGS = {"ray_defaults": RAY_DEFAULTS, "longer_polling": LONGER_POLLING}
+COMPARISONS = {
+    "polling": {"ray_defaults": RAY_DEFAULTS, "longer_polling": LONGER_POLLING},
+    # The pycache prefix is filled in per run (an empty temporary folder): no cached bytecode
+    # is found there, and none is written.
+    "bytecode": {"cached": {}, "compiling": {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": ""}},
+}
 
 
 def idle(seconds: float, cpus: int) -> None:
@@ -48,13 +61,16 @@ def idle(seconds: float, cpus: int) -> None:
     ray.shutdown()
 
 
-def measure(variant: str, seconds: float, cpus: int, logs: Path) -> dict:
+def measure(variant: str, settings: dict, seconds: float, cpus: int, logs: Path) -> dict:
     import os
 
     from bench import proctree
 
-    env = {k: v for k, v in os.environ.items() if k not in RAY_DEFAULTS and not k.startswith("RAY_ADDRESS")}
-    env.update(SETTINGS[variant], PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items()
+           if k not in RAY_DEFAULTS and k != "PYTHONPYCACHEPREFIX" and not k.startswith("RAY_ADDRESS")}
+    env.update(settings, PYTHONPATH=str(ROOT))
+    if env.get("PYTHONPYCACHEPREFIX") == "":
+        env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="empty-pycache-", dir=logs)
     tree = proctree.run_measured([sys.executable, __file__, "--out", "-", "--_idle", str(seconds), str(cpus)],
                                  str(logs / f"{variant}.out"), str(logs / f"{variant}.err"), env=env)
     return {"wall_seconds": tree["wall_seconds"], "cpu_seconds": tree["cpu_seconds"],
@@ -67,30 +83,35 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="Idle time per instance (120).")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of each instance (2, the builds').")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="polling",
+                        help="Which pair of instances to compare (polling).")
     parser.add_argument("--_idle", nargs=2, help=argparse.SUPPRESS)  # seconds cpus
     args = parser.parse_args()
     if args._idle:
         idle(float(args._idle[0]), int(args._idle[1]))
         return
     from bench import proctree
-    from bench.common import machine
+    from bench.common import compile_bytecode, machine
 
     proctree.become_subreaper()
+    bytecode = compile_bytecode()
+    settings = COMPARISONS[args.compare]
+    first, second = settings
+    ratio_name = f"ratio_{second}_over_{first}"
     rounds = []
     with tempfile.TemporaryDirectory(prefix="ray-idle-") as logs:
         for number in range(args.rounds):
-            order = list(SETTINGS) if number % 2 == 0 else list(SETTINGS)[::-1]
-            runs = {variant: measure(variant, args.seconds, args.cpus, Path(logs)) for variant in order}
-            runs["ratio_longer_polling_over_ray_defaults"] = round(
-                runs["longer_polling"]["cpu_seconds"] / runs["ray_defaults"]["cpu_seconds"], 3)
+            order = list(settings) if number % 2 == 0 else list(settings)[::-1]
+            runs = {variant: measure(variant, settings[variant], args.seconds, args.cpus, Path(logs))
+                    for variant in order}
+            runs[ratio_name] = round(runs[second]["cpu_seconds"] / runs[first]["cpu_seconds"], 3)
             rounds.append(runs)
             print(json.dumps({v: runs[v]["cpu_seconds"] for v in order}), flush=True)
-    ratios = sorted(r["ratio_longer_polling_over_ray_defaults"] for r in rounds)
-    out = {"benchmark": "ray_idle", "machine": machine(), "seconds": args.seconds, "cpus": args.cpus,
-           "settings": SETTINGS, "rounds": rounds,
-           "median_ratio_longer_polling_over_ray_defaults": ratios[len(ratios) // 2]}
+    ratios = sorted(r[ratio_name] for r in rounds)
+    out = {"benchmark": "ray_idle", "compare": args.compare, "machine": machine(), "bytecode": bytecode,
+           "seconds": args.seconds, "cpus": args.cpus, "settings": settings, "rounds": rounds,
+           f"median_{ratio_name}": ratios[len(ratios) // 2]}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from bench import proctree  # noqa: E402
-from bench.common import machine  # noqa: E402
+from bench.common import compile_bytecode, machine  # noqa: E402
 from bench.load import run_load  # noqa: E402
 
 CLIP_PYTHON = REPO / "bench" / ".venv-clip-back" / "bin" / "python"
@@ -921,6 +921,7 @@ def run(args, work: str) -> dict:
     sections = Sections()
     report: dict[str, Any] = {"benchmark": "serve", "command": " ".join(sys.argv),
                               "settings": {k: v for k, v in vars(args).items()},
+                              "bytecode": compile_bytecode(),
                               "machine": {**machine(), "cpu_count": os.cpu_count(),
                                           "load_average_at_start": os.getloadavg()}}
     memories = build_memories(args, work, sections)
