@@ -20,6 +20,7 @@ from experiments.report import summary_lines, write_report
 from experiments.results import Context, Result
 from experiments.workbench import EmbeddedSet, Memories
 from pipelines import storage
+from vmem.helptext import HelpFormatter
 
 EXPERIMENTS = {
     "aggregation": "accuracy vs k for plurality / distance / softmax / rank voting",
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", help="Encoder device when re-embedding (memory-size).")
     common.add_argument("--log-level", default="WARNING")
     parser = argparse.ArgumentParser(prog="vmem eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="experiment")
     specific = {name: sub.add_parser(name, parents=[common], help=text, description=text.replace("%%", "%"))
                 for name, text in EXPERIMENTS.items()}

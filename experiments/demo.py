@@ -31,6 +31,7 @@ from pipelines import storage
 from pipelines.records import ImageRecord
 from pipelines.sources.fetch import read_sources
 from pipelines.sources.webdataset import WebDatasetSource
+from vmem.helptext import HelpFormatter
 
 log = logging.getLogger("vmem.demo")
 ENCODERS = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
@@ -240,7 +241,7 @@ def run_demo(config: DemoConfig) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="vmem demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--work", default=defaults.work, help="Data, memory and derived memories.")
     parser.add_argument("--report", default=defaults.report, help="Where index.html and results go.")
     parser.add_argument("--train-per-class", type=int, default=defaults.train_per_class,

@@ -16,6 +16,7 @@ from indexer.openmp import prefer_passive_wait
 prefer_passive_wait()  # index jobs: before faiss loads libgomp (indexer/openmp.py)
 
 from indexer.reliability import HARD_K, HARD_THRESHOLD, SOFT_C, SOFT_D, SOFT_K
+from vmem.helptext import HelpFormatter
 
 
 def _executor(args):
@@ -152,7 +153,7 @@ def cmd_gc(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmem index", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help_text: str, ray: bool = True) -> argparse.ArgumentParser:

@@ -79,6 +79,7 @@ from pipelines.sources.embeddings import (
     plan_parts,
     read_chunks,
 )
+from vmem.helptext import HelpFormatter
 
 DEFAULT_CHUNK_ROWS = 4096  # measured: as fast as 16384 with half the peak RSS
 DEFAULT_SOURCE_COLUMNS = "url;image_path"
@@ -405,7 +406,7 @@ def run_import(config: ImportConfig) -> ImportResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vmem import", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="vmem import", description=__doc__, formatter_class=HelpFormatter,
         epilog="Public LAION embeddings (clip-retrieval layout, e.g. the laion2B-en ViT-L/14 "
                "folders with img_emb/ and metadata/ side by side): vmem import --embeddings "
                "<folder> --encoder open_clip:ViT-L-14:openai --memory ROOT --batch laion-part-0 "

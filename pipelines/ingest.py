@@ -30,6 +30,7 @@ from pipelines.sources import SOURCE_FORMATS, detect_format
 from pipelines.sources.base import DEFAULT_LABEL_FROM
 from pipelines.sources.webdataset import DEFAULT_IMAGE_FIELDS
 from pipelines.timeouts import DEFAULT_ITEM_TIMEOUT_S
+from vmem.helptext import HelpFormatter
 
 log = logging.getLogger("vmem.ingest")
 
@@ -142,7 +143,7 @@ def run_ingest(config: IngestConfig) -> IngestResult:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vmem ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="vmem ingest", description=__doc__, formatter_class=HelpFormatter,
         epilog="Any other --option is passed to Apache Beam (e.g. --runner DataflowRunner "
                "--project P --region R --temp_location gs://... --sdk_container_image ...).")
     parser.add_argument("--input", "-i", dest="inputs", action="append", required=True,

@@ -25,6 +25,7 @@ from serving.aggregation import AGGREGATORS, Aggregator
 from serving.answers import answer, merge_answers
 from serving.decision import decide
 from serving.rerank import RERANKERS, make_reranker, rerank_answer
+from vmem.helptext import HelpFormatter
 
 MANIFEST = "_manifest.json"
 CHUNK = 1024
@@ -141,7 +142,7 @@ def export_neighbour_json(out: str, path: str, featurizer: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmem classify", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--memory", "-m", required=True, help="ROOT of the visual memory.")
     parser.add_argument("--queries", "-q", required=True, help="ROOT holding the query embedding batches.")
     parser.add_argument("--batch", action="append", help="Query batch (repeatable; default all).")

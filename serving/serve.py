@@ -39,6 +39,8 @@ from pathlib import Path
 
 import yaml
 
+from vmem.helptext import HelpFormatter
+
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 TOKEN_DEPLOYMENTS = ("Router",)  # the deployments that check bearer tokens (serving/auth.py)
 TOKEN_OPTIONS = (("token", "token_env"), ("read_token", "read_token_env"))
@@ -255,7 +257,7 @@ def check_ports_free(config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmem serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--memory", "-m", help="ROOT of the visual memory (overrides the config).")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="Serve config file (YAML), or a KubeRay RayService manifest.")

@@ -42,6 +42,23 @@ def test_command_help_explains_options(command, expected, capsys):
     out = capsys.readouterr().out
     for word in expected:
         assert word in out
+    # Descriptions are module docstrings: their reStructuredText literals show as plain text.
+    assert "``" not in out
+
+
+@pytest.mark.parametrize("argv", [["index", "--help"], ["import", "--help"], ["serve", "--help"],
+                                  ["index", "build", "--help"], ["eval", "pruning", "--help"]])
+def test_help_shows_no_restructuredtext_markup(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = capsys.readouterr().out
+    assert out.strip() and "``" not in out
+
+
+def test_help_formatter_keeps_line_breaks_and_drops_only_literal_markup():
+    from vmem.helptext import plain
+
+    assert plain("run ``vmem index build``\n  then ``x`` and `y`") == "run vmem index build\n  then x and `y`"
 
 
 def test_unknown_command_is_an_error():

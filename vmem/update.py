@@ -46,6 +46,7 @@ from pipelines.beam_args import check_pipeline_args
 from pipelines.encoders import DEFAULT_ENCODER
 from pipelines.ingest import IngestConfig, add_embedding_options, config_from_args, run_ingest
 from pipelines.manifest import BatchManifest, list_batches
+from vmem.helptext import HelpFormatter
 
 log = logging.getLogger("vmem.update")
 API_FORMAT = "api"  # the source_format of batches added through the HTTP API (serving/editing.py)
@@ -205,7 +206,7 @@ def run_pending(incoming: str, memory: str, executor, shards: int = 1,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmem update", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", "-i", dest="inputs", action="append",
                         help="Shard pattern of the new images (repeatable; needs --batch).")

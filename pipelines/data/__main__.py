@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 from pipelines.data.fashion_mnist import CLASSES, DEBIAN_DIR, OFFICIAL_URL, write_fashion_mnist
+from vmem.helptext import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmem data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vmem data", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="dataset", required=True)
     fmnist = sub.add_parser(
         "fashion-mnist", help="Fashion-MNIST: 60,000 train + 10,000 test images, 10 classes.",

@@ -1,0 +1,29 @@
+"""``--help`` text without reStructuredText markup.
+
+Every job's description is its module docstring, written for the API docs: ``literal`` spans
+mark commands, options and names there. On a terminal the double backquotes are noise, so the
+command-line parsers format their help with :class:`HelpFormatter`, which shows such a span as
+its plain text. Dependency-free (argparse and re only), so any job module may import it.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+
+
+def plain(text: str) -> str:
+    """``text`` with every reStructuredText inline literal (````x````) shown as ``x``."""
+    return _LITERAL.sub(r"\1", text)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's ``RawDescriptionHelpFormatter`` (descriptions keep their line breaks) that
+    drops inline-literal markup from descriptions, epilogs and each option's help."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return plain(super()._expand_help(action))
