@@ -104,7 +104,16 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> JSONRe
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     """422 naming the first invalid field (``errors``: every one); 400 for a body that is not
-    JSON at all (pydantic's ``json_invalid``: its position is not a field)."""
+    JSON at all (pydantic's ``json_invalid``: its position is not a field). On a route that
+    needs a token, the token is checked first, as for every other request (401/403)."""
+    role = _required_role(request)
+    if role is not None:
+        try:
+            _authorize(request, role)
+        except ApiError as refused:
+            return await _api_error(request, refused)
+        except Refused as refused:
+            return await _refused(request, refused)
     broken = [e for e in error.errors() if e.get("type") == "json_invalid"]
     if broken:
         where = broken[0]["loc"][-1] if broken[0].get("loc") else "?"
@@ -118,19 +127,39 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
                         status_code=422)
 
 
+def _authorize(http: Request, role: str) -> None:
+    """Raise unless the request's bearer token grants ``role`` under the serving options of the
+    application answering it (``http.app.state``, set by the Router: Serve runs a copy of
+    ``api`` unpickled with the Router class, so a module-level function must not read the
+    module's ``api``): Refused 401 without one, 403 with one that does not (or, for ADMIN, when
+    no admin token is configured: mutation disabled); ApiError 503 before the Router has set
+    its options (serving/auth.py)."""
+    options = getattr(http.app.state, "options", None)
+    if options is None:
+        raise ApiError(503, "Authorization", "the server is starting; try again")
+    authorize(options, http.headers.get("authorization"), role)
+
+
 def _granted(role: str):
-    """A route's dependency: the bearer token must grant ``role`` (serving/auth.py) under the
-    serving options of this process's Router (``api.state``, as the middlewares read theirs):
-    401 without one, 403 with one that does not (or, for ADMIN, when no admin token is
-    configured: mutation disabled); 503 before the Router has set its options. Checked before
-    the body's fields are validated (a body that is not JSON at all is reported first: FastAPI
-    parses it before any dependency runs)."""
+    """A route's dependency: the bearer token must grant ``role`` (``_authorize``). Checked
+    before the body's fields are validated; FastAPI parses a body before any dependency runs,
+    so for a body that is not JSON ``_validation_error`` checks the token first itself
+    (``_required_role``)."""
     async def check(http: Request) -> None:
-        options = getattr(api.state, "options", None)
-        if options is None:
-            raise ApiError(503, "Authorization", "the server is starting; try again")
-        authorize(options, http.headers.get("authorization"), role)
+        _authorize(http, role)
+    check.role = role
     return Depends(check)
+
+
+def _required_role(http: Request) -> str | None:
+    """The role the matched route's ``_granted`` dependency requires; None for an open route
+    (or none matched)."""
+    dependant = getattr(http.scope.get("route"), "dependant", None)
+    for dependency in getattr(dependant, "dependencies", ()):
+        role = getattr(dependency.call, "role", None)
+        if role is not None:
+            return role
+    return None
 
 
 @serve.deployment(max_ongoing_requests=100)

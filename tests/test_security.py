@@ -357,7 +357,7 @@ def test_read_and_admin_roles_over_http(secured):
                                   ("POST", "/v1/neighbors/batch", batch), ("GET", "/v1/memory", None)]:
         none = requests.request(method, url + path, json=payload)
         wrong = requests.request(method, url + path, json=payload, headers=bearer("nope"))
-        assert (none.status_code, none.json()["field"]) == (401, "Authorization"), path
+        assert (none.status_code, none.json()["field"]) == (401, "Authorization"), (path, none.text)
         assert (wrong.status_code, wrong.json()["field"]) == (403, "Authorization"), path
         assert set(wrong.json()) == {"error", "field"}
         for token in (READ_TOKEN, ADMIN_TOKEN):
@@ -378,6 +378,18 @@ def test_read_and_admin_roles_over_http(secured):
                                                           else (status, "Authorization"))
     assert requests.post(f"{url}/v1/memory/reload", headers=bearer(READ_TOKEN)).json()["error"].startswith(
         "a read-only token")
+
+    # A body that is not JSON (or not valid for its route) is checked for its token first, as
+    # any other request: only a caller the route admits learns what is wrong with its body.
+    json_header = {"Content-Type": "application/json"}
+    for path, role_token in [("/v1/classify", READ_TOKEN), ("/v1/memory/items", ADMIN_TOKEN)]:
+        for token, status in [(None, 401), ("nope", 403), (role_token, 400)]:
+            headers = {**json_header, **(bearer(token) if token else {})}
+            broken = requests.post(url + path, data='{"k": 3,', headers=headers)
+            assert (broken.status_code, broken.json()["field"]) == (
+                status, "body" if status == 400 else "Authorization"), (path, token, broken.text)
+    unfit = requests.post(f"{url}/v1/memory/items", json={"items": "none"}, headers=bearer(READ_TOKEN))
+    assert (unfit.status_code, unfit.json()["field"]) == (403, "Authorization"), unfit.text
 
 
 @pytest.mark.slow
