@@ -53,8 +53,8 @@ defaults (project: ``ShardedIndex`` with the manifest's defaults; single: the pr
 autofaiss: its ``index_param``). Search runs in separate, unmeasured processes.
 
 Ray instance (--ray-instance). ``own`` (default): each project build starts its local Ray
-instance and shuts it down, so its figures include Ray's start-up (about 10 CPU-s on 2 cores)
-and the daemons' polling. ``running``: one instance is started with ``ray start`` before the
+instance and shuts it down, so its figures include Ray's start-up (about 5 CPU-s on 2 cores,
+with the bytecode compiled first as this script does) and the daemons' polling. ``running``: one instance is started with ``ray start`` before the
 section's builds (its start-up CPU reported apart, under ``ray_instance``) and each build joins
 it, as a build submitted to a running cluster (KubeRay, scheduled ingestion) does; a build's
 CPU seconds are then its own process tree's plus what the instance's processes used while it
