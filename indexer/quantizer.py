@@ -147,6 +147,36 @@ def merge_lists(index: faiss.Index, other: faiss.Index) -> None:
     source.ntotal = 0
 
 
+# IVF kinds whose ``sa_encode`` output (list number, then the code add_with_ids would store)
+# ``add_sa_codes`` files as add_with_ids does. Fast-scan kinds store codes block-interleaved
+# and others may keep more per row (IVFPQR's refinement codes): those are added row by row.
+_CODES_ADDABLE = (faiss.IndexIVFPQ, faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer)
+
+
+def encode(trained: faiss.Index, vectors: np.ndarray) -> np.ndarray | None:
+    """(n, sa_code_size) uint8: each of the (n, d) float32 ``vectors`` pre-transformed,
+    assigned to its list by ``trained``'s coarse quantizer and encoded, list number first
+    (FAISS ``Index.sa_encode``). Encoding a chunk once and filing its rows into several
+    segments (``add_codes``) costs one assignment per row at the chunk's batch size, whatever
+    the number of segments, and gives each row the same code whichever segment receives it.
+    None for a kind that cannot be added from such codes (exact ``IDMap2,Flat``, fast-scan
+    IVF): add its vectors with ``add_with_ids``."""
+    ivf = _ivf(trained)
+    if ivf is None or type(ivf) not in _CODES_ADDABLE:
+        return None
+    return trained.sa_encode(np.ascontiguousarray(vectors, dtype=np.float32))
+
+
+def add_codes(index: faiss.Index, codes: np.ndarray, ids: np.ndarray) -> None:
+    """File ``encode``'s (n, sa_code_size) uint8 ``codes`` under their (n,) int64 ``ids`` in
+    ``index`` (an empty or partly filled segment of the same trained kind, e.g.
+    ``Trained.empty()``): FAISS ``IndexIVF.add_sa_codes``, as ``add_with_ids`` of the same
+    vectors would, without encoding them again."""
+    ivf = faiss.extract_index_ivf(index)
+    ivf.add_sa_codes(np.ascontiguousarray(codes), np.ascontiguousarray(ids, dtype=np.int64))
+    index.ntotal = ivf.ntotal  # a pre-transform wrapper counts its own
+
+
 @dataclass(frozen=True, eq=False)
 class Trained:
     """A version's trained index, shared read-only by every segment and thread of a process:

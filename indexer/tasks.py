@@ -15,7 +15,7 @@ from indexer.faults import crash_point
 from indexer.manifest import ShardEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
 from indexer.metadata import conform, with_weights
-from indexer.quantizer import Trained, merge_lists, serialize_stripped, write_stripped
+from indexer.quantizer import Trained, add_codes, encode, merge_lists, serialize_stripped, write_stripped
 from indexer.reader import Part, iter_part, iter_vectors
 from indexer.segments import Shard, stored_ids, write_segment_index, write_segment_rows  # noqa: F401 (stored_ids: re-export)
 from pipelines import storage
@@ -130,9 +130,10 @@ def add_part(index_root: str, version: str, part: Part, number: int, trained: np
              num_shards: int, keep_vectors: str, chunk_rows: int,
              queries: np.ndarray | None = None, exact_k: int = 0, threads: int = 1) -> AddedPart:
     """Encode one part onto the trained index, split by shard (id mod S), streaming: the part
-    is read ``chunk_rows`` at a time (reader.iter_part); each chunk's codes go to one
-    in-memory index per shard (they share one coarse quantizer: a row is assigned once), its
-    metadata and vectors straight to the shard's piece files. Memory: one chunk plus the
+    is read ``chunk_rows`` at a time (reader.iter_part); each chunk is encoded once
+    (quantizer.encode: one coarse assignment per row at the chunk's batch size, whatever S)
+    and its rows' codes filed into one in-memory index per shard (sharing the coarse
+    quantizer), its metadata and vectors straight to the shard's piece files. Memory: one chunk plus the
     part's codes. Files are written atomically under deterministic names, so a retried task
     (Ray re-runs a lost one) writes the same pieces. With tuning ``queries`` ((q, dim)
     float32), each chunk read also feeds their exact top-``exact_k`` (tuning.ExactTopK), so
@@ -176,12 +177,16 @@ def _add_part(index_root: str, version: str, part: Part, number: int, trained: n
             ids = meta.column("id").to_numpy()
             if exact is not None:
                 exact.update(vectors, ids)
+            codes = encode(shared.index, vectors)  # once per chunk, whatever the shard count
             for shard, rows in _split(ids, num_shards):
                 if shard not in writers:
                     writers[shard] = open_piece(shard, meta.schema)
                 writer, vector_file = writers[shard]
-                mine = vectors if rows is None else np.ascontiguousarray(vectors[rows])
-                indexes[shard].add_with_ids(mine, ids if rows is None else ids[rows])
+                mine = vectors if rows is None else vectors[rows]
+                if codes is None:
+                    indexes[shard].add_with_ids(np.ascontiguousarray(mine), ids if rows is None else ids[rows])
+                else:
+                    add_codes(indexes[shard], codes if rows is None else codes[rows], ids if rows is None else ids[rows])
                 writer.write_table(meta if rows is None else meta.take(pa.array(rows)))
                 if vector_file is not None:
                     vector_file.write(np.ascontiguousarray(mine, dtype=dtype).tobytes())
@@ -218,12 +223,15 @@ def split_into_pieces(trained: Trained, meta: pa.Table, vectors: np.ndarray, num
     ids = meta.column("id").to_numpy()
     shards = shard_of(ids, num_shards)
     dtype = VECTOR_DTYPES[keep_vectors]
+    codes = encode(trained.index, vectors) if len(ids) else None
     pieces = []
     for shard in range(num_shards):
         rows = np.flatnonzero(shards == shard)
         index = trained.empty()
-        if len(rows):
+        if len(rows) and codes is None:
             index.add_with_ids(np.ascontiguousarray(vectors[rows]), ids[rows])
+        elif len(rows):
+            add_codes(index, codes[rows], ids[rows])
         pieces.append(ShardPiece(np.frombuffer(serialize_stripped(index), dtype=np.uint8),
                                  meta.take(pa.array(rows)),
                                  vectors[rows].astype(dtype) if dtype is not None else None))

@@ -45,22 +45,28 @@ def memory(vectors, tmp_path) -> str:
     return root
 
 
-def _codes_by_id(root: str, manifest) -> dict[int, bytes]:
-    """Every stored (id -> PQ code bytes) of a version, read from its segment files."""
+def _codes_by_id(root: str, manifest) -> dict[int, tuple[int, bytes]]:
+    """Every stored (id -> (list number, PQ code bytes)) of a version, read from its segment
+    files."""
     codes = {}
     for entry in manifest.shards:
         for segment in entry.segments:
             index = load_index(root, segment, mmap=False)  # keep it alive: ivf is a view
-            ivf = faiss.extract_index_ivf(index)
-            lists = ivf.invlists
-            for number in range(ivf.nlist):
-                size = lists.list_size(number)
-                if not size:
-                    continue
-                ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
-                raw = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy()
-                for row, item in enumerate(ids):
-                    codes[int(item)] = raw[row * lists.code_size:(row + 1) * lists.code_size].tobytes()
+            codes.update(_lists_of(index))
+    return codes
+
+
+def _lists_of(index: faiss.Index) -> dict[int, tuple[int, bytes]]:
+    ivf = faiss.extract_index_ivf(index)
+    lists, codes = ivf.invlists, {}
+    for number in range(ivf.nlist):
+        size = lists.list_size(number)
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+        raw = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size).copy()
+        for row, item in enumerate(ids):
+            codes[int(item)] = (number, raw[row * lists.code_size:(row + 1) * lists.code_size].tobytes())
     return codes
 
 
@@ -82,6 +88,30 @@ def test_a_part_larger_than_the_task_budget_builds_in_chunks_to_the_same_index(m
     for a, b in zip(small.shards, large.shards):
         assert load_metadata(memory, a.base).equals(load_metadata(copy, b.base))
     assert ".build" not in _version_files(memory, small)  # piece files are gone
+
+
+@pytest.mark.parametrize("factory", ["OPQ8_16,IVF16,PQ8x8", "IVF16_HNSW32,PQ8x8", "IVF16,Flat"])
+def test_every_row_gets_the_code_faiss_gives_it_whatever_the_shard_count(memory, tmp_path, factory):
+    """A chunk is encoded once and its rows filed into their shards (quantizer.encode /
+    add_codes): each id's list and code are those of FAISS's add_with_ids of the whole input on
+    the version's trained index, at 1 shard and at 60 (about 12 rows per shard per chunk; one
+    add_with_ids per shard's rows, as before, encoded batches of that size)."""
+    from indexer.quantizer import trained_index
+    from indexer.reader import plan_inputs, read_part
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(memory, copy)
+    one = run_build(BuildConfig(memory, num_shards=1, factory=factory, task_memory_mb=1), LocalExecutor())
+    many = run_build(BuildConfig(copy, num_shards=60, factory=factory, task_memory_mb=1), LocalExecutor())
+    reference = faiss.clone_index(trained_index(memory, one).index)
+    metadata, vectors = zip(*(read_part(part) for part in plan_inputs(memory).parts))
+    reference.add_with_ids(np.concatenate(vectors), np.concatenate([m.column("id").to_numpy() for m in metadata]))
+    expected = _lists_of(reference)
+    assert len(expected) == 6_000
+    assert _codes_by_id(memory, one) == expected
+    # the same trained index (same sample and seed), so the same codes at 60 shards
+    assert trained_index(copy, many).stripped == trained_index(memory, one).stripped
+    assert _codes_by_id(copy, many) == expected
 
 
 def test_segments_hold_lists_only_and_share_the_versions_trained_index(memory, vectors):
