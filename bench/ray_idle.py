@@ -11,9 +11,10 @@ waiting ``--seconds`` with no work and shutting down. ``--compare`` picks the pa
             (``LONGER_POLLING``: the environment variables the daemons read at start).
   bytecode  every process importing from cached bytecode (``cached``: the environment is
             compiled first, bench/common.compile_bytecode, as an installed deployment is)
-            against every process compiling what it imports (``compiling``: an empty
-            ``PYTHONPYCACHEPREFIX`` and ``PYTHONDONTWRITEBYTECODE=1``, as in a venv installed
-            with ``pip --no-compile`` run from a shell that sets that variable).
+            against every process compiling what it imports outside the standard library
+            (``compiling``: ``PYTHONPYCACHEPREFIX`` set to a folder holding only the standard
+            library's bytecode, and ``PYTHONDONTWRITEBYTECODE=1``, as in a venv installed with
+            ``pip --no-compile`` run from a shell that sets that variable).
 
 Each process tree is measured whole (bench/proctree.run_measured: CPU seconds by process, wall
 time); rounds alternate the order, so both sides see the same noise.
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -66,11 +69,16 @@ def measure(variant: str, settings: dict, seconds: float, cpus: int, logs: Path)
 
     from bench import proctree
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in RAY_DEFAULTS and k != "PYTHONPYCACHEPREFIX" and not k.startswith("RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in RAY_DEFAULTS and not k.startswith("RAY_ADDRESS")}
     env.update(settings, PYTHONPATH=str(ROOT))
     if env.get("PYTHONPYCACHEPREFIX") == "":
-        env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="empty-pycache-", dir=logs)
+        # A prefix holding the standard library's bytecode alone: a venv installed without
+        # compiling still has the interpreter's own (it ships compiled); site-packages and the
+        # project are compiled by every process that imports them.
+        env["PYTHONPYCACHEPREFIX"] = prefix = tempfile.mkdtemp(prefix="stdlib-pycache-", dir=logs)
+        subprocess.run([sys.executable, "-X", f"pycache_prefix={prefix}", "-m", "compileall", "-q", "-j", "0",
+                        "-x", "site-packages", sysconfig.get_paths()["stdlib"]], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tree = proctree.run_measured([sys.executable, __file__, "--out", "-", "--_idle", str(seconds), str(cpus)],
                                  str(logs / f"{variant}.out"), str(logs / f"{variant}.err"), env=env)
     return {"wall_seconds": tree["wall_seconds"], "cpu_seconds": tree["cpu_seconds"],

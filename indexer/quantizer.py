@@ -160,11 +160,18 @@ def encode(trained: faiss.Index, vectors: np.ndarray) -> np.ndarray | None:
     segments (``add_codes``) costs one assignment per row at the chunk's batch size, whatever
     the number of segments, and gives each row the same code whichever segment receives it.
     None for a kind that cannot be added from such codes (exact ``IDMap2,Flat``, fast-scan
-    IVF): add its vectors with ``add_with_ids``."""
-    ivf = _ivf(trained)
-    if ivf is None or type(ivf) not in _CODES_ADDABLE:
+    IVF, an IVF level inside another wrapper than one OPQ/PCA pre-transform such as IDMap or
+    a refinement index): add its vectors with ``add_with_ids``. Raises ValueError for a row
+    that is not finite: the quantizer cannot assign it a list (``add_with_ids`` would drop it
+    silently); ingest and the API refuse such rows before they get here."""
+    level = faiss.downcast_index(_stored_level(trained))
+    if type(level) not in _CODES_ADDABLE:
         return None
-    return trained.sa_encode(np.ascontiguousarray(vectors, dtype=np.float32))
+    rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(rows).all():
+        bad = int((~np.isfinite(rows).all(axis=1)).sum())
+        raise ValueError(f"{bad} of {len(rows)} vectors have a NaN or infinite component")
+    return trained.sa_encode(rows)
 
 
 def add_codes(index: faiss.Index, codes: np.ndarray, ids: np.ndarray) -> None:

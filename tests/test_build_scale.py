@@ -114,6 +114,37 @@ def test_every_row_gets_the_code_faiss_gives_it_whatever_the_shard_count(memory,
     assert _codes_by_id(copy, many) == expected
 
 
+def test_only_kinds_whose_codes_can_be_filed_are_encoded_and_non_finite_rows_are_refused(vectors):
+    """quantizer.encode: codes for an IVF level alone or under one OPQ/PCA pre-transform
+    (filed into a segment exactly as add_with_ids would); None for a kind that cannot be added
+    from such codes (the caller then adds vectors); a NaN row is refused, not filed into a
+    list the quantizer never assigned."""
+    from indexer.quantizer import Trained, add_codes, encode, serialize_stripped
+
+    sample = vectors[:2_000]
+    for kind, encodes in [("IVF16,PQ4", True), ("OPQ4_16,IVF16,PQ4", True), ("PCA16,IVF16,SQ8", True),
+                          ("IVF16,Flat", True), ("IDMap2,IVF16,PQ4", False), ("IVF16,PQ4,RFlat", False),
+                          ("IVF16,PQ4x4fs", False), ("IDMap2,Flat", False)]:
+        index = faiss.index_factory(32, kind, faiss.METRIC_INNER_PRODUCT)
+        index.train(sample)
+        codes = encode(index, vectors[2_000:2_100])
+        assert (codes is not None) == encodes, kind
+        if encodes:
+            trained = Trained(index, serialize_stripped(index))
+            by_codes, by_vectors = trained.empty(), trained.empty()
+            ids = np.arange(100, dtype=np.int64) * 7
+            add_codes(by_codes, codes, ids)
+            by_vectors.add_with_ids(vectors[2_000:2_100], ids)
+            assert by_codes.ntotal == by_vectors.ntotal == 100
+            assert _lists_of(by_codes) == _lists_of(by_vectors), kind
+    broken = vectors[2_000:2_010].copy()
+    broken[3, 5] = np.nan
+    index = faiss.index_factory(32, "IVF16,PQ4", faiss.METRIC_INNER_PRODUCT)
+    index.train(sample)
+    with pytest.raises(ValueError, match="1 of 10 vectors"):
+        encode(index, broken)
+
+
 def test_segments_hold_lists_only_and_share_the_versions_trained_index(memory, vectors):
     manifest = run_build(BuildConfig(memory, num_shards=4, factory=FACTORY, keep_vectors="fp16"),
                          LocalExecutor())
