@@ -450,6 +450,8 @@ def _ratio(a, b):
 def run_section(count: int, dim: int, args, autofaiss: Path | None) -> dict:
     import numpy as np
 
+    if args.work:
+        os.makedirs(args.work, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f"index-{count}x{dim}-", dir=args.work)
     section: dict = {"vectors": count, "dim": dim, "work": work}
     try:

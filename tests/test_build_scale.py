@@ -369,12 +369,16 @@ def test_the_streamed_ground_truth_top_k_equals_a_full_sort_ties_included():
         np.testing.assert_array_equal(found[0], full[0])
 
 
-def test_the_streamed_exact_top_k_equals_a_full_sort_over_many_chunks_ties_included():
-    """ExactTopK fed chunk by chunk (after the first chunks only the columns at or above each
-    query's k-th best so far are kept) equals one full (score desc, id asc) sort."""
+@pytest.mark.parametrize("block_rows", [1, 7, 32768])
+def test_the_streamed_exact_top_k_equals_a_full_sort_over_many_chunks_ties_included(block_rows, monkeypatch):
+    """ExactTopK fed chunk by chunk, each scored in blocks of ``block_rows`` (after the first
+    block only the columns at or above each query's k-th best so far are kept) equals one full
+    (score desc, id asc) sort."""
+    from indexer import tuning
     from indexer.search import merge_topk
     from indexer.tuning import ExactTopK
 
+    monkeypatch.setattr(tuning, "BLOCK_ROWS", block_rows)
     rng = np.random.default_rng(1)
     for _ in range(30):
         dim, k, rows = int(rng.integers(2, 6)), int(rng.integers(1, 25)), int(rng.integers(1, 400))
