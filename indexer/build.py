@@ -121,6 +121,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     estimate = inputs.count  # rows as written; unlearned ids (indexer/forgotten.py) drop on read
     factory = (factories.choose_factory(estimate, dim, config.bytes_per_vector)
                if config.factory == "auto" else config.factory)
+    factories.make_index(factory, dim)  # a string FAISS or the memory refuses fails here, not after sampling
     chunk_rows = chunk_rows_for(dim, config.task_memory_mb << 20)
     log.info("building %s over %d vectors (dim %d) from %d parts into %d shards on %s "
              "(%d rows per read)", factory, estimate, dim, len(inputs.parts), shards,

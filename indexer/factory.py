@@ -74,8 +74,10 @@ def make_index(factory: str, dim: int) -> faiss.Index:
     recall is unchanged, the centroids are the same). It costs ~3.7 CPU-s per sub-quantizer
     whatever the sample size: IVF256,PQ64x8 on 20,000 x 384 trained in 294 CPU-s with it and
     61 without (one thread, 2026-11-30). OPQ rotations train OPQ_ITERATIONS alternations.
-    Raises RuntimeError for a string faiss rejects."""
+    Raises RuntimeError for a string faiss rejects, ValueError for a kind the memory cannot
+    hold (``refuse_unsupported``)."""
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    refuse_unsupported(index, factory)
     _set_opq_iterations(index)
     ivf = faiss.try_extract_index_ivf(index)
     inner = faiss.downcast_index(ivf if ivf is not None else index)
@@ -84,6 +86,34 @@ def make_index(factory: str, dim: int) -> faiss.Index:
     if getattr(inner, "do_polysemous_training", False):
         inner.do_polysemous_training = False
     return index
+
+
+# Additive quantizers whose encoder searches with a random state shared across the rows it is
+# given: a row's code depends on the batch it was encoded in, so a segment would not equal one
+# FAISS index of the same rows (indexer/quantizer.py encodes chunks; shards split them).
+_BATCH_DEPENDENT = (faiss.IndexIVFLocalSearchQuantizer, faiss.IndexLocalSearchQuantizer,
+                    faiss.IndexIVFProductLocalSearchQuantizer, faiss.IndexProductLocalSearchQuantizer)
+
+
+def refuse_unsupported(index: faiss.Index, factory: str) -> None:
+    """Raise ValueError, before anything is trained, for a factory string whose index the
+    memory cannot hold: a refinement index (``RFlat``, ``Refine(...)``: keep vectors with
+    ``--keep-vectors`` for exact re-ranking instead), an ``IDMap``/``IDMap2`` over an IVF
+    index (IVF lists hold the ids already; only ``IDMap2,Flat``, the exact kind, maps them),
+    or a local-search additive quantizer (LSQ, PLSQ: batch-dependent codes)."""
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexPreTransform):
+        outer = faiss.downcast_index(outer.index)
+    if isinstance(outer, faiss.IndexRefine):
+        raise ValueError(f"factory {factory!r}: refinement indexes are not supported; keep the vectors "
+                         f"(--keep-vectors fp16|fp32) to re-rank neighbours exactly")
+    if isinstance(outer, faiss.IndexIDMap) and faiss.try_extract_index_ivf(outer) is not None:
+        raise ValueError(f"factory {factory!r}: IVF lists hold the ids already; drop the IDMap prefix")
+    ivf = faiss.try_extract_index_ivf(index)
+    level = faiss.downcast_index(ivf) if ivf is not None else outer
+    if isinstance(level, _BATCH_DEPENDENT):
+        raise ValueError(f"factory {factory!r}: local-search quantizers (LSQ, PLSQ) encode a row "
+                         f"differently depending on the rows encoded with it; use PQ, RQ or SQ")
 
 
 OPQ_ITERATIONS = 10  # faiss's OPQMatrix default is 50: 25 gave +0.004 recall@10 at 2x the CPU

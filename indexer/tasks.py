@@ -182,14 +182,15 @@ def _add_part(index_root: str, version: str, part: Part, number: int, trained: n
                 if shard not in writers:
                     writers[shard] = open_piece(shard, meta.schema)
                 writer, vector_file = writers[shard]
-                mine = vectors if rows is None else vectors[rows]
+                mine = ids if rows is None else ids[rows]
                 if codes is None:
-                    indexes[shard].add_with_ids(np.ascontiguousarray(mine), ids if rows is None else ids[rows])
+                    indexes[shard].add_with_ids(vectors if rows is None else np.ascontiguousarray(vectors[rows]), mine)
                 else:
-                    add_codes(indexes[shard], codes if rows is None else codes[rows], ids if rows is None else ids[rows])
+                    add_codes(indexes[shard], codes if rows is None else codes[rows], mine)
                 writer.write_table(meta if rows is None else meta.take(pa.array(rows)))
                 if vector_file is not None:
-                    vector_file.write(np.ascontiguousarray(mine, dtype=dtype).tobytes())
+                    vector_file.write(np.ascontiguousarray(vectors if rows is None else vectors[rows],
+                                                           dtype=dtype).tobytes())
                 counts[shard] += len(mine)
             crash_point("add_part")
         for shard, index in enumerate(indexes):

@@ -145,6 +145,18 @@ def test_only_kinds_whose_codes_can_be_filed_are_encoded_and_non_finite_rows_are
         encode(index, broken)
 
 
+@pytest.mark.parametrize("factory, says", [("IVF16,PQ8x8,RFlat", "refinement"), ("OPQ8,IVF16,PQ8,RFlat", "refinement"),
+                                           ("IVF16,PQ8x8,Refine(SQfp16)", "refinement"),
+                                           ("IDMap2,IVF16,PQ8", "IDMap"), ("IVF16,LSQ4x8", "local-search")])
+def test_factories_the_memory_cannot_hold_are_refused_before_sampling(memory, factory, says):
+    """A refinement index, an IDMap over IVF lists, or batch-dependent LSQ codes: refused with
+    the reason, before the sampling pass (FAISS used to fail after training, or LSQ built
+    segments that did not equal one index of the same rows); nothing is published."""
+    with pytest.raises(ValueError, match=says):
+        run_build(BuildConfig(memory, num_shards=3, factory=factory), LocalExecutor())
+    assert not os.path.exists(index_root(memory)) or not os.listdir(index_root(memory))
+
+
 def test_segments_hold_lists_only_and_share_the_versions_trained_index(memory, vectors):
     manifest = run_build(BuildConfig(memory, num_shards=4, factory=FACTORY, keep_vectors="fp16"),
                          LocalExecutor())
