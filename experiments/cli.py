@@ -65,10 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmem eval", description=__doc__,
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="experiment")
-    specific = {name: sub.add_parser(name, parents=[common], help=text, description=text.replace("%%", "%"))
+    specific = {name: sub.add_parser(name, parents=[common], help=text, description=text.replace("%%", "%"),
+                                  formatter_class=HelpFormatter)
                 for name, text in EXPERIMENTS.items()}
-    everything = sub.add_parser("all", parents=[common], help="every experiment, then the report")
-    sub.add_parser("report", help="re-render OUT/index.html from the results in OUT").add_argument(
+    everything = sub.add_parser("all", parents=[common], help="every experiment, then the report",
+                                formatter_class=HelpFormatter)
+    sub.add_parser("report", help="re-render OUT/index.html from the results in OUT",
+                   formatter_class=HelpFormatter).add_argument(
         "--out", "-o", default="report")
     specific["aggregation"].add_argument("--predictions", "-p", default="",
                                          help="OUT of a `vmem classify` run instead of --memory/--queries.")

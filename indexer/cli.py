@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help_text: str, ray: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         p.add_argument("--memory", "-m", required=True, help="ROOT of the visual memory (any fsspec URL).")
         p.add_argument("--log-level", default="INFO", help="Python logging level.")
         if ray:

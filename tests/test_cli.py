@@ -55,6 +55,22 @@ def test_help_shows_no_restructuredtext_markup(argv, capsys):
     assert out.strip() and "``" not in out
 
 
+@pytest.mark.parametrize("module", ["indexer.cli", "experiments.cli", "pipelines.data.__main__"])
+def test_every_subcommand_formats_its_help_without_markup(module):
+    """argparse does not pass a parser's formatter on to its subparsers: each must ask."""
+    import argparse
+    import importlib
+
+    from vmem.helptext import HelpFormatter
+
+    parser = importlib.import_module(module).build_parser()
+    subparsers = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    assert subparsers
+    for action in subparsers:
+        for name, sub in action.choices.items():
+            assert sub.formatter_class is HelpFormatter, f"{module} {name}"
+
+
 def test_help_formatter_keeps_line_breaks_and_drops_only_literal_markup():
     from vmem.helptext import plain
 

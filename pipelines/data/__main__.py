@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmnist = sub.add_parser(
         "fashion-mnist", help="Fashion-MNIST: 60,000 train + 10,000 test images, 10 classes.",
         description="Reads Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) "
-                    "when installed, else downloads the official files and checks their MD5.")
+                    "when installed, else downloads the official files and checks their MD5.",
+        formatter_class=HelpFormatter)
     fmnist.add_argument("--out", required=True, help="Output folder or fsspec URL for the shards.")
     fmnist.add_argument("--split", choices=("train", "test", "both"), default="both")
     fmnist.add_argument("--per-class", type=positive, default=None,
