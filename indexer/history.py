@@ -21,9 +21,15 @@ def _keeps(child: IndexManifest, parent: IndexManifest, shards, purged_ok: bool)
     purged is in them (a manifest without the record counts as purging)."""
     if child.operation in ADDITIVE_OPERATIONS:
         return True
-    if child.operation == "compact" and (purged_ok or child.details.get("purged", True) == {}):
+    if child.operation == "compact" and (purged_ok or _purged_nothing(child.details.get("purged"))):
         return True
     return all(child.shards[s] == parent.shards[s] for s in shards)  # untouched by the edit
+
+
+def _purged_nothing(purged) -> bool:
+    """Whether a compaction's ``purged`` record (its manifest's details, indexer/edit.py: how
+    many rows it purged) says none; a missing record counts as purging."""
+    return isinstance(purged, int) and not isinstance(purged, bool) and purged == 0
 
 
 def fallback_versions(root: str, manifest: IndexManifest, shards: Iterable[int] | None = None,

@@ -322,3 +322,36 @@ def test_compaction_runs_beside_edits_and_keeps_them(memory_copy, monkeypatch):
     assert_same_topk(found, exact)
     assert forget_status(memory_copy, first_delete.version)["bytes_removed"]["version"] == compacted.version
     assert forget_status(memory_copy, later_delete[0].version)["bytes_removed"] is None  # still a tombstone
+
+
+def test_a_compaction_that_purged_nothing_is_passed_to_an_older_fallback(memory_copy):
+    """Case I5 with a compaction on top: a shard file of the version served goes bad; the
+    replica answers that shard from the newest ancestor no step since which deleted or purged
+    anything in it (indexer.history.fallback_versions). A compaction that only merged segments
+    is such a step; one that purged rows is not (its parent's files still hold the bytes)."""
+    from indexer.history import fallback_versions
+    from serving.searchers import ShardGroup
+
+    base = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    added = run_add(memory_copy, ["train-b"], LOCAL, policy=NEVER)
+    merged = run_compact(memory_copy, LOCAL)
+    assert merged.details["purged"] == 0
+    assert [m.version for m in fallback_versions(memory_copy, merged)] == [added.version, base.version]
+
+    path = f"{memory_copy}/index/{merged.shards[1].segments[0].index_path}"
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    group = ShardGroup(memory_copy, (0, 1), merged.version)
+    assert group.shards == (0, 1) and group.stale == {1: added.version}
+    queries = load_embeddings(memory_copy)[1][:50]
+    expected = ShardedIndex(memory_copy, added).search(queries, 20)
+    found = group.search(queries, 20, group.defaults)
+    np.testing.assert_array_equal(found.ids, expected[1])
+
+    ids = load_embeddings(memory_copy, ["train-b"])[0]
+    doomed = np.sort(ids[ids % 2 == 0][:5])  # shard 0's
+    run_delete(memory_copy, ForgetRequest(ids=doomed.tolist()), LOCAL, policy=NEVER)
+    purging = run_compact(memory_copy, LOCAL)
+    assert purging.details["purged"] == 5
+    assert list(fallback_versions(memory_copy, purging, [0])) == []
