@@ -102,13 +102,18 @@ def cmd_compact(args) -> int:
 
 def cmd_prune(args) -> int:
     from indexer.prune import run_hard_prune, run_soft_prune
+    from indexer.store import resolve_version
 
     if args.mode == "hard":
-        manifest, _ = run_hard_prune(args.memory, _executor(args), args.k or HARD_K, args.threshold)
+        manifest, report = run_hard_prune(args.memory, _executor(args), args.k or HARD_K, args.threshold)
+        # a prune past the compaction policy returns the compaction that followed it; the
+        # prune's own summary is in its version (the forget report's)
+        pruned = (manifest if manifest.version == report["version"]
+                  else resolve_version(args.memory, report["version"]))
     else:
-        manifest = run_soft_prune(args.memory, _executor(args), args.k or SOFT_K, args.c, args.d)
+        manifest = pruned = run_soft_prune(args.memory, _executor(args), args.k or SOFT_K, args.c, args.d)
     _print_manifest(manifest)
-    print("  " + json.dumps(manifest.details["prune"]))
+    print("  " + json.dumps(pruned.details["prune"]))
     return 0
 
 

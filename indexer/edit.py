@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from indexer import factory as factories
 from indexer import keyindex
 from indexer.checksums import sha256_bytes
-from indexer.forgotten import record_forgotten
+from indexer.forgotten import record_forgotten, refuse_forgotten
 from indexer.layout import ConcurrentEdit, commit_latest, index_root, new_version_name, version_dir
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
@@ -101,6 +101,7 @@ def _live(root: str, manifest: IndexManifest, ids: np.ndarray) -> np.ndarray:
 
 def _check_new(root: str, manifest: IndexManifest, ids: np.ndarray, what: str) -> None:
     check_unique_ids(ids, what)
+    refuse_forgotten(root, ids, what)
     clash = ids[_live(root, manifest, ids)]
     if len(clash):
         raise DuplicateIds(f"{len(clash)} ids of {what} are already in the memory "
@@ -168,7 +169,8 @@ def add_rows(root: str, meta: pa.Table, vectors: np.ndarray, batch: str,
              policy: CompactionPolicy | None = DEFAULT_POLICY) -> IndexManifest:
     """Add rows already in memory (the online API: ``meta`` as in an embedding batch, (n, dim)
     float32 unit ``vectors``) from the embedding batch ``batch`` to LATEST: one delta segment
-    per shard reached. Cost O(n + shards). Raises DuplicateIds, ValueError on a bad shape."""
+    per shard reached. Cost O(n + shards + the forget ledger). Raises DuplicateIds,
+    ForgottenIds (an id unlearned before), ValueError on a bad shape."""
     from indexer.executor import LocalExecutor
 
     with writer_lock(root):

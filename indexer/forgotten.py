@@ -26,8 +26,33 @@ def record_forgotten(root: str, version: str, ids: np.ndarray) -> str:
     return url
 
 
+class ForgottenIds(ValueError):
+    """New rows whose ids the memory has unlearned: deletions are permanent (a rebuild or a
+    rollback would drop them again), so such an item must come back under a new key."""
+
+
+# (ledger folder, file name) -> its ids. Ledger files are immutable (one per delete, named by
+# its version), so each is read once per process.
+_read: dict[tuple[str, str], list[int]] = {}
+
+
 def forgotten_ids(root: str) -> np.ndarray:
-    """Every id any unlearning delete of this memory removed (sorted, unique)."""
-    ids = [storage.read_json(storage.join(ledger_dir(root), name))["ids"]
-           for name in storage.list_names(ledger_dir(root)) if name.endswith(".json")]
+    """Every id any unlearning delete of this memory removed (sorted, unique). Lists the
+    ledger once; reads only the files this process has not read before."""
+    folder = ledger_dir(root)
+    ids = []
+    for name in storage.list_names(folder):
+        if not name.endswith(".json"):
+            continue
+        if (folder, name) not in _read:
+            _read[(folder, name)] = storage.read_json(storage.join(folder, name))["ids"]
+        ids.append(_read[(folder, name)])
     return np.unique(np.asarray([i for chunk in ids for i in chunk], dtype=np.int64))
+
+
+def refuse_forgotten(root: str, ids: np.ndarray, what: str) -> None:
+    """Raise ForgottenIds when any of ``ids`` (int64) is in the forget ledger."""
+    back = np.intersect1d(np.asarray(ids, dtype=np.int64), forgotten_ids(root))
+    if len(back):
+        raise ForgottenIds(f"{len(back)} ids of {what} were unlearned (e.g. {back[:5].tolist()}); "
+                           "deletions are permanent: add such an item under a new key")

@@ -21,7 +21,10 @@ def _keeps(child: IndexManifest, parent: IndexManifest, shards, purged_ok: bool)
     purged is in them (a manifest without the record counts as purging)."""
     if child.operation in ADDITIVE_OPERATIONS:
         return True
-    if child.operation == "compact" and (purged_ok or _purged_nothing(child.details.get("purged"))):
+    if child.operation == "compact" and (purged_ok or _purged_nothing(child.details.get("purged"))
+                                         or not any(parent.shards[s].tombstones for s in shards)):
+        # A compaction purges the tombstones of its snapshot, a prefix of its parent's
+        # (indexer/edit.py _rebase): where the parent hides nothing, nothing was purged.
         return True
     return all(child.shards[s] == parent.shards[s] for s in shards)  # untouched by the edit
 
@@ -38,18 +41,21 @@ def fallback_versions(root: str, manifest: IndexManifest, shards: Iterable[int] 
     replica may serve in place of ``manifest``'s without bringing back an item deleted or
     purged since: the walk goes back through parents while each step is an add, a soft prune
     or a compaction that purged nothing, or leaves those shards' entries unchanged; at most
-    ``depth`` steps, the same shard count (serving/searchers.py, serving/follower.py).
+    ``depth`` steps that changed those shards (a step that left them as they were, an edit
+    of other shards, is not counted; at most ``100 * depth`` manifests are read), the same
+    shard count (serving/searchers.py, serving/follower.py).
     ``purged_ok``: a compaction that purged rows may be passed too (its parent hides the same
     items and only still holds their bytes: a replica already serving it may keep it). Reads
     one manifest per step; raises FileNotFoundError when a parent's manifest is gone (gc)."""
     shards = list(range(manifest.num_shards)) if shards is None else list(shards)
-    current = manifest
-    for _ in range(depth):
-        if not current.parent:
+    current, changed = manifest, 0
+    for _ in range(100 * depth):
+        if not current.parent or changed >= depth:
             return
         parent = IndexManifest.read(root, current.parent)
         if parent.num_shards != manifest.num_shards or not _keeps(current, parent, shards, purged_ok):
             return
+        changed += any(current.shards[s] != parent.shards[s] for s in shards)
         yield parent
         current = parent
 

@@ -18,6 +18,7 @@ from ray import serve
 
 from indexer.edit import compact_if_due
 from indexer.executor import LocalExecutor
+from indexer.forgotten import ForgottenIds
 from indexer.layout import read_latest
 from indexer.layout import ConcurrentEdit
 from indexer.leases import WriterBusy, wait_until_served
@@ -85,7 +86,7 @@ class WriterService:
 
     async def add(self, items: list, vectors: np.ndarray, encoder: str) -> dict | EditFailure:
         done = await self._run(lambda: add_items(self.memory, items, vectors, encoder), "items",
-                               ((DuplicateIds, 409),))
+                               ((DuplicateIds, 409), (ForgottenIds, 409)))
         if isinstance(done, EditFailure):
             return done
         manifest, served = done

@@ -401,6 +401,12 @@ def test_client_edits_versions_and_a_rollback_that_keeps_unlearned_items_forgott
     assert back.size == forgotten.size and back.details["forgotten_tombstoned"] == 1
     again = client.classify(cup, k=50, min_version=back.version)
     assert again.version == back.version and "client/coffee" not in [n.key for n in again.neighbours]
+    from vmem.client import ApiError
+
+    with pytest.raises(ApiError) as refused:  # deletions are permanent: not under the same key
+        client.add([cup], ["Coffee cup"], keys=["client/coffee"])
+    assert (refused.value.status, refused.value.field) == (409, "items")
+    assert "unlearned" in refused.value.message and client.memory()["size"] == back.size
 
 
 def test_client_retries_503_honouring_retry_after():
