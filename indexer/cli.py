@@ -150,7 +150,8 @@ def cmd_verify(args) -> int:
 def cmd_gc(args) -> int:
     from indexer.gc import run_gc, summary
 
-    report = run_gc(args.memory, args.keep, grace_seconds=args.grace_seconds, dry_run=args.dry_run)
+    report = run_gc(args.memory, args.keep, grace_seconds=args.grace_seconds, dry_run=args.dry_run,
+                    fallbacks=not args.no_fallbacks)
     print(summary(report), file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0
@@ -230,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--version", default=None, help="Version (default: LATEST).")
     gc = command("gc", cmd_gc, "Remove old versions (file by file: shared files stay), stale temp "
                  "files, orphan folders of killed runs and online batches of failed adds; "
-                 "never LATEST, a pinned version or one a live replica lease names. Prints a "
+                 "never LATEST, a pinned version, one a live replica lease names or their "
+                 "fallback versions (--no-fallbacks). Prints a "
                  "summary (stderr) and the report as JSON (stdout).", ray=False)
     gc.add_argument("--keep", type=int, required=True,
                     help="Keep the N newest complete versions (besides LATEST, pinned, leased).")
@@ -238,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Leftovers (temp files, orphan folders, unlisted online batches) "
                          "younger than this are kept: a run may still be writing them.")
     gc.add_argument("--dry-run", action="store_true", help="Report what would go; remove nothing.")
+    gc.add_argument("--no-fallbacks", action="store_true",
+                    help="Also drop the versions a replica serves a shard from when its file of "
+                         "the served version fails to load (the pre-compaction segments of a "
+                         "compaction that purged nothing, mostly); such a shard is then left out.")
     return parser
 
 

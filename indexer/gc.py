@@ -1,8 +1,11 @@
 """Garbage collection (``vmem index gc --keep N``): what no kept version, reader or writer needs.
 
 **Kept versions**: the N newest complete versions (names sort by creation time), ``LATEST``,
-every pinned version (``leases.pinned``) and every version a live replica lease names
-(``leases.live_leases``). Every other complete version is dropped: its ``manifest.json``
+every pinned version (``leases.pinned``), every version a live replica lease names
+(``leases.live_leases``) and, unless ``fallbacks`` is off, the fallback versions of ``LATEST``
+and of each leased version (``history.fallback_ancestors``: a replica whose file of the version
+it serves fails to load serves that shard from one of them; mostly files the version shares,
+the pre-compaction segments of a compaction that purged nothing). Every other complete version is dropped: its ``manifest.json``
 goes first (the version disappears from ``list_versions``, so nothing starts loading it),
 then its files.
 
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 
 from indexer import leases
 from indexer.forgotten import LEDGER
+from indexer.history import fallback_ancestors
 from indexer.layout import LATEST, MANIFEST, ConcurrentEdit, index_root, list_versions, read_head, read_latest
 from indexer.manifest import IndexManifest
 from pipelines import storage
@@ -86,7 +90,7 @@ def _is_temp(path: str) -> bool:
     return posixpath.basename(path).startswith(TEMP_PREFIX)
 
 
-def _kept_versions(root: str, versions: list[str], keep: int) -> dict[str, list[str]]:
+def _kept_versions(root: str, versions: list[str], keep: int, fallbacks: bool) -> dict[str, list[str]]:
     kept: dict[str, list[str]] = {}
     complete = set(versions)
     for version in versions[len(versions) - keep:] if keep else []:
@@ -99,18 +103,25 @@ def _kept_versions(root: str, versions: list[str], keep: int) -> dict[str, list[
         kept.setdefault(latest, []).append("latest")
     for version in sorted(leases.pinned(root) & complete):
         kept.setdefault(version, []).append("pinned")
+    served = [latest] if latest is not None else []
     for holder, version in sorted(leases.live_leases(root).items()):
         if version in complete:
             kept.setdefault(version, []).append(f"leased by {holder}")
+            served.append(version)
+    if fallbacks:
+        for version in sorted(set(served)):
+            for ancestor in fallback_ancestors(root, IndexManifest.read(root, version)):
+                if ancestor.version in complete:
+                    kept.setdefault(ancestor.version, []).append(f"fallback of {version}")
     return dict(sorted(kept.items()))
 
 
-def _plan(root: str, keep: int, grace_seconds: float, now: float) -> _Plan:
+def _plan(root: str, keep: int, grace_seconds: float, now: float, fallbacks: bool) -> _Plan:
     fs, base = storage.filesystem(index_root(root))
     _, embeddings = storage.filesystem(storage.join(root, "embeddings"))
     plan = _Plan()
     versions = list_versions(root)
-    plan.kept = _kept_versions(root, versions, keep)
+    plan.kept = _kept_versions(root, versions, keep, fallbacks)
     plan.dropped = [v for v in versions if v not in plan.kept]
     # Every complete manifest is read: kept ones for the files they reference, all of them for
     # the batches they list. An unreadable manifest stops the collection (raises).
@@ -216,14 +227,15 @@ def _apply(fs, plan: _Plan) -> None:
 
 def run_gc(root: str, keep: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
            dry_run: bool = False, now: float | None = None,
-           lock_timeout_s: float = 600.0) -> dict:
+           lock_timeout_s: float = 600.0, fallbacks: bool = True) -> dict:
     """Collect a memory's garbage (module docstring); with ``dry_run`` only report it.
 
     ``root``: the memory's ROOT (any fsspec URL); ``keep`` (>= 0): how many of the newest
     complete versions to keep besides LATEST, pinned and leased ones; ``grace_seconds``: how
     old a leftover (temp file, orphan folder, unlisted online batch, Beam temp folder) must
     be; ``now``: the
-    clock ages are measured against (Unix seconds; default: now).
+    clock ages are measured against (Unix seconds; default: now); ``fallbacks``: keep the
+    fallback versions of LATEST and of each leased version (``history.fallback_ancestors``).
 
     Returns a JSON-ready report: ``versions_kept`` (version -> reasons), ``versions_removed``,
     ``files_removed`` (paths relative to ROOT), ``temp_files_removed``,
@@ -242,7 +254,7 @@ def run_gc(root: str, keep: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
     fs, base = storage.filesystem(root)
     with leases.writer_lock(root, timeout_s=lock_timeout_s):
         head = read_head(root)
-        plan = _plan(root, keep, grace_seconds, time.time() if now is None else now)
+        plan = _plan(root, keep, grace_seconds, time.time() if now is None else now, fallbacks)
         if not dry_run:
             if read_head(root) != head:  # a writer the lock does not reach (another machine)
                 raise ConcurrentEdit(f"the memory moved from version {head.version} while gc "

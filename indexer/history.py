@@ -60,6 +60,33 @@ def fallback_versions(root: str, manifest: IndexManifest, shards: Iterable[int] 
         current = parent
 
 
+def fallback_ancestors(root: str, manifest: IndexManifest, depth: int = 10) -> list[IndexManifest]:
+    """Every ancestor of ``manifest`` that is a fallback version (``fallback_versions``) of at
+    least one of its shards with other files for it than ``manifest``'s, newest first: what a replica serving ``manifest`` may load a shard
+    from when that shard's files fail (indexer/gc.py keeps them). One walk for all shards,
+    one manifest read per step; stops at a manifest already gone (gc)."""
+    walking = {s: 0 for s in range(manifest.num_shards)}  # shard -> steps that changed it
+    current, found = manifest, []
+    for _ in range(100 * depth):
+        if not current.parent or not walking:
+            break
+        try:
+            parent = IndexManifest.read(root, current.parent)
+        except FileNotFoundError:
+            break
+        if parent.num_shards != manifest.num_shards:
+            break
+        for shard in list(walking):
+            if walking[shard] >= depth or not _keeps(current, parent, [shard], False):
+                del walking[shard]
+            else:
+                walking[shard] += current.shards[shard] != parent.shards[shard]
+        if any(parent.shards[s].files() != manifest.shards[s].files() for s in walking):
+            found.append(parent)  # other files than the served version's for a shard
+        current = parent
+    return found
+
+
 def history(root: str) -> list[dict]:
     """Every committed version, oldest first, the head marked ``latest``. Versions are listed
     before the head is read, and those named after it are left out: a publish in flight (its

@@ -133,7 +133,7 @@ def test_gc_removes_exactly_what_nothing_needs(memory):
 
     assert {k: v for k, v in report.items() if k != "seconds"} == {
         k: v for k, v in dry.items() if k not in ("seconds", "dry_run")} | {"dry_run": False}
-    assert report["versions_kept"] == {v2: ["pinned"], v3: ["leased by router-a"],
+    assert report["versions_kept"] == {v2: ["pinned"], v3: ["leased by router-a", f"fallback of {v4}"],
                                        v4: ["newest", "latest"]}
     assert report["versions_removed"] == [v0, v1]
     assert list_versions(root) == [v2, v3, v4]
@@ -166,13 +166,18 @@ def test_gc_removes_exactly_what_nothing_needs(memory):
     again = run_gc(root, keep=1)  # nothing left to collect
     assert again["files_removed"] == [] and again["versions_removed"] == []
 
-    # Unpinned and unleased, v2 and v3 go; v1's files, read only by v2, go with them once
-    # older than the grace period (a folder without a manifest is a leftover).
+    # Unpinned and unleased, v2 goes, and v3 stays as LATEST's fallback (v4 only added to it:
+    # a replica whose v4 file fails serves that shard from v3) unless asked; v1's files, read
+    # only by v2, go once older than the grace period (a folder without a manifest is a
+    # leftover).
     leases.unpin(root, v2)
     leases.drop_lease(root, "router-a")
     later = run_gc(root, keep=1, now=time.time() + 2 * HOUR)
+    assert later["versions_kept"] == {v3: [f"fallback of {v4}"], v4: ["newest", "latest"]}
+    assert later["versions_removed"] == [v2]
+    later = run_gc(root, keep=1, now=time.time() + 2 * HOUR, fallbacks=False)
     assert later["versions_kept"] == {v4: ["newest", "latest"]}
-    assert later["versions_removed"] == [v2, v3]
+    assert later["versions_removed"] == [v3]
     shared_v3 = {p.split("/", 1)[0] for p, _ in IndexManifest.read(root, v4).files()}
     assert shared_v3 == {v3, v4}  # v4 reads v3's base segments
     remaining = {p.name for p in index.iterdir() if not p.name.startswith(".")}

@@ -65,34 +65,31 @@ def test_fallback_depth_is_spent_on_steps_that_left_the_shard_unchanged(memory_c
     assert group.stale == {1: built.version}
 
 
-def test_gc_removes_the_stand_in_a_degraded_replica_serves(memory_copy):
-    """(d) shard 1 of LATEST is served from its parent (a compaction that purged nothing);
-    gc --keep 1 keeps LATEST (and the replica's lease on it) but drops the parent's manifest
-    and its shard files: the replica's next load (retry, restart) leaves shard 1 out."""
+def test_gc_keeps_the_version_a_degraded_replica_serves_a_shard_from(memory_copy):
+    """Shard 1 of LATEST (a compaction that purged nothing) fails its checksum and is served
+    from the parent. gc --keep 1 keeps that parent (it removed its manifest and shard files,
+    so the replica's next load, a retry or a restart, left shard 1 out); --no-fallbacks
+    drops it."""
     import os
 
     from indexer.gc import run_gc
-    from indexer.leases import renew_lease
     from serving.searchers import ShardGroup
 
-    run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
     added = run_add(memory_copy, ["train-b"], LOCAL, policy=NEVER)
     merged = run_compact(memory_copy, LOCAL)
-    assert merged.details["purged"] == 0
     flip(memory_copy, merged.shards[1].segments[0].index_path)
-    group = ShardGroup(memory_copy, (0, 1), merged.version)
-    assert group.stale == {1: added.version}
-    renew_lease(memory_copy, "replica-1", merged.version, 600)
+    assert ShardGroup(memory_copy, (0, 1), merged.version).stale == {1: added.version}
     report = run_gc(memory_copy, keep=1, grace_seconds=0)
-    gone = [p for p, _ in added.shards[1].files()
-            if not os.path.exists(f"{memory_copy}/index/{p}")]
-    print("removed versions", report["versions_removed"], "stand-in files gone", gone)
-    assert gone and added.version in report["versions_removed"]
-    queries = load_embeddings(memory_copy)[1][:5]
-    print("old group still answers", group.search(queries, 5, group.defaults).ids.shape)
-    again = ShardGroup(memory_copy, (0, 1), merged.version)   # the same replica's retry
-    print("after gc", again.degraded)
+    assert report["versions_kept"][added.version] == [f"fallback of {merged.version}"]
+    assert report["versions_kept"][built.version] == [f"fallback of {merged.version}"]
+    assert all(os.path.exists(f"{memory_copy}/index/{p}") for p, _ in added.shards[1].files())
+    again = ShardGroup(memory_copy, (0, 1), merged.version)  # what a retry or a restart does
     assert again.stale == {1: added.version}
+
+    report = run_gc(memory_copy, keep=1, grace_seconds=0, fallbacks=False)
+    assert report["versions_removed"] == [built.version, added.version]
+    assert ShardGroup(memory_copy, (0, 1), merged.version).shards == (0,)
 
 
 def test_forget_status_says_bytes_removed_after_a_rollback_brought_them_back(memory_copy):
