@@ -99,6 +99,18 @@ def _live(root: str, manifest: IndexManifest, ids: np.ndarray) -> np.ndarray:
     return found
 
 
+def _stored(root: str, manifest: IndexManifest, ids: np.ndarray) -> np.ndarray:
+    """Which ids some file of the version still holds (tombstoned or not), per shard."""
+    ids = np.asarray(ids, dtype=np.int64)
+    found = np.zeros(len(ids), dtype=bool)
+    owner = shard_of(ids, manifest.num_shards)
+    for entry in manifest.shards:
+        mine = owner == entry.shard
+        if mine.any():
+            found[mine] = Shard(root, entry).stored(ids[mine])
+    return found
+
+
 def _check_new(root: str, manifest: IndexManifest, ids: np.ndarray, what: str) -> None:
     check_unique_ids(ids, what)
     refuse_forgotten(root, ids, what)
@@ -509,14 +521,17 @@ def _purged(root: str, compaction_version: str, delete_version: str) -> dict | N
 
 def forget_status(root: str, delete_version: str) -> dict:
     """The forget report of ``delete_version`` with ``bytes_removed`` filled in from the first
-    compaction on LATEST's history that purged it (None while its tombstones still stand).
+    compaction on LATEST's history that purged it (None while its tombstones still stand, and
+    again when a rollback brought back files that hold the items: checked against LATEST's
+    files, O(ids · log N)).
     Raises FileNotFoundError naming the version when it is not a delete of this memory."""
     url = storage.join(version_dir(root, delete_version), FORGET_REPORT)
     if not storage.exists(url):
         raise FileNotFoundError(f"version {delete_version} of {root} is not a delete (no forget "
                                 f"report); `vmem index log` lists the deletes")
     report = storage.read_json(url)
-    chain, version = [], resolve_version(root).version
+    latest = resolve_version(root)
+    chain, version = [], latest.version
     while version and version != delete_version:
         chain.append(version)
         version = IndexManifest.read(root, version).parent
@@ -526,6 +541,10 @@ def forget_status(root: str, delete_version: str) -> dict:
             if purged:
                 report["bytes_removed"] = purged
                 break
+    if report["bytes_removed"] and _stored(root, latest, np.asarray(report["ids"], np.int64)).any():
+        # a rollback since restored files from before that compaction: the items are
+        # tombstoned again (never returned), their bytes are back in the live version's files
+        report["bytes_removed"] = None
     report["live"] = version == delete_version  # False: not on LATEST's history (rolled back)
     return report
 

@@ -219,6 +219,15 @@ class Shard:
         parts = [load_tombstones(self.root, t) for t in self.entry.tombstones if t.segments > number]
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int64)
 
+    def stored(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ``ids`` (int64) any segment's files hold, tombstoned or not: bytes a
+        compaction has not purged. O(len(ids) · log N · segments)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.zeros(len(ids), dtype=bool)
+        for number in range(len(self.entry.segments)):
+            found |= np.isin(ids, self.segment_ids(number), assume_unique=False)
+        return found
+
     def live(self, ids: np.ndarray) -> np.ndarray:
         """Which of ``ids`` (int64) the shard serves: stored in a segment and not hidden there.
         O(len(ids) · log N · segments): binary searches on the sorted id columns."""
