@@ -520,32 +520,36 @@ def _purged(root: str, compaction_version: str, delete_version: str) -> dict | N
 
 
 def forget_status(root: str, delete_version: str) -> dict:
-    """The forget report of ``delete_version`` with ``bytes_removed`` filled in from the first
-    compaction on LATEST's history that purged it (None while its tombstones still stand, and
-    again when a rollback brought back files that hold the items: checked against LATEST's
-    files, O(ids · log N)).
-    Raises FileNotFoundError naming the version when it is not a delete of this memory."""
+    """The forget report of ``delete_version`` with ``bytes_removed`` filled in: the version
+    from which on no file of LATEST's history holds the forgotten rows (the oldest of the
+    unbroken run of versions back from LATEST whose files hold none of them: a compaction,
+    with its report's time; found by reading each changed version's sorted id columns,
+    O(ids · log N) per version). None while a file LATEST reads still holds one (tombstoned,
+    before a compaction, or brought back by a rollback). Raises FileNotFoundError naming the
+    version when it is not a delete of this memory."""
     url = storage.join(version_dir(root, delete_version), FORGET_REPORT)
     if not storage.exists(url):
         raise FileNotFoundError(f"version {delete_version} of {root} is not a delete (no forget "
                                 f"report); `vmem index log` lists the deletes")
     report = storage.read_json(url)
-    latest = resolve_version(root)
-    chain, version = [], latest.version
+    ids = np.asarray(report["ids"], dtype=np.int64)
+    chain, version = [], resolve_version(root).version
     while version and version != delete_version:
-        chain.append(version)
-        version = IndexManifest.read(root, version).parent
-    for candidate in reversed(chain):  # oldest first
-        if storage.exists(storage.join(version_dir(root, candidate), COMPACTION_REPORT)):
-            purged = _purged(root, candidate, delete_version)
-            if purged:
-                report["bytes_removed"] = purged
-                break
-    if report["bytes_removed"] and _stored(root, latest, np.asarray(report["ids"], np.int64)).any():
-        # a rollback since restored files from before that compaction: the items are
-        # tombstoned again (never returned), their bytes are back in the live version's files
-        report["bytes_removed"] = None
+        chain.append(IndexManifest.read(root, version))
+        version = chain[-1].parent
     report["live"] = version == delete_version  # False: not on LATEST's history (rolled back)
+    removed = None  # the oldest version so far, back from LATEST, whose files hold none of them
+    for manifest in chain:  # newest first
+        same_files = (removed is not None and manifest.num_shards == removed.num_shards
+                      and all(manifest.shards[s].files() == removed.shards[s].files()
+                              for s in set(shard_of(ids, manifest.num_shards).tolist())))
+        if not same_files and _stored(root, manifest, ids).any():
+            break
+        removed = manifest
+    if removed is not None and report["live"]:
+        compaction = storage.join(version_dir(root, removed.version), COMPACTION_REPORT)
+        when = storage.read_json(compaction)["time"] if storage.exists(compaction) else removed.created
+        report["bytes_removed"] = {"version": removed.version, "time": when, "verified": True}
     return report
 
 

@@ -31,23 +31,30 @@ class ForgottenIds(ValueError):
     rollback would drop them again), so such an item must come back under a new key."""
 
 
-# (ledger folder, file name) -> its ids. Ledger files are immutable (one per delete, named by
-# its version), so each is read once per process.
-_read: dict[tuple[str, str], list[int]] = {}
+# (ledger folder, file name) -> its ids (sorted int64); ledger folder -> (the file names, their
+# union). Ledger files are immutable (one per delete, named by its version's unique name), so
+# each is read once per process and the union is rebuilt only when the listing changes.
+_read: dict[tuple[str, str], np.ndarray] = {}
+_union: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
 
 
 def forgotten_ids(root: str) -> np.ndarray:
-    """Every id any unlearning delete of this memory removed (sorted, unique). Lists the
-    ledger once; reads only the files this process has not read before."""
+    """Every id any unlearning delete of this memory removed (sorted, unique int64). Lists
+    the ledger once; reads only the files this process has not read before."""
     folder = ledger_dir(root)
-    ids = []
-    for name in storage.list_names(folder):
-        if not name.endswith(".json"):
-            continue
+    names = tuple(sorted(n for n in storage.list_names(folder) if n.endswith(".json")))
+    cached = _union.get(folder)
+    if cached is not None and cached[0] == names:
+        return cached[1]
+    for name in names:
         if (folder, name) not in _read:
-            _read[(folder, name)] = storage.read_json(storage.join(folder, name))["ids"]
-        ids.append(_read[(folder, name)])
-    return np.unique(np.asarray([i for chunk in ids for i in chunk], dtype=np.int64))
+            ids = storage.read_json(storage.join(folder, name))["ids"]
+            _read[(folder, name)] = np.asarray(ids, dtype=np.int64)
+    union = (np.unique(np.concatenate([_read[(folder, n)] for n in names])) if names
+             else np.empty(0, np.int64))
+    union.setflags(write=False)
+    _union[folder] = (names, union)
+    return union
 
 
 def refuse_forgotten(root: str, ids: np.ndarray, what: str) -> None:

@@ -66,7 +66,7 @@ def fallback_ancestors(root: str, manifest: IndexManifest, depth: int = 10) -> l
     from when that shard's files fail (indexer/gc.py keeps them). One walk for all shards,
     one manifest read per step; stops at a manifest already gone (gc)."""
     walking = {s: 0 for s in range(manifest.num_shards)}  # shard -> steps that changed it
-    current, found = manifest, []
+    current, found, path = manifest, [], []
     for _ in range(100 * depth):
         if not current.parent or not walking:
             break
@@ -81,8 +81,12 @@ def fallback_ancestors(root: str, manifest: IndexManifest, depth: int = 10) -> l
                 del walking[shard]
             else:
                 walking[shard] += current.shards[shard] != parent.shards[shard]
+        if not walking:
+            break
+        path.append(parent)
         if any(parent.shards[s].files() != manifest.shards[s].files() for s in walking):
-            found.append(parent)  # other files than the served version's for a shard
+            found = list(path)  # other files than the served version's for a shard, and every
+            # version the walk passes on the way (their manifests hold the parent links)
         current = parent
     return found
 

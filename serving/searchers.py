@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,17 +141,18 @@ class ShardGroup:
         self._index()
         self.loaded_at = time.monotonic()
 
-    def _fallback_versions(self, shard: int) -> list[IndexManifest]:
+    def _fallback_versions(self, shard: int) -> Iterator[IndexManifest]:
         """The fallback versions of ``shard`` whose manifests can still be read (``vmem index
-        gc`` may have removed older versions: the walk stops there)."""
-        found: list[IndexManifest] = []
+        gc`` may have removed older versions: the walk stops there), newest first, read as
+        they are asked for."""
+        found = 0
         try:
             for ancestor in fallback_versions(self.memory, self.manifest, [shard]):
-                found.append(ancestor)
+                found += 1
+                yield ancestor  # lazily: the walk stops at the first ancestor that loads
         except (OSError, ValueError) as error:
             log.error("the history of version %s stops after %d ancestors: %s",
-                      self.version, len(found), error)
-        return found
+                      self.version, found, error)
 
     @property
     def stale(self) -> dict[int, str]:

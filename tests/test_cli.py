@@ -71,6 +71,16 @@ def test_every_subcommand_formats_its_help_without_markup(module):
             assert sub.formatter_class is HelpFormatter, f"{module} {name}"
 
 
+@pytest.mark.parametrize("argv", [["index", "gc", "--help"], ["index", "delete", "--help"],
+                                  ["data", "fashion-mnist", "--help"], ["index", "--help"]])
+def test_help_fits_the_terminal(argv, capsys, monkeypatch):
+    """A subcommand's one-line description is wrapped; a docstring keeps its own lines."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert max(len(line) for line in capsys.readouterr().out.splitlines()) <= 100
+
+
 def test_help_formatter_keeps_line_breaks_and_drops_only_literal_markup():
     from vmem.helptext import plain
 

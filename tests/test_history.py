@@ -9,7 +9,7 @@ import pytest
 from indexer.build import BuildConfig, run_build
 from indexer.edit import ForgetRequest, forget_status, run_add, run_compact, run_delete
 from indexer.executor import LocalExecutor
-from indexer.history import fallback_versions, rollback
+from indexer.history import fallback_ancestors, fallback_versions, rollback
 from indexer.manifest import IndexManifest
 from indexer.segments import CompactionPolicy
 from indexer.store import load_index
@@ -21,16 +21,19 @@ NEVER = CompactionPolicy(max_tombstone_fraction=1.0, max_segments=1000)
 
 
 def flip(root: str, path: str) -> None:
-    full = f"{root}/index/{path}"
-    data = bytearray(open(full, "rb").read())
+    """Corrupt one byte in the middle of ``ROOT/index/<path>``."""
+    from pathlib import Path
+
+    full = Path(root) / "index" / path
+    data = bytearray(full.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    open(full, "wb").write(bytes(data))
+    full.write_bytes(bytes(data))
 
 
-def test_purging_compaction_blocks_fallback_of_a_shard_it_only_merged(memory_copy):
-    """(b) run_compact purges rows of shard 0 and only merges shard 1: shard 1 purged nothing,
-    so its parent's files may stand in for it; the walk stops there because the manifest's
-    purged count is global."""
+def test_a_compaction_is_passed_for_a_shard_it_only_merged_though_it_purged_another(memory_copy):
+    """run_compact purges rows of shard 0 and only merges shard 1: shard 1 purged nothing, so
+    its parent's files may stand in for it (the manifest's purged count is the version's, not
+    the shard's: the parent's tombstones tell)."""
     from serving.searchers import ShardGroup
 
     run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
@@ -48,10 +51,10 @@ def test_purging_compaction_blocks_fallback_of_a_shard_it_only_merged(memory_cop
     assert group.stale == {1: deleted.version}
 
 
-def test_fallback_depth_is_spent_on_steps_that_left_the_shard_unchanged(memory_copy):
-    """(b) ten one-item deletes in shard 0 after an add; shard 1's delta of the add goes bad:
-    the build can serve shard 1 (nothing deleted there since), but the walk's depth of 10 is
-    used up by versions whose shard-1 files are the same bad ones."""
+def test_the_fallback_depth_counts_only_steps_that_changed_the_shard(memory_copy):
+    """Ten one-item deletes in shard 0 after an add; shard 1's delta of the add goes bad: the
+    build serves shard 1 (nothing deleted there since). The ten deletes left shard 1 as it was
+    and do not count against the walk's depth of 10."""
     from serving.searchers import ShardGroup
 
     built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
@@ -172,3 +175,199 @@ def test_cli_prune_hard_past_the_compaction_policy_prints_the_prune(memory_copy,
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary == pruned.details["prune"]
     assert summary["removed"] == int((reliability.v_wrong >= threshold).sum()) > 0
+
+
+def test_gc_keeps_every_manifest_the_walk_to_a_fallback_passes(memory_copy):
+    """build, add (both shards get a delta), delete one item of shard 0 (LATEST). Shard 1 of
+    LATEST is the add's shard 1; its delta fails to load; its fallback is the build. gc keeps
+    the build and the add between (its shard-1 files are LATEST's, but the replica's walk
+    reads its manifest to reach the build)."""
+    from indexer.gc import run_gc
+    from serving.searchers import ShardGroup
+
+    built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    added = run_add(memory_copy, ["train-b"], LOCAL, policy=NEVER)
+    ids = load_embeddings(memory_copy, ["train-a"])[0]
+    doomed = int(np.sort(ids[shard_of(ids, 2) == 0])[0])
+    latest, _ = run_delete(memory_copy, ForgetRequest(ids=[doomed]), LOCAL, policy=NEVER)
+    assert latest.shards[1] == added.shards[1]
+    flip(memory_copy, added.shards[1].segments[1].index_path)
+    assert ShardGroup(memory_copy, (0, 1), latest.version).stale == {1: built.version}
+
+    report = run_gc(memory_copy, keep=1, grace_seconds=0)
+    assert report["versions_kept"].get(built.version) == [f"fallback of {latest.version}"]
+    # what a retry or a restart of the degraded replica does:
+    again = ShardGroup(memory_copy, (0, 1), latest.version)
+    assert again.stale == {1: built.version}, (again.shards, again.degraded, report["versions_removed"])
+
+
+def _chain(root: str, top: IndexManifest, n: int, shards=None) -> IndexManifest:
+    """n hand-made versions on top of ``top`` (operation "delete", the same shard entries
+    unless ``shards`` is given): versions that never change the shards walked."""
+    import dataclasses
+
+    from indexer.layout import new_version_name, set_latest
+
+    current = top
+    for _ in range(n):
+        child = dataclasses.replace(current, version=new_version_name(current.version),
+                                    parent=current.version, operation="delete",
+                                    shards=list(shards or current.shards))
+        child.write(root)
+        current = child
+    set_latest(root, current.version)
+    return current
+
+
+def _stored_live(root: str, manifest: IndexManifest, shard: int) -> tuple[set, set]:
+    from indexer.segments import Shard
+
+    sh = Shard(root, manifest.shards[shard])
+    stored = set(np.concatenate([sh.segment_ids(n) for n in range(len(sh.entry.segments))]).tolist())
+    live = set(sh.live_metadata().column("id").to_pylist())
+    return stored, live
+
+
+def _check_fallbacks(root: str, manifest: IndexManifest, deleted: set) -> list:
+    """Every fallback of every shard serves no deleted id and holds no bytes the manifest's
+    shard no longer holds (purged)."""
+    seen = []
+    for s in range(manifest.num_shards):
+        stored, live = _stored_live(root, manifest, s)
+        for fb in fallback_versions(root, manifest, [s]):
+            fstored, flive = _stored_live(root, fb, s)
+            assert not (flive & deleted), (s, fb.version, fb.operation)
+            assert flive <= live, (s, fb.version)
+            assert fstored <= stored | live, (s, fb.version, sorted(fstored - stored)[:5])
+            seen.append((s, fb.operation))
+    return seen
+
+
+class _DeleteDuring:
+    """An executor that, after the compaction's shard files are written (before the lock),
+    runs ``edit`` once: another writer's commit lands between snapshot and publish."""
+
+    def __init__(self, edit):
+        self.edit, self.done = edit, False
+        self.name, self.task_cpu_seconds = "local", 0.0
+
+    def submit(self, fn, *args, **kw):
+        return fn(*args)
+
+    def get(self, handles, what="tasks", sizes=None):
+        if what == "compacting" and not self.done:
+            self.done = True
+            self.edit()
+        return list(handles)
+
+
+@pytest.mark.parametrize("order", ["delete-during", "delete-before-and-during", "rollback-during"])
+def test_no_fallback_after_a_compaction_shows_deleted_or_purged_items(memory_copy, order):
+    from indexer.edit import compact_if_due
+    from indexer.history import rollback
+
+    policy = CompactionPolicy(max_tombstone_fraction=1.0, max_segments=1)  # every shard due
+    built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    run_add(memory_copy, ["train-b"], LOCAL, policy=NEVER)
+    ids = load_embeddings(memory_copy, ["train-b"])[0]
+    zero, one = np.sort(ids[shard_of(ids, 2) == 0]), np.sort(ids[shard_of(ids, 2) == 1])
+    deleted: set = set()
+
+    def delete(batch):
+        deleted.update(int(i) for i in batch)
+        run_delete(memory_copy, ForgetRequest(ids=[int(i) for i in batch]), LOCAL, policy=NEVER)
+
+    if order == "delete-before-and-during":
+        delete(one[:3])
+    if order == "rollback-during":
+        delete(zero[:3])
+        edit = lambda: rollback(memory_copy, built.version)
+        deleted.update(int(i) for i in ids)  # the rollback drops train-b altogether
+    else:
+        edit = lambda: delete(zero[3:6])
+    compacted = compact_if_due(memory_copy, _DeleteDuring(edit), policy)
+    assert compacted.operation == "compact" or order == "rollback-during", compacted.operation
+    print(order, compacted.details, _check_fallbacks(memory_copy, compacted, deleted))
+    # and once more after a plain compaction of what is left
+    again = run_compact(memory_copy, LOCAL)
+    print(order, again.details.get("purged"), _check_fallbacks(memory_copy, again, deleted))
+
+
+def test_forget_status_names_the_compaction_that_purged_the_last_bytes(memory_copy):
+    """A delete in shards 0 and 1; a compaction of shard 0 only (compact_if_due purges the
+    shards past the policy), later one of shard 1: the bytes left the live version's files
+    with the second, which forget-status names."""
+    from indexer.edit import forget_status
+
+    run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    ids = np.sort(load_embeddings(memory_copy, ["train-a"])[0])
+    doomed = np.concatenate([ids[shard_of(ids, 2) == 0][:3], ids[shard_of(ids, 2) == 1][:3]])
+    _, report = run_delete(memory_copy, ForgetRequest(ids=doomed.tolist()), LOCAL, policy=NEVER)
+    first = run_compact(memory_copy, LOCAL, {0})
+    assert forget_status(memory_copy, report["version"])["bytes_removed"] is None  # shard 1 holds them
+    second = run_compact(memory_copy, LOCAL, {1})
+    status = forget_status(memory_copy, report["version"])
+    assert status["bytes_removed"]["version"] == second.version, (first.version, second.version, status["bytes_removed"])
+
+
+def test_forget_status_after_rollback_and_repurge_names_the_repurge(memory_copy):
+    """delete --purge (C1), rollback to the build (bytes back: None), compaction (purges the
+    rollback's re-tombstoned rows, C2): forget-status says the bytes left with C2."""
+    from indexer.edit import forget_status
+    from indexer.history import rollback
+
+    built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    doomed = np.sort(load_embeddings(memory_copy, ["train-a"])[0][:5])
+    c1, report = run_delete(memory_copy, ForgetRequest(ids=doomed.tolist()), LOCAL, purge=True)
+    rollback(memory_copy, built.version)
+    assert forget_status(memory_copy, report["version"])["bytes_removed"] is None
+    c2 = run_compact(memory_copy, LOCAL)
+    status = forget_status(memory_copy, report["version"])
+    assert status["bytes_removed"] is not None and status["bytes_removed"]["version"] == c2.version, (
+        c1.version, c2.version, status["bytes_removed"])
+
+
+def test_gc_on_odd_histories_does_not_raise(memory_copy):
+    """Shard counts change (rebuild with 3 shards), a rollback across them, a leased version
+    whose parent is gone, gc run twice."""
+    import shutil
+
+    from indexer import leases
+    from indexer.gc import run_gc
+    from indexer.history import rollback
+
+    built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    added = run_add(memory_copy, ["train-b"], LOCAL, policy=NEVER)
+    merged = run_compact(memory_copy, LOCAL)
+    rebuilt = run_build(BuildConfig(memory_copy, num_shards=3), LOCAL)
+    back = IndexManifest.read(memory_copy, rollback(memory_copy, merged.version))
+    ids = load_embeddings(memory_copy, ["train-a"])[0]
+    deleted, _ = run_delete(memory_copy, ForgetRequest(ids=[int(ids[0])]), LOCAL, policy=NEVER)
+    last = run_compact(memory_copy, LOCAL)
+    leases.renew_lease(memory_copy, "replica-a", added.version, 600)
+    print({m.version: m.operation for m in (built, added, merged, rebuilt, back, deleted, last)})
+    print("ancestors of last", [(a.version, a.operation) for a in fallback_ancestors(memory_copy, last)])
+    report = run_gc(memory_copy, keep=0, grace_seconds=0)
+    print(report["versions_kept"], report["versions_removed"])
+    shutil.rmtree(f"{memory_copy}/index/{built.version}")  # the leased version's parent gone
+    report = run_gc(memory_copy, keep=0, grace_seconds=0)
+    print(report["versions_kept"], report["versions_removed"])
+
+
+def test_a_shard_group_stops_reading_history_at_the_first_ancestor_that_loads(memory_copy, monkeypatch):
+    """build, 500 versions that leave the shards alone, add (LATEST). Shard 1's delta of the add
+    is bad; its parent, one manifest away, serves shard 1: the walk stops there (it listed
+    every fallback version first, 500+ manifest reads for one failing shard)."""
+    from serving.searchers import ShardGroup
+
+    built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
+    _chain(memory_copy, built, 500)
+    added = run_add(memory_copy, ["train-b"], LOCAL, policy=NEVER)
+    flip(memory_copy, added.shards[1].segments[1].index_path)
+    reads = []
+    real = IndexManifest.read.__func__
+    monkeypatch.setattr(IndexManifest, "read",
+                        classmethod(lambda cls, root, v: reads.append(v) or real(cls, root, v)))
+    group = ShardGroup(memory_copy, (0, 1), added.version)
+    assert group.stale == {1: added.parent}
+    assert len(reads) <= 5, len(reads)

@@ -19,11 +19,18 @@ def plain(text: str) -> str:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's ``RawDescriptionHelpFormatter`` (descriptions keep their line breaks) that
-    drops inline-literal markup from descriptions, epilogs and each option's help."""
+    """argparse's ``RawDescriptionHelpFormatter`` (descriptions keep their line breaks: module
+    docstrings are laid out by hand) that wraps a description written on one line (a
+    subcommand's) to the terminal, as argparse's default does, and drops inline-literal markup
+    from descriptions, epilogs and each option's help."""
 
     def _format_text(self, text: str) -> str:
         return super()._format_text(plain(text))
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text.strip():
+            return argparse.HelpFormatter._fill_text(self, text, width, indent)
+        return super()._fill_text(text, width, indent)
 
     def _expand_help(self, action: argparse.Action) -> str:
         return plain(super()._expand_help(action))
