@@ -86,29 +86,28 @@ def publish(root: str, parent: IndexManifest, version: str, operation: str,
     return manifest
 
 
-def _live(root: str, manifest: IndexManifest, ids: np.ndarray) -> np.ndarray:
-    """Which ids the version serves: per shard, binary searches on its segments' sorted ids
-    and tombstones. O(len(ids) · log N), no full scan."""
+def _by_shard(root: str, manifest: IndexManifest, ids: np.ndarray, held) -> np.ndarray:
+    """``held`` (``Shard.live`` or ``Shard.stored``) of each id, asked of the shard that owns it:
+    binary searches on its segments' sorted ids (and tombstones). O(len(ids) · log N), no
+    full scan. Returns (len(ids),) bool."""
     ids = np.asarray(ids, dtype=np.int64)
     found = np.zeros(len(ids), dtype=bool)
     owner = shard_of(ids, manifest.num_shards)
     for entry in manifest.shards:
         mine = owner == entry.shard
         if mine.any():
-            found[mine] = Shard(root, entry).live(ids[mine])
+            found[mine] = held(Shard(root, entry), ids[mine])
     return found
+
+
+def _live(root: str, manifest: IndexManifest, ids: np.ndarray) -> np.ndarray:
+    """Which ids the version serves (stored in a segment, not tombstoned there)."""
+    return _by_shard(root, manifest, ids, Shard.live)
 
 
 def _stored(root: str, manifest: IndexManifest, ids: np.ndarray) -> np.ndarray:
-    """Which ids some file of the version still holds (tombstoned or not), per shard."""
-    ids = np.asarray(ids, dtype=np.int64)
-    found = np.zeros(len(ids), dtype=bool)
-    owner = shard_of(ids, manifest.num_shards)
-    for entry in manifest.shards:
-        mine = owner == entry.shard
-        if mine.any():
-            found[mine] = Shard(root, entry).stored(ids[mine])
-    return found
+    """Which ids some file of the version still holds (tombstoned or not)."""
+    return _by_shard(root, manifest, ids, Shard.stored)
 
 
 def _check_new(root: str, manifest: IndexManifest, ids: np.ndarray, what: str) -> None:
