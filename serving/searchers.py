@@ -260,7 +260,7 @@ class SearcherService:
         deleted items is always taken, a failing shard left out."""
         try:
             stand_ins = fallback_versions(self.memory, new.manifest, purged_ok=True)
-            return current.version in {m.version for m in stand_ins}
+            return any(m.version == current.version for m in stand_ins)  # stops once found
         except (OSError, ValueError) as error:  # a manifest gone: do not refuse a removal
             log.error("history of version %s unreadable (%s): switching to it", new.version, error)
             return False
