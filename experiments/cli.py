@@ -11,7 +11,6 @@ OUT/index.html from every result in OUT (open it from disk). Memories the experi
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
 from experiments import (aggregation, interpretability, label_noise, memory_size, new_classes, pruning,
@@ -21,6 +20,7 @@ from experiments.results import Context, Result
 from experiments.workbench import EmbeddedSet, Memories
 from pipelines import storage
 from vmem.helptext import HelpFormatter
+from vmem.logs import configure_logging
 
 EXPERIMENTS = {
     "aggregation": "accuracy vs k for plurality / distance / softmax / rank voting",
@@ -146,8 +146,7 @@ def run_experiment(name: str, context: Context, args: argparse.Namespace) -> Res
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(getattr(args, "log_level", "WARNING"))
     results = []
     if args.experiment == "aggregation" and args.predictions:
         results.append(aggregation.run_from_predictions(args.predictions, args.out, args.k))

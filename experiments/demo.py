@@ -9,7 +9,7 @@
 7. stop      Serve and Ray shut down
 8. measure   every `vmem eval` experiment, then report/index.html and a summary table
 
-    vmem demo                          # .demo/ and report/, about 5-10 minutes on 2 CPU cores
+    vmem demo                          # .demo/ and report/, about 4-9 minutes on 2 CPU cores
     vmem demo --train-per-class 50 --no-experiments
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pipelines.records import ImageRecord
 from pipelines.sources.fetch import read_sources
 from pipelines.sources.webdataset import WebDatasetSource
 from vmem.helptext import HelpFormatter
+from vmem.logs import configure_logging
 
 log = logging.getLogger("vmem.demo")
 ENCODERS = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
@@ -88,9 +89,8 @@ def score(answers: list, records: list[ImageRecord], new_class: str) -> dict:
 def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dict:
     """Steps 4-7: everything through the HTTP API of a Serve app on loopback."""
     import ray
-    from ray import serve
 
-    from serving.serve import DEFAULT_CONFIG, load_config, start
+    from serving.serve import DEFAULT_CONFIG, load_config, start, take_down
     from vmem.client import MemoryClient
 
     # Replica logs stay in Ray's log files (/tmp/ray/session_latest/logs): the demo prints its own.
@@ -100,10 +100,12 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
     # the only place item sources may point to (the API refuses others; read-back reads only here)
     data = storage.join(config.work, "data")
     roots = [data if "://" in data else os.path.abspath(data)]
-    start(load_config(DEFAULT_CONFIG, memory, "127.0.0.1", port,
-                      {"token": token, "allowed_source_roots": roots,
-                       # a free port, not the packaged 8001: a `vmem serve` left running keeps its own
-                       "data_plane_port": free_port()}))
+    served = load_config(DEFAULT_CONFIG, memory, "127.0.0.1", port,
+                         {"token": token, "allowed_source_roots": roots,
+                          # a free port, not the packaged 8001: a `vmem serve` left running keeps its own
+                          "data_plane_port": free_port()})
+    application = served["applications"][0]["name"]
+    start(served)
     client = MemoryClient(f"http://127.0.0.1:{port}", token)
 
     def classify_records(records: list[ImageRecord]) -> list:
@@ -144,7 +146,7 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
         stages["forget"] = {"keys": doomed, "returned": returned, "influenced": influenced, "changed": changed,
                             "self_queries": len(themselves), "seconds_per_item": report["seconds"] / max(report["removed"], 1)}
     finally:
-        serve.shutdown()
+        take_down(application)  # then the instance, Serve's controller with it
         ray.shutdown()
         print("[demo] Serve and Ray stopped", flush=True)
     return stages
@@ -227,10 +229,11 @@ def run_demo(config: DemoConfig) -> list[Result]:
         context = make_context(args)
         for name in EXPERIMENTS:
             tick = time.monotonic()
+            print(f"[demo]   {name} ...", end=" ", flush=True)  # memory-size embeds for a minute
             result = run_experiment(name, context, args)
             result.write(config.report)
             results.append(result)
-            print(f"[demo]   {name}: {sum(c.passed for c in result.checks)}/{len(result.checks)} checks "
+            print(f"{sum(c.passed for c in result.checks)}/{len(result.checks)} checks "
                   f"in {time.monotonic() - tick:.1f} s", flush=True)
     report = write_report(config.report)
     print("\n".join(["", "summary", *summary_lines(results)]))
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-experiments", action="store_true", help="Stop after the serving stages.")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging("WARNING")
     run_demo(DemoConfig(args.work, args.report, args.train_per_class, args.test_per_class, args.new_class,
                         args.forget, args.shards, args.port, [e for e in args.encoders.split(",") if e],
                         args.per_class, not args.no_experiments, args.device))

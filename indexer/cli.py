@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from indexer.openmp import prefer_passive_wait
@@ -17,12 +16,18 @@ prefer_passive_wait()  # index jobs: before faiss loads libgomp (indexer/openmp.
 
 from indexer.reliability import HARD_K, HARD_THRESHOLD, SOFT_C, SOFT_D, SOFT_K
 from vmem.helptext import HelpFormatter
+from vmem.logs import configure_logging
 
 
-def _executor(args):
-    from indexer.executor import make_executor
+def _executor(args, deferred: bool = False):
+    """The command's executor (Ray, or this process with --no-ray); ``deferred``: started on
+    its first use (indexer.executor.DeferredExecutor), for an edit that may need no task."""
+    from indexer.executor import DeferredExecutor, make_executor
 
-    return make_executor(args.ray_address, use_ray=not args.no_ray, num_cpus=args.num_cpus)
+    def make():
+        return make_executor(args.ray_address, use_ray=not args.no_ray, num_cpus=args.num_cpus)
+
+    return DeferredExecutor(make) if deferred else make()
 
 
 def _print_manifest(manifest) -> None:
@@ -66,7 +71,10 @@ def cmd_delete(args) -> int:
                             labels=args.label or [])
     if not (request.ids or request.keys or request.labels):
         raise SystemExit("vmem index delete: name what to forget with --id, --key or --label")
-    manifest, report = run_delete(args.memory, request, _executor(args), purge=args.purge)
+    # Tombstoning runs in this process; Ray starts only for a compaction (--purge: up front,
+    # so that its start-up does not hold the memory's writer lock; the policy's: when due)
+    executor = _executor(args, deferred=not args.purge)
+    manifest, report = run_delete(args.memory, request, executor, purge=args.purge)
     _print_manifest(manifest)
     removed = report["bytes_removed"]
     print(f"  forgot {report['removed']} items in {report['seconds']}s: no longer returned from "
@@ -249,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
-                        force=True)  # an import (Beam's) may have configured the root logger
+    configure_logging(args.log_level)
     return args.handler(args)
 
 

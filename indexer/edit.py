@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from indexer import factory as factories
 from indexer import keyindex
 from indexer.checksums import sha256_bytes
+from indexer.executor import LocalExecutor
 from indexer.forgotten import record_forgotten, refuse_forgotten
 from indexer.layout import ConcurrentEdit, commit_latest, index_root, new_version_name, version_dir
 from indexer.leases import writer_lock
@@ -182,8 +183,6 @@ def add_rows(root: str, meta: pa.Table, vectors: np.ndarray, batch: str,
     float32 unit ``vectors``) from the embedding batch ``batch`` to LATEST: one delta segment
     per shard reached. Cost O(n + shards + the forget ledger). Raises DuplicateIds,
     ForgottenIds (an id unlearned before), ValueError on a bad shape."""
-    from indexer.executor import LocalExecutor
-
     with writer_lock(root):
         started = time.monotonic()
         parent = resolve_version(root)
@@ -329,7 +328,9 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
             raise ValueError(f"nothing to delete: none of {found['not_found']} is in the memory")
         owner = shard_of(forget, parent.num_shards)
         version = new_version_name(parent.version)
-        entries = _per_shard(executor, parent.shards, {
+        # O(ids) per shard, as resolving them was: in this process (starting Ray for it
+        # would cost more than the work; a compaction that follows runs on ``executor``)
+        entries = _per_shard(LocalExecutor(), parent.shards, {
             s: (tombstone_shard, root, version, parent.shards[s], forget[owner == s])
             for s in range(parent.num_shards) if (owner == s).any()}, "tombstoning")
         seconds = time.monotonic() - started

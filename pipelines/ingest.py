@@ -31,6 +31,7 @@ from pipelines.sources.base import DEFAULT_LABEL_FROM
 from pipelines.sources.webdataset import DEFAULT_IMAGE_FIELDS
 from pipelines.timeouts import DEFAULT_ITEM_TIMEOUT_S
 from vmem.helptext import HelpFormatter
+from vmem.logs import configure_logging
 
 log = logging.getLogger("vmem.ingest")
 
@@ -266,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     check_pipeline_args(parser, beam_args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s",
-                        force=True)  # an import (Beam's) may have configured the root logger
+    configure_logging(args.log_level)
     config = config_from_args(args, args.inputs, args.memory, args.batch, beam_args)
     return exit_status("vmem ingest", lambda: run_ingest(config))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 from datetime import datetime, timezone
 
 import numpy as np
@@ -26,6 +25,7 @@ from serving.answers import answer, merge_answers
 from serving.decision import decide
 from serving.rerank import RERANKERS, make_reranker, rerank_answer
 from vmem.helptext import HelpFormatter
+from vmem.logs import configure_logging
 
 MANIFEST = "_manifest.json"
 CHUNK = 1024
@@ -95,7 +95,8 @@ def run_classify(memory: str, queries: str, out: str, k: int = 100, aggregator: 
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
     items = [{"batch": p.batch, "url": p.url, "rows": p.rows} for p in parts]
     results = (ray.data.from_items(items)
-               .map_batches(PartClassifier, batch_size=1, concurrency=concurrency,
+               .map_batches(PartClassifier, batch_size=1,
+                            compute=ray.data.ActorPoolStrategy(size=concurrency),
                             fn_constructor_args=(memory, manifest.version, out, k, aggregator, parameter,
                                                  rerank))
                .take_all())
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Re-rank the neighbours before voting (serving/rerank.py).")
     parser.add_argument("--export-json", default="", help="Also write the paper's neighbour JSON here.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging("WARNING")
     summary = run_classify(args.memory, args.queries, args.out, args.k, args.aggregator, args.parameter,
                            args.version, args.batch, args.concurrency, args.rerank)
     if args.export_json:

@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import ray
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, ORJSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse as StarletteJSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 from ray.serve.exceptions import BackPressureError, RayServeException
@@ -53,11 +55,21 @@ QUERY_KINDS = ("image_base64", "embedding", "text", "item_id", "item_key")  # a 
 WEB = Path(__file__).resolve().parent / "web"  # the page: static files, no build step, no CDN
 WEB_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 RETRY_AFTER_S = 1  # seconds a 503 tells the client to wait (Retry-After)
-api = FastAPI(title="visual memory", version="1", default_response_class=ORJSONResponse,
+
+
+class JSONResponse(StarletteJSONResponse):
+    """A JSON body written by orjson (numpy values and int keys allowed), as FastAPI's
+    ORJSONResponse did before FastAPI deprecated it in favour of response models: the
+    answers here are plain dicts with numpy in them, not models."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+api = FastAPI(title="visual memory", version="1", default_response_class=JSONResponse,
               description="Classify images by retrieval; every answer comes with its evidence.")
 api.add_middleware(BodyLimit, limit=lambda: getattr(api.state, "max_body_bytes", None))
 api.add_middleware(Admission, limit=lambda: getattr(api.state, "max_inflight_requests", None))
-JSONResponse = ORJSONResponse
 
 
 class ApiError(Exception):
@@ -460,13 +472,13 @@ class Router:
         return result
 
     @api.post("/v1/classify", dependencies=[_granted(READ)])
-    async def classify(self, request: QueryRequest) -> ORJSONResponse:
-        return ORJSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
+    async def classify(self, request: QueryRequest) -> JSONResponse:
+        return JSONResponse((await self._timed("classify", self._answer([request], vote=True)))[0])
 
     @api.post("/v1/classify/zero-shot", dependencies=[_granted(READ)])
-    async def zero_shot(self, request: ZeroShotRequest) -> ORJSONResponse:
+    async def zero_shot(self, request: ZeroShotRequest) -> JSONResponse:
         """CLIP zero-shot labels for an image next to the memory's kNN decision on it."""
-        return ORJSONResponse(await self._timed("zero_shot", self._zero_shot(request)))
+        return JSONResponse(await self._timed("zero_shot", self._zero_shot(request)))
 
     async def _zero_shot(self, request: ZeroShotRequest) -> dict:
         """Zero-shot (Radford et al. 2021, section 3.1.4): each label's text embedding is the
@@ -498,13 +510,13 @@ class Router:
                 "memory": memory, "agree": memory["label"] == label}
 
     @api.post("/v1/neighbors", dependencies=[_granted(READ)])
-    async def neighbors(self, request: QueryRequest) -> ORJSONResponse:
-        return ORJSONResponse((await self._timed("neighbors", self._answer([request], vote=False)))[0])
+    async def neighbors(self, request: QueryRequest) -> JSONResponse:
+        return JSONResponse((await self._timed("neighbors", self._answer([request], vote=False)))[0])
 
     @api.post("/v1/classify/image", dependencies=[_granted(READ)])
     async def classify_image(self, http: Request, k: int | None = Query(None),
                              aggregator: str | None = Query(None),
-                             parameter: float | None = Query(None)) -> ORJSONResponse:
+                             parameter: float | None = Query(None)) -> JSONResponse:
         """The image itself as the request body (any allowed format), options as query parameters
         (k, aggregator, parameter; 422 naming any other)."""
         unknown = sorted(set(http.query_params) - {"k", "aggregator", "parameter"})
@@ -520,22 +532,22 @@ class Router:
             if error.field == "image_base64":
                 error.field = "body"
             raise
-        return ORJSONResponse(answer[0])
+        return JSONResponse(answer[0])
 
     def _check_batch(self, batch: BatchRequest) -> None:
         if not 1 <= len(batch.queries) <= self.options.max_batch:
             raise ApiError(422, "queries", f"send 1 to {self.options.max_batch} queries")
 
     @api.post("/v1/classify/batch", dependencies=[_granted(READ)])
-    async def classify_batch(self, batch: BatchRequest) -> ORJSONResponse:
+    async def classify_batch(self, batch: BatchRequest) -> JSONResponse:
         self._check_batch(batch)
-        return ORJSONResponse({"results": await self._timed("classify_batch",
+        return JSONResponse({"results": await self._timed("classify_batch",
                                                            self._answer(batch.queries, True, "queries."))})
 
     @api.post("/v1/neighbors/batch", dependencies=[_granted(READ)])
-    async def neighbors_batch(self, batch: BatchRequest) -> ORJSONResponse:
+    async def neighbors_batch(self, batch: BatchRequest) -> JSONResponse:
         self._check_batch(batch)
-        return ORJSONResponse({"results": await self._timed("neighbors_batch",
+        return JSONResponse({"results": await self._timed("neighbors_batch",
                                                            self._answer(batch.queries, False, "queries."))})
 
     # ---- the memory ----------------------------------------------------------------------

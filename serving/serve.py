@@ -40,10 +40,12 @@ from pathlib import Path
 import yaml
 
 from vmem.helptext import HelpFormatter
+from vmem.logs import configure_logging
 
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 TOKEN_DEPLOYMENTS = ("Router",)  # the deployments that check bearer tokens (serving/auth.py)
 TOKEN_OPTIONS = (("token", "token_env"), ("read_token", "read_token_env"))
+TAKE_DOWN_TIMEOUT_S = 30.0  # deleting the application at exit at most (Serve's shutdown waits as long)
 
 
 def serve_config_of(document: dict) -> dict:
@@ -255,6 +257,43 @@ def check_ports_free(config: dict) -> None:
                     raise RuntimeError(f"cannot listen on {host}:{port} ({error.strerror}){held}") from error
 
 
+def add_source_roots(config: dict, roots: list[str]) -> dict:
+    """Append ``roots`` (``--allow-source-root``) to the config's application's
+    ``allowed_source_roots``; returns that application's args (modified in place)."""
+    args = config["applications"][0]["args"]
+    if roots:
+        args["allowed_source_roots"] = list(args.get("allowed_source_roots") or []) + list(roots)
+    return args
+
+
+def check_memory(memory: str | None) -> None:
+    """Before starting Ray: raise FileNotFoundError (or ValueError) unless ``memory`` has a
+    published index version, so that a wrong path fails at once rather than after Serve has
+    started and its replicas have failed to load."""
+    from indexer.store import resolve_version
+
+    if not memory:
+        raise ValueError("no memory: give --memory ROOT (or memory in the config's args)")
+    resolve_version(memory)
+
+
+def access_notices(args: dict, environ: dict[str, str] | None = None) -> list[str]:
+    """What a starting server tells its user about access, from the application ``args`` and
+    the environment the tokens come from: edits refused without an admin token; sources
+    (thumbnails, re-ranking) refused without allowed_source_roots."""
+    from serving.options import ServingOptions
+
+    environ = os.environ if environ is None else environ
+    notices = []
+    admin = args.get("token_env", ServingOptions.token_env)
+    if not (args.get("token") or (admin and environ.get(admin))):
+        notices.append(f"edits are off: no admin token (set {admin or 'token_env'} before "
+                       f"`vmem serve` to turn them on)")
+    if not args.get("allowed_source_roots"):
+        notices.append("thumbnails are off: no allowed source root (--allow-source-root DIR)")
+    return notices
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmem serve", description=__doc__,
                                      formatter_class=HelpFormatter)
@@ -271,13 +310,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="Join this Ray cluster ('auto': the one this machine belongs to) "
                              "instead of starting a new local instance (default: $RAY_ADDRESS "
                              "when set; otherwise a new instance, even if one runs here).")
+    parser.add_argument("--allow-source-root", action="append", default=[], metavar="ROOT",
+                        help="A URL prefix or absolute directory the items' sources may be read "
+                             "from, for thumbnails and re-ranking (repeatable; added to the "
+                             "config's allowed_source_roots, empty by default: no source is read). "
+                             "E.g. the folder a memory was ingested from: --allow-source-root "
+                             "\"$PWD/data\".")
     parser.add_argument("--check", action="store_true",
                         help="Validate the config (Serve's schema, the options, the deployment "
                              "names) and exit: no Ray, no memory read.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    configure_logging("INFO")
     config = load_config(args.config, args.memory, args.host, args.port,
                          data_plane_port=args.data_plane_port)
+    served = add_source_roots(config, args.allow_source_root)
     if args.check:
         for name, checked in check_config(config, deploy=is_rayservice(args.config)).items():
             unused = (f"; not built with these options (vmem serve ignores them, serve deploy "
@@ -287,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.ray_address:
         check_ports_free(config)
+    check_memory(served.get("memory"))
     connect(args.ray_address)
     # From here a stop (Ctrl-C, or SIGTERM as Ctrl-C: it interrupts the deploy too) takes the
     # application down: Ray's own SIGTERM handler (set by ray.init) would exit and leave it
@@ -295,37 +342,48 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start(config, args.ray_address)
         http = config["http_options"]
-        served = config["applications"][0]["args"]
         print(f"serving {served['memory']} on http://{http['host']}:{http['port']} (OpenAPI at "
               f"/docs)", flush=True)
         if served.get("data_plane_port"):
             print(f"direct data plane (same API, no proxy hop) on "
                   f"http://{served.get('data_plane_host', '127.0.0.1')}:{served['data_plane_port']}",
                   flush=True)
+        for notice in access_notices(served):
+            print(notice, flush=True)
         print("Ctrl-C stops", flush=True)
         threading.Event().wait()  # until interrupted
     except KeyboardInterrupt:  # Ctrl-C is the normal way to stop a foreground server
         logging.getLogger("vmem.serve").info("interrupted: shutting the application down")
     finally:
-        take_down(config["applications"][0]["name"], joined=bool(args.ray_address))
+        take_down(config["applications"][0]["name"])
     return 0
 
 
-def take_down(name: str, joined: bool) -> None:
-    """Stop what ``vmem serve`` started: on a cluster it joined, its application only (other
-    applications on that cluster keep serving; one of the same name was replaced by it); on
-    its own local instance, Serve. Nothing to do when Serve never started (a failed start:
-    its own error is the one reported)."""
+def take_down(name: str) -> None:
+    """Stop what ``vmem serve`` started: its application (its replicas stop gracefully and
+    give up their leases; other applications on a cluster it joined keep serving; one of the
+    same name was replaced by it). Its own local instance, Serve's controller and proxy
+    included, goes with ``ray.shutdown()`` at exit (``serve.shutdown()`` there only adds Ray's
+    "graceful_shutdown failed ... will be retried" line for the controller it kills). Nothing
+    to do when Serve never started (a failed start: its own error is the one reported)."""
     from ray import serve
     from ray.serve.exceptions import RayServeException
 
-    if not joined:
-        serve.shutdown()
-        return
-    try:
-        serve.delete(name)
-    except RayServeException as error:  # no Serve instance on the cluster: nothing was deployed
-        logging.getLogger("vmem.serve").info("nothing to take down: %s", error)
+    def delete() -> None:
+        try:
+            serve.delete(name)
+        except RayServeException as error:  # no Serve instance: nothing was deployed
+            logging.getLogger("vmem.serve").info("nothing to take down: %s", error)
+
+    # A Ctrl-C in a terminal reaches the whole process group, the local instance's raylet
+    # included, and ``serve.delete`` then waits for ever: bounded, as ``serve.shutdown`` is
+    deleting = threading.Thread(target=delete, name="take-down", daemon=True)
+    deleting.start()
+    deleting.join(TAKE_DOWN_TIMEOUT_S)
+    if deleting.is_alive():
+        logging.getLogger("vmem.serve").warning(
+            "application %r not deleted within %.0f s (its Ray node stopped?): exiting", name,
+            TAKE_DOWN_TIMEOUT_S)
 
 
 if __name__ == "__main__":

@@ -229,3 +229,79 @@ def test_data_refuses_counts_below_one(flag, value, capsys, tmp_path):
         main(["data", "fashion-mnist", "--out", str(tmp_path / "d"), flag, value])
     assert exited.value.code == 2 and f"argument {flag}: must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_serve_refuses_a_memory_without_an_index_before_starting_ray(capsys, tmp_path, monkeypatch):
+    """A wrong --memory fails at once, in one line, rather than after Ray and Serve started
+    and the replicas failed to load it."""
+    import socket
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--memory", str(tmp_path / "none"), "--port", str(port),
+                 "--data-plane-port", "0"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vmem serve: error: no index under {tmp_path / 'none'}/index (run `vmem index build`)"]
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_serve_says_what_is_off_and_adds_source_roots():
+    from serving.serve import DEFAULT_CONFIG, access_notices, add_source_roots, load_config
+
+    config = load_config(DEFAULT_CONFIG, "mem")
+    assert add_source_roots(config, []) is config["applications"][0]["args"]
+    assert config["applications"][0]["args"]["allowed_source_roots"] == []
+    args = add_source_roots(config, ["/data/images", "gs://bucket/images/"])
+    assert args["allowed_source_roots"] == ["/data/images", "gs://bucket/images/"]
+
+    assert access_notices(args, environ={"VMEM_TOKEN": "secret"}) == []
+    off = access_notices({**args, "allowed_source_roots": []}, environ={})
+    assert off == ["edits are off: no admin token (set VMEM_TOKEN before `vmem serve` to turn "
+                   "them on)", "thumbnails are off: no allowed source root (--allow-source-root DIR)"]
+    assert access_notices({**args, "token": "literal"}, environ={}) == []  # a literal token
+    assert access_notices({**args, "token_env": "OTHER"}, environ={"VMEM_TOKEN": "x"})[0].startswith(
+        "edits are off: no admin token (set OTHER")
+
+
+def test_logging_keeps_the_libraries_chatter_out_unless_debugging():
+    """Beam's per-step INFO, faiss's loader and torch's exit statistics stay out at INFO;
+    Serve's "Connecting to existing Serve app" (its own serve.run after ours) is dropped at
+    every level; all of them show at DEBUG."""
+    import logging
+
+    from vmem.logs import CHATTY, configure_logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append((record.name, record.getMessage()))
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("info")
+        root.addHandler(Keep())
+        logging.getLogger("apache_beam.typehints").info("Converting string literal type hint")
+        logging.getLogger("faiss.loader").info("Could not load library with AVX512 support")
+        logging.getLogger("torch._subclasses.fake_tensor").info("FakeTensor cache stats")
+        logging.getLogger("ray.serve").info('Connecting to existing Serve app in namespace "serve".')
+        logging.getLogger("apache_beam.io").warning("a real warning")
+        logging.getLogger("vmem.index").info("building")
+        assert records == [("apache_beam.io", "a real warning"), ("vmem.index", "building")]
+
+        records.clear()
+        configure_logging("DEBUG")
+        root.addHandler(Keep())
+        logging.getLogger("apache_beam.typehints").info("Converting string literal type hint")
+        logging.getLogger("ray.serve").info('Connecting to existing Serve app in namespace "serve".')
+        assert records == [("apache_beam.typehints", "Converting string literal type hint")]
+        with pytest.raises(ValueError, match="unknown logging level 'loud'"):
+            configure_logging("loud")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for name in CHATTY:
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -355,3 +355,25 @@ def test_a_compaction_that_purged_nothing_is_passed_to_an_older_fallback(memory_
     purging = run_compact(memory_copy, LOCAL)
     assert purging.details["purged"] == 5
     assert list(fallback_versions(memory_copy, purging, [0])) == []
+
+
+def test_the_delete_command_starts_ray_only_for_a_compaction(memory_copy, capsys, monkeypatch):
+    """`vmem index delete` tombstones in its own process (O(items), like resolving them): a
+    delete that leaves the compaction policy untouched starts no Ray instance (one item took
+    12 s, 8 of them Ray's start-up); `--purge` compacts, on Ray."""
+    from indexer import executor as executors
+    from indexer.cli import main as index
+
+    made = []
+    monkeypatch.setattr(executors, "RayExecutor",
+                        lambda *args, **kwargs: made.append(args) or LocalExecutor())
+    run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
+    ids = ShardedIndex(memory_copy, resolve_version(memory_copy)).metadata().column("id").to_numpy()
+    assert index(["delete", "--memory", memory_copy, "--id", str(ids[0])]) == 0
+    assert made == [] and "forgot 1 items" in capsys.readouterr().out
+    latest = resolve_version(memory_copy)
+    assert latest.operation == "delete" and latest.count == 600 - 1
+    assert int(ids[0]) not in ShardedIndex(memory_copy, latest).metadata().column("id").to_pylist()
+
+    assert index(["delete", "--memory", memory_copy, "--id", str(ids[1]), "--purge"]) == 0
+    assert len(made) == 1 and resolve_version(memory_copy).operation == "compact"

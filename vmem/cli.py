@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"vmem: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from vmem.logs import drop_noise
+
+    drop_noise()  # before the module's imports (Beam's) log what it drops
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return int(module.main(rest) or 0)

@@ -47,6 +47,7 @@ from pipelines.encoders import DEFAULT_ENCODER
 from pipelines.ingest import IngestConfig, add_embedding_options, config_from_args, run_ingest
 from pipelines.manifest import BatchManifest, list_batches
 from vmem.helptext import HelpFormatter
+from vmem.logs import configure_logging
 
 log = logging.getLogger("vmem.update")
 API_FORMAT = "api"  # the source_format of batches added through the HTTP API (serving/editing.py)
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.incoming is not None and (args.batch or args.skip_ingest_if_present or not args.incoming):
         parser.error("--incoming takes no --batch or --skip-ingest-if-present (each folder is a "
                      "batch, never embedded twice) and needs a folder")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    configure_logging("INFO")
     try:
         args.encoder, args.weights = resolve_encoder(args.memory, args.encoder, args.weights)
     except ValueError as error:
