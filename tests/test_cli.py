@@ -258,8 +258,9 @@ def test_serve_says_what_is_off_and_adds_source_roots():
 
     assert access_notices(args, environ={"VMEM_TOKEN": "secret"}) == []
     off = access_notices({**args, "allowed_source_roots": []}, environ={})
-    assert off == ["edits are off: no admin token (set VMEM_TOKEN before `vmem serve` to turn "
-                   "them on)", "thumbnails are off: no allowed source root (--allow-source-root DIR)"]
+    assert off == [("edits are off: no admin token (set VMEM_TOKEN before `vmem serve` to turn "
+                    "them on)"),
+                   "thumbnails are off: no allowed source root (--allow-source-root DIR)"]
     assert access_notices({**args, "token": "literal"}, environ={}) == []  # a literal token
     assert access_notices({**args, "token_env": "OTHER"}, environ={"VMEM_TOKEN": "x"})[0].startswith(
         "edits are off: no admin token (set OTHER")

@@ -39,8 +39,8 @@ def configure_logging(level: str | int = "INFO") -> None:
     Replaces a configuration an import made (Beam's). Raises ValueError for an unknown level
     name."""
     number = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
-    if not isinstance(number, int):
-        raise ValueError(f"unknown logging level {level!r}")
+    if not isinstance(number, int):  # getLevelName's "Level X" for a name it does not know
+        raise ValueError(f"unknown logging level {level!r}")  # noqa: TRY004  a bad value
     logging.basicConfig(level=number, format=FORMAT, force=True)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if number <= logging.DEBUG
