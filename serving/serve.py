@@ -267,9 +267,10 @@ def add_source_roots(config: dict, roots: list[str]) -> dict:
 
 
 def check_memory(memory: str | None) -> None:
-    """Before starting Ray: raise FileNotFoundError (or ValueError) unless ``memory`` has a
-    published index version, so that a wrong path fails at once rather than after Serve has
-    started and its replicas have failed to load."""
+    """Before starting a local Ray instance: raise FileNotFoundError (or ValueError) unless
+    ``memory`` has a published index version, so that a wrong path fails at once rather than
+    after Serve has started and its replicas have failed to load. (Not for a joined cluster:
+    its nodes may read a path or bucket this machine cannot.)"""
     from indexer.store import resolve_version
 
     if not memory:
@@ -331,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: application {name!r} is valid (deployments: "
                   f"{', '.join(checked['deployments']) or 'defaults'}{unused})", flush=True)
         return 0
-    if not args.ray_address:
+    if not args.ray_address:  # a joined cluster's nodes, not this machine, read the memory
         check_ports_free(config)
-    check_memory(served.get("memory"))
+        check_memory(served.get("memory"))
     connect(args.ray_address)
     # From here a stop (Ctrl-C, or SIGTERM as Ctrl-C: it interrupts the deploy too) takes the
     # application down: Ray's own SIGTERM handler (set by ray.init) would exit and leave it
