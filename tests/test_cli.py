@@ -236,7 +236,11 @@ def test_serve_refuses_a_memory_without_an_index_before_starting_ray(capsys, tmp
     and the replicas failed to load it."""
     import socket
 
+    import serving.serve
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = []
+    monkeypatch.setattr(serving.serve, "connect", started.append)  # Ray's start, not made here
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -244,7 +248,7 @@ def test_serve_refuses_a_memory_without_an_index_before_starting_ray(capsys, tmp
                  "--data-plane-port", "0"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"vmem serve: error: no index under {tmp_path / 'none'}/index (run `vmem index build`)"]
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert started == []
 
 
 def test_serve_says_what_is_off_and_adds_source_roots():
