@@ -71,9 +71,11 @@ def cmd_delete(args) -> int:
                             labels=args.label or [])
     if not (request.ids or request.keys or request.labels):
         raise SystemExit("vmem index delete: name what to forget with --id, --key or --label")
-    # Tombstoning runs in this process; Ray starts only for a compaction (--purge: up front,
-    # so that its start-up does not hold the memory's writer lock; the policy's: when due)
-    executor = _executor(args, deferred=not args.purge)
+    # Tombstoning runs in this process. A local Ray instance starts only for a compaction
+    # (--purge: up front, outside the memory's writer lock; the policy's: when due, and if it
+    # cannot start, the committed delete stands and says so). A cluster is joined up front,
+    # so that a wrong --ray-address fails before anything is committed.
+    executor = _executor(args, deferred=not args.purge and not args.ray_address)
     manifest, report = run_delete(args.memory, request, executor, purge=args.purge)
     _print_manifest(manifest)
     removed = report["bytes_removed"]

@@ -435,8 +435,10 @@ def _rebase(compacted: ShardEntry, snapshot: ShardEntry, latest: ShardEntry) -> 
 def _maybe_compact(root: str, manifest: IndexManifest, executor,
                    policy: CompactionPolicy | None) -> IndexManifest:
     """After a committed edit: compact the shards past ``policy``. A compaction that loses a
-    commit race (indexer/layout.py) is left to a later edit: the edit stands, so this returns
-    its version rather than failing it."""
+    commit race (indexer/layout.py) or fails (a task's error, an executor that cannot start)
+    is left to a later edit: the edit is committed and stands, so this logs why and returns
+    its version rather than failing it (an online add would otherwise be answered as failed,
+    and retried as a duplicate)."""
     if policy is None:
         return manifest
     due = {e.shard for e in manifest.shards if policy.due(e)}
@@ -447,6 +449,11 @@ def _maybe_compact(root: str, manifest: IndexManifest, executor,
     except ConcurrentEdit as error:
         log.warning("compaction after version %s not published (%s); a later edit compacts",
                     manifest.version, error)
+        return manifest
+    except Exception as error:  # noqa: BLE001  logged; the committed edit must not read as failed
+        log.warning("version %s is published; the compaction it made due failed (%s: %s): "
+                    "shards %s stay due (a later edit or `vmem index compact` compacts them)",
+                    manifest.version, type(error).__name__, error, sorted(due))
         return manifest
 
 

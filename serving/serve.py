@@ -266,16 +266,17 @@ def add_source_roots(config: dict, roots: list[str]) -> dict:
     return args
 
 
-def check_memory(memory: str | None) -> None:
+def check_memory(memory: str | None, version: str | None = None) -> None:
     """Before starting a local Ray instance: raise FileNotFoundError (or ValueError) unless
-    ``memory`` has a published index version, so that a wrong path fails at once rather than
-    after Serve has started and its replicas have failed to load. (Not for a joined cluster:
-    its nodes may read a path or bucket this machine cannot.)"""
+    ``memory`` has a published index version (``version``, when the config pins one), so that
+    a wrong path fails at once rather than after Serve has started and its replicas have
+    failed to load. (Not for a joined cluster: its nodes may read a path or bucket this
+    machine cannot.)"""
     from indexer.store import resolve_version
 
     if not memory:
         raise ValueError("no memory: give --memory ROOT (or memory in the config's args)")
-    resolve_version(memory)
+    resolve_version(memory, version)
 
 
 def access_notices(args: dict, environ: dict[str, str] | None = None) -> list[str]:
@@ -332,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: application {name!r} is valid (deployments: "
                   f"{', '.join(checked['deployments']) or 'defaults'}{unused})", flush=True)
         return 0
+    check_config(config)  # options (a relative source root...) refused before Ray starts
     if not args.ray_address:  # a joined cluster's nodes, not this machine, read the memory
         check_ports_free(config)
-        check_memory(served.get("memory"))
+        check_memory(served.get("memory"), served.get("version") or None)
     connect(args.ray_address)
     # From here a stop (Ctrl-C, or SIGTERM as Ctrl-C: it interrupts the deploy too) takes the
     # application down: Ray's own SIGTERM handler (set by ray.init) would exit and leave it
@@ -349,24 +351,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"direct data plane (same API, no proxy hop) on "
                   f"http://{served.get('data_plane_host', '127.0.0.1')}:{served['data_plane_port']}",
                   flush=True)
-        for notice in access_notices(served):
-            print(notice, flush=True)
+        for notice in [] if args.ray_address else access_notices(served):
+            print(notice, flush=True)  # (a joined cluster's nodes may hold the tokens)
         print("Ctrl-C stops", flush=True)
         threading.Event().wait()  # until interrupted
     except KeyboardInterrupt:  # Ctrl-C is the normal way to stop a foreground server
         logging.getLogger("vmem.serve").info("interrupted: shutting the application down")
     finally:
-        take_down(config["applications"][0]["name"])
+        take_down(config["applications"][0]["name"], joined=bool(args.ray_address))
     return 0
 
 
-def take_down(name: str) -> None:
+def take_down(name: str, joined: bool) -> None:
     """Stop what ``vmem serve`` started: its application (its replicas stop gracefully and
     give up their leases; other applications on a cluster it joined keep serving; one of the
-    same name was replaced by it). Its own local instance, Serve's controller and proxy
-    included, goes with ``ray.shutdown()`` at exit (``serve.shutdown()`` there only adds Ray's
-    "graceful_shutdown failed ... will be retried" line for the controller it kills). Nothing
-    to do when Serve never started (a failed start: its own error is the one reported)."""
+    same name was replaced by it), then its own local instance (``ray.shutdown()``: Serve's
+    controller and proxy, and the proxy's port, go with it; ``serve.shutdown()`` would only
+    add Ray's "graceful_shutdown failed ... will be retried" line for the controller it
+    kills). Nothing to delete when Serve never started (a failed start: its own error is the
+    one reported)."""
+    import ray
     from ray import serve
     from ray.serve.exceptions import RayServeException
 
@@ -385,6 +389,8 @@ def take_down(name: str) -> None:
         logging.getLogger("vmem.serve").warning(
             "application %r not deleted within %.0f s (its Ray node stopped?): exiting", name,
             TAKE_DOWN_TIMEOUT_S)
+    elif not joined and ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -248,6 +248,10 @@ def test_serve_refuses_a_memory_without_an_index_before_starting_ray(capsys, tmp
                  "--data-plane-port", "0"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"vmem serve: error: no index under {tmp_path / 'none'}/index (run `vmem index build`)"]
+    # the options too: a relative source root is refused here, not by the replicas
+    assert main(["serve", "--memory", str(tmp_path / "none"), "--port", str(port),
+                 "--data-plane-port", "0", "--allow-source-root", "data"]) == 1
+    assert "relative" in capsys.readouterr().err
     assert started == []
 
 

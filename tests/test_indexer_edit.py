@@ -377,3 +377,28 @@ def test_the_delete_command_starts_ray_only_for_a_compaction(memory_copy, capsys
 
     assert index(["delete", "--memory", memory_copy, "--id", str(ids[1]), "--purge"]) == 0
     assert len(made) == 1 and resolve_version(memory_copy).operation == "compact"
+
+
+def test_a_delete_whose_due_compaction_fails_stands_and_says_so(memory_copy, capsys, monkeypatch):
+    """The compaction a committed delete made due fails (here: a local Ray instance that
+    cannot start): the delete stands, is reported as done, and its shards stay due; nothing
+    reads as failed (a retry would find nothing to delete). A cluster address is joined up
+    front, so a wrong one fails before anything is committed."""
+    from indexer import executor as executors
+    from indexer.cli import main as index
+
+    def no_ray(*args, **kwargs):
+        raise ConnectionError("cannot start Ray here")
+
+    monkeypatch.setattr(executors, "RayExecutor", no_ray)
+    first = run_build(BuildConfig(memory_copy, num_shards=2), LOCAL)
+    assert index(["delete", "--memory", memory_copy, "--label", "Bag", "--label", "Dress"]) == 0
+    latest = resolve_version(memory_copy)
+    assert latest.operation == "delete" and latest.count == 600 - 120  # 20 % tombstoned: due
+    printed = capsys.readouterr()  # the command's own logging set-up writes to stderr
+    assert "bytes remain until compaction" in printed.out
+    assert "the compaction it made due failed (ConnectionError: cannot start Ray here)" in printed.err
+
+    with pytest.raises(ConnectionError):
+        index(["delete", "--memory", memory_copy, "--label", "Coat", "--ray-address", "127.0.0.1:1"])
+    assert read_latest(memory_copy) == latest.version and first.version != latest.version
