@@ -437,8 +437,8 @@ def _maybe_compact(root: str, manifest: IndexManifest, executor,
     """After a committed edit: compact the shards past ``policy``. A compaction that loses a
     commit race (indexer/layout.py) or fails (a task's error, an executor that cannot start)
     is left to a later edit: the edit is committed and stands, so this logs why and returns
-    its version rather than failing it (an online add would otherwise be answered as failed,
-    and retried as a duplicate)."""
+    its version rather than failing it (a caller would otherwise read a committed edit as
+    failed, and a retry would find it already done)."""
     if policy is None:
         return manifest
     due = {e.shard for e in manifest.shards if policy.due(e)}
