@@ -146,8 +146,8 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
         stages["forget"] = {"keys": doomed, "returned": returned, "influenced": influenced, "changed": changed,
                             "self_queries": len(themselves), "seconds_per_item": report["seconds"] / max(report["removed"], 1)}
     finally:
-        take_down(application)  # then the instance, Serve's controller with it
-        ray.shutdown()
+        take_down(application, joined=False)  # then its own instance, Serve's controller with it
+        ray.shutdown()  # a no-op unless the deletion timed out
         print("[demo] Serve and Ray stopped", flush=True)
     return stages
 
