@@ -135,11 +135,14 @@ def phase_project(root: str, shards: int, factory: str, budget: int, seed: int, 
     ``ray_cpus`` CPUs, or the one at ``ray_address``), or with ``use_ray`` False every task in
     this process (``--no-ray``: the same task functions, no Ray)."""
     from indexer.build import BuildConfig, run_build
-    from indexer.executor import make_executor
+    from indexer.executor import DeferredExecutor, make_executor, starts_local_instance
 
     started = time.perf_counter()
-    executor = make_executor(ray_address, use_ray=use_ray, num_cpus=ray_cpus)
-    ray_init = time.perf_counter() - started
+    if starts_local_instance(ray_address, use_ray):  # as the CLI: the instance starts at the add
+        executor = DeferredExecutor(lambda: make_executor(None, num_cpus=ray_cpus), "ray")
+    else:
+        executor = make_executor(ray_address, use_ray=use_ray, num_cpus=ray_cpus)
+    ray_init = time.perf_counter() - started  # ~0 for a deferred instance: it starts inside the build
     manifest = run_build(BuildConfig(root, num_shards=shards, factory=factory, bytes_per_vector=budget,
                                      keep_vectors="none", seed=seed, task_memory_mb=task_memory_mb),
                          executor)

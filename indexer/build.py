@@ -2,7 +2,8 @@
 
 Read the input twice, each part in chunks, one task a part. The sampling pass draws a seeded
 training sample (written to the build's scratch, not sent through Ray's object store) and the
-held-out tuning queries; the driver trains once. The add pass encodes every part onto the
+held-out tuning queries; the driver trains once. A local Ray instance of the build's own is
+started after training (a DeferredExecutor): its sampling pass runs in the driver. The add pass encodes every part onto the
 trained index (one coarse quantizer shared by the part's S shard pieces), writing per-shard
 piece files, and finds the tuning queries' exact neighbours from the same chunks. Each shard's
 pieces are merged into its base segment (one task per shard); the trained index is stored once
@@ -25,7 +26,7 @@ import numpy as np
 
 from indexer import factory as factories
 from indexer.checksums import sha256_bytes
-from indexer.executor import LocalExecutor, RayExecutor
+from indexer.executor import DeferredExecutor, LocalExecutor, RayExecutor
 from indexer.faults import crash_point
 from indexer.layout import commit_latest, index_root, new_version_name, read_latest
 from indexer.leases import writer_lock
@@ -106,7 +107,7 @@ def sample_inputs(executor, parts, dim: int, count: int, train_wanted: int, quer
     return Drawn(train, query_ids, queries)
 
 
-def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> IndexManifest:
+def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor | DeferredExecutor) -> IndexManifest:
     """Build and publish a new version from the memory's embedding batches (module
     docstring). No process holds the whole input: tasks read their part in chunks, write
     per-shard piece files, and one task per shard merges that shard's pieces. Raises
@@ -132,7 +133,11 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor) -> Ind
     root = index_root(config.memory)
     with build_scratch(config.memory, version):
         with phases("sampling"):
-            drawn = sample_inputs(executor, inputs.parts, dim, estimate, wanted, QUERIES, config.seed,
+            # A local Ray instance not started yet (indexer.executor.DeferredExecutor) starts
+            # at the add: the sampling pass reads in this process, and the instance's daemons
+            # and workers do not sit polling while this process trains (docs/benchmarks.md).
+            sampler = executor if executor.running else LocalExecutor()
+            drawn = sample_inputs(sampler, inputs.parts, dim, estimate, wanted, QUERIES, config.seed,
                                   chunk_rows, scratch=storage.join(root, version, ".build"))
         with phases("training"):
             if wanted:

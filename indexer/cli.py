@@ -20,14 +20,15 @@ from vmem.logs import configure_logging
 
 
 def _executor(args, deferred: bool = False):
-    """The command's executor (Ray, or this process with --no-ray); ``deferred``: started on
-    its first use (indexer.executor.DeferredExecutor), for an edit that may need no task."""
+    """The command's executor (Ray, or this process with --no-ray); ``deferred``: made on its
+    first use (indexer.executor.DeferredExecutor): for an edit that may need no task, and for
+    a build on a local instance of its own (started at the add, after training)."""
     from indexer.executor import DeferredExecutor, make_executor
 
     def make():
         return make_executor(args.ray_address, use_ray=not args.no_ray, num_cpus=args.num_cpus)
 
-    return DeferredExecutor(make) if deferred else make()
+    return DeferredExecutor(make, "ray") if deferred else make()
 
 
 def _print_manifest(manifest) -> None:
@@ -45,7 +46,10 @@ def cmd_build(args) -> int:
                          keep_vectors=args.keep_vectors, recall_target=args.recall_target,
                          seed=args.seed, task_memory_mb=args.task_memory_mb or TASK_MEMORY_MB,
                          add_threads=args.add_threads)
-    manifest = run_build(config, _executor(args))
+    from indexer.executor import starts_local_instance
+
+    own_instance = starts_local_instance(args.ray_address, not args.no_ray)
+    manifest = run_build(config, _executor(args, deferred=own_instance))
     _print_manifest(manifest)
     defaults = manifest.search_defaults
     print("  " + ", ".join(f"{name} {p['seconds']:.1f}s ({p['cpu_seconds']:.1f} CPU-s)"

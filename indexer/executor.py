@@ -19,6 +19,7 @@ class LocalExecutor:
 
     name = "local"
     task_cpu_seconds = 0.0
+    running = True  # tasks run now, in this process
 
     def put(self, value: Any) -> Any:
         return value
@@ -43,6 +44,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    running = True  # the instance is up once the executor is made
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  max_retries: int = 3) -> None:
@@ -134,18 +136,41 @@ def make_executor(ray_address: str | None, use_ray: bool = True, num_cpus: int |
     return RayExecutor(ray_address, num_cpus) if use_ray else LocalExecutor()
 
 
-class DeferredExecutor:
-    """The executor ``factory()`` makes, made on first use (any attribute: ``submit``, ``put``,
-    ``name``...). A job that may have nothing to index (a scheduled round with no new batch, one
-    whose ingest fails or is killed) then starts no Ray instance; ``made`` says whether it did."""
+def starts_local_instance(ray_address: str | None, use_ray: bool = True) -> bool:
+    """Whether ``make_executor(ray_address, use_ray)`` would start a new local Ray instance:
+    Ray asked for, no address given, and not inside a Ray job (``RAY_ADDRESS`` unset: a job's
+    driver joins its cluster)."""
+    return use_ray and not ray_address and not os.environ.get("RAY_ADDRESS")
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
+
+class DeferredExecutor:
+    """The executor ``factory()`` makes, made on first use (any attribute not defined here:
+    ``submit``, ``put``, ``cpus_per_node``...). A job that may have nothing to index (a
+    scheduled round with no new batch, one whose ingest fails or is killed) then starts no Ray
+    instance, and a build starts its local instance at the add, after the driver has trained
+    (indexer.build). ``made`` says whether it was made; until then ``running`` is False,
+    ``task_cpu_seconds`` 0 and ``name`` the one given."""
+
+    def __init__(self, factory: Callable[[], Any], name: str = "deferred") -> None:
         self._factory = factory
         self._executor: Any = None
+        self._name = name
 
     @property
     def made(self) -> bool:
         return self._executor is not None
+
+    @property
+    def running(self) -> bool:
+        return self.made and self._executor.running
+
+    @property
+    def name(self) -> str:
+        return self._executor.name if self.made else self._name
+
+    @property
+    def task_cpu_seconds(self) -> float:
+        return self._executor.task_cpu_seconds if self.made else 0.0
 
     def resolve(self) -> Any:
         """The executor, made now if it was not yet (before a job takes the memory's writer

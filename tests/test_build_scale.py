@@ -90,6 +90,37 @@ def test_a_part_larger_than_the_task_budget_builds_in_chunks_to_the_same_index(m
     assert ".build" not in _version_files(memory, small)  # piece files are gone
 
 
+def test_a_builds_own_instance_is_made_at_the_add_after_the_driver_has_trained(memory, tmp_path, monkeypatch):
+    """``vmem index build`` on a local instance of its own defers it (indexer/cli.py): the
+    sampling pass reads in the driver, training ends, then the executor is made for the add.
+    The version equals one built with the executor up from the start, code for code."""
+    from indexer import factory as factories
+    from indexer.executor import DeferredExecutor
+
+    events: list[str] = []
+    train = factories.train
+    monkeypatch.setattr(factories, "train", lambda *a, **k: events.append("trained") or train(*a, **k))
+    deferred = DeferredExecutor(lambda: events.append("made") or LocalExecutor(), "ray")
+    assert (deferred.running, deferred.name, deferred.task_cpu_seconds) == (False, "ray", 0.0)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(memory, copy)
+    built = run_build(BuildConfig(memory, num_shards=2, factory=FACTORY), deferred)
+    assert events == ["trained", "made"]
+    assert deferred.running and built.details["executor"] == "local"  # the made executor's
+    reference = run_build(BuildConfig(copy, num_shards=2, factory=FACTORY), LocalExecutor())
+    assert _codes_by_id(memory, built) == _codes_by_id(copy, reference)
+
+
+def test_only_a_build_that_would_start_its_own_instance_defers_it(monkeypatch):
+    from indexer.executor import starts_local_instance
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert starts_local_instance(None) and not starts_local_instance(None, use_ray=False)
+    assert not starts_local_instance("auto") and not starts_local_instance("ray://10.0.0.1:10001")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a Ray job's driver joins its cluster
+    assert not starts_local_instance(None)
+
+
 @pytest.mark.parametrize("factory", ["OPQ8_16,IVF16,PQ8x8", "IVF16_HNSW32,PQ8x8", "IVF16,Flat"])
 def test_every_row_gets_the_code_faiss_gives_it_whatever_the_shard_count(memory, tmp_path, factory):
     """A chunk is encoded once and its rows filed into their shards (quantizer.encode /
