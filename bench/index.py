@@ -54,7 +54,10 @@ autofaiss: its ``index_param``). Search runs in separate, unmeasured processes.
 
 Ray instance (--ray-instance). ``own`` (default): each project build starts its local Ray
 instance and shuts it down, so its figures include Ray's start-up (about 5 CPU-s on 2 cores,
-with the bytecode compiled first as this script does) and the daemons' polling. ``running``: one instance is started with ``ray start`` before the
+with the bytecode compiled first as this script does) and the daemons' polling; as ``vmem
+index build`` does, the instance starts at the add, after the driver has sampled and trained.
+``own-at-start``: the same, the instance started before sampling (the build's way until
+2026-12-03; its sampling tasks run on Ray). ``running``: one instance is started with ``ray start`` before the
 section's builds (its start-up CPU reported apart, under ``ray_instance``) and each build joins
 it, as a build submitted to a running cluster (KubeRay, scheduled ingestion) does; a build's
 CPU seconds are then its own process tree's plus what the instance's processes used while it
@@ -130,15 +133,17 @@ def progress(message: str) -> None:
 # --------------------------------------------------------------------------- phases (child processes)
 
 def phase_project(root: str, shards: int, factory: str, budget: int, seed: int, ray_cpus: int,
-                  task_memory_mb: int, ray_address: str | None = None, use_ray: bool = True) -> dict:
+                  task_memory_mb: int, ray_address: str | None = None, use_ray: bool = True,
+                  at_start: bool = False) -> dict:
     """One project build as ``vmem index build`` runs it: on Ray (a local instance of
-    ``ray_cpus`` CPUs, or the one at ``ray_address``), or with ``use_ray`` False every task in
-    this process (``--no-ray``: the same task functions, no Ray)."""
+    ``ray_cpus`` CPUs, started at the add, or before sampling with ``at_start``; or the one
+    at ``ray_address``), or with ``use_ray`` False every task in this process (``--no-ray``:
+    the same task functions, no Ray)."""
     from indexer.build import BuildConfig, run_build
     from indexer.executor import DeferredExecutor, make_executor, starts_local_instance
 
     started = time.perf_counter()
-    if starts_local_instance(ray_address, use_ray):  # as the CLI: the instance starts at the add
+    if starts_local_instance(ray_address, use_ray) and not at_start:  # as the CLI: at the add
         executor = DeferredExecutor(lambda: make_executor(None, num_cpus=ray_cpus), "ray")
     else:
         executor = make_executor(ray_address, use_ray=use_ray, num_cpus=ray_cpus)
@@ -522,7 +527,8 @@ def run_project(systems: dict, name: str, root: str, work: str, logs: str, q_pat
               else f"Ray, {args.ray_cpus} CPUs, {args.ray_instance} instance")
     progress(f"{count}: {name} ({engine}), repeat {repeat + 1} of {args.repeats}")
     joins = ([] if instance is None else ["--ray-address", instance.address]) + (
-        ["--no-ray"] if args.ray_instance == "none" else [])
+        ["--no-ray"] if args.ray_instance == "none" else []) + (
+        ["--ray-at-start"] if args.ray_instance == "own-at-start" else [])
     result, tree = measured(f"{name}-{repeat}", this(
         "project", "--root", root, "--num-shards", str(shards), "--factory", args.factory,
         "--bytes-per-vector", str(args.bytes_per_vector), "--ray-cpus", str(args.ray_cpus), *joins, *common),
@@ -840,9 +846,11 @@ def main() -> int:
     from indexer.build import BuildConfig
 
     default_task_mb = BuildConfig.__dataclass_fields__["task_memory_mb"].default
-    parser.add_argument("--ray-instance", choices=("own", "running", "none"), default="own",
-                        help="own (default): each project build starts its local Ray instance and "
-                             "stops it, and pays for both. running: one instance is started with "
+    parser.add_argument("--ray-instance", choices=("own", "own-at-start", "running", "none"), default="own",
+                        help="own (default): each project build starts its local Ray instance (at "
+                             "the add, after training, as `vmem index build` does) and stops it, "
+                             "and pays for both. own-at-start: the same, the instance started "
+                             "before sampling (the build's way before 2026-12-03). running: one instance is started with "
                              "`ray start` before the section (its start-up reported apart) and every "
                              "project build joins it, as a build submitted to a running cluster does; "
                              "a build's figures then add what the instance's processes (daemons, the "
@@ -889,13 +897,14 @@ def main() -> int:
     parser.add_argument("--num-shards", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--ray-address", help=argparse.SUPPRESS)
     parser.add_argument("--no-ray", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ray-at-start", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--nprobe", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.phase == "project":
         emit_phase(phase_project(args.root, args.num_shards, args.factory, args.bytes_per_vector,
                                  args.seed, args.ray_cpus, args.task_memory_mb, args.ray_address,
-                                 use_ray=not args.no_ray))
+                                 use_ray=not args.no_ray, at_start=args.ray_at_start))
         return 0
     if args.phase == "project-search":
         emit_phase(phase_project_search(args.root, args.version, args.queries_file, args.found_file))
