@@ -673,7 +673,8 @@ def ratios(systems: dict, shard_counts: list[int]) -> dict:
 PHASE_GROUPS = {"sampling": (("planning", "sampling"), ("sampling",)),
                 "training": (("training",), ("training",)),
                 "adding and writing": (("adding", "merging"), ("adding", "writing")),
-                "tuning": (("tuning",), ())}
+                "tuning": (("tuning",), ()),
+                "starting Ray (the driver's side; own instance, at the add)": (("starting ray",), ())}
 
 
 def _median(values: list) -> float | None:

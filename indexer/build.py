@@ -28,6 +28,7 @@ from indexer import factory as factories
 from indexer.checksums import sha256_bytes
 from indexer.executor import DeferredExecutor, LocalExecutor, RayExecutor
 from indexer.faults import crash_point
+from indexer.heap import release_freed_heap
 from indexer.layout import commit_latest, index_root, new_version_name, read_latest
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
@@ -139,6 +140,8 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor | Defer
             sampler = executor if executor.running else LocalExecutor()
             drawn = sample_inputs(sampler, inputs.parts, dim, estimate, wanted, QUERIES, config.seed,
                                   chunk_rows, scratch=storage.join(root, version, ".build"))
+            if sampler is not executor:
+                release_freed_heap()  # the reads' freed Arrow pool and glibc pages: training peaks next
         with phases("training"):
             if wanted:
                 log.info("training %s on %d sampled vectors (k-means over %d lists, seed %d)", factory,
@@ -150,9 +153,13 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor | Defer
             drawn.train = None
             trained = factories.to_cpu(trained)
             trained_bytes = faiss.serialize_index(trained)
+            release_freed_heap()  # the sample's and k-means' pages: the add's tasks peak next
         if wanted:
             log.info("trained in %.1f s", phases.seconds["training"])
 
+        if not executor.running:
+            with phases("starting ray"):  # the deferred local instance (indexer.executor)
+                executor.resolve()
         with phases("adding"):
             # the add pass also finds the tuning queries' exact neighbours (self included: + 1)
             exact_k = max(tuning_ks(estimate, (10, config.k))) + 1

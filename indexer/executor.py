@@ -13,13 +13,22 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """A task submitted to a LocalExecutor: run by ``get``."""
+
+    fn: Callable
+    args: tuple
+
+
 class LocalExecutor:
-    """Runs each task at submit time, in this process. ``task_cpu_seconds`` stays 0: its
-    tasks' CPU time is this process's (indexer.phases)."""
+    """Runs the tasks in this process, one after another, when ``get`` asks for them (with the
+    phase's progress bar, as RayExecutor). ``task_cpu_seconds`` stays 0: its tasks' CPU time
+    is this process's (indexer.phases)."""
 
     name = "local"
     task_cpu_seconds = 0.0
-    running = True  # tasks run now, in this process
+    running = True  # tasks run in this process, nothing to start
 
     def put(self, value: Any) -> Any:
         return value
@@ -28,12 +37,20 @@ class LocalExecutor:
         """CPUs this process may run on (its affinity mask)."""
         return len(os.sched_getaffinity(0))
 
-    def submit(self, fn: Callable, *args: Any, **options: Any) -> Any:
-        return fn(*args)
+    def submit(self, fn: Callable, *args: Any, **options: Any) -> _Call:
+        return _Call(fn, args)
 
-    def get(self, handles: Sequence[Any], what: str = "tasks",
+    def get(self, handles: Sequence[_Call], what: str = "tasks",
             sizes: Sequence[int] | None = None) -> list:
-        return list(handles)
+        """Run the submitted tasks in submission order and return their results; raises the
+        first task's error (the rest do not run)."""
+        results = []
+        with progress(what, sum(sizes) if sizes is not None else len(handles),
+                      "rows" if sizes is not None else "tasks") as bar:
+            for number, call in enumerate(handles):
+                results.append(call.fn(*call.args))
+                bar.update(sizes[number] if sizes is not None else 1)
+        return results
 
 
 class RayExecutor:
@@ -138,9 +155,15 @@ def make_executor(ray_address: str | None, use_ray: bool = True, num_cpus: int |
 
 def starts_local_instance(ray_address: str | None, use_ray: bool = True) -> bool:
     """Whether ``make_executor(ray_address, use_ray)`` would start a new local Ray instance:
-    Ray asked for, no address given, and not inside a Ray job (``RAY_ADDRESS`` unset: a job's
-    driver joins its cluster)."""
-    return use_ray and not ray_address and not os.environ.get("RAY_ADDRESS")
+    Ray asked for, no address given, and none that ``ray.init()`` joins instead: a Ray job's
+    (``RAY_ADDRESS``) or one ``ray start`` left on this machine (its ``ray_current_cluster``
+    file). The same lookup as ``ray.init`` (ray/_private/services.py,
+    ``canonicalize_bootstrap_address``)."""
+    if not use_ray or ray_address:
+        return False
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(None) is None
 
 
 class DeferredExecutor:

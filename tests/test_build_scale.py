@@ -107,18 +107,49 @@ def test_a_builds_own_instance_is_made_at_the_add_after_the_driver_has_trained(m
     built = run_build(BuildConfig(memory, num_shards=2, factory=FACTORY), deferred)
     assert events == ["trained", "made"]
     assert deferred.running and built.details["executor"] == "local"  # the made executor's
+    assert list(built.details["phases"]).index("starting ray") == list(built.details["phases"]).index("adding") - 1
     reference = run_build(BuildConfig(copy, num_shards=2, factory=FACTORY), LocalExecutor())
     assert _codes_by_id(memory, built) == _codes_by_id(copy, reference)
 
 
-def test_only_a_build_that_would_start_its_own_instance_defers_it(monkeypatch):
-    from indexer.executor import starts_local_instance
+def test_only_a_build_that_would_start_its_own_instance_defers_it(monkeypatch, tmp_path):
+    """``vmem index build`` defers Ray (indexer.executor.DeferredExecutor) only when it would
+    start a local instance of its own: not with --no-ray or --ray-address, not in a Ray job
+    (RAY_ADDRESS), not beside an instance ``ray start`` left on this machine."""
+    import ray._private.utils as ray_utils
 
+    from indexer import build, cli, executor as executors
+    from indexer.executor import DeferredExecutor, starts_local_instance
+
+    given = []
+    monkeypatch.setattr(build, "run_build", lambda config, executor: given.append(executor) or 1 / 0)
+    monkeypatch.setattr(executors, "make_executor", lambda address, use_ray=True, num_cpus=None: (address, use_ray))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray_utils, "read_ray_address", lambda temp_dir=None: None)
+    for flags in ([], ["--no-ray"], ["--ray-address", "ray://10.0.0.1:10001"]):
+        with pytest.raises(ZeroDivisionError):
+            cli.main(["build", "--memory", str(tmp_path), *flags])
+    deferred, local, joined = given
+    assert isinstance(deferred, DeferredExecutor) and not deferred.made
+    assert deferred.resolve() == (None, True)
+    assert (local, joined) == ((None, False), ("ray://10.0.0.1:10001", True))
     assert starts_local_instance(None) and not starts_local_instance(None, use_ray=False)
     assert not starts_local_instance("auto") and not starts_local_instance("ray://10.0.0.1:10001")
+    monkeypatch.setattr(ray_utils, "read_ray_address", lambda temp_dir=None: "127.0.0.1:6379")
+    assert not starts_local_instance(None)  # `ray start` left an instance here: ray.init joins it
+    monkeypatch.setattr(ray_utils, "read_ray_address", lambda temp_dir=None: None)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a Ray job's driver joins its cluster
     assert not starts_local_instance(None)
+
+
+def test_the_local_executor_runs_tasks_when_asked_with_the_phases_progress(capsys):
+    ran = []
+    local = LocalExecutor()
+    handles = [local.submit(lambda n: ran.append(n) or n * n, n) for n in range(3)]
+    assert ran == []
+    assert local.get(handles, "sampling", [10, 20, 30]) == [0, 1, 4] and ran == [0, 1, 2]
+    err = capsys.readouterr().err
+    assert "sampling" in err and "60/60" in err
 
 
 @pytest.mark.parametrize("factory", ["OPQ8_16,IVF16,PQ8x8", "IVF16_HNSW32,PQ8x8", "IVF16,Flat"])
