@@ -330,7 +330,7 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
         version = new_version_name(parent.version)
         # O(ids) per shard, as resolving them was: in this process (starting Ray for it
         # would cost more than the work; a compaction that follows runs on ``executor``)
-        entries = _per_shard(LocalExecutor(), parent.shards, {
+        entries = _per_shard(LocalExecutor(progress=False), parent.shards, {
             s: (tombstone_shard, root, version, parent.shards[s], forget[owner == s])
             for s in range(parent.num_shards) if (owner == s).any()}, "tombstoning")
         seconds = time.monotonic() - started

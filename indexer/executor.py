@@ -22,13 +22,16 @@ class _Call:
 
 
 class LocalExecutor:
-    """Runs the tasks in this process, one after another, when ``get`` asks for them (with the
-    phase's progress bar, as RayExecutor). ``task_cpu_seconds`` stays 0: its tasks' CPU time
-    is this process's (indexer.phases)."""
+    """Runs the tasks in this process, one after another, when ``get`` asks for them, with the
+    phase's progress bar as RayExecutor (``progress`` False: none, for a server's own edits).
+    ``task_cpu_seconds`` stays 0: its tasks' CPU time is this process's (indexer.phases)."""
 
     name = "local"
     task_cpu_seconds = 0.0
     running = True  # tasks run in this process, nothing to start
+
+    def __init__(self, progress: bool = True) -> None:
+        self.progress = progress
 
     def put(self, value: Any) -> Any:
         return value
@@ -44,6 +47,8 @@ class LocalExecutor:
             sizes: Sequence[int] | None = None) -> list:
         """Run the submitted tasks in submission order and return their results; raises the
         first task's error (the rest do not run)."""
+        if not self.progress:
+            return [call.fn(*call.args) for call in handles]
         results = []
         with progress(what, sum(sizes) if sizes is not None else len(handles),
                       "rows" if sizes is not None else "tasks") as bar:

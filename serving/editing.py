@@ -64,4 +64,4 @@ def add_items(root: str, items, vectors: np.ndarray, encoder: str) -> IndexManif
 
 def forget_items(root: str, body) -> tuple[IndexManifest, dict]:
     return run_delete(root, ForgetRequest(ids=body.ids, keys=body.keys, labels=body.labels),
-                      LocalExecutor(), purge=bool(getattr(body, "purge", False)), policy=None)
+                      LocalExecutor(progress=False), purge=bool(getattr(body, "purge", False)), policy=None)

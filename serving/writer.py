@@ -57,7 +57,7 @@ class WriterService:
         """Not under the edit lock: compact_if_due works on a snapshot and takes the memory's
         writer lock only to rebase and publish, so edits go on while it runs."""
         try:
-            await asyncio.to_thread(compact_if_due, self.memory, LocalExecutor(), self.policy)
+            await asyncio.to_thread(compact_if_due, self.memory, LocalExecutor(progress=False), self.policy)
         except Exception:
             log.exception("background compaction failed; the memory stays uncompacted")
 

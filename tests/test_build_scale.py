@@ -149,7 +149,7 @@ def test_the_local_executor_runs_tasks_when_asked_with_the_phases_progress(capsy
     assert ran == []
     assert local.get(handles, "sampling", [10, 20, 30]) == [0, 1, 4] and ran == [0, 1, 2]
     err = capsys.readouterr().err
-    assert "sampling" in err and "60/60" in err
+    assert "sampling: 100%" in err and "60.0/60.0" in err
 
 
 @pytest.mark.parametrize("factory", ["OPQ8_16,IVF16,PQ8x8", "IVF16_HNSW32,PQ8x8", "IVF16,Flat"])
