@@ -15,7 +15,7 @@ from indexer.openmp import prefer_passive_wait
 prefer_passive_wait()  # index jobs: before faiss loads libgomp (indexer/openmp.py)
 
 from indexer.reliability import HARD_K, HARD_THRESHOLD, SOFT_C, SOFT_D, SOFT_K
-from vmem.helptext import HelpFormatter
+from vmem.helptext import HelpFormatter, positive
 from vmem.logs import configure_logging
 
 
@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         if ray:
             p.add_argument("--ray-address", default=None,
                            help="Ray cluster: 'auto', 'ray://host:10001'; default: a local instance.")
-            p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance.")
+            p.add_argument("--num-cpus", type=positive, default=None,
+                           help="CPUs of a local Ray instance (default: all; a build starts it at the add).")
             p.add_argument("--no-ray", action="store_true", help="Run every task in this process.")
         p.set_defaults(handler=handler)
         return p

@@ -231,6 +231,15 @@ def test_data_refuses_counts_below_one(flag, value, capsys, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("command", [["index", "build"], ["index", "compact"]])
+def test_index_jobs_refuse_a_ray_instance_without_cpus_before_any_work(command, capsys, tmp_path):
+    """A build starts its own instance at the add, after training: --num-cpus 0 (tasks that
+    would never be scheduled) is refused at parse time instead."""
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--memory", str(tmp_path), "--num-cpus", "0"])
+    assert exited.value.code == 2 and "argument --num-cpus: must be at least 1" in capsys.readouterr().err
+
+
 def test_serve_refuses_a_memory_without_an_index_before_starting_ray(capsys, tmp_path, monkeypatch):
     """A wrong --memory fails at once, in one line, rather than after Ray and Serve started
     and the replicas failed to load it."""

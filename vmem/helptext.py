@@ -3,7 +3,8 @@
 Every job's description is its module docstring, written for the API docs: ``literal`` spans
 mark commands, options and names there. On a terminal the double backquotes are noise, so the
 command-line parsers format their help with :class:`HelpFormatter`, which shows such a span as
-its plain text. Dependency-free (argparse and re only), so any job module may import it.
+its plain text; ``positive`` is an argparse type shared by the job CLIs. Dependency-free
+(argparse and re only), so any job module may import it.
 """
 from __future__ import annotations
 
@@ -34,3 +35,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _expand_help(self, action: argparse.Action) -> str:
         return plain(super()._expand_help(action))
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (else argparse's usage error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

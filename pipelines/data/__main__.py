@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from pipelines.data.fashion_mnist import CLASSES, DEBIAN_DIR, OFFICIAL_URL, write_fashion_mnist
-from vmem.helptext import HelpFormatter
+from vmem.helptext import HelpFormatter, positive
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Folder holding the four .gz files (default: Debian's).")
     fmnist.add_argument("--base-url", default=OFFICIAL_URL, help="Download location if not local.")
     return parser
-
-
-def positive(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
