@@ -26,7 +26,7 @@ import numpy as np
 
 from indexer import factory as factories
 from indexer.checksums import sha256_bytes
-from indexer.executor import DeferredExecutor, LocalExecutor, RayExecutor
+from indexer.executor import MAX_RETRIES, DeferredExecutor, LocalExecutor, RayExecutor
 from indexer.faults import crash_point
 from indexer.heap import release_freed_heap
 from indexer.layout import commit_latest, index_root, new_version_name, read_latest
@@ -137,7 +137,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor | Defer
             # A local Ray instance not started yet (indexer.executor.DeferredExecutor) starts
             # at the add: the sampling pass reads in this process, and the instance's daemons
             # and workers do not sit polling while this process trains (docs/benchmarks.md).
-            sampler = executor if executor.running else LocalExecutor()
+            sampler = executor if executor.running else LocalExecutor(max_retries=MAX_RETRIES)
             drawn = sample_inputs(sampler, inputs.parts, dim, estimate, wanted, QUERIES, config.seed,
                                   chunk_rows, scratch=storage.join(root, version, ".build"))
             if sampler is not executor:

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 log = logging.getLogger(__name__)
 
+MAX_RETRIES = 3  # a build's task re-runs after a lost worker or an OSError (Ray's max_retries)
+
 
 @dataclass(frozen=True)
 class _Call:
@@ -24,14 +26,18 @@ class _Call:
 class LocalExecutor:
     """Runs the tasks in this process, one after another, when ``get`` asks for them, with the
     phase's progress bar as RayExecutor (``progress`` False: none, for a server's own edits).
+    A task that raises OSError is run again up to ``max_retries`` times, as RayExecutor's
+    tasks are (``retry_exceptions=[OSError]``; tasks write under deterministic names, so a
+    re-run writes the same files); 0, the default: errors end ``get`` at once.
     ``task_cpu_seconds`` stays 0: its tasks' CPU time is this process's (indexer.phases)."""
 
     name = "local"
     task_cpu_seconds = 0.0
     running = True  # tasks run in this process, nothing to start
 
-    def __init__(self, progress: bool = True) -> None:
+    def __init__(self, progress: bool = True, max_retries: int = 0) -> None:
         self.progress = progress
+        self.max_retries = max_retries
 
     def put(self, value: Any) -> Any:
         return value
@@ -48,14 +54,26 @@ class LocalExecutor:
         """Run the submitted tasks in submission order and return their results; raises the
         first task's error (the rest do not run)."""
         if not self.progress:
-            return [call.fn(*call.args) for call in handles]
+            return [self._run(call) for call in handles]
         results = []
         with progress(what, sum(sizes) if sizes is not None else len(handles),
                       "rows" if sizes is not None else "tasks") as bar:
             for number, call in enumerate(handles):
-                results.append(call.fn(*call.args))
+                results.append(self._run(call))
                 bar.update(sizes[number] if sizes is not None else 1)
         return results
+
+    def _run(self, call: _Call) -> Any:
+        retries = 0
+        while True:
+            try:
+                return call.fn(*call.args)
+            except OSError as error:
+                if retries == self.max_retries:
+                    raise
+                retries += 1
+                log.warning("%s failed (%s); running it again (retry %d of %d)",
+                            getattr(call.fn, "__name__", "task"), error, retries, self.max_retries)
 
 
 class RayExecutor:
@@ -69,7 +87,7 @@ class RayExecutor:
     running = True  # the instance is up once the executor is made
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 max_retries: int = 3) -> None:
+                 max_retries: int = MAX_RETRIES) -> None:
         import ray
 
         self.ray = ray
@@ -155,7 +173,7 @@ def progress(what: str, total: int, unit: str):
 
 
 def make_executor(ray_address: str | None, use_ray: bool = True, num_cpus: int | None = None):
-    return RayExecutor(ray_address, num_cpus) if use_ray else LocalExecutor()
+    return RayExecutor(ray_address, num_cpus) if use_ray else LocalExecutor(max_retries=MAX_RETRIES)
 
 
 def starts_local_instance(ray_address: str | None, use_ray: bool = True) -> bool:

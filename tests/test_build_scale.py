@@ -152,6 +152,60 @@ def test_the_local_executor_runs_tasks_when_asked_with_the_phases_progress(capsy
     assert "sampling: 100%" in err and "60.0/60.0" in err
 
 
+def test_the_local_executor_retries_an_oserror_as_ray_does_and_nothing_else():
+    """LocalExecutor(max_retries=N) runs a task raising OSError again, up to N times (Ray's
+    ``retry_exceptions=[OSError]``); other errors, and OSError past N retries or with the
+    default 0, end ``get`` at once."""
+    calls: list[str] = []
+
+    def flaky(name: str, failures: int, error: type[Exception] = OSError) -> str:
+        calls.append(name)
+        if calls.count(name) <= failures:
+            raise error(f"{name}: transient")
+        return name
+
+    retrying = LocalExecutor(progress=False, max_retries=2)
+    assert retrying.get([retrying.submit(flaky, "a", 2), retrying.submit(flaky, "b", 0)]) == ["a", "b"]
+    assert calls == ["a", "a", "a", "b"]
+    with pytest.raises(OSError, match="c: transient"):
+        retrying.get([retrying.submit(flaky, "c", 3)])
+    assert calls.count("c") == 3  # one run and two retries
+    with pytest.raises(ValueError):
+        retrying.get([retrying.submit(flaky, "d", 1, ValueError)])
+    assert calls.count("d") == 1
+    once = LocalExecutor(progress=False)
+    with pytest.raises(OSError):
+        once.get([once.submit(flaky, "e", 1)])
+    assert calls.count("e") == 1
+
+
+def test_a_build_sampling_in_the_driver_retries_a_failed_read(memory, tmp_path, monkeypatch):
+    """The in-driver sampling pass of a build whose Ray instance starts at the add
+    (DeferredExecutor) re-runs a part's read that raised OSError, as a Ray task would be, and
+    the version equals one built without the fault, code for code."""
+    from indexer import build
+    from indexer.executor import DeferredExecutor
+
+    sample = build.sample_part
+    failed: list[int] = []
+
+    def read_fails_once(part, number, *args):
+        if number not in failed:
+            failed.append(number)
+            raise OSError(f"connection reset while reading part {number}")
+        return sample(part, number, *args)
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(memory, copy)
+    monkeypatch.setattr(build, "sample_part", read_fails_once)
+    built = run_build(BuildConfig(memory, num_shards=2, factory=FACTORY),
+                      DeferredExecutor(LocalExecutor, "ray"))
+    monkeypatch.setattr(build, "sample_part", sample)
+    assert len(failed) >= 2  # every part's first read failed
+    reference = run_build(BuildConfig(copy, num_shards=2, factory=FACTORY), LocalExecutor())
+    assert _codes_by_id(memory, built) == _codes_by_id(copy, reference)
+
+
 @pytest.mark.parametrize("factory", ["OPQ8_16,IVF16,PQ8x8", "IVF16_HNSW32,PQ8x8", "IVF16,Flat"])
 def test_every_row_gets_the_code_faiss_gives_it_whatever_the_shard_count(memory, tmp_path, factory):
     """A chunk is encoded once and its rows filed into their shards (quantizer.encode /
