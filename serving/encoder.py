@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ray import serve
 
 from pipelines.decode import DecodePolicy, ImageRejected, decode_image
-from pipelines.encoders import EncoderSpec, TextEncoder, load_encoder, load_text_encoder
+
+if TYPE_CHECKING:
+    from pipelines.encoders import TextEncoder
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -24,6 +27,9 @@ class EncoderDeployment:
 
     def __init__(self, encoder: str, weights: str = "", device: str = "auto",
                  max_pixels: int = 40_000_000, max_bytes: int = 20 * 1024 * 1024) -> None:
+        # torch loads here, in the replica: a driver binding the app (serving.app) needs none
+        from pipelines.encoders import EncoderSpec, load_encoder
+
         self.spec = EncoderSpec.parse(encoder, weights, device)
         self.encoder = load_encoder(self.spec)
         self.policy = DecodePolicy(max_pixels=max_pixels, max_bytes=max_bytes)
@@ -51,6 +57,8 @@ class EncoderDeployment:
     def _text_encoder(self) -> TextEncoder:
         with self._text_lock:
             if self._text is None:
+                from pipelines.encoders import load_text_encoder
+
                 self._text = load_text_encoder(self.spec)
             return self._text
 

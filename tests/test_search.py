@@ -49,7 +49,9 @@ def pq_memory(tmp_path_factory) -> tuple[str, np.ndarray]:
 
 def test_a_searcher_process_imports_neither_torch_nor_beam(ivf_memory):
     """Load a shard, search it and serve its answer's metadata in a fresh interpreter: the
-    whole searcher path (and the router's module) must not pull torch or Beam."""
+    whole searcher path, the router's module and the driver binding the Serve application
+    (``build_app``, the encoder deployment included: torch loads in its replicas) must not
+    pull torch or Beam."""
     root, vectors = ivf_memory
     script = textwrap.dedent(f"""
         import json, sys
@@ -62,7 +64,8 @@ def test_a_searcher_process_imports_neither_torch_nor_beam(ivf_memory):
         searcher = ShardSearcher.load({root!r}, manifest, 0)
         query = np.asarray({vectors[:2].tolist()!r}, dtype=np.float32)
         found = answer(searcher, query, 5)
-        print(json.dumps({{"ids": found.ids[:, 0].tolist(),
+        app = serving.app.build_app({{"memory": {root!r}}})
+        print(json.dumps({{"ids": found.ids[:, 0].tolist(), "app": type(app).__name__,
                           "heavy": sorted(m for m in ("torch", "apache_beam", "torchvision")
                                           if m in sys.modules)}}))
     """)
@@ -70,7 +73,7 @@ def test_a_searcher_process_imports_neither_torch_nor_beam(ivf_memory):
                             text=True, timeout=300, check=True)
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["ids"] == [1, 2]  # each vector finds itself (ids are row + 1)
-    assert out["heavy"] == []
+    assert out["app"] == "Application" and out["heavy"] == []
 
 
 def test_loading_maps_files_instead_of_copying_them(pq_memory):
