@@ -183,7 +183,7 @@ def test_the_program_ends_without_teardown_even_when_its_output_pipe_is_closed()
     assert done.returncode == 3, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("command", ["ingest", "update", "data", "index", "import"])
+@pytest.mark.parametrize("command", ["ingest", "update", "data", "index", "import", "serve", "classify", "eval", "demo"])
 def test_help_imports_neither_beam_nor_torch_nor_ray(command):
     # A job's --help is its parser only: the engines load when the job runs.
     probe = ("import sys\nfrom vmem.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
