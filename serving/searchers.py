@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ray import serve
 
-from indexer.history import fallback_versions
+from indexer.history import fallback_versions, stands_in
 from indexer.manifest import IndexManifest
 from indexer.search import RERANK_FLOOR, SearchParams, SegmentCache, ShardSearcher
 from indexer.store import resolve_version
@@ -255,12 +255,11 @@ class SearcherService:
 
     def _stands_in(self, current: ShardGroup, new: ShardGroup) -> bool:
         """Whether serving ``current``'s version in place of ``new``'s shows nothing ``new``
-        deleted (it is one of ``new``'s fallback versions, a purging compaction passed: the
-        replica already holds those bytes): only then may a switch be refused. A version that
-        deleted items is always taken, a failing shard left out."""
+        hid (indexer.history ``stands_in``: adds, soft prunes, compactions and builds over
+        every batch since): only then may a switch be refused. A version that deleted items
+        is always taken, a failing shard left out."""
         try:
-            stand_ins = fallback_versions(self.memory, new.manifest, purged_ok=True)
-            return any(m.version == current.version for m in stand_ins)  # stops once found
+            return stands_in(self.memory, new.manifest, current.version)
         except (OSError, ValueError) as error:  # a manifest gone: do not refuse a removal
             log.error("history of version %s unreadable (%s): switching to it", new.version, error)
             return False

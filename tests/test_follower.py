@@ -312,3 +312,34 @@ def test_a_refusal_reason_is_the_remote_cause_without_colour_codes():
                           ValueError("checksum mismatch: shard-00001.faiss"))
     assert reason(remote) == reason(remote.as_instanceof_cause()) == "ValueError: checksum mismatch: shard-00001.faiss"
     assert reason(OSError("\x1b[31mgone\x1b[0m")) == "OSError: gone"
+
+
+def test_a_corrupt_rebuild_is_refused_and_the_version_before_it_keeps_serving(memory_copy):
+    """A new build over every batch whose shard 1 file is corrupt: a replica serving the
+    version before it keeps serving that one whole (it already hid every item the build
+    hides: indexer.history ``stands_in``), VersionRefused naming the shard. Past a delete, or
+    for a build that left a batch out (its items were meant to go), the build is taken and
+    the failing shard left out, never served from another build's files."""
+    from indexer.history import stands_in
+
+    first = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    second = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    assert second.parent == first.version and second.batches == first.batches
+    corrupt(memory_copy, second.shards[1].segments[0].index_path)
+
+    async def scenario() -> None:
+        service = SearcherService(memory_copy, [0, 1], first.version)
+        with pytest.raises(VersionRefused, match="shard 1: ChecksumMismatch"):
+            await service.reload(second.version)
+        assert service.current_version() == first.version and await service.degraded() == {}
+        narrower = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LocalExecutor())
+        corrupt(memory_copy, narrower.shards[1].segments[0].index_path)
+        assert not stands_in(memory_copy, narrower, second.version)
+        assert await service.reload(narrower.version) == narrower.version
+        assert (await service.degraded())[1]["serving"] is None  # left out
+
+    asyncio.run(scenario())
+    deleted, _ = run_delete(memory_copy, ForgetRequest(labels=["Bag"]), LocalExecutor(), policy=NEVER)
+    third = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    assert stands_in(memory_copy, third, deleted.version)  # the build over the delete
+    assert not stands_in(memory_copy, third, first.version)  # past the delete: Bag would come back
