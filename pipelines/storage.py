@@ -18,6 +18,27 @@ import fsspec
 CACHE_DIR = Path(os.environ.get("VMEM_CACHE", Path.home() / ".cache" / "visual-memory"))
 
 
+# An HTTP(S) server that accepts a connection and then never answers would hold a read (a job
+# listing its inputs, a source fetched back) for aiohttp's session default of 5 minutes per
+# request, again on each of fsspec's calls; these bound the connect and each socket read
+# instead (not the whole transfer: a large file from a live server still streams).
+HTTP_CONNECT_TIMEOUT_S = 30.0
+HTTP_READ_TIMEOUT_S = 60.0
+
+
+def bound_http_reads(connect_s: float = HTTP_CONNECT_TIMEOUT_S, read_s: float = HTTP_READ_TIMEOUT_S) -> None:
+    """Make fsspec's http(s) filesystems created from now on time out (fsspec.exceptions.
+    FSTimeoutError, a TimeoutError) when a server takes more than ``connect_s`` seconds to
+    accept or ``read_s`` between two reads, through fsspec's configuration (``fsspec.config.
+    conf["http"]["client_kwargs"]["timeout"]``, an aiohttp.ClientTimeout); a timeout already
+    configured there (an fsspec config file) is kept, and explicit storage options win."""
+    import aiohttp
+
+    client = fsspec.config.conf.setdefault("http", {}).setdefault("client_kwargs", {})
+    client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=connect_s,
+                                                       sock_read=read_s))
+
+
 def join(url: str, *parts: str) -> str:
     return posixpath.join(url.rstrip("/"), *parts)
 

@@ -294,3 +294,32 @@ def test_ingest_options_are_explained():
     args = build_parser().parse_args(["-i", "x", "-m", "m", "--max-aspect-ratio", "20",
                                       "--item-timeout", "5", "--max-reject-ratio", "0.5"])
     assert (args.max_aspect_ratio, args.item_timeout, args.max_reject_ratio) == (20, 5, 0.5)
+
+
+@pytest.mark.parametrize("pattern", ["shards/{000..001}.tar", "photos/"])
+def test_an_http_server_that_never_answers_fails_the_listing_in_one_line(pattern, tmp_path, capsys, monkeypatch):
+    """A server that accepts connections and never answers: listing the inputs (a WebDataset
+    pattern, a folder) gives up after the bounded socket read (pipelines.storage
+    ``bound_http_reads``, shortened here) with one line naming the input; nothing is written."""
+    import socket
+    import time
+
+    import aiohttp
+    import fsspec
+
+    from vmem.cli import main
+
+    client = fsspec.config.conf["http"]["client_kwargs"]
+    monkeypatch.setitem(client, "timeout", aiohttp.ClientTimeout(total=None, sock_connect=1, sock_read=1))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody ever reads or answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/{pattern}"
+        started = time.monotonic()
+        status = main(["ingest", "--input", url, "--memory", str(tmp_path / "memory")])
+        took = time.monotonic() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and took < 60, (status, took)
+    assert err[-1].startswith("vmem ingest: error: ") and "did not answer in time" in err[-1], err
+    assert f"127.0.0.1:{url.split(':')[2].split('/')[0]}" in err[-1]
+    assert not (tmp_path / "memory" / "embeddings").exists()

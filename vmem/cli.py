@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 DISTRIBUTION = "visual-memory"  # pyproject.toml [project] name
-USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, RuntimeError)
+USER_ERRORS = (FileNotFoundError, ValueError, PermissionError, RuntimeError, TimeoutError)
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.__main__", "Write demo/test data sets (Fashion-MNIST) as WebDataset shards."),

@@ -7,8 +7,11 @@ from pipelines.sources.folder import FolderSource
 from pipelines.sources.parquet import ParquetSource
 from pipelines.sources.urls import expand_braces, expand_urls
 from pipelines.sources.webdataset import DEFAULT_IMAGE_FIELDS, WebDatasetSource
+from pipelines.storage import bound_http_reads
 
 SOURCE_FORMATS = ("webdataset", "parquet", "folder")
+
+bound_http_reads()  # every reader here may list or read an http(s) URL: never wait forever
 
 
 def detect_format(pattern: str) -> str:

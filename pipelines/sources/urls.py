@@ -1,7 +1,9 @@
 """Expand shard patterns on any fsspec URL: braces (``{000..099}``, ``{a,b}``) then globs."""
 from __future__ import annotations
 
+import contextlib
 import re
+from typing import Iterator
 
 import fsspec
 
@@ -91,9 +93,22 @@ def _glob_files(fs, path: str) -> list[str]:
 
 
 def literal_exists(url: str) -> bool:
-    """Whether a file or directory exists at ``url`` taken literally (no brace/glob expansion)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(path)
+    """Whether a file or directory exists at ``url`` taken literally (no brace/glob expansion).
+    Raises TimeoutError naming ``url`` when its server does not answer."""
+    with _answered(url):
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.exists(path)
+
+
+@contextlib.contextmanager
+def _answered(url: str) -> Iterator[None]:
+    """Re-raise a timeout (fsspec's FSTimeoutError carries no message) naming ``url``."""
+    try:
+        yield
+    except TimeoutError as error:
+        raise TimeoutError(f"{url!r}: the server did not answer in time while listing the "
+                           f"inputs ({type(error).__name__}; pipelines/storage.py bounds "
+                           f"http reads)") from error
 
 
 def expand_urls(patterns: str | list[str], glob: bool = True) -> list[str]:
@@ -105,24 +120,32 @@ def expand_urls(patterns: str | list[str], glob: bool = True) -> list[str]:
     that exact name (and a glob below an existing folder with glob characters in its name,
     ``photos [2024]/*/*.png``, takes that folder literally). A directory stands for every
     file under it. With ``glob=False`` nothing is expanded: every pattern is a literal path.
-    Raises FileNotFoundError naming the first pattern that matches no file.
+    Raises FileNotFoundError naming the first pattern that matches no file, TimeoutError
+    naming one whose server does not answer (pipelines.storage ``bound_http_reads``).
     """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     urls: list[str] = []
     for pattern in patterns:
-        fs, path = fsspec.core.url_to_fs(pattern)
-        literal = _literal_matches(fs, path)
-        if literal is not None or not glob:
-            if not literal:
-                raise FileNotFoundError(f"no files match {pattern!r} (taken literally)")
-            urls.extend(_as_url(pattern, m) for m in literal)
-            continue
-        for candidate in expand_braces(pattern):
-            fs, path = fsspec.core.url_to_fs(candidate)
-            matches = _literal_matches(fs, path)
-            if matches is None:
-                matches = _glob_files(fs, path) if _has_glob(path) else []
-            if not matches:
-                raise FileNotFoundError(f"no files match {candidate!r}")
-            urls.extend(_as_url(candidate, m) for m in matches)
+        with _answered(pattern):
+            urls.extend(_expand(pattern, glob))
     return sorted(dict.fromkeys(urls))
+
+
+def _expand(pattern: str, glob: bool) -> list[str]:
+    """The file URLs of one pattern (``expand_urls``)."""
+    fs, path = fsspec.core.url_to_fs(pattern)
+    literal = _literal_matches(fs, path)
+    if literal is not None or not glob:
+        if not literal:
+            raise FileNotFoundError(f"no files match {pattern!r} (taken literally)")
+        return [_as_url(pattern, m) for m in literal]
+    urls: list[str] = []
+    for candidate in expand_braces(pattern):
+        fs, path = fsspec.core.url_to_fs(candidate)
+        matches = _literal_matches(fs, path)
+        if matches is None:
+            matches = _glob_files(fs, path) if _has_glob(path) else []
+        if not matches:
+            raise FileNotFoundError(f"no files match {candidate!r}")
+        urls.extend(_as_url(candidate, m) for m in matches)
+    return urls
