@@ -60,36 +60,40 @@ def fallback_versions(root: str, manifest: IndexManifest, shards: Iterable[int] 
         current = parent
 
 
-def stands_in(root: str, manifest: IndexManifest, version: str, depth: int = 10) -> bool:
-    """Whether a replica serving the whole of ``version`` may keep serving it while
-    ``manifest`` (a newer version) cannot be loaded, showing nothing ``manifest`` hid:
-    ``version`` is an ancestor of ``manifest`` reached through steps that hide nothing their
-    parent shows, the steps ``fallback_versions`` passes (a compaction that purged rows too:
-    its parent hides them, the replica already holds their bytes) and builds over every
-    batch their parent held, the same shard count. A build reads the batches less the forget
-    ledger and publishes only over a version that already hides every item in it
-    (indexer/build.py ``_check_unchanged``). Per shard a build is never a fallback (its files
-    hold other codes and rows); as a whole version its parent shows what it shows, or older.
-    At most ``depth`` steps (``100 * depth`` manifests read); raises FileNotFoundError when a
-    manifest on the way is gone (gc)."""
+def stand_in_versions(root: str, manifest: IndexManifest, depth: int = 10) -> Iterator[IndexManifest]:
+    """``manifest``'s ancestors, newest first, that a replica may serve whole while
+    ``manifest`` (a newer version) cannot be loaded, showing nothing ``manifest`` hid: the walk
+    goes back through steps that hide nothing their parent shows, the steps
+    ``fallback_versions`` passes (a compaction that purged rows too: its parent hides them,
+    a replica serving it already holds their bytes) and builds over every batch their parent
+    held, at the same shard count. A build reads the batches less the forget ledger and
+    publishes only over a version that already hides every item in it (indexer/build.py
+    ``_check_unchanged``). Per shard a build is never a fallback (its files hold other codes
+    and rows); as a whole version its parent shows what it shows, or older. At most ``depth``
+    steps (``100 * depth`` manifests read); raises FileNotFoundError when a manifest on the
+    way is gone (gc)."""
     shards = list(range(manifest.num_shards))
     current, changed = manifest, 0
     for _ in range(100 * depth):
         if not current.parent or changed >= depth:
-            return False
+            return
         parent = IndexManifest.read(root, current.parent)
         if parent.num_shards != manifest.num_shards:
-            return False
+            return
         if current.operation == "build":
             if not set(parent.batches) <= set(current.batches):
-                return False  # a build that left a batch out: its items were meant to go
+                return  # a build that left a batch out: its items were meant to go
         elif not _keeps(current, parent, shards, purged_ok=True):
-            return False
-        if parent.version == version:
-            return True
+            return
         changed += any(current.shards[s] != parent.shards[s] for s in shards)
+        yield parent
         current = parent
-    return False
+
+
+def stands_in(root: str, manifest: IndexManifest, version: str, depth: int = 10) -> bool:
+    """Whether ``version`` is one of ``manifest``'s ``stand_in_versions`` (the walk stops once
+    found)."""
+    return any(m.version == version for m in stand_in_versions(root, manifest, depth))
 
 
 def fallback_ancestors(root: str, manifest: IndexManifest, depth: int = 10) -> list[IndexManifest]:

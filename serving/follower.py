@@ -33,7 +33,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from indexer.history import fallback_versions
+from indexer.history import fallback_versions, stand_in_versions
 from indexer.layout import read_latest
 from indexer.leases import drop_lease, renew_lease
 from indexer.manifest import IndexManifest
@@ -161,6 +161,48 @@ class VersionFollower:
                     except (OSError, ValueError) as unreadable:  # a manifest gone (gc) or bad
                         log.error("no ancestor of %s to fall back to: %s", latest, unreadable)
         raise RuntimeError(f"no loadable version from {latest} without a deletion since") from error
+
+    async def prefer_whole(self, switch, left_out) -> str:
+        """At start, after ``start_on_loadable``: when the version served leaves a shard out
+        (no file of it loads, and no fallback version's either), serve instead the newest
+        version that stands in for it whole (indexer.history ``stand_in_versions``: the one
+        replicas already running keep when they refuse it) if that loads with every shard, so a
+        replica (re)started now answers as its siblings do. The version left is recorded as
+        refused (tried again after ``retry_failed_s``, as any refused version). ``switch``: the
+        loader; ``left_out``: async, the shards of the version served left out ({shard: why}).
+        Returns the version served."""
+        served = self.version
+        missing = await left_out()
+        if not missing:
+            return served
+        try:
+            candidates = await asyncio.to_thread(self._stand_ins, served)
+        except (OSError, ValueError) as unreadable:  # a manifest gone (gc) or bad
+            log.error("no version to stand in for %s: %s", served, unreadable)
+            return served
+        why = "; ".join(f"shard {shard}: {reason}" for shard, reason in sorted(missing.items()))
+        for candidate in candidates:
+            try:
+                await asyncio.wait_for(switch(candidate), self.options.reload_timeout_s)
+                if await left_out():
+                    continue
+            except Exception as failure:  # noqa: BLE001 - try the next, else keep what we had
+                log.error("cannot serve version %s in place of %s (%s)", candidate, served, failure)
+                continue
+            await asyncio.to_thread(renew_lease, self.memory, self.holder, candidate,
+                                    self.options.lease_ttl_s)
+            self.version = candidate
+            self.lease_renewed = self.confirmed_at = time.monotonic()
+            self.refused[served] = (time.monotonic(), f"shards left out ({why}); serving "
+                                    f"{candidate}, which stands in for it whole")
+            log.error("version %s leaves shards out (%s): serving %s whole instead", served, why, candidate)
+            return candidate
+        await asyncio.wait_for(switch(served), self.options.reload_timeout_s)  # none whole: as it was
+        return served
+
+    def _stand_ins(self, version: str) -> list[str]:
+        manifest = IndexManifest.read(self.memory, version)
+        return [m.version for m in stand_in_versions(self.memory, manifest, depth=self.options.fallback_depth)]
 
     def _fallback_versions(self, version: str) -> list[str]:
         manifest = IndexManifest.read(self.memory, version)

@@ -603,7 +603,18 @@ class Router:
         if latest:  # every group (in-process or remote) on LATEST, a shard that fails to load
             # served from a fallback version or left out (never a version missing a deletion)
             await self.follower.start_on_loadable(latest, functools.partial(self._load, strict=False))
+            # a shard left out where the replicas already running refused the version and
+            # serve an older one whole: serve that one too
+            await self.follower.prefer_whole(functools.partial(self._load, strict=False), self._left_out)
         self.follower.start()
+
+    async def _left_out(self) -> dict[int, str]:
+        """{shard: why} for the shards of the version served that no file serves, as the
+        searcher groups that answered within ``shard_timeout_s`` say (one that did not is
+        not counted: slow is not broken)."""
+        found = await asyncio.gather(*[self._degraded(h) for h in self.groups])
+        return {int(shard): why["reason"] for group in found if not isinstance(group, Exception)
+                for shard, why in group.items() if why["serving"] is None}
 
     async def _version(self, min_version: str = "", field: str = "min_version") -> str:
         """The version this request is answered from (serving/follower.py guarantees); 503

@@ -319,7 +319,8 @@ def test_a_corrupt_rebuild_is_refused_and_the_version_before_it_keeps_serving(me
     version before it keeps serving that one whole (it already hid every item the build
     hides: indexer.history ``stands_in``), VersionRefused naming the shard. Past a delete, or
     for a build that left a batch out (its items were meant to go), the build is taken and
-    the failing shard left out, never served from another build's files."""
+    the failing shard left out, never served from another build's files. A replica that
+    starts on the broken build serves the version before it whole too (``prefer_whole``)."""
     from indexer.history import stands_in
 
     first = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
@@ -332,6 +333,22 @@ def test_a_corrupt_rebuild_is_refused_and_the_version_before_it_keeps_serving(me
         with pytest.raises(VersionRefused, match="shard 1: ChecksumMismatch"):
             await service.reload(second.version)
         assert service.current_version() == first.version and await service.degraded() == {}
+        # a replica (re)started on the broken build: shard 1 left out (another build's files
+        # never stand in per shard), so it serves the version before it whole, as its siblings
+        restarted = SearcherService(memory_copy, [0, 1], second.version)
+        assert (await restarted.degraded())[1]["serving"] is None
+
+        async def left_out() -> dict:
+            return {s: d["reason"] for s, d in (await restarted.degraded()).items() if d["serving"] is None}
+
+        follower = VersionFollower(memory_copy, second.version, None, FAST, holder="restarted")
+        try:
+            assert await follower.prefer_whole(lambda v: restarted.reload(v, False), left_out) == first.version
+            assert restarted.current_version() == first.version and await restarted.degraded() == {}
+            assert follower.version == first.version
+            assert "ChecksumMismatch" in follower.status()["refused_versions"][second.version]
+        finally:
+            follower.stop()
         narrower = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LocalExecutor())
         corrupt(memory_copy, narrower.shards[1].segments[0].index_path)
         assert not stands_in(memory_copy, narrower, second.version)
