@@ -21,7 +21,9 @@ the version it serves, reports it in ``status()`` (``/healthz``) and metrics, an
 after ``retry_failed_s``. A replica that starts on a LATEST it cannot load falls back to the
 newest loadable ancestor reachable without a step that deleted or purged an item (an add, a
 soft prune, a compaction that purged nothing: indexer/history.py ``fallback_versions``), never
-past a delete, which would bring forgotten items back.
+past a delete, which would bring forgotten items back. A replica that starts on a LATEST
+that leaves a shard out serves instead the newest version that stands in for it whole, when
+one loads with every shard (``prefer_whole``): what its running siblings serve.
 """
 from __future__ import annotations
 
