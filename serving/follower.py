@@ -22,8 +22,9 @@ after ``retry_failed_s``. A replica that starts on a LATEST it cannot load falls
 newest loadable ancestor reachable without a step that deleted or purged an item (an add, a
 soft prune, a compaction that purged nothing: indexer/history.py ``fallback_versions``), never
 past a delete, which would bring forgotten items back. A replica that starts on a LATEST
-that leaves a shard out serves instead the newest version that stands in for it whole, when
-one loads with every shard (``prefer_whole``): what its running siblings serve.
+that would leave a shard out starts instead on the newest version that stands in for it
+whole (``whole_stand_ins``), when one loads with every shard: what its running siblings
+serve after refusing it (serving/router.py ``_start``).
 """
 from __future__ import annotations
 
@@ -64,6 +65,20 @@ def reason(error: BaseException) -> str:
     if isinstance(cause, BaseException):
         error = cause
     return ANSI_ESCAPE.sub("", f"{type(error).__name__}: {error}").strip()
+
+
+def whole_stand_ins(memory: str, version: str, depth: int = 10) -> list[str]:
+    """The versions that may be served whole in place of ``version`` (indexer.history
+    ``stand_in_versions``), newest first; those found before a manifest that cannot be read
+    (gc) are kept."""
+    found: list[str] = []
+    try:
+        for manifest in stand_in_versions(memory, IndexManifest.read(memory, version), depth):
+            found.append(manifest.version)
+    except (OSError, ValueError) as unreadable:
+        log.warning("versions standing in for %s listed up to an unreadable manifest: %s",
+                    version, unreadable)
+    return found
 
 
 class VersionUnavailable(Exception):
@@ -115,6 +130,10 @@ class VersionFollower:
             self.lease_renewed = now
         return self.version
 
+    def refuse(self, version: str, why: str) -> None:
+        """Record ``version`` as refused (``status()``; tried again after ``retry_failed_s``)."""
+        self.refused[version] = (time.monotonic(), why)
+
     def _recently_refused(self, version: str, now: float) -> bool:
         refused = self.refused.get(version)
         return refused is not None and now - refused[0] < self.options.retry_failed_s
@@ -163,48 +182,6 @@ class VersionFollower:
                     except (OSError, ValueError) as unreadable:  # a manifest gone (gc) or bad
                         log.error("no ancestor of %s to fall back to: %s", latest, unreadable)
         raise RuntimeError(f"no loadable version from {latest} without a deletion since") from error
-
-    async def prefer_whole(self, switch, left_out) -> str:
-        """At start, after ``start_on_loadable``: when the version served leaves a shard out
-        (no file of it loads, and no fallback version's either), serve instead the newest
-        version that stands in for it whole (indexer.history ``stand_in_versions``: the one
-        replicas already running keep when they refuse it) if that loads with every shard, so a
-        replica (re)started now answers as its siblings do. The version left is recorded as
-        refused (tried again after ``retry_failed_s``, as any refused version). ``switch``: the
-        loader; ``left_out``: async, the shards of the version served left out ({shard: why}).
-        Returns the version served."""
-        served = self.version
-        missing = await left_out()
-        if not missing:
-            return served
-        try:
-            candidates = await asyncio.to_thread(self._stand_ins, served)
-        except (OSError, ValueError) as unreadable:  # a manifest gone (gc) or bad
-            log.error("no version to stand in for %s: %s", served, unreadable)
-            return served
-        why = "; ".join(f"shard {shard}: {reason}" for shard, reason in sorted(missing.items()))
-        for candidate in candidates:
-            try:
-                await asyncio.wait_for(switch(candidate), self.options.reload_timeout_s)
-                if await left_out():
-                    continue
-            except Exception as failure:  # noqa: BLE001 - try the next, else keep what we had
-                log.error("cannot serve version %s in place of %s (%s)", candidate, served, failure)
-                continue
-            await asyncio.to_thread(renew_lease, self.memory, self.holder, candidate,
-                                    self.options.lease_ttl_s)
-            self.version = candidate
-            self.lease_renewed = self.confirmed_at = time.monotonic()
-            self.refused[served] = (time.monotonic(), f"shards left out ({why}); serving "
-                                    f"{candidate}, which stands in for it whole")
-            log.error("version %s leaves shards out (%s): serving %s whole instead", served, why, candidate)
-            return candidate
-        await asyncio.wait_for(switch(served), self.options.reload_timeout_s)  # none whole: as it was
-        return served
-
-    def _stand_ins(self, version: str) -> list[str]:
-        manifest = IndexManifest.read(self.memory, version)
-        return [m.version for m in stand_in_versions(self.memory, manifest, depth=self.options.fallback_depth)]
 
     def _fallback_versions(self, version: str) -> list[str]:
         manifest = IndexManifest.read(self.memory, version)

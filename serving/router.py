@@ -41,7 +41,7 @@ from serving.auth import ADMIN, READ, Refused, authorize, check_sources
 from serving.body_limit import BodyLimit, BodyTooLarge
 from serving.data_plane import DataPlane
 from serving.decision import decide
-from serving.follower import VersionFollower, VersionUnavailable
+from serving.follower import VersionFollower, VersionUnavailable, whole_stand_ins
 from serving.models import (MAX_TEXT_CHARS, AddRequest, BatchRequest, ForgetRequestBody, QueryRequest, RollbackRequest,
                             ZeroShotRequest)
 from serving.options import ServingOptions
@@ -198,7 +198,7 @@ class Router:
         self.pinned = bool(self.options.version)
         self.follower = VersionFollower(self.options.memory, served.pop() if len(served) == 1
                                         else manifest.version, self._load, self.options.follow())
-        self.started = False
+        self._starting: asyncio.Task | None = None  # _start
         self.registry = CollectorRegistry()
         self.version_refused = Gauge("vmem_versions_refused", "Newer versions this replica could "
                                      "not load (corrupt or missing files); it keeps serving its own",
@@ -594,27 +594,56 @@ class Router:
         await asyncio.gather(*[h.reload(version, strict) for h in self.groups])
 
     async def _start(self) -> None:
-        """First use in the replica's event loop: serve LATEST (or its newest loadable
-        ancestor) and start following it."""
-        if self.started or self.pinned:
+        """First use in the replica's event loop: serve LATEST (or a version standing in for
+        it) and start following it. Every request waits for the one start; a start that
+        failed is tried again by the next request."""
+        if self.pinned:
             return
-        self.started = True
+        task = self._starting
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            self._starting = asyncio.get_running_loop().create_task(self._start_once())
+        await asyncio.shield(self._starting)
+
+    async def _start_once(self) -> None:
         latest = await asyncio.to_thread(read_latest, self.options.memory)
         if latest:  # every group (in-process or remote) on LATEST, a shard that fails to load
             # served from a fallback version or left out (never a version missing a deletion)
-            await self.follower.start_on_loadable(latest, functools.partial(self._load, strict=False))
-            # a shard left out where the replicas already running refused the version and
-            # serve an older one whole: serve that one too
-            await self.follower.prefer_whole(functools.partial(self._load, strict=False), self._left_out)
+            start, why = await self._start_version(latest)
+            await self.follower.start_on_loadable(start, functools.partial(self._load, strict=False))
+            if start != latest:
+                self.follower.refuse(latest, why)
+                await self.follower.refresh()  # LATEST read again: an edit published meanwhile
         self.follower.start()
 
-    async def _left_out(self) -> dict[int, str]:
-        """{shard: why} for the shards of the version served that no file serves, as the
-        searcher groups that answered within ``shard_timeout_s`` say (one that did not is
-        not counted: slow is not broken)."""
-        found = await asyncio.gather(*[self._degraded(h) for h in self.groups])
-        return {int(shard): why["reason"] for group in found if not isinstance(group, Exception)
-                for shard, why in group.items() if why["serving"] is None}
+    async def _start_version(self, latest: str) -> tuple[str, str]:
+        """The version to start on and why LATEST was passed over ("" when it was not): LATEST,
+        unless it would leave a shard out (no file of it loads, nor a fallback version's) and
+        a version standing in for it whole loads with every shard (serving/follower.py
+        ``whole_stand_ins``: the version the replicas already running keep when they refuse
+        LATEST, so a replica started now answers as they do). Groups are probed, not switched."""
+        missing = await self._left_out(latest)
+        if not missing:
+            return latest, ""
+        why = "; ".join(f"shard {shard}: {reason}" for shard, reason in sorted(missing.items()))
+        for candidate in await asyncio.to_thread(whole_stand_ins, self.options.memory, latest,
+                                                 self.options.follow().fallback_depth):
+            if await self._left_out(candidate) == {}:
+                log.error("version %s would leave shards out (%s): starting on %s, which stands "
+                          "in for it whole", latest, why, candidate)
+                return candidate, f"shards left out ({why}); {candidate} stands in for it whole"
+        return latest, ""
+
+    async def _left_out(self, version: str) -> dict[int, str] | None:
+        """{shard: why} for the shards of ``version`` no file would serve (SearcherService
+        ``left_out``: loaded, not served), over every searcher group; None when a group
+        cannot say within ``reload_timeout_s``."""
+        try:
+            found = await asyncio.wait_for(asyncio.gather(*[h.left_out(version) for h in self.groups]),
+                                           self.options.follow().reload_timeout_s)
+        except (asyncio.TimeoutError, ray.exceptions.RayError, RayServeException) as error:
+            log.warning("could not tell which shards of %s load: %s", version, error)
+            return None
+        return {shard: why for group in found for shard, why in group.items()}
 
     async def _version(self, min_version: str = "", field: str = "min_version") -> str:
         """The version this request is answered from (serving/follower.py guarantees); 503

@@ -318,6 +318,15 @@ class SearcherService:
         """ShardGroup.degraded of the version served: {shard: {"serving", "reason"}}."""
         return self.group.degraded
 
+    async def left_out(self, version: str) -> dict[int, str]:
+        """{shard: why} for this group's shards of ``version`` that neither their files nor a
+        fallback version's would serve: the version served as it is, else ``version`` loaded
+        aside (its segments stay cached for the switch), not served."""
+        group = self.group
+        if version != group.version:
+            group = await asyncio.to_thread(self._load, version)
+        return {shard: d["reason"] for shard, d in group.degraded.items() if d["serving"] is None}
+
     async def stats(self, version: str = "") -> dict[str, int]:
         group = await self._ensure(version)
         return await asyncio.to_thread(group.label_counts)
@@ -356,6 +365,9 @@ class RemoteSearchers:
 
     async def degraded(self) -> dict[int, dict]:
         return await self.handle.degraded.remote()
+
+    async def left_out(self, version: str) -> dict[int, str]:
+        return await self.handle.left_out.remote(version)
 
     async def stats(self, version: str = "") -> dict[str, int]:
         return await self.handle.stats.remote(version)

@@ -265,6 +265,49 @@ def test_a_corrupt_new_version_is_refused_and_the_old_one_keeps_serving(cluster)
     assert {neighbour_keys(url, unit(1, good.dim), 3)[1]["version"] for _ in range(10)} == {fixed.version}
 
 
+def test_a_corrupt_rebuild_is_refused_and_a_restarted_router_serves_as_its_sibling(cluster):
+    """A build over every batch whose shard 1 file is corrupt: the running routers refuse it
+    (indexer.history ``stands_in``) and answer whole from the version before it; a router
+    replica killed and restarted meanwhile starts on that version too (serving/router.py
+    ``_start_version``), not on the build with shard 1 left out."""
+    import ray
+
+    url, root = cluster
+    good = resolve_version(root)
+    rebuilt = run_build(BuildConfig(root, num_shards=good.num_shards), LocalExecutor())
+    assert rebuilt.parent == good.version and set(good.batches) <= set(rebuilt.batches)
+    with open(f"{root}/index/{rebuilt.shards[1].segments[0].index_path}", "r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"corrupt!")
+    try:
+        time.sleep(1.0)
+        before = [neighbour_keys(url, unit(i, good.dim), 5)[1] for i in range(10)]
+        assert {(a["version"], a["partial"]) for a in before} == {(good.version, False)}
+        names = _searcher_names("Router")
+        victim = sorted(names)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # Serve replaces the replica (health check 2 s)
+            new = _searcher_names("Router") - names
+            if new:
+                break
+            time.sleep(1.0)
+        else:
+            raise AssertionError("the killed router replica was not replaced")
+        replica = new.pop().rsplit("#", 1)[1]  # SERVE_REPLICA::<app>#<deployment>#<replica id>
+        health = _health_until(url, lambda h: h["replica"] == replica, timeout=90)
+        assert health["version"] == good.version and health["degraded_shards"] == {}, health
+        assert "ChecksumMismatch" in health["refused_versions"][rebuilt.version], health
+        after = [neighbour_keys(url, unit(i, good.dim), 5)[1] for i in range(40)]
+        assert {(a["version"], a["partial"]) for a in after} == {(good.version, False)}
+    finally:  # a forward version with the good files (versions only move forward)
+        fixed = IndexManifest.from_fields({**storage.read_json(IndexManifest.url_for(root, good.version)),
+                                           "version": rebuilt.version + "-fixed", "parent": rebuilt.version})
+        fixed.write(root)
+        set_latest(root, fixed.version)
+    _answers_until(url, good.dim, lambda body: body["version"] == fixed.version and not body["partial"])
+
+
 def _searcher_replicas(deployment: str = "Searcher0") -> dict[str, int]:
     """A searcher deployment's replica actor names -> their process ids (Serve names replica
     actors ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the "serve" namespace)."""
@@ -278,10 +321,11 @@ def _searcher_replicas(deployment: str = "Searcher0") -> dict[str, int]:
     return out
 
 
-def _searcher_names() -> set[str]:
+def _searcher_names(deployment: str = "Searcher0") -> set[str]:
     import ray
 
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#Searcher0#" in a["name"]}
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if f"#{deployment}#" in a["name"]}
 
 
 def test_overload_is_shed_fast_and_a_hung_searcher_costs_one_deadline(cluster):

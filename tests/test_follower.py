@@ -320,43 +320,41 @@ def test_a_corrupt_rebuild_is_refused_and_the_version_before_it_keeps_serving(me
     hides: indexer.history ``stands_in``), VersionRefused naming the shard. Past a delete, or
     for a build that left a batch out (its items were meant to go), the build is taken and
     the failing shard left out, never served from another build's files. A replica that
-    starts on the broken build serves the version before it whole too (``prefer_whole``)."""
+    starts on the broken build finds the version before it stands in whole (``left_out``,
+    ``whole_stand_ins``)."""
     from indexer.history import stands_in
+    from serving.follower import whole_stand_ins
 
     first = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
     second = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
     assert second.parent == first.version and second.batches == first.batches
     corrupt(memory_copy, second.shards[1].segments[0].index_path)
 
-    async def scenario() -> None:
+    async def scenario() -> str:
         service = SearcherService(memory_copy, [0, 1], first.version)
         with pytest.raises(VersionRefused, match="shard 1: ChecksumMismatch"):
             await service.reload(second.version)
         assert service.current_version() == first.version and await service.degraded() == {}
-        # a replica (re)started on the broken build: shard 1 left out (another build's files
-        # never stand in per shard), so it serves the version before it whole, as its siblings
-        restarted = SearcherService(memory_copy, [0, 1], second.version)
-        assert (await restarted.degraded())[1]["serving"] is None
-
-        async def left_out() -> dict:
-            return {s: d["reason"] for s, d in (await restarted.degraded()).items() if d["serving"] is None}
-
-        follower = VersionFollower(memory_copy, second.version, None, FAST, holder="restarted")
-        try:
-            assert await follower.prefer_whole(lambda v: restarted.reload(v, False), left_out) == first.version
-            assert restarted.current_version() == first.version and await restarted.degraded() == {}
-            assert follower.version == first.version
-            assert "ChecksumMismatch" in follower.status()["refused_versions"][second.version]
-        finally:
-            follower.stop()
+        # a replica (re)started on the broken build would leave shard 1 out (another build's
+        # files never stand in per shard): the probe says so without switching, and the
+        # version before it stands in whole (serving/router.py _start_version starts there)
+        missing = await service.left_out(second.version)
+        assert list(missing) == [1] and "ChecksumMismatch" in missing[1]
+        assert service.current_version() == first.version  # probed, not served
+        assert whole_stand_ins(memory_copy, second.version) == [first.version]
+        assert await service.left_out(first.version) == {}
         narrower = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LocalExecutor())
         corrupt(memory_copy, narrower.shards[1].segments[0].index_path)
         assert not stands_in(memory_copy, narrower, second.version)
         assert await service.reload(narrower.version) == narrower.version
         assert (await service.degraded())[1]["serving"] is None  # left out
+        return narrower.version
 
-    asyncio.run(scenario())
+    narrower = asyncio.run(scenario())
+    wide = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())  # every batch again
     deleted, _ = run_delete(memory_copy, ForgetRequest(labels=["Bag"]), LocalExecutor(), policy=NEVER)
     third = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
     assert stands_in(memory_copy, third, deleted.version)  # the build over the delete
-    assert not stands_in(memory_copy, third, first.version)  # past the delete: Bag would come back
+    assert stands_in(memory_copy, wide, narrower)  # a build over more batches
+    assert not stands_in(memory_copy, third, wide.version)  # past the delete: Bag would come back
+    assert whole_stand_ins(memory_copy, third.version) == [deleted.version]
