@@ -55,6 +55,16 @@ def added_items(root: str, encoder: str, count: int = 12, seed: int = 5):
     return add_items(root, items, vectors, encoder), vectors
 
 
+async def refuses(root: str, served: str, version: str, match: str) -> SearcherService:
+    """A replica serving ``served`` (both shards) refuses the switch to ``version``
+    (VersionRefused matching ``match``) and keeps serving ``served`` whole; returns it."""
+    service = SearcherService(root, [0, 1], served)
+    with pytest.raises(VersionRefused, match=match):
+        await service.reload(version)
+    assert service.current_version() == served and await service.degraded() == {}
+    return service
+
+
 def test_a_restarted_searcher_never_falls_back_past_a_delete(two_versions):
     """The delete's tombstone file of shard 0 is corrupt: the parent would serve the deleted
     items again, so shard 0 is left out (answers partial, /healthz degraded), not served stale,
@@ -96,10 +106,8 @@ def test_a_corrupt_added_segment_is_served_from_the_parent_until_repaired(memory
     corrupt(memory_copy, delta)
 
     async def scenario() -> None:
-        on_build = SearcherService(memory_copy, [0, 1], built.version)
-        with pytest.raises(VersionRefused, match="shard 0: ChecksumMismatch"):
-            await on_build.reload(added.version)  # an add that would newly break shard 0
-        assert on_build.current_version() == built.version and await on_build.degraded() == {}
+        # an add that would newly break shard 0
+        await refuses(memory_copy, built.version, added.version, "shard 0: ChecksumMismatch")
         service = SearcherService(memory_copy, [0, 1], added.version)  # a replica restarting
         assert (await service.degraded())[0]["serving"] == built.version
         got = await service.search(ShardQuery(vectors, 1, SearchParams(), added.version))
@@ -192,10 +200,7 @@ def test_a_broken_purging_compaction_is_refused_and_never_a_fallback(memory_copy
     corrupt(memory_copy, compacted.shards[0].segments[0].index_path)
 
     async def scenario() -> None:
-        on_delete = SearcherService(memory_copy, [0, 1], deleted.version)
-        with pytest.raises(VersionRefused, match="shard 0"):
-            await on_delete.reload(compacted.version)
-        assert on_delete.current_version() == deleted.version and await on_delete.degraded() == {}
+        await refuses(memory_copy, deleted.version, compacted.version, "shard 0")
         restarted = SearcherService(memory_copy, [0, 1], compacted.version)
         assert (await restarted.degraded())[0]["serving"] is None
         queries = np.eye(1, built.dim, dtype=np.float32)
@@ -331,10 +336,7 @@ def test_a_corrupt_rebuild_is_refused_and_the_version_before_it_keeps_serving(me
     corrupt(memory_copy, second.shards[1].segments[0].index_path)
 
     async def scenario() -> str:
-        service = SearcherService(memory_copy, [0, 1], first.version)
-        with pytest.raises(VersionRefused, match="shard 1: ChecksumMismatch"):
-            await service.reload(second.version)
-        assert service.current_version() == first.version and await service.degraded() == {}
+        service = await refuses(memory_copy, first.version, second.version, "shard 1: ChecksumMismatch")
         # a replica (re)started on the broken build would leave shard 1 out (another build's
         # files never stand in per shard): the probe says so without switching, and the
         # version before it stands in whole (serving/router.py _start_version starts there)
