@@ -339,6 +339,13 @@ class SegmentCache:
             self.tombstones[key] = ids
         return ids
 
+    def aside(self) -> "SegmentCache":
+        """A cache that starts with this one's entries and keeps what it loads to itself: for
+        loading a version without keeping it (a switch's probe, serving/searchers.py)."""
+        copy = SegmentCache()
+        copy.segments, copy.tombstones = dict(self.segments), dict(self.tombstones)
+        return copy
+
     def retain(self, manifests: list[IndexManifest]) -> None:
         keep_segments = {(s.index_path, s.index_sha256, s.metadata_path, s.metadata_sha256)
                          for m in manifests for e in m.shards for s in e.segments}

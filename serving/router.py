@@ -46,7 +46,7 @@ from serving.models import (MAX_TEXT_CHARS, AddRequest, BatchRequest, ForgetRequ
                             ZeroShotRequest)
 from serving.options import ServingOptions
 from serving.rerank import Reranker, make_reranker, rerank_answer
-from serving.searchers import RemoteSearchers, SearcherService, ShardQuery
+from serving.searchers import RemoteSearchers, SearcherService, ShardQuery, switch_groups
 from serving.thumbnails import SIZES, ImageRejected, SourceRefused, ThumbnailMissing, Thumbnails
 from serving.writer import EditFailure
 
@@ -590,8 +590,9 @@ class Router:
         """Make every searcher group serve ``version``. ``strict`` (a switch): raises if any
         shard cannot load from it, and the follower keeps the current version. Otherwise (at
         start) a shard whose files fail is served from a fallback version or left out
-        (serving/searchers.py ShardGroup), and /healthz says so."""
-        await asyncio.gather(*[h.reload(version, strict) for h in self.groups])
+        (serving/searchers.py ShardGroup), and /healthz says so. Two-phase when ``strict``
+        (``switch_groups``): no group switches to a version another refuses."""
+        await switch_groups(self.groups, version, strict)
 
     async def _start(self) -> None:
         """First use in the replica's event loop: serve LATEST (or a version standing in for

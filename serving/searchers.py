@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,8 +240,8 @@ class SearcherService:
                 current = self.group
                 if version != current.version or (strict and current.degraded):
                     loaded = await asyncio.to_thread(self._load, version, False)
-                    broken = {s: d for s, d in loaded.degraded.items() if s not in current.degraded}
-                    if strict and broken and await asyncio.to_thread(self._stands_in, current, loaded):
+                    broken = await self._refused(current, loaded) if strict else {}
+                    if broken:
                         raise VersionRefused(version, broken)
                     if loaded.degraded:
                         await asyncio.to_thread(loaded.fall_back)
@@ -252,6 +252,15 @@ class SearcherService:
             if self._retrying is None or self._retrying.done():
                 self._retrying = asyncio.get_running_loop().create_task(self._retry(group))
         return group
+
+    async def _refused(self, current: ShardGroup, loaded: ShardGroup) -> dict[int, dict]:
+        """The shards for which a strict switch from ``current`` to ``loaded`` is refused
+        ({shard: {"serving", "reason"}}): those that serve now and fail in ``loaded``, when
+        ``current``'s version may stand in for ``loaded``'s; {} when the switch goes ahead."""
+        broken = {s: d for s, d in loaded.degraded.items() if s not in current.degraded}
+        if broken and await asyncio.to_thread(self._stands_in, current, loaded):
+            return broken
+        return {}
 
     def _stands_in(self, current: ShardGroup, new: ShardGroup) -> bool:
         """Whether serving ``current``'s version in place of ``new``'s shows nothing ``new``
@@ -314,6 +323,18 @@ class SearcherService:
         (the version served staying as it was) when a shard that serves now would fail."""
         return (await self._ensure(version or resolve_version(self.memory).version, strict)).version
 
+    async def refusal(self, version: str) -> dict[int, dict]:
+        """What ``reload(version, strict=True)`` would refuse, without switching: {shard:
+        {"serving", "reason"}} for the shards that make it refuse (VersionRefused's
+        ``broken``), {} when it would switch. ``version`` is loaded aside (its own cache,
+        ``SegmentCache.aside``: nothing it loads is kept), not served."""
+        current = self.group
+        if version == current.version and not current.degraded:
+            return {}
+        loaded = await asyncio.to_thread(ShardGroup, self.memory, self.shard_numbers, version,
+                                         self.cache.aside(), False)
+        return await self._refused(current, loaded)
+
     async def degraded(self) -> dict[int, dict]:
         """ShardGroup.degraded of the version served: {shard: {"serving", "reason"}}."""
         return self.group.degraded
@@ -363,6 +384,9 @@ class RemoteSearchers:
     async def reload(self, version: str = "", strict: bool = True) -> str:
         return await self.handle.reload.remote(version, strict)
 
+    async def refusal(self, version: str) -> dict[int, dict]:
+        return await self.handle.refusal.remote(version)
+
     async def degraded(self) -> dict[int, dict]:
         return await self.handle.degraded.remote()
 
@@ -371,3 +395,22 @@ class RemoteSearchers:
 
     async def stats(self, version: str = "") -> dict[str, int]:
         return await self.handle.stats.remote(version)
+
+
+async def switch_groups(groups: Sequence, version: str, strict: bool = True) -> None:
+    """Make every searcher group (SearcherService or RemoteSearchers) serve ``version``.
+    ``strict`` (a router switching versions) is two-phase: every group is first asked what it
+    would refuse (``refusal``: loaded aside, not served), and if any would, VersionRefused
+    (every refused shard in ``broken``) is raised with no group switched; only then does each
+    group switch, strictly still. Switched one phase only, the groups whose shards load would
+    switch while another refused, then switch back on the next query naming the version
+    served, loading both versions again at each retry (``FollowOptions.retry_failed_s``).
+    Not ``strict`` (a replica's start): each group serves ``version``, a failing shard from a
+    fallback version or left out."""
+    if strict:
+        broken: dict[int, dict] = {}
+        for found in await asyncio.gather(*[group.refusal(version) for group in groups]):
+            broken.update(found)
+        if broken:
+            raise VersionRefused(version, broken)
+    await asyncio.gather(*[group.reload(version, strict) for group in groups])

@@ -283,6 +283,14 @@ def test_a_corrupt_rebuild_is_refused_and_a_restarted_router_serves_as_its_sibli
         time.sleep(1.0)
         before = [neighbour_keys(url, unit(i, good.dim), 5)[1] for i in range(10)]
         assert {(a["version"], a["partial"]) for a in before} == {(good.version, False)}
+        refusing: set[str] = set()  # both router replicas refused it (two-phase switch_groups)
+
+        def both_refused(health: dict) -> bool:
+            if "ChecksumMismatch" in health["refused_versions"].get(rebuilt.version, ""):
+                refusing.add(health["replica"])
+            return len(refusing) == 2
+
+        _health_until(url, both_refused)
         names = _searcher_names("Router")
         victim = sorted(names)[0]
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=False)

@@ -360,3 +360,35 @@ def test_a_corrupt_rebuild_is_refused_and_the_version_before_it_keeps_serving(me
     assert stands_in(memory_copy, wide, narrower)  # a build over more batches
     assert not stands_in(memory_copy, third, wide.version)  # past the delete: Bag would come back
     assert whole_stand_ins(memory_copy, third.version) == [deleted.version]
+
+
+def test_no_group_switches_to_a_version_another_group_refuses(memory_copy):
+    """Two searcher groups (shard 0, shard 1) serving a build; a rebuild whose shard 1 file is
+    corrupt. The router's strict switch (serving/searchers.py ``switch_groups``) is refused
+    naming shard 1 and shard 0's group never serves the rebuild either, nor keeps its
+    segments: switched one phase only, it switched and then back on the next query, loading
+    both versions again at every retry. A whole version then switches both groups."""
+    from serving.searchers import switch_groups
+
+    first = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    second = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+    corrupt(memory_copy, second.shards[1].segments[0].index_path)
+
+    def cached_paths(group: SearcherService) -> set[str]:
+        return {key[0] for key in group.cache.segments}
+
+    async def scenario() -> None:
+        groups = [SearcherService(memory_copy, [shard], first.version) for shard in (0, 1)]
+        assert await groups[0].refusal(second.version) == {}
+        for attempt in range(2):  # the first try and a retry alike
+            with pytest.raises(VersionRefused, match="shard 1: ChecksumMismatch") as refused:
+                await switch_groups(groups, second.version)
+            assert list(refused.value.broken) == [1]
+            assert [g.current_version() for g in groups] == [first.version] * 2
+            assert not cached_paths(groups[0]) & {s.index_path for e in second.shards for s in e.segments}
+            assert [await g.degraded() for g in groups] == [{}, {}]
+        third = run_build(BuildConfig(memory_copy, num_shards=2), LocalExecutor())
+        await switch_groups(groups, third.version)
+        assert [g.current_version() for g in groups] == [third.version] * 2
+
+    asyncio.run(scenario())
