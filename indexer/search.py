@@ -15,6 +15,7 @@ concurrent requests with different ``nprobe`` cannot see each other's settings.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import faiss
@@ -313,19 +314,23 @@ class SegmentCache:
     versions loads only what changed: an add costs its delta segment, a delete its tombstone
     file; unchanged segments (memory-mapped) are reused. ``retain`` drops what a version no
     longer uses. Loaders may run in several threads at once (a searcher's retry beside a
-    switch): each lookup keeps what it loaded, so at worst a file loads twice."""
+    switch, on the event loop): the maps change under a lock, files load outside it, each
+    lookup keeps what it loaded, so at worst a file loads twice."""
 
     def __init__(self) -> None:
         self.segments: dict[tuple[str, str], SegmentSearcher] = {}
         self.tombstones: dict[tuple[str, str], np.ndarray] = {}
+        self._lock = threading.Lock()
 
     def segment(self, root: str, entry: SegmentEntry, defaults: SearchParams, verify: bool,
                 mmap: bool, manifest: IndexManifest | None = None) -> SegmentSearcher:
         key = (entry.index_path, entry.index_sha256, entry.metadata_path, entry.metadata_sha256)
-        loaded = self.segments.get(key)
+        with self._lock:
+            loaded = self.segments.get(key)
         if loaded is None:
             loaded = SegmentSearcher.load(root, entry, defaults, verify, mmap, manifest)
-            self.segments[key] = loaded
+            with self._lock:
+                self.segments[key] = loaded
         if loaded.defaults != defaults:
             loaded = loaded.with_hidden(loaded.hidden)
             loaded.defaults = defaults
@@ -333,25 +338,29 @@ class SegmentCache:
 
     def tombstone(self, root: str, entry: TombstoneEntry, verify: bool) -> np.ndarray:
         key = (entry.path, entry.sha256)
-        ids = self.tombstones.get(key)
+        with self._lock:
+            ids = self.tombstones.get(key)
         if ids is None:
             ids = load_tombstones(root, entry, verify)
-            self.tombstones[key] = ids
+            with self._lock:
+                self.tombstones[key] = ids
         return ids
 
     def aside(self) -> "SegmentCache":
         """A cache that starts with this one's entries and keeps what it loads to itself: for
         loading a version without keeping it (a switch's probe, serving/searchers.py)."""
         copy = SegmentCache()
-        copy.segments, copy.tombstones = dict(self.segments), dict(self.tombstones)
+        with self._lock:
+            copy.segments, copy.tombstones = dict(self.segments), dict(self.tombstones)
         return copy
 
     def retain(self, manifests: list[IndexManifest]) -> None:
         keep_segments = {(s.index_path, s.index_sha256, s.metadata_path, s.metadata_sha256)
                          for m in manifests for e in m.shards for s in e.segments}
         keep_tombstones = {(t.path, t.sha256) for m in manifests for e in m.shards for t in e.tombstones}
-        self.segments = {k: v for k, v in self.segments.items() if k in keep_segments}
-        self.tombstones = {k: v for k, v in self.tombstones.items() if k in keep_tombstones}
+        with self._lock:
+            self.segments = {k: v for k, v in self.segments.items() if k in keep_segments}
+            self.tombstones = {k: v for k, v in self.tombstones.items() if k in keep_tombstones}
 
 
 class ShardSearcher:

@@ -405,6 +405,9 @@ async def switch_groups(groups: Sequence, version: str, strict: bool = True) -> 
     group switch, strictly still. Switched one phase only, the groups whose shards load would
     switch while another refused, then switch back on the next query naming the version
     served, loading both versions again at each retry (``FollowOptions.retry_failed_s``).
+    Each reload decides again, so a group whose state changed between the phases (another
+    router's query, a degraded group's retry) may still refuse; the groups that switched then
+    come back on the next query naming the version served, as before.
     Not ``strict`` (a replica's start): each group serves ``version``, a failing shard from a
     fallback version or left out."""
     if strict:

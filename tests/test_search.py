@@ -7,7 +7,10 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -212,3 +215,39 @@ def test_reranked_scores_are_exact_dot_products_of_the_stored_vectors(pq_memory)
     expected = np.einsum("qkd,qd->qk", stored[ids - 1], queries)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_a_segment_cache_retains_while_loads_insert(monkeypatch):
+    """SegmentCache.retain (a switch, on the event loop) while loads insert from threads (a
+    degraded group's retry, a switch's probe): no "dictionary changed size during iteration"."""
+    from indexer import search
+    from indexer.search import SegmentCache
+
+    monkeypatch.setattr(search.SegmentSearcher, "load",
+                        staticmethod(lambda *args: SimpleNamespace(defaults=args[2])))
+    cache, errors, stop = SegmentCache(), [], threading.Event()
+
+    def load() -> None:
+        number = 0
+        while not stop.is_set():
+            number += 1
+            entry = SimpleNamespace(index_path=f"s{number}.faiss", index_sha256="a",
+                                    metadata_path=f"s{number}.arrow", metadata_sha256="b")
+            cache.segment("root", entry, "defaults", False, True)
+
+    loaders = [threading.Thread(target=load) for _ in range(2)]
+    for thread in loaders:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                cache.retain([])
+                cache.aside()
+            except RuntimeError as error:
+                errors.append(error)
+    finally:
+        stop.set()
+        for thread in loaders:
+            thread.join()
+    assert errors == []
