@@ -8,7 +8,7 @@ trained index (one coarse quantizer shared by the part's S shard pieces), writin
 piece files, and finds the tuning queries' exact neighbours from the same chunks. Each shard's
 pieces are merged into its base segment (one task per shard); the trained index is stored once
 (``trained.faiss``: segment files hold no quantizer); nprobe is tuned on the built shards
-(indexer.tuning); the manifest is published, then LATEST. A build that fails removes its files; one killed at any point leaves LATEST untouched.
+(indexer.tuning: searched in the driver, or one task a shard above ``driver_tuning_max_items``); the manifest is published, then LATEST. A build that fails removes its files; one killed at any point leaves LATEST untouched.
 """
 from __future__ import annotations
 
@@ -36,11 +36,15 @@ from indexer.phases import Phases
 from indexer.quantizer import serialize_stripped
 from indexer.reader import plan_inputs
 from indexer.search import ShardedIndex, merge_topk
+from indexer.sweep import SweptIndex
 from indexer.tasks import TASK_MEMORY_MB, VECTOR_DTYPES, add_part, build_scratch, chunk_rows_for, merge_shard, sample_part
 from indexer.tuning import QUERIES, pick_queries, tune, tuning_ks
 from pipelines import storage
 
 log = logging.getLogger("vmem.index")
+# Above this many items a build's tuning searches one shard per task (indexer.sweep): 20M
+# items of 64-byte codes are ~1.5 GB of segment files, which the driver maps at most.
+DRIVER_TUNING_MAX_ITEMS = 20_000_000
 
 
 @dataclass
@@ -56,6 +60,9 @@ class BuildConfig:
     seed: int = 0
     task_memory_mb: int = TASK_MEMORY_MB  # per task: sets the rows read at once (tasks.chunk_rows_for)
     add_threads: int = 0  # OpenMP threads (and CPUs) of one add task; 0: factory.add_threads
+    # tuning searches the built shards in the driver up to this many items, else one task a
+    # shard (indexer.sweep: no process opens more than one shard)
+    driver_tuning_max_items: int = DRIVER_TUNING_MAX_ITEMS
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:
@@ -165,14 +172,19 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor | Defer
             exact_k = max(tuning_ks(estimate, (10, config.k))) + 1
             trained_ref, queries_ref = executor.put(trained_bytes), executor.put(drawn.queries)
             threads = config.add_threads or factories.add_threads(factory, executor.cpus_per_node())
-            added = executor.get(
-                [executor.submit(add_part, root, version, part, number, trained_ref, shards,
-                                 config.keep_vectors, chunk_rows, queries_ref, exact_k, threads,
-                                 num_cpus=threads)
-                 for number, part in enumerate(inputs.parts)], "adding", [p.rows for p in inputs.parts])
-            pieces = [a.pieces for a in added]
-            exact_ids = merge_topk([a.exact[0] for a in added], [a.exact[1] for a in added], exact_k)[1]
-            del added
+            handles = [executor.submit(add_part, root, version, part, number, trained_ref, shards,
+                                       config.keep_vectors, chunk_rows, queries_ref, exact_k, threads,
+                                       num_cpus=threads)
+                       for number, part in enumerate(inputs.parts)]
+            pieces: list = [None] * len(handles)
+            # each part's exact top-k is folded in as its task finishes: the driver holds one
+            # (queries, exact_k) top-k, not one per part (~310 KB a part at 256 x 101)
+            exact = (np.empty((len(drawn.queries), 0), np.float32), np.empty((len(drawn.queries), 0), np.int64))
+            for number, added in executor.as_completed(handles, "adding", [p.rows for p in inputs.parts]):
+                pieces[number] = added.pieces
+                exact = merge_topk([exact[0], added.exact[0]], [exact[1], added.exact[1]], exact_k)
+            exact_ids = exact[1]
+            del handles, exact
         with phases("merging"):
             stripped = serialize_stripped(trained)  # trained is private to this driver
             entries = executor.get([executor.submit(merge_shard, root, version, shard, stripped,
@@ -196,8 +208,14 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor | Defer
             shards=entries, batches=inputs.batches, trained_path=trained_path,
             trained_sha256=trained_sha)
         with phases("tuning"):
-            tuned = tune(ShardedIndex(config.memory, manifest), drawn.query_ids, drawn.queries, exact_ids,
-                         count, ks=(10, config.k), target=config.recall_target)
+            if count > config.driver_tuning_max_items:
+                built = SweptIndex(executor, config.memory, manifest, drawn.queries,
+                                   max(tuning_ks(count, (10, config.k))) + 1)
+            else:
+                built = ShardedIndex(config.memory, manifest)
+            tuned = tune(built, drawn.query_ids, drawn.queries, exact_ids, count, ks=(10, config.k),
+                         target=config.recall_target)
+            del built
         manifest.search_defaults.update(tuned.defaults())
         manifest.details = {
             "executor": executor.name, "parts": len(inputs.parts), "chunk_rows": chunk_rows,

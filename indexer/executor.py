@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,22 @@ class LocalExecutor:
             sizes: Sequence[int] | None = None) -> list:
         """Run the submitted tasks in submission order and return their results; raises the
         first task's error (the rest do not run)."""
+        return [value for _, value in self.as_completed(handles, what, sizes)]
+
+    def as_completed(self, handles: Sequence[_Call], what: str = "tasks",
+                     sizes: Sequence[int] | None = None) -> Iterator[tuple[int, Any]]:
+        """(position in ``handles``, result) of each task, run one after another in
+        submission order as the caller iterates (RayExecutor.as_completed's contract)."""
         if not self.progress:
-            return [self._run(call) for call in handles]
-        results = []
+            for number, call in enumerate(handles):
+                yield number, self._run(call)
+            return
         with progress(what, sum(sizes) if sizes is not None else len(handles),
                       "rows" if sizes is not None else "tasks") as bar:
             for number, call in enumerate(handles):
-                results.append(self._run(call))
+                value = self._run(call)
                 bar.update(sizes[number] if sizes is not None else 1)
-        return results
+                yield number, value
 
     def _run(self, call: _Call) -> Any:
         retries = 0
@@ -125,19 +132,38 @@ class RayExecutor:
 
     def get(self, handles: Sequence[Any], what: str = "tasks",
             sizes: Sequence[int] | None = None) -> list:
-        """Wait for every task, showing the phase's progress (a tqdm bar on stderr: tasks
-        done, and rows with their rate when ``sizes`` gives each task's rows), then return
-        the results in submission order. Raises the first task's error after its retries."""
+        """Wait for every task, showing the phase's progress (``as_completed``), then return
+        the results in submission order. Raises a task's error after its retries."""
+        results: list = [None] * len(handles)
+        for number, value in self.as_completed(handles, what, sizes):
+            results[number] = value
+        return results
+
+    def as_completed(self, handles: Sequence[Any], what: str = "tasks",
+                     sizes: Sequence[int] | None = None) -> Iterator[tuple[int, Any]]:
+        """(position in ``handles``, result) of each task as it finishes, fetched one at a
+        time, so a caller that folds results (the add pass's exact neighbours, a tuning
+        sweep's per-shard answers) holds one result, not all. Shows the phase's progress (a
+        tqdm bar on stderr: tasks done, and rows with their rate when ``sizes`` gives each
+        task's rows). Raises a task's error, after its retries, when that task is reached."""
+        position = {self._key(handle): number for number, handle in enumerate(handles)}
         pending = list(handles)
-        weight = dict(zip([self._key(h) for h in handles], sizes)) if sizes is not None else None
         total = sum(sizes) if sizes is not None else len(handles)
         with progress(what, total, "rows" if sizes is not None else "tasks") as bar:
-            while pending:
-                done, pending = self.ray.wait(pending, num_returns=1, timeout=5.0)
-                bar.update(sum(weight[self._key(h)] for h in done) if weight else len(done))
-        results = self.ray.get(list(handles))
-        self.task_cpu_seconds += sum(r.cpu_seconds for r in results)
-        return [r.value for r in results]
+            try:
+                while pending:
+                    done, pending = self.ray.wait(pending, num_returns=1, timeout=5.0)
+                    for handle in done:
+                        number = position[self._key(handle)]
+                        result = self.ray.get(handle)
+                        self.task_cpu_seconds += result.cpu_seconds
+                        bar.update(sizes[number] if sizes is not None else 1)
+                        yield number, result.value
+            finally:
+                if pending:  # a task's error (or the caller's) ends the pass early: the other
+                    # tasks finish first, so the files they write land before the caller's
+                    # cleanup (tasks.build_scratch) runs, not after it
+                    self.ray.wait(pending, num_returns=len(pending))
 
     @staticmethod
     def _key(handle: Any) -> Any:

@@ -494,6 +494,16 @@ class ShardedIndex:
         self.shards = [ShardSearcher.load(root, manifest, s, verify, mmap, cache)
                        for s in range(manifest.num_shards)]
 
+    @property
+    def nlist(self) -> int:
+        """IVF lists of the version's shards (0: exact)."""
+        return max((shard.nlist for shard in self.shards), default=0)
+
+    @property
+    def reranks(self) -> bool:
+        """Whether the version keeps vectors for exact re-ranking."""
+        return any(shard.vectors is not None for shard in self.shards)
+
     def search(self, queries: np.ndarray, k: int, params: SearchParams | int | None = None,
                rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         answers = [shard.search(queries, k, params, rerank) for shard in self.shards]

@@ -152,44 +152,59 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(values)) if values else 1.0
 
 
+def candidates(nlist: int, rerank: bool, max_nprobe_fraction: float = 0.125) -> list[SearchParams]:
+    """Every search setting tuning may try, in the order it tries them (the module's
+    docstring): for each re-rank factor (4, 8, 16 when vectors are kept; else the default),
+    nprobe = 1, 2, 4, ... up to ``max_nprobe_fraction`` x nlist (at least 8, at most nlist);
+    nprobe 0 (none to set) for an exact index (nlist 0)."""
+    probes = [0] if not nlist else _powers(min(nlist, max(8, int(nlist * max_nprobe_fraction))))
+    factors = K_FACTORS if rerank and nlist else (K_FACTOR,)
+    return [SearchParams(nprobe, rerank, k_factor) for k_factor in factors for nprobe in probes]
+
+
 def tune(index, query_ids: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, count: int,
          ks: tuple[int, ...] = (10, 100), target: float = 0.95,
          max_nprobe_fraction: float = 0.125, stop_on_plateau: bool = True) -> TuningResult:
-    """Search defaults for ``index`` (an indexer.search.ShardedIndex over the built shards),
-    measured with held-out ``queries`` ((n, d) float32, drawn from the memory: their own ids
-    ``query_ids`` (n,)) whose exact neighbours over the whole memory are ``exact_ids`` (n, w)
-    int64, best first, the query itself included, w >= max(tuning_ks(count, ks)) + 1.
-    ``stop_on_plateau`` False sweeps every candidate nprobe (the module's docstring). Raises
+    """Search defaults for ``index``: the built shards, searched where they are
+    (indexer.search.ShardedIndex, in this process; indexer.sweep.SweptIndex, one task per
+    shard), anything with ``search(queries, k, params) -> ((n, k) scores, (n, k) ids)``,
+    ``nlist`` and ``reranks`` (vectors kept). Measured with held-out ``queries`` ((n, d)
+    float32, drawn from the memory: their own ids ``query_ids`` (n,)) whose exact neighbours
+    over the whole memory are ``exact_ids`` (n, w) int64, best first, the query itself
+    included, w >= max(tuning_ks(count, ks)) + 1. ``stop_on_plateau`` False sweeps every
+    candidate nprobe (the module's docstring). A progress bar counts the searches. Raises
     ValueError when ``exact_ids`` is too narrow."""
+    from itertools import groupby
+
+    from indexer.executor import progress
+
     ks = tuning_ks(count, ks)
     deepest = max(ks)
     if exact_ids.shape[1] < deepest + 1:
         raise ValueError(f"exact neighbours {exact_ids.shape[1]} wide; tuning k = {deepest} needs {deepest + 1}")
     truth = without_self(exact_ids[:, :deepest + 1], query_ids, deepest)
     vectors = np.ascontiguousarray(queries, dtype=np.float32)
-    nlist = max((shard.nlist for shard in index.shards), default=0)
-    rerank = any(shard.vectors is not None for shard in index.shards)
-    probes = [0] if not nlist else _powers(min(nlist, max(8, int(nlist * max_nprobe_fraction))))
-    factors = K_FACTORS if rerank and nlist else (K_FACTOR,)
+    settings = candidates(index.nlist, index.reranks, max_nprobe_fraction)
     curve, tried = [], []
-    for k_factor in factors:
-        swept: list[tuple[int, float]] = []  # (nprobe, mean recall) for this k_factor
-        for nprobe in probes:
-            if stop_on_plateau and len(swept) >= 3 and swept[-1][1] - swept[-3][1] < PLATEAU:
-                log.info("tuning: recall flat from nprobe %d to %d; sweep stopped", swept[-3][0], swept[-1][0])
-                break
-            params = SearchParams(nprobe, rerank, k_factor)
-            _, found = index.search(vectors, deepest + 1, params)
-            found = without_self(found, query_ids, deepest)
-            recall = {k: recall_at(found[:, :k], truth[:, :k]) for k in ks}
-            curve.append({"nprobe": nprobe, "k_factor": k_factor,
-                          **{f"recall_at_{k}": round(r, 4) for k, r in recall.items()}})
-            log.info("tuning: nprobe %d, k_factor %d: %s", nprobe, k_factor,
-                     ", ".join(f"recall@{k} {r:.4f}" for k, r in recall.items()))
-            if min(recall.values()) >= target:
-                return TuningResult(params, recall, True, len(query_ids), curve)
-            tried.append((params, recall))
-            swept.append((nprobe, _mean(recall)))
+    with progress("tuning", len(settings), "searches") as bar:
+        for _, sweep in groupby(settings, key=lambda params: params.k_factor):
+            swept: list[tuple[int, float]] = []  # (nprobe, mean recall) for this k_factor
+            for params in sweep:
+                if stop_on_plateau and len(swept) >= 3 and swept[-1][1] - swept[-3][1] < PLATEAU:
+                    log.info("tuning: recall flat from nprobe %d to %d; sweep stopped", swept[-3][0], swept[-1][0])
+                    break
+                _, found = index.search(vectors, deepest + 1, params)
+                bar.update(1)
+                found = without_self(found, query_ids, deepest)
+                recall = {k: recall_at(found[:, :k], truth[:, :k]) for k in ks}
+                curve.append({"nprobe": params.nprobe, "k_factor": params.k_factor,
+                              **{f"recall_at_{k}": round(r, 4) for k, r in recall.items()}})
+                log.info("tuning: nprobe %d, k_factor %d: %s", params.nprobe, params.k_factor,
+                         ", ".join(f"recall@{k} {r:.4f}" for k, r in recall.items()))
+                if min(recall.values()) >= target:
+                    return TuningResult(params, recall, True, len(query_ids), curve)
+                tried.append((params, recall))
+                swept.append((params.nprobe, _mean(recall)))
     top = max(_mean(recall) for _, recall in tried)
     params, recall = next((p, r) for p, r in tried if _mean(r) >= top - PLATEAU)
     log.warning("no nprobe <= %d reaches recall %.2f at k = %s; using nprobe %d (recall %s)",

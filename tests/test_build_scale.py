@@ -14,6 +14,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from bench.synthetic import mixture, write_batch
@@ -68,6 +69,18 @@ def _lists_of(index: faiss.Index) -> dict[int, tuple[int, bytes]]:
         for row, item in enumerate(ids):
             codes[int(item)] = (number, raw[row * lists.code_size:(row + 1) * lists.code_size].tobytes())
     return codes
+
+
+def _list_arrays(index: faiss.Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An IVF index's lists as arrays: (nlist,) sizes, then every list's ids and codes
+    concatenated in list order."""
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    sizes = np.array([lists.list_size(number) for number in range(ivf.nlist)], dtype=np.int64)
+    ids = [faiss.rev_swig_ptr(lists.get_ids(n), int(s)).copy() for n, s in enumerate(sizes) if s]
+    codes = [faiss.rev_swig_ptr(lists.get_codes(n), int(s) * lists.code_size).copy()
+             for n, s in enumerate(sizes) if s]
+    return sizes, np.concatenate(ids), np.concatenate(codes)
 
 
 def _version_files(root: str, manifest) -> list[str]:
@@ -346,7 +359,7 @@ def test_a_version_in_a_newer_format_is_refused_not_misread(memory):
     assert resolve_version(memory).version == manifest.version
 
 
-def test_the_trained_index_is_verified_before_it_is_used(memory):
+def test_the_trained_index_is_verified_before_it_is_used_by_searches_and_edits(memory, vectors):
     manifest = run_build(BuildConfig(memory, factory=FACTORY), LocalExecutor())
     path = os.path.join(index_root(memory), manifest.trained_path)
     with open(path, "r+b") as handle:  # flip one byte of the centroids
@@ -356,6 +369,17 @@ def test_the_trained_index_is_verified_before_it_is_used(memory):
         handle.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ChecksumMismatch):
         ShardedIndex(memory, resolve_version(memory))
+    # an edit encodes with the same file: it refuses it too, and publishes nothing
+    from indexer.edit import add_rows, run_add
+    from indexer.metadata import conform
+
+    write_batch(memory, "later", vectors[6_000:6_100], parts=1, first_id=50_000)
+    with pytest.raises(ChecksumMismatch):
+        run_add(memory, ["later"], LocalExecutor())
+    rows = conform(pa.table({"id": pa.array([90_001], pa.int64()), "key": ["k"], "label": ["l"]}))
+    with pytest.raises(ChecksumMismatch):
+        add_rows(memory, rows, vectors[6_100:6_101], "online")
+    assert read_latest(memory) == manifest.version
 
 
 def test_duplicate_ids_are_found_at_the_merge_and_nothing_is_published(memory, vectors):
@@ -575,6 +599,61 @@ def test_tuning_stops_where_recall_is_flat_and_chooses_as_the_full_sweep(tmp_pat
     assert early.params == full.params and early.recall == full.recall
 
 
+@pytest.mark.parametrize("keep_vectors", ["none", "fp16"])
+def test_tuning_one_task_a_shard_decides_as_tuning_in_the_driver(memory, tmp_path, ray_executor, keep_vectors):
+    """Above ``driver_tuning_max_items`` a build tunes with one Ray task per shard
+    (indexer.sweep) and no shard opened in the driver: the same curve, nprobe, re-rank factor
+    and recall as the same build tuned in the driver, whether or not it re-ranks."""
+    from indexer import search
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(memory, copy)
+    config = dict(num_shards=3, factory=FACTORY, keep_vectors=keep_vectors, recall_target=0.9999)
+    driver = run_build(BuildConfig(memory, **config), LocalExecutor())
+    opened = []
+    load = search.ShardSearcher.load
+    search.ShardSearcher.load = classmethod(lambda cls, *a, **k: opened.append(a[2]) or load(*a, **k))
+    try:
+        swept = run_build(BuildConfig(copy, driver_tuning_max_items=0, **config), ray_executor)
+    finally:
+        search.ShardSearcher.load = load
+    assert opened == []  # in the driver: the tasks opened the shards, in their own processes
+    assert swept.search_defaults == driver.search_defaults
+    assert swept.details["tuning_curve"] == driver.details["tuning_curve"]
+    assert len(driver.details["tuning_curve"]) >= 3
+
+
+def test_the_recall_a_build_records_is_what_other_queries_get(tmp_path):
+    """The recall in the manifest (tuned on the built shards with held-out queries) is what
+    300 other items of the memory, queried leave-one-out at the recorded defaults, get
+    against brute force (within sampling noise), on a memory where one probe is far from
+    enough."""
+    from indexer.search import SearchParams
+    from indexer.tuning import recall_at, without_self
+
+    vectors = mixture(30_000, 32, clusters=40, seed=8)
+    root = str(tmp_path / "memory")
+    write_batch(root, "synthetic", vectors, parts=2)
+    manifest = run_build(BuildConfig(root, num_shards=2, factory="IVF256,PQ16x8", recall_target=0.9),
+                         LocalExecutor())
+    index = ShardedIndex(root, manifest)
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    rows = np.random.default_rng(99).choice(len(vectors), 300, replace=False)
+    _, exact = brute_force(ids, vectors, vectors[rows], 101)
+    truth = without_self(exact, ids[rows], 100)
+
+    def recall(params: SearchParams) -> dict[int, float]:
+        found = without_self(index.search(vectors[rows], 101, params)[1], ids[rows], 100)
+        return {k: recall_at(found[:, :k], truth[:, :k]) for k in (10, 100)}
+
+    defaults = manifest.search_defaults
+    fresh = recall(SearchParams.from_manifest(manifest))
+    assert defaults["nprobe"] > 1
+    for k in (10, 100):
+        assert abs(fresh[k] - defaults[f"recall_at_{k}"]) < 0.03, (k, fresh, defaults)
+        assert recall(SearchParams(1))[k] < defaults[f"recall_at_{k}"] - 0.1  # the bound means something
+
+
 def test_a_phase_counts_the_cpu_its_ray_tasks_spent(ray_executor):
     """Phase CPU = the driver's + what its tasks reported (indexer.phases): two Ray tasks each
     burning 0.4 CPU-s make a phase of at least 0.8 CPU-s while the driver only waits."""
@@ -705,3 +784,111 @@ def test_metadata_is_sorted_one_column_at_a_time_into_one_record_batch(tmp_path)
     assert out["left"] == ["sorted.arrow", "source.arrow"]  # the column scratch is gone
     assert out["table"] > 2.5 * out["largest"]  # the bound below means something
     assert out["peak"] <= 2.2 * out["largest"] < out["table"]
+
+
+_PEAK_HEAP = """
+import threading, time
+
+def heap_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+
+def peak_heap_growth(run):
+    '''run()'s result and how far this process's anonymous RSS rose above where it was
+    before, sampled every 0.5 ms (FAISS and Arrow allocate outside tracemalloc's sight).'''
+    base, peak, done = heap_bytes(), [0], threading.Event()
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], heap_bytes())
+            time.sleep(0.0005)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(peak[0], heap_bytes()) - base
+"""
+
+
+def _child(script: str) -> dict:
+    """Run ``script`` (after the heap sampler above) in a fresh interpreter, whose heap holds
+    nothing of this one's; its last stdout line is JSON."""
+    result = subprocess.run([sys.executable, "-c", _PEAK_HEAP + textwrap.dedent(script)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_an_add_tasks_heap_does_not_grow_with_its_part(tmp_path):
+    """Add tasks over parts of 100,000 and 400,000 x 128 (51 and 205 MB of float32), each in
+    a fresh process under the same 8 MB task budget (1,638 rows per read): the larger part's
+    heap grows by its extra codes ((8 + 8) bytes a row) and noise, not by its extra 154 MB of
+    rows. What both hold besides is the allocators' slack (mimalloc's for Arrow, glibc's:
+    ~100 MB here, the same at 200,000 and 400,000 rows). Parts read whole grew by ~2 GB."""
+    dim, sizes = 128, (100_000, 400_000)
+    vectors = mixture(sum(sizes), dim, clusters=20, seed=3)
+    trained = faiss.index_factory(dim, "IVF64,PQ8x8")
+    trained.train(vectors[:10_000])
+    faiss.write_index(trained, str(tmp_path / "trained.faiss"))
+    roots = [str(tmp_path / f"memory-{rows}") for rows in sizes]
+    write_batch(roots[0], "synthetic", vectors[:sizes[0]], parts=1)
+    write_batch(roots[1], "synthetic", vectors[sizes[0]:], parts=1)
+    del vectors
+    growth = {}
+    for rows, root in zip(sizes, roots):
+        out = _child(f"""
+            import json, os
+            import faiss
+            from indexer.reader import plan_inputs
+            from indexer.tasks import add_part, chunk_rows_for
+            trained = faiss.serialize_index(faiss.read_index({str(tmp_path / "trained.faiss")!r}))
+            part = plan_inputs({root!r}).parts[0]
+            os.makedirs({root!r} + "/index/v/.build")
+            chunk = chunk_rows_for({dim}, 8 << 20)
+            added, growth = peak_heap_growth(lambda: add_part({root!r} + "/index", "v", part, 0, trained,
+                                                              2, "none", chunk))
+            print(json.dumps({{"growth": growth, "chunk": chunk, "rows": part.rows,
+                              "counts": [p.count for p in added.pieces]}}))
+        """)
+        assert out["rows"] == rows == sum(out["counts"]) and out["chunk"] == 1_638
+        growth[rows] = out["growth"]
+    extra_rows = sizes[1] - sizes[0]
+    assert growth[sizes[1]] - growth[sizes[0]] < 0.25 * extra_rows * dim * 4, growth
+
+
+def test_a_shard_merge_holds_one_copy_of_its_codes(tmp_path):
+    """A merge's codes (tasks.merged_codes) from one piece file of 600,000 codes (24 MB with
+    ids): the piece is memory-mapped and its lists copied, so the heap grows by the shard's
+    codes once. Reading the piece whole and moving its lists (FAISS merge_from) grew it by
+    43 MB: the piece and the shard both on the heap."""
+    from indexer.quantizer import serialize_stripped, write_stripped
+
+    rows, dim = 600_000, 32
+    vectors = mixture(rows, dim, clusters=20, seed=4)
+    index = faiss.index_factory(dim, "IVF256,SQ8")
+    index.train(vectors[:20_000])
+    (tmp_path / "template.bin").write_bytes(serialize_stripped(index))
+    index.add_with_ids(vectors, np.arange(rows, dtype=np.int64))
+    (tmp_path / "v" / ".build").mkdir(parents=True)
+    write_stripped(index, str(tmp_path / "v" / ".build" / "p0.faiss"))
+    expected = _list_arrays(index)
+    del index, vectors
+    out = _child(f"""
+        import json, pathlib
+        import faiss, numpy as np
+        from indexer.tasks import PieceFiles, merged_codes
+        template = pathlib.Path({str(tmp_path / "template.bin")!r}).read_bytes()
+        piece = PieceFiles("v/.build/p0", {rows}, {dim}, None)
+        merged, growth = peak_heap_growth(lambda: merged_codes({str(tmp_path)!r}, template, [piece]))
+        faiss.write_index(merged, {str(tmp_path / "merged.faiss")!r})
+        print(json.dumps({{"growth": growth, "ntotal": merged.ntotal}}))
+    """)
+    codes = rows * (dim + 8)  # SQ8: a byte per dimension, and the id
+    assert out["ntotal"] == rows
+    merged = _list_arrays(faiss.read_index(str(tmp_path / "merged.faiss")))
+    assert all(np.array_equal(a, b) for a, b in zip(merged, expected))
+    assert out["growth"] < 1.4 * codes, out
