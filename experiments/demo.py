@@ -94,7 +94,9 @@ def serve_stages(config: DemoConfig, inputs: dict[str, str], memory: str) -> dic
     from vmem.client import MemoryClient
 
     # Replica logs stay in Ray's log files (/tmp/ray/session_latest/logs): the demo prints its own.
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from indexer.localray import init
+
+    init(include_dashboard=False, log_to_driver=False)
     token = secrets.token_urlsafe(24)  # this run's mutation token; never leaves the process
     port = config.port or free_port()
     # the only place item sources may point to (the API refuses others; read-back reads only here)

@@ -102,11 +102,9 @@ class RayExecutor:
         self.max_retries = max_retries
         self._remote: dict[Callable, Any] = {}
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
-                                      "log_to_driver": True}
-            if address is None:
-                kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
-            ray.init(**{k: v for k, v in kwargs.items() if v is not None or k == "address"})
+            from indexer.localray import init
+
+            init(address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
     def put(self, value: Any) -> Any:
         return self.ray.put(value)

@@ -92,7 +92,9 @@ def run_classify(memory: str, queries: str, out: str, k: int = 100, aggregator: 
     manifest = resolve_version(memory, version)
     parts = plan_inputs(queries, batches, manifest.encoder, manifest.dim).parts
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+        from indexer.localray import init
+
+        init(include_dashboard=False)
     items = [{"batch": p.batch, "url": p.url, "rows": p.rows} for p in parts]
     results = (ray.data.from_items(items)
                .map_batches(PartClassifier, batch_size=1,

@@ -200,7 +200,9 @@ def connect(ray_address: str | None) -> None:
         if ray_address:
             ray.init(address=ray_address)
         else:
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+            from indexer.localray import init_local
+
+            init_local(include_dashboard=False)
 
 
 def start(config: dict, ray_address: str | None = None):
