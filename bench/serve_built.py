@@ -99,8 +99,14 @@ def main() -> int:
                 recalls.append(len(set(found) & set(exact.tolist())) / 10)
             rss = tree_rss(server.pid)
         finally:
-            os.killpg(server.pid, signal.SIGINT)
-            server.wait(120)
+            # SIGTERM, as a supervisor stops it (vmem serve takes Serve and its Ray down); not
+            # SIGINT, which a shell ignores in the commands it starts in the background
+            os.kill(server.pid, signal.SIGTERM)
+            try:
+                server.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                raise
     result = {"benchmark": "serve_built", "work": str(work), "ready_seconds": round(ready, 1),
               "queries": len(latencies), "latency_ms_p50": round(1e3 * float(np.median(latencies)), 1),
               "latency_ms_p95": round(1e3 * float(np.percentile(latencies, 95)), 1),
