@@ -28,7 +28,7 @@ from indexer.forgotten import record_forgotten, refuse_forgotten
 from indexer.layout import ConcurrentEdit, commit_latest, index_root, new_version_name, version_dir
 from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
-from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
+from indexer.reader import PART_ROWS, DuplicateIds, check_unique_ids, plan_inputs
 from indexer.segments import (DEFAULT_POLICY, CompactionPolicy, Shard, segment_key_index,
                               segment_metadata, stored_ids)
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
@@ -154,7 +154,7 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
         if not new:
             log.info("every batch is already in version %s: nothing to add", parent.version)
             return parent
-        inputs = plan_inputs(root, new, parent.encoder, parent.dim)
+        inputs = plan_inputs(root, new, parent.encoder, parent.dim, split_rows=PART_ROWS)
         trained, to_store = _trained(root, parent)
         trained_ref = executor.put(faiss.serialize_index(trained.index))
         new_version = new_version_name(parent.version)
