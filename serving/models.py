@@ -24,8 +24,9 @@ class QueryRequest(Body):
                              description="A text query (open_clip memories): its CLIP text embedding "
                              "searches the image embeddings. Give exactly one of image_base64, "
                              "embedding, text, item_id or item_key.")
-    item_id: int | None = Field(None, description="An item of the memory, by id (a JSON number or a "
-                                "decimal string): its stored embedding is the query (more like this).")
+    item_id: int | None = Field(None, description="An item of the memory, by id (a JSON number or "
+                                "a decimal string, as a neighbour's id_str): its stored embedding "
+                                "is the query (more like this).")
     item_key: str | None = Field(None, min_length=1, description="An item of the memory, by key (422 "
                                  "when the key names several items: give item_id).")
     k: int | None = Field(None, description="Neighbours to retrieve, 1 ... max_k (default 100).")
@@ -78,7 +79,9 @@ class RollbackRequest(Body):
 
 
 class ForgetRequestBody(Body):
-    ids: list[int] = Field(default_factory=list)
+    ids: list[int] = Field(default_factory=list, description="Items by id: JSON numbers or "
+                           "decimal strings (a neighbour's id_str, as a browser must send a "
+                           "64-bit id).")
     keys: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
     purge: bool = Field(False, description="Also compact at once, so the items' bytes leave every "
