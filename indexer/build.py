@@ -34,7 +34,7 @@ from indexer.leases import writer_lock
 from indexer.manifest import IndexManifest
 from indexer.phases import Phases
 from indexer.quantizer import serialize_stripped
-from indexer.reader import plan_inputs
+from indexer.reader import PART_ROWS, plan_inputs
 from indexer.search import ShardedIndex, merge_topk
 from indexer.sweep import SweptIndex
 from indexer.tasks import TASK_MEMORY_MB, VECTOR_DTYPES, add_part, build_scratch, chunk_rows_for, merge_shard, sample_part
@@ -125,7 +125,7 @@ def run_build(config: BuildConfig, executor: LocalExecutor | RayExecutor | Defer
     phases = Phases(executor)
     with phases("planning"):
         before = read_latest(config.memory)  # what edits landing while it runs are measured against
-        inputs = plan_inputs(config.memory, config.batches)
+        inputs = plan_inputs(config.memory, config.batches, split_rows=PART_ROWS)
     dim, shards = inputs.dim, config.num_shards
     estimate = inputs.count  # rows as written; unlearned ids (indexer/forgotten.py) drop on read
     factory = (factories.choose_factory(estimate, dim, config.bytes_per_vector)

@@ -75,6 +75,7 @@ def cmd_delete(args) -> int:
                             labels=args.label or [])
     if not (request.ids or request.keys or request.labels):
         raise SystemExit("vmem index delete: name what to forget with --id, --key or --label")
+    _require_index(args)
     # Tombstoning runs in this process. A local Ray instance starts only for a compaction
     # (--purge: up front, outside the memory's writer lock; the policy's: when due, and if it
     # cannot start, the committed delete stands and says so). A cluster is joined up front,
@@ -104,9 +105,18 @@ def cmd_forget_status(args) -> int:
     return 0
 
 
+def _require_index(args) -> None:
+    """Refuse a memory with no index before an edit starts Ray (the edit itself refuses it
+    before taking the writer lock: indexer.leases.edit_lock)."""
+    from indexer.store import resolve_version
+
+    resolve_version(args.memory)
+
+
 def cmd_compact(args) -> int:
     from indexer.edit import run_compact
 
+    _require_index(args)
     manifest = run_compact(args.memory, _executor(args))
     _print_manifest(manifest)
     if manifest.operation == "compact":
@@ -118,6 +128,7 @@ def cmd_prune(args) -> int:
     from indexer.prune import run_hard_prune, run_soft_prune
     from indexer.store import resolve_version
 
+    _require_index(args)
     if args.mode == "hard":
         manifest, report = run_hard_prune(args.memory, _executor(args), args.k or HARD_K, args.threshold)
         # a prune past the compaction policy returns the compaction that followed it; the

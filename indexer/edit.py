@@ -26,9 +26,9 @@ from indexer.checksums import sha256_bytes
 from indexer.executor import LocalExecutor
 from indexer.forgotten import record_forgotten, refuse_forgotten
 from indexer.layout import ConcurrentEdit, commit_latest, index_root, new_version_name, version_dir
-from indexer.leases import writer_lock
+from indexer.leases import edit_lock, writer_lock
 from indexer.manifest import IndexManifest, ShardEntry, TombstoneEntry
-from indexer.reader import DuplicateIds, check_unique_ids, plan_inputs
+from indexer.reader import PART_ROWS, DuplicateIds, check_unique_ids, plan_inputs
 from indexer.segments import (DEFAULT_POLICY, CompactionPolicy, Shard, segment_key_index,
                               segment_metadata, stored_ids)
 from indexer.store import load_index, load_metadata, load_trained, resolve_version
@@ -147,14 +147,14 @@ def run_add(root: str, batches: list[str], executor, version: str | None = None,
     scheduled re-run adds nothing twice. Ids are never gathered on the driver: each shard's
     segment task checks its own (``Shard.add``), and DuplicateIds from any of them (an incoming
     id already live, or repeated) fails the add with nothing published."""
-    with writer_lock(root):
+    with edit_lock(root):
         started = time.monotonic()
         parent = resolve_version(root, version)
         new = [b for b in batches if b not in parent.batches]
         if not new:
             log.info("every batch is already in version %s: nothing to add", parent.version)
             return parent
-        inputs = plan_inputs(root, new, parent.encoder, parent.dim)
+        inputs = plan_inputs(root, new, parent.encoder, parent.dim, split_rows=PART_ROWS)
         trained, to_store = _trained(root, parent)
         trained_ref = executor.put(faiss.serialize_index(trained.index))
         new_version = new_version_name(parent.version)
@@ -183,7 +183,7 @@ def add_rows(root: str, meta: pa.Table, vectors: np.ndarray, batch: str,
     float32 unit ``vectors``) from the embedding batch ``batch`` to LATEST: one delta segment
     per shard reached. Cost O(n + shards + the forget ledger). Raises DuplicateIds,
     ForgottenIds (an id unlearned before), ValueError on a bad shape."""
-    with writer_lock(root):
+    with edit_lock(root):
         started = time.monotonic()
         parent = resolve_version(root)
         if vectors.shape != (meta.num_rows, parent.dim):
@@ -320,7 +320,7 @@ def run_delete(root: str, request: ForgetRequest, executor, operation: str = "de
     Writes the forget report (method.md section 5): when the items stopped being returned
     (version, time) and, when purged, when their bytes left the live version's files (version,
     time), verified by reading those files back. Raises ValueError when nothing matches."""
-    with writer_lock(root):
+    with edit_lock(root):
         started = time.monotonic()
         parent = resolve_version(root)
         forget, found = resolve_forget(root, parent, request)
@@ -373,7 +373,7 @@ def _per_shard(executor, shards: list[ShardEntry], tasks: dict[int, tuple],
 def run_compact(root: str, executor, shards: set[int] | None = None) -> IndexManifest:
     """Merge every shard's segments and drop tombstoned rows physically into a new version
     (``vmem index compact``); a memory already compacted is returned as is."""
-    with writer_lock(root):
+    with edit_lock(root):
         parent = resolve_version(root)
         return _compact(root, parent, executor, shards)
 
@@ -563,7 +563,7 @@ def forget_status(root: str, delete_version: str) -> dict:
 def run_set_weights(root: str, ids: np.ndarray, weights: np.ndarray, executor,
                     operation: str, details: dict) -> IndexManifest:
     """New version whose metadata carries per-item weights; index and vector files shared."""
-    with writer_lock(root):
+    with edit_lock(root):
         parent = resolve_version(root)
         version = new_version_name(parent.version)
         entries = executor.get([executor.submit(weigh_shard, root, version, parent.shards[s], ids, weights)

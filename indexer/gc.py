@@ -245,11 +245,16 @@ def run_gc(root: str, keep: int, grace_seconds: float = DEFAULT_GRACE_SECONDS,
     leases.WriterBusy when another writer holds the lock past ``lock_timeout_s``,
     RuntimeError when LATEST names a version without a manifest, layout.ConcurrentEdit when
     a writer on another machine committed while it planned, and what
-    ``IndexManifest.read`` raises for an unreadable manifest (nothing is removed then)."""
+    ``IndexManifest.read`` raises for an unreadable manifest (nothing is removed then), and
+    FileNotFoundError, before taking the lock, when ``root`` holds no memory (neither
+    ``index/`` nor ``embeddings/``: a mistyped path, where the lock would make ``index/``)."""
     if keep < 0:
         raise ValueError(f"keep must be >= 0, not {keep}")
     if grace_seconds < 0:
         raise ValueError(f"grace_seconds must be >= 0, not {grace_seconds}")
+    if not (storage.exists(index_root(root)) or storage.exists(storage.join(root, "embeddings"))):
+        raise FileNotFoundError(f"no memory under {root}: neither {index_root(root)} nor "
+                                f"{storage.join(root, 'embeddings')} exists")
     started = time.monotonic()
     fs, base = storage.filesystem(root)
     with leases.writer_lock(root, timeout_s=lock_timeout_s):

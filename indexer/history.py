@@ -162,12 +162,10 @@ def rollback(root: str, to: str | None = None) -> str:
     FileNotFoundError (no such version), ValueError (no parent), ChecksumMismatch."""
     from indexer.edit import publish
     from indexer.layout import new_version_name
-    from indexer.leases import writer_lock
+    from indexer.leases import edit_lock
 
-    with writer_lock(root):
+    with edit_lock(root):  # refuses a memory with no index before taking the lock
         current = read_latest(root)
-        if current is None:
-            raise FileNotFoundError(f"no index under {root}")
         target = to or IndexManifest.read(root, current).parent
         if target is None:
             raise ValueError(f"version {current} has no parent to roll back to")

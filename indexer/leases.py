@@ -25,7 +25,7 @@ import os
 import threading
 import time
 
-from indexer.layout import index_root
+from indexer.layout import index_root, read_latest
 from pipelines import storage
 
 LEASES, PINS, LOCK = ".leases", ".pins", ".writer.lock"
@@ -61,6 +61,18 @@ def writer_lock(root: str, timeout_s: float = 600.0):
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def edit_lock(root: str, timeout_s: float = 600.0):
+    """``writer_lock`` for an edit of a published index (add, delete, compact, weights,
+    rollback): raises FileNotFoundError when ``root`` has no LATEST (nothing built, or a
+    mistyped path) before the lock is taken, so no ``ROOT/index/.writer.lock`` is made for a
+    memory that does not exist."""
+    if read_latest(root) is None:
+        raise FileNotFoundError(f"no index under {index_root(root)} (run `vmem index build`)")
+    with writer_lock(root, timeout_s):
+        yield
 
 
 def _lease_url(root: str, holder: str) -> str:

@@ -24,14 +24,19 @@ class DuplicateIds(ValueError):
     """The same id in two rows: the memory would answer with two copies of one image."""
 
 
+PART_ROWS = 1 << 20  # a build or add splits a file holding more rows into parts of about this many
+
+
 @dataclass(frozen=True)
 class Part:
-    """One Parquet file of one batch: the unit of parallel reading and adding."""
+    """One Parquet file of one batch, or a run of its row groups (``row_groups``, ascending;
+    None: the whole file): the unit of parallel reading and adding."""
 
     batch: str
     url: str
     rows: int  # as written; rows of forgotten ids are dropped when read
     forgotten: np.ndarray | None = field(default=None, compare=False, repr=False)
+    row_groups: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,11 @@ class MemoryInputs:
 
 
 def plan_inputs(root: str, batches: list[str] | None = None, encoder: str | None = None,
-                dim: int | None = None) -> MemoryInputs:
+                dim: int | None = None, split_rows: int | None = None) -> MemoryInputs:
     """The parts of the named batches (default: all complete ones); refuse mixed encoders.
-    Ids in the forget ledger are dropped when the parts are read (indexer/forgotten.py)."""
+    Ids in the forget ledger are dropped when the parts are read (indexer/forgotten.py).
+    ``split_rows``: a file holding more rows is split into runs of its row groups of at least
+    that many rows each (``split_part``), so one large file is several tasks."""
     from indexer.forgotten import forgotten_ids
 
     names = batches if batches else list_batches(root)
@@ -68,7 +75,34 @@ def plan_inputs(root: str, batches: list[str] | None = None, encoder: str | None
         expected = f"; the index expects {encoder} (dim {dim})" if encoder else ""
         raise IncompatibleBatches(f"batches were embedded by different encoders: {detail}{expected}")
     enc, d = next(iter(seen.values()))
+    if split_rows:
+        parts = [piece for part in parts for piece in split_part(part, split_rows)]
     return MemoryInputs(enc, d, list(names), parts)
+
+
+def split_part(part: Part, rows: int) -> list[Part]:
+    """``part`` as runs of consecutive row groups of at least ``rows`` rows each (the last
+    run may hold fewer; a file of one row group stays whole, as Parquet cannot be cut inside
+    one), in file order: read in turn, they give the file's rows in order. Reads the file's
+    footer only when ``part.rows`` exceeds ``rows``."""
+    if part.rows <= rows or part.row_groups is not None:
+        return [part]
+    fs, path = storage.filesystem(part.url)
+    with fs.open(path, "rb") as handle:
+        metadata = pq.ParquetFile(handle).metadata
+    sizes = [metadata.row_group(number).num_rows for number in range(metadata.num_row_groups)]
+    runs: list[list[int]] = [[]]
+    held = 0
+    for number, size in enumerate(sizes):
+        if held >= rows:
+            runs.append([])
+            held = 0
+        runs[-1].append(number)
+        held += size
+    if len(runs) == 1:
+        return [part]
+    return [Part(part.batch, part.url, sum(sizes[n] for n in run), part.forgotten, tuple(run))
+            for run in runs]
 
 
 def read_part(part: Part, with_vectors: bool = True) -> tuple[pa.Table, np.ndarray | None]:
@@ -77,6 +111,9 @@ def read_part(part: Part, with_vectors: bool = True) -> tuple[pa.Table, np.ndarr
     concatenate) and, optionally, its (n, dim) vectors. Raises ValueError naming a column of
     a conflicting type."""
     columns = META_COLUMNS + (["embedding"] if with_vectors else [])
+    if part.row_groups is not None:  # a run of the file's row groups (split_part)
+        tables = list(_tables(part, MAX_READ_ROWS, columns))
+        return _part_rows(part, pa.concat_tables(tables), with_vectors)
     return _part_rows(part, read_parquet_files([part.url], columns), with_vectors)
 
 
@@ -90,17 +127,20 @@ def _part_rows(part: Part, table: pa.Table, with_vectors: bool) -> tuple[pa.Tabl
 
 
 STREAM_BUFFER = 1 << 20  # bytes: column chunks are read through a buffer this size
+MAX_READ_ROWS = 1 << 30  # read_part of a row-group run: one batch per row group
 
 
 def _tables(part: Part, chunk_rows: int, columns: list[str]) -> Iterator[pa.Table]:
-    """The part's rows, ``chunk_rows`` at a time. Column chunks are streamed through a 1 MiB
+    """The part's rows (its row groups' when it names them), ``chunk_rows`` at a time. Column chunks are streamed through a 1 MiB
     buffer (pyarrow ``buffer_size``, no ``pre_buffer``) rather than read whole: otherwise one
     row group (250,000 rows of 384 floats: 384 MB) is held however small the chunk (measured:
     1,585 vs 730 MiB peak for 47,662-row chunks of such a file)."""
     fs, path = storage.filesystem(part.url)
     with fs.open(path, "rb") as handle:
         reader = pq.ParquetFile(handle, pre_buffer=False, buffer_size=STREAM_BUFFER)
-        for batch in reader.iter_batches(batch_size=max(1, chunk_rows), columns=columns):
+        row_groups = None if part.row_groups is None else list(part.row_groups)
+        for batch in reader.iter_batches(batch_size=max(1, chunk_rows), columns=columns,
+                                         row_groups=row_groups):
             yield conform_embeddings(pa.Table.from_batches([batch]))
 
 

@@ -79,13 +79,17 @@ def _save_npy(array: np.ndarray, path: str) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
-def _gather_rows(sources: Sequence[np.ndarray], order: np.ndarray, dtype, path: str,
-                 chunk_rows: int = 1 << 16) -> None:
+GATHER_BYTES = 8 << 20  # rows of vectors _gather_rows moves at once, in bytes
+
+
+def _gather_rows(sources: Sequence[np.ndarray], order: np.ndarray, dtype, path: str) -> None:
     """Write rows ``order`` of the sources stacked (row i of the stack: source j's row i -
-    offset j) to the .npy file ``path``, ``chunk_rows`` at a time: never a stacked copy."""
+    offset j) to the .npy file ``path``, ``GATHER_BYTES`` of rows at a time: never a stacked
+    copy."""
     sizes = np.array([len(source) for source in sources], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     dim = sources[0].shape[1]
+    chunk_rows = max(1, GATHER_BYTES // (dim * np.dtype(dtype).itemsize))
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(len(order), dim))
     for begin in range(0, len(order), chunk_rows):
         rows = order[begin:begin + chunk_rows]
@@ -100,22 +104,26 @@ def _gather_rows(sources: Sequence[np.ndarray], order: np.ndarray, dtype, path: 
 
 
 def write_segment(index_root: str, stem: str, index: faiss.Index, meta: pa.Table,
-                  vectors: np.ndarray | Sequence[np.ndarray] | None) -> SegmentEntry:
+                  vectors: np.ndarray | Sequence[np.ndarray] | None,
+                  vector_rows: np.ndarray | None = None) -> SegmentEntry:
     """Write one segment's files (each atomically, streamed to storage) under
     ``ROOT/index/<stem>.*``: its rows (``write_segment_rows``), then the index stripped of its
     coarse quantizer (``write_segment_index``). Raises DuplicateIds when an id occurs twice,
     RuntimeError when the index and the metadata disagree on the row count."""
     return write_segment_index(index_root, stem, index,
-                               write_segment_rows(index_root, stem, meta, vectors))
+                               write_segment_rows(index_root, stem, meta, vectors, vector_rows))
 
 
 def write_segment_rows(index_root: str, stem: str, meta: pa.Table,
-                       vectors: np.ndarray | Sequence[np.ndarray] | None) -> SegmentEntry:
+                       vectors: np.ndarray | Sequence[np.ndarray] | None,
+                       vector_rows: np.ndarray | None = None) -> SegmentEntry:
     """The row files of a segment under ``ROOT/index/<stem>.*``: metadata sorted by id
     (float64 weights; metadata.write_sorted_ipc: one column in memory at a time), vectors in
     the same row order, the key index. ``vectors`` is an (n, d) array or a list of arrays
     whose stacked rows align with ``meta`` (pieces: possibly memory-mapped, gathered in
-    chunks). The entry's ``index_sha256`` is empty until ``write_segment_index`` writes the
+    chunks), or, with ``vector_rows`` ((len(meta),) int64), hold meta row i's vector at
+    stacked row ``vector_rows[i]`` (a compaction: the segments' files whole, the rows it
+    keeps). The entry's ``index_sha256`` is empty until ``write_segment_index`` writes the
     index, so a merge holds one shard's metadata or its codes, never both. Raises
     DuplicateIds when an id occurs twice (nothing written then)."""
     from indexer.reader import DuplicateIds
@@ -140,7 +148,8 @@ def write_segment_rows(index_root: str, stem: str, meta: pa.Table,
         segment.vectors_path = f"{stem}.vectors.npy"
         segment.vectors_sha256 = _write_file(
             index_root, segment.vectors_path,
-            lambda path: _gather_rows(sources, order, sources[0].dtype, path))
+            lambda path: _gather_rows(sources, order if vector_rows is None else vector_rows[order],
+                                      sources[0].dtype, path))
     del order
     segment.keys_path = f"{stem}{keyindex.SUFFIX}"
     keys = keyindex.key_index(meta.column("key"), ids)  # sorted by (hash, id): row order moot
@@ -313,32 +322,37 @@ class Shard:
 
     def compact(self, version: str) -> ShardEntry:
         """One segment holding exactly the live items, tombstoned rows physically dropped from
-        the index, the metadata and the vectors. Cost: O(shard). A compacted shard is returned
-        as is."""
+        the index, the metadata and the vectors. Cost: O(shard). The vectors are gathered by
+        row from the segments' memory-mapped files into the new one (no copy of the shard's
+        vectors on the heap); the codes are read whole. A compacted shard is returned as is."""
         from indexer.store import load_index, load_metadata, load_vectors
 
         if self.entry.compacted:
             return self.entry
-        index, metas, vectors = None, [], []
+        index, metas, vectors, kept_rows, offset = None, [], [], [], 0
         for number, segment in enumerate(self.entry.segments):
             part = load_index(self.root, segment, mmap=False)
             meta = with_weights(load_metadata(self.root, segment))
-            kept_vectors = load_vectors(self.root, segment)
+            vectors.append(load_vectors(self.root, segment))  # memory-mapped: gathered by row
+            rows = meta.num_rows  # the vectors file's rows, in the same order
+            keep = np.arange(rows, dtype=np.int64)
             hidden = self.hidden(number)
             if len(hidden):
                 drop = np.isin(meta.column("id").to_numpy(), hidden)
                 part.remove_ids(faiss.IDSelectorBatch(hidden))
                 meta = meta.filter(pa.array(~drop))
-                kept_vectors = None if kept_vectors is None else kept_vectors[~drop]
+                keep = keep[~drop]
             metas.append(meta)
-            vectors.append(None if kept_vectors is None else np.asarray(kept_vectors))
+            kept_rows.append(offset + keep)
+            offset += rows
             if index is None:
                 index = part
             elif part.ntotal:
                 merge_lists(index, part)
         meta = pa.concat_tables(metas, promote_options="permissive")
-        stacked = None if vectors[0] is None else np.concatenate(vectors)
-        segment = write_segment(self.index_root, self._stem(version, ""), index, meta, stacked)
+        sources = None if vectors[0] is None else vectors
+        segment = write_segment(self.index_root, self._stem(version, ""), index, meta, sources,
+                                np.concatenate(kept_rows))
         return ShardEntry(self.entry.shard, segment.count, [segment], [])
 
 

@@ -44,7 +44,6 @@ import pyarrow.parquet as pq
 from pipelines.manifest import (
     BatchManifest,
     embeddings_dir,
-    list_batches,
     rejected_dir,
     remove_stale_files,
     run_files,
@@ -52,6 +51,7 @@ from pipelines.manifest import (
 from pipelines.records import ID_SCHEME_ITEM, Rejected, item_ids
 from pipelines.rules import (
     DEFAULT_MAX_REJECT_RATIO,
+    check_encoder,
     check_reject_ratio,
     default_batch_name,
     exit_status,
@@ -140,33 +140,11 @@ class ImportResult:
                 f"in {m.seconds:.1f}s ({rate:.0f} rows/s)")
 
 
-def memory_kind(memory: str, batch: str) -> tuple[str, int] | None:
-    """(encoder, dim) of the memory's other committed batches, None when it has none. Raises
-    ValueError when they disagree among themselves."""
-    kinds = {}
-    for name in list_batches(memory):
-        if name != batch:
-            manifest = BatchManifest.read(memory, name)
-            kinds[(manifest.encoder, manifest.dim)] = name
-    if len(kinds) > 1:
-        raise ValueError(f"memory {memory} already mixes encoders: {sorted(kinds)}")
-    return next(iter(kinds), None)
-
-
 def check_compatible(config: ImportConfig, dim: int) -> None:
     """Refuse an import the memory could not index with its other batches: another embedding
-    length or another encoder name. Raises ValueError saying which."""
-    kind = memory_kind(config.memory, config.resolved_batch())
-    if kind is None:
-        return
-    encoder, memory_dim = kind
-    if memory_dim != dim:
-        raise ValueError(f"the embeddings have dim {dim} but memory {config.memory} holds dim "
-                         f"{memory_dim} ({encoder}): they cannot share an index")
-    if encoder != config.encoder:
-        raise ValueError(f"--encoder {config.encoder!r} but memory {config.memory} was embedded "
-                         f"by {encoder!r} (dim {dim}): vectors of two encoders are not "
-                         f"comparable; import into another memory, or name the same encoder")
+    length or another encoder name. Raises IncompatibleEncoder (a ValueError) saying which."""
+    check_encoder(config.memory, config.resolved_batch(), config.encoder, dim,
+                  f"--encoder {config.encoder!r}")
 
 
 def check_aligned(parts: list[EmbeddingPart]) -> int:

@@ -25,7 +25,7 @@ from pipelines.manifest import (SKIPPED_PREFIX, BatchManifest, embeddings_dir, r
                                 remove_stale_files, run_files)
 from pipelines.records import ID_SCHEME_ITEM
 from pipelines.rules import (DEDUPE_POLICIES, DEFAULT_MAX_REJECT_RATIO, bad_rejections,
-                             check_reject_ratio, default_batch_name, exit_status)
+                             check_encoder, check_reject_ratio, default_batch_name, exit_status)
 from pipelines.sources import SOURCE_FORMATS, detect_format
 from pipelines.sources.base import DEFAULT_LABEL_FROM
 from pipelines.sources.webdataset import DEFAULT_IMAGE_FIELDS
@@ -93,7 +93,9 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     """Run the pipeline, list content duplicates (pipelines/dedupe.py), then commit the batch
     manifest; raise RuntimeError if any input went unaccounted, RejectRatioExceeded if more of
     the input was bad than ``config.max_reject_ratio`` (after the rejected rows are written,
-    before the commit), ValueError for an unknown ``config.dedupe``."""
+    before the commit), ValueError for an unknown ``config.dedupe``, IncompatibleEncoder (before
+    anything is read or written) when the memory's other batches were embedded by another
+    encoder, which the index step would refuse only after this batch was committed."""
     if config.dedupe not in DEDUPE_POLICIES:
         raise ValueError(f"dedupe={config.dedupe!r}: expected one of {DEDUPE_POLICIES}")
     # Beam and torch are imported here, not with the module: `vmem ingest --help` needs neither
@@ -102,8 +104,10 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     from pipelines.encoders.allocator import tune_glibc_malloc
     from pipelines.ingest_pipeline import run_pipeline
 
-    tune_glibc_malloc()  # before Beam starts its worker threads (see encoders/allocator.py)
     batch = config.resolved_batch()
+    spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
+    check_encoder(config.memory, batch, spec.name, embedding_dim(spec), f"--encoder {config.encoder!r}")
+    tune_glibc_malloc()  # before Beam starts its worker threads (see encoders/allocator.py)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     started = time.monotonic()
     metrics, runner = run_pipeline(config, run_id)
@@ -122,7 +126,6 @@ def run_ingest(config: IngestConfig) -> IngestResult:
     duplicates = find_duplicates(config.memory, batch,
                                  [f"{emb_dir}/{f['path']}" for f in files])
     duplicate_files = write_duplicates(config.memory, batch, run_id, duplicates)
-    spec = EncoderSpec.parse(config.encoder, config.weights, config.device)
     manifest = BatchManifest(
         batch=batch, run_id=run_id, created=datetime.now(timezone.utc).isoformat(),
         encoder=spec.name, dim=embedding_dim(spec), files=files, rejected_files=rejected_files,

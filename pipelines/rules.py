@@ -1,6 +1,8 @@
 """The commit and rejection rules every job that writes an embedding batch follows (``vmem
 ingest``, ``vmem import``): which rejections are bad input, the ``--max-reject-ratio`` guard,
-and the default batch name. Light on purpose: no Beam, no torch."""
+the default batch name, and the one encoder per memory (a batch another encoder embedded is
+refused before anything is read: the index step refuses mixed batches). Light on purpose: no
+Beam, no torch."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.manifest import ONLINE_PREFIX, read_parquet_files
+from pipelines.manifest import ONLINE_PREFIX, BatchManifest, list_batches, read_parquet_files
 
 DEFAULT_MAX_REJECT_RATIO = 0.1
 DEDUPE_POLICIES = ("none", "content")  # --dedupe: keep and list content duplicates | skip them
@@ -22,6 +24,42 @@ POLICY_REJECTIONS = (("dedupe", None), (None, "Unlabelled"), (None, "SkippedByEx
 class RejectRatioExceeded(RuntimeError):
     """More of the input was bad than ``--max-reject-ratio`` allows; the batch was not
     committed (its rejected rows were written, for inspection)."""
+
+
+class IncompatibleEncoder(ValueError):
+    """A batch the memory could not index with its other batches: another encoder or embedding
+    length (indexer/reader.py refuses such a mix at every build and add)."""
+
+
+def memory_kind(memory: str, batch: str) -> tuple[str, int] | None:
+    """(encoder, dim) of the memory's committed batches other than ``batch``, None when it has
+    none. Raises IncompatibleEncoder when they disagree among themselves."""
+    kinds = {}
+    for name in list_batches(memory):
+        if name != batch:
+            manifest = BatchManifest.read(memory, name)
+            kinds[(manifest.encoder, manifest.dim)] = name
+    if len(kinds) > 1:
+        raise IncompatibleEncoder(f"memory {memory} already mixes encoders: {sorted(kinds)}")
+    return next(iter(kinds), None)
+
+
+def check_encoder(memory: str, batch: str, encoder: str, dim: int, given: str) -> None:
+    """Refuse batch ``batch`` of ``memory`` embedded by ``encoder`` (``dim`` floats) when the
+    memory's other batches were embedded by another encoder or have another length: raises
+    IncompatibleEncoder naming the memory's encoder and ``given`` (the option that chose this
+    one, e.g. ``--encoder 'efficientnet-lite1'``)."""
+    kind = memory_kind(memory, batch)
+    if kind is None:
+        return
+    recorded, memory_dim = kind
+    if memory_dim != dim:
+        raise IncompatibleEncoder(f"the embeddings have dim {dim} but memory {memory} holds dim "
+                                  f"{memory_dim} ({recorded}): they cannot share an index")
+    if recorded != encoder:
+        raise IncompatibleEncoder(f"{given} but memory {memory} was embedded by {recorded!r} "
+                                  f"(dim {dim}): vectors of two encoders are not comparable; "
+                                  "use another memory, or name the same encoder")
 
 
 def is_policy(stage: str, error_type: str) -> bool:
@@ -76,12 +114,16 @@ def _normal(url: str) -> str:
 
 
 def exit_status(command: str, run: Callable[[], Any]) -> int:
-    """Run a job for a CLI: print its ``summary()`` and return 0, or print the
-    RejectRatioExceeded message on stderr and return 3 (nothing committed)."""
+    """Run a job for a CLI: print its ``summary()`` and return 0, or print the message of
+    RejectRatioExceeded (return 3) or IncompatibleEncoder (return 2, as a usage error) on
+    stderr; nothing was committed."""
     try:
         result = run()
     except RejectRatioExceeded as error:
         print(f"{command}: error: {error}", file=sys.stderr, flush=True)
         return 3
+    except IncompatibleEncoder as error:
+        print(f"{command}: error: {error}", file=sys.stderr, flush=True)
+        return 2
     print(result.summary(), flush=True)
     return 0

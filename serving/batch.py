@@ -23,6 +23,7 @@ from pipelines import storage
 from serving.aggregation import AGGREGATORS, Aggregator
 from serving.answers import answer, merge_answers
 from serving.decision import decide
+from serving.options import MAX_K
 from serving.rerank import RERANKERS, make_reranker, rerank_answer
 from vmem.helptext import HelpFormatter
 from vmem.logs import configure_logging
@@ -143,6 +144,17 @@ def export_neighbour_json(out: str, path: str, featurizer: str) -> int:
     return len(document)
 
 
+def neighbour_count(text: str) -> int:
+    """``--k``: an integer in 1 ... MAX_K, the HTTP API's limit (argparse reports the error)."""
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"k must be an integer, not {text!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise argparse.ArgumentTypeError(f"k must be between 1 and {MAX_K}, not {k}")
+    return k
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vmem classify", description=__doc__,
                                      formatter_class=HelpFormatter)
@@ -150,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", "-q", required=True, help="ROOT holding the query embedding batches.")
     parser.add_argument("--batch", action="append", help="Query batch (repeatable; default all).")
     parser.add_argument("--out", "-o", required=True, help="Output folder/URL for prediction Parquet.")
-    parser.add_argument("--k", type=int, default=100,
-                        help="Neighbours retrieved and voted per query (default 100).")
+    parser.add_argument("--k", type=neighbour_count, default=100,
+                        help=f"Neighbours retrieved and voted per query, 1 ... {MAX_K} (default 100).")
     parser.add_argument("--aggregator", choices=AGGREGATORS, default="rank",
                         help="How the neighbours' labels are voted (method.md section 2; default rank).")
     parameter_help = "xi (distance), tau (softmax) or alpha (rank); default: the paper's."
@@ -162,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Re-rank the neighbours before voting (serving/rerank.py).")
     parser.add_argument("--export-json", default="", help="Also write the paper's neighbour JSON here.")
     args = parser.parse_args(argv)
+    try:
+        Aggregator(args.aggregator, args.parameter)
+    except ValueError as error:
+        parser.error(f"--parameter {args.parameter}: {error}")
     configure_logging("WARNING")
     summary = run_classify(args.memory, args.queries, args.out, args.k, args.aggregator, args.parameter,
                            args.version, args.batch, args.concurrency, args.rerank)

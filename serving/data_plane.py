@@ -86,9 +86,15 @@ def listening(host: str, port: int) -> bool:
     return False
 
 
+def identity_of(application: str, memory: str) -> str:
+    """What a data-plane claim names: the Serve application and the memory it serves."""
+    return f"{application}@{memory}"
+
+
 def claim_port(host: str, port: int, identity: str) -> None:
-    """Record that (host, port) serves ``identity`` (Serve application and memory) on this
-    node, in ``$VMEM_RUN_DIR`` (default the temp dir). Raises PortTaken when another identity
+    """Record that (host, port) serves ``identity`` (``identity_of``) on this node, in
+    ``$VMEM_RUN_DIR`` (default the temp dir), as ``vmem-data-plane-<port>.json`` beside its
+    lock file (``release_claims`` removes both). Raises PortTaken when another identity
     claimed it and something still listens there; a stale claim (nothing listening) is
     replaced. Replicas of one application share the address: the same identity passes."""
     folder = _claims_dir()
@@ -103,6 +109,29 @@ def claim_port(host: str, port: int, identity: str) -> None:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"identity": identity, "host": host, "port": port}))
         temporary.replace(path)
+
+
+def release_claims(application: str) -> list[int]:
+    """Remove this node's claims of ``application`` (any memory) and their lock files once
+    nothing listens on their address: what a stopped ``vmem serve`` or demo leaves in
+    ``$VMEM_RUN_DIR``. A claim of another application, or one whose address still has a
+    listener, stays. The lock file goes while held: a process waiting on it finds the name
+    unlinked and opens it again (filelock checks ``st_nlink`` after locking). Returns the ports
+    released."""
+    released = []
+    for path in sorted(_claims_dir().glob("vmem-data-plane-*.json")):
+        lock = FileLock(str(path) + ".lock", timeout=30)
+        with lock:
+            if not path.exists():  # released meanwhile
+                continue
+            claim = json.loads(path.read_text())
+            if (not claim.get("identity", "").startswith(f"{application}@")
+                    or listening(claim["host"], claim["port"])):
+                continue
+            path.unlink()
+            Path(lock.lock_file).unlink()
+        released.append(claim["port"])
+    return released
 
 
 class DataPlane:

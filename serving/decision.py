@@ -2,6 +2,9 @@
 
 The evidence is every neighbour's id, key, source, label, distance, rank, item weight and vote
 weight, so each answer can be explained by — and edited through — the memory items behind it.
+The JSON form gives the id also as a decimal string (``id_str``): ids are 64-bit, beyond the 53
+bits a JavaScript number holds, and a key may name several items (one per batch), so a browser
+names an item by ``id_str``.
 """
 from __future__ import annotations
 
@@ -34,10 +37,11 @@ class Decision:
     neighbours: list[Neighbour] = field(default_factory=list)
 
     def to_dict(self, with_evidence: bool = True) -> dict:
-        """JSON-ready fields (a shallow build: ``dataclasses.asdict`` deep-copies every value)."""
+        """JSON-ready fields (a shallow build: ``dataclasses.asdict`` deep-copies every value);
+        each neighbour's id also as ``id_str``, its decimal string."""
         out = {"label": self.label, "scores": dict(self.scores), "confidence": self.confidence}
         if with_evidence:
-            out["neighbours"] = [dict(vars(n)) for n in self.neighbours]
+            out["neighbours"] = [{**vars(n), "id_str": str(n.id)} for n in self.neighbours]
         return out
 
 

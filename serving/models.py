@@ -1,6 +1,8 @@
 """Request bodies of the HTTP API (pydantic: FastAPI validates and documents them)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexer.layout import VERSION_PATTERN
@@ -8,6 +10,10 @@ from indexer.layout import VERSION_PATTERN
 NAMED_VERSION = "^$|" + VERSION_PATTERN  # a version name, or "" for none (the default)
 
 MAX_TEXT_CHARS = 2000  # CLIP reads 77 tokens; a longer text is refused, not silently cut
+
+# An item id: 63 bits of a hash, never negative (pipelines/records.py), stored as int64; one
+# outside is refused (422 naming the field) before it reaches numpy, which cannot hold it.
+ItemId = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class Body(BaseModel):
@@ -24,8 +30,9 @@ class QueryRequest(Body):
                              description="A text query (open_clip memories): its CLIP text embedding "
                              "searches the image embeddings. Give exactly one of image_base64, "
                              "embedding, text, item_id or item_key.")
-    item_id: int | None = Field(None, description="An item of the memory, by id (a JSON number or a "
-                                "decimal string): its stored embedding is the query (more like this).")
+    item_id: ItemId | None = Field(None, description="An item of the memory, by id (a JSON number or "
+                                   "a decimal string, as a neighbour's id_str): its stored embedding "
+                                   "is the query (more like this).")
     item_key: str | None = Field(None, min_length=1, description="An item of the memory, by key (422 "
                                  "when the key names several items: give item_id).")
     k: int | None = Field(None, description="Neighbours to retrieve, 1 ... max_k (default 100).")
@@ -78,7 +85,9 @@ class RollbackRequest(Body):
 
 
 class ForgetRequestBody(Body):
-    ids: list[int] = Field(default_factory=list)
+    ids: list[ItemId] = Field(default_factory=list, description="Items by id: JSON numbers or "
+                              "decimal strings (a neighbour's id_str, as a browser must send a "
+                              "64-bit id).")
     keys: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
     purge: bool = Field(False, description="Also compact at once, so the items' bytes leave every "

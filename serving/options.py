@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, fields
 
 from serving.aggregation import AGGREGATORS
 
+MAX_K = 1000  # neighbours one query may ask for: the API's default max_k, `vmem classify --k`'s limit
+
 
 @dataclass
 class ServingOptions:
@@ -18,7 +20,7 @@ class ServingOptions:
     allowed_source_roots: list[str] = field(default_factory=list)  # URL prefixes an item's
     # `source` may point to (pipelines/sources/policy.py); empty: only "" and "api:<key>"
     default_k: int = 100  # method.md: k = 100 is a safe default for RankVoting
-    max_k: int = 1000
+    max_k: int = MAX_K
     default_aggregator: str = "rank"
     unknown_below: float = 0.0  # answer "unknown" when the winner's vote share is lower
     default_rerank: str = ""  # "" = vote in retrieval order; "prototype" = serving/rerank.py

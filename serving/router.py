@@ -39,7 +39,7 @@ from serving.aggregation import Aggregator
 from serving.answers import merge_answers
 from serving.auth import ADMIN, READ, Refused, authorize, check_sources
 from serving.body_limit import BodyLimit, BodyTooLarge
-from serving.data_plane import DataPlane
+from serving.data_plane import DataPlane, identity_of
 from serving.decision import decide
 from serving.follower import VersionFollower, VersionUnavailable, whole_stand_ins
 from serving.models import (MAX_TEXT_CHARS, AddRequest, BatchRequest, ForgetRequestBody, QueryRequest, RollbackRequest,
@@ -225,7 +225,7 @@ class Router:
         # node's data-plane port, on this event loop; Serve's proxy keeps answering too.
         self.data_plane = (DataPlane.start(api, self.options.data_plane_host,
                                            self.options.data_plane_port,
-                                           f"{context.app_name}@{self.options.memory}")
+                                           identity_of(context.app_name, self.options.memory))
                            if self.options.data_plane_port else None)
 
     # ---- queries -------------------------------------------------------------------------

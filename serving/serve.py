@@ -370,11 +370,14 @@ def take_down(name: str, joined: bool) -> None:
     same name was replaced by it), then its own local instance (``ray.shutdown()``: Serve's
     controller and proxy, and the proxy's port, go with it; ``serve.shutdown()`` would only
     add Ray's "graceful_shutdown failed ... will be retried" line for the controller it
-    kills). Nothing to delete when Serve never started (a failed start: its own error is the
-    one reported)."""
+    kills), and last the data-plane claims its replicas left on this machine
+    (``serving.data_plane.release_claims``). Nothing to delete when Serve never started (a
+    failed start: its own error is the one reported)."""
     import ray
     from ray import serve
     from ray.serve.exceptions import RayServeException
+
+    from serving.data_plane import release_claims
 
     def delete() -> None:
         try:
@@ -391,8 +394,10 @@ def take_down(name: str, joined: bool) -> None:
         logging.getLogger("vmem.serve").warning(
             "application %r not deleted within %.0f s (its Ray node stopped?): exiting", name,
             TAKE_DOWN_TIMEOUT_S)
-    elif not joined and ray.is_initialized():
-        ray.shutdown()
+    elif not joined:
+        if ray.is_initialized():
+            ray.shutdown()
+        release_claims(name)  # the replicas ran here, and are gone with the local instance
 
 
 if __name__ == "__main__":

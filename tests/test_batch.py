@@ -11,7 +11,7 @@ from indexer.executor import LocalExecutor
 from indexer.search import ShardedIndex
 from serving.aggregation import Aggregator
 from serving.answers import answer, merge_answers
-from serving.batch import export_neighbour_json, read_predictions, run_classify
+from serving.batch import export_neighbour_json, main, read_predictions, run_classify
 from serving.decision import decide
 from serving.evaluate import accuracy_by_k
 from tests.indexer_helpers import load_embeddings
@@ -90,3 +90,26 @@ def test_batch_rerank_and_eval_over_predictions(classified, embedded_memory, tmp
     assert eval_main(["aggregation", "--predictions", out, "--k", "50", "--out", str(report)]) == 0
     result = json.loads((report / "aggregation.json").read_text())
     assert result["data"]["queries"] == 200 and (report / "index.html").exists()
+
+
+@pytest.mark.parametrize("options, error", [
+    (["--k", "0"], "argument --k: k must be between 1 and 1000, not 0"),
+    (["--k", "-1"], "argument --k: k must be between 1 and 1000, not -1"),
+    (["--k", "100000"], "argument --k: k must be between 1 and 1000, not 100000"),
+    (["--k", "ten"], "argument --k: k must be an integer, not 'ten'"),
+    (["--aggregator", "rank", "--parameter", "-1"], "--parameter -1.0: rank voting needs alpha >= 0.1"),
+    (["--aggregator", "softmax", "--parameter", "0"], "--parameter 0.0: softmax voting needs tau > 0"),
+])
+def test_k_and_the_parameter_are_checked_before_anything_runs(tmp_path, capsys, options, error):
+    """`vmem classify` takes k in 1 ... MAX_K, the HTTP API's default limit (k = 0 reported
+    accuracy 0.0, k = -1 failed in a Ray task, k = 100000 overflowed an Arrow string column),
+    and an aggregator parameter the aggregator accepts: one usage line, exit 2, nothing read."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--memory", str(tmp_path / "nomem"), "--queries", str(tmp_path / "noq"),
+              "--out", str(tmp_path / "out"), *options])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"vmem classify: error: {error}"
+    assert not (tmp_path / "out").exists()
+    from serving.options import MAX_K, ServingOptions
+
+    assert MAX_K == ServingOptions(memory="m").max_k == 1000

@@ -892,3 +892,73 @@ def test_a_shard_merge_holds_one_copy_of_its_codes(tmp_path):
     merged = _list_arrays(faiss.read_index(str(tmp_path / "merged.faiss")))
     assert all(np.array_equal(a, b) for a, b in zip(merged, expected))
     assert out["growth"] < 1.4 * codes, out
+
+
+def test_a_large_file_is_split_into_parts_at_its_row_groups(memory, vectors, monkeypatch):
+    """A build splits a file holding more than ``PART_ROWS`` rows into runs of its row groups
+    (one task each): the runs, read in turn, are the file's rows in order, and the version
+    holds every row once, as the same build of the unsplit file does (exact kind: the
+    index does not depend on the sample)."""
+    import pyarrow.parquet as pq
+
+    from indexer import build
+    from indexer.reader import iter_part, plan_inputs, read_part, split_part
+
+    whole = plan_inputs(memory).parts[0]  # 2,000 rows; rewritten as 8 row groups of 250
+    local = whole.url.removeprefix("file://")
+    pq.write_table(pq.read_table(local), local, row_group_size=250)
+    runs = split_part(whole, 600)
+    assert [run.row_groups for run in runs] == [(0, 1, 2), (3, 4, 5), (6, 7)]
+    assert [run.rows for run in runs] == [750, 750, 500]
+    assert split_part(whole, 2_000) == [whole]  # not over the limit: not opened
+    meta, rows = read_part(whole)
+    streamed = [list(iter_part(run, 100)) for run in runs]
+    assert pa.concat_tables([m for chunks in streamed for m, _ in chunks]).equals(meta)
+    np.testing.assert_array_equal(np.concatenate([v for chunks in streamed for _, v in chunks]), rows)
+    assert pa.concat_tables([read_part(run)[0] for run in runs]).equals(meta)
+
+    monkeypatch.setattr(build, "PART_ROWS", 600)
+    split = run_build(BuildConfig(memory, num_shards=2, factory="IDMap2,Flat"), LocalExecutor())
+    assert split.details["parts"] == 3 + 2 and split.count == 6_000
+    assert np.array_equal(np.sort(ShardedIndex.ids_of(memory, split)), np.arange(1, 6_001))
+    index = ShardedIndex(memory, split)
+    found = index.search(vectors[:20], 5)[1]
+    assert (found[:, 0] == np.arange(1, 21)).all()  # each row finds itself
+
+
+def test_a_compaction_gathers_vectors_from_the_files_not_a_copy_on_the_heap(tmp_path):
+    """Compacting a shard of 200,000 x 256 fp32 re-rank vectors (205 MB) with 1,000 of them
+    tombstoned: the vectors go from the segment's memory-mapped file to the new one by row
+    (8 MB at a time), so numpy's allocations peak far below what they weigh (the rest is
+    the ids, the sort order and the key index). They held them twice before: the kept rows
+    copied, then stacked (a 298 MB peak at 200,000 x 128). The compacted shard holds exactly the live rows, vector for
+    vector."""
+    from indexer.edit import ForgetRequest, run_delete
+    from indexer.store import load_vectors
+
+    rows, dim = 200_000, 256
+    vectors = mixture(rows, dim, clusters=20, seed=6)
+    root = str(tmp_path / "memory")
+    write_batch(root, "synthetic", vectors, parts=1)
+    del vectors
+    run_build(BuildConfig(root, factory="IVF16,PQ8x8", keep_vectors="fp32"), LocalExecutor())
+    deleted = np.arange(1, 2_001, 2)
+    manifest, _ = run_delete(root, ForgetRequest(ids=deleted.tolist()), LocalExecutor(), policy=None)
+    assert manifest.shards[0].tombstones
+    out = _child(f"""
+        import json, tracemalloc
+        from indexer.segments import Shard
+        from indexer.store import resolve_version
+        manifest = resolve_version({root!r})
+        tracemalloc.start()  # numpy's arrays: where a copy of the vectors would be
+        entry = Shard({root!r}, manifest.shards[0]).compact("v-compact")
+        print(json.dumps({{"numpy_peak": tracemalloc.get_traced_memory()[1], "count": entry.count,
+                          "vectors": entry.base.vectors_path}}))
+    """)
+    assert out["count"] == rows - len(deleted)
+    assert out["numpy_peak"] < 0.35 * rows * dim * 4, out  # before: 2.9x (the copies, and a chunk)
+    kept = np.load(Path(index_root(root)) / out["vectors"], mmap_mode="r")
+    meta = load_metadata(root, resolve_version(root).shards[0].base)  # the parent's base, by id
+    before = load_vectors(root, resolve_version(root).shards[0].base)
+    live = ~np.isin(meta.column("id").to_numpy(), deleted)
+    np.testing.assert_array_equal(kept, before[live])  # both sorted by id

@@ -323,3 +323,28 @@ def test_logging_keeps_the_libraries_chatter_out_unless_debugging():
         root.setLevel(saved[1])
         for name in CHATTY:
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize("command", [["compact", "--no-ray"], ["delete", "--key", "x", "--no-ray"],
+                                     ["rollback"], ["gc", "--keep", "1"], ["add", "--batch", "b", "--no-ray"],
+                                     ["prune", "soft", "--no-ray"]])
+def test_index_edits_refuse_a_memory_with_no_index_before_taking_the_lock(tmp_path, capsys, command):
+    """A mistyped --memory is refused in one line, as build, log and verify refuse it, and
+    nothing is made there (the writer lock created `nomem/index/.writer.lock`, and gc reported
+    success); a memory holding only embedding batches has no index to edit either (gc may
+    still collect its Beam temp folders there)."""
+    missing = tmp_path / "nomem"
+    assert main(["index", *command, "--memory", str(missing)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vmem index: error: no index under {missing}/index (run `vmem index build`)"
+                   if command[0] != "gc" else
+                   f"vmem index: error: no memory under {missing}: neither {missing}/index nor "
+                   f"{missing}/embeddings exists"]
+    assert not missing.exists()
+    if command[0] != "gc":
+        unbuilt = tmp_path / "unbuilt"
+        (unbuilt / "embeddings").mkdir(parents=True)
+        assert main(["index", *command, "--memory", str(unbuilt)]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"vmem index: error: no index under {unbuilt}/index (run `vmem index build`)"]
+        assert not (unbuilt / "index").exists()

@@ -75,3 +75,29 @@ def test_replicas_share_the_port_and_another_application_is_refused(tmp_path, mo
     claim_port("127.0.0.1", port, "app@/memory/b")  # a stale claim: nothing listens any more
     claims = json.loads((tmp_path / f"vmem-data-plane-{port}.json").read_text())
     assert claims["identity"] == "app@/memory/b"
+
+
+def test_a_stopped_application_leaves_no_claim_files(tmp_path, monkeypatch):
+    """`vmem serve` and the demo (serving.serve.take_down) remove their application's claim and
+    its lock file once nothing listens on the port; another application's claim, and a claim
+    whose port still has a listener, stay."""
+    from ray import serve
+
+    from serving.data_plane import identity_of, release_claims
+    from serving.serve import take_down
+
+    monkeypatch.setenv("VMEM_RUN_DIR", str(tmp_path))
+    ours, theirs = _free_port(), _free_port()
+    claim_port("127.0.0.1", ours, identity_of("visual-memory", "/memory/a"))
+    claim_port("127.0.0.1", theirs, identity_of("other", "/memory/b"))
+    listener = reuse_port_socket("127.0.0.1", ours)
+    try:
+        assert release_claims("visual-memory") == []  # a replica still serves the port
+    finally:
+        listener.close()
+    assert (tmp_path / f"vmem-data-plane-{ours}.json").exists()
+    monkeypatch.setattr(serve, "delete", lambda name: None)  # Serve's part, not started here
+    take_down("visual-memory", joined=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"vmem-data-plane-{theirs}.json",
+                                                         f"vmem-data-plane-{theirs}.json.lock"]
+    claim_port("127.0.0.1", ours, identity_of("visual-memory", "/memory/a"))  # the port claims again

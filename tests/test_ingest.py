@@ -151,6 +151,32 @@ def test_command_line_prints_summary(fmnist_shards, tmp_path, capsys):
     assert line.startswith(f"ingest batch={batch} read=40 embedded=40 rejected=0")
 
 
+def test_another_encoder_is_refused_before_anything_is_read(fmnist_shards, tmp_path, capsys):
+    """A batch embedded by another encoder than the memory's other batches would be committed,
+    then refused by every `vmem index build` / `add` ("batches were embedded by different
+    encoders"): `vmem ingest` refuses it first, as `vmem import` and `vmem update` do, naming
+    the memory's encoder and the option; nothing is written."""
+    memory = tmp_path / "memory"
+    BatchManifest(batch="shapes", run_id="r1", created="2026-12-02T00:00:00+00:00",
+                  encoder="efficientnet-lite0", dim=1280).write(str(memory))
+    shard = str(fmnist_shards / "fashion-mnist-test-000000.tar")
+    assert main(["--input", shard, "--memory", str(memory), "--batch", "day1", "--device", "cpu",
+                 "--encoder", "efficientnet-lite1", "--log-level", "WARNING"]) == 2
+    assert ("vmem ingest: error: --encoder 'efficientnet-lite1' but memory "
+            f"{memory} was embedded by 'efficientnet-lite0'") in capsys.readouterr().err
+    assert list_batches(str(memory)) == ["shapes"]
+    assert sorted(p.name for p in memory.iterdir()) == ["embeddings"]
+    assert sorted(p.name for p in (memory / "embeddings").iterdir()) == ["shapes"]
+    from pipelines.rules import IncompatibleEncoder
+
+    with pytest.raises(IncompatibleEncoder, match="holds dim 1280"):  # another length too
+        ingest(shard, memory, "day1", encoder="timm:vit_small_patch14_dinov2.lvd142m")
+    BatchManifest(batch="b", run_id="r2", created="2026-12-02T00:00:00+00:00",
+                  encoder="efficientnet-lite1", dim=1280).write(str(memory))
+    with pytest.raises(IncompatibleEncoder, match="already mixes encoders"):
+        ingest(shard, memory, "day1")
+
+
 def test_default_batch_names_differ_for_different_inputs():
     """Two ingests into one memory without --batch never replace each other's batch (a
     pattern's last part alone, '*.tar', named both 'tar'); the same inputs name the same one."""

@@ -263,6 +263,21 @@ def auth() -> dict:
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
+def test_ids_outside_int64_get_a_422_naming_the_field(server):
+    """Ids are 63-bit and never negative: one outside (a JSON number or a decimal string) is
+    refused naming the field, not a 500 from numpy's int64 ("Python int too large")."""
+    url, _ = server
+    for value in (99999999999999999999999, 2**63, str(2**63), -1):
+        forget = requests.delete(f"{url}/v1/memory/items", headers=auth(), json={"ids": [value]})
+        assert forget.status_code == 422 and forget.json()["field"] == "ids.0", forget.text
+        query = requests.post(f"{url}/v1/classify", json={"item_id": value})
+        assert query.status_code == 422 and query.json()["field"] == "item_id", query.text
+    batch = requests.post(f"{url}/v1/neighbors/batch", json={"queries": [{"item_id": 2**63}]})
+    assert batch.status_code == 422 and batch.json()["field"] == "queries.0.item_id", batch.text
+    largest = requests.post(f"{url}/v1/classify", json={"item_id": str(2**63 - 1)})
+    assert largest.status_code == 404 and largest.json()["field"] == "item_id"  # valid, not held
+
+
 def test_online_add_then_delete_is_read_your_writes(server):
     url, _ = server
     cup = encode(photo("coffee.png"), "PNG")

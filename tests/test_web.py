@@ -5,6 +5,7 @@ through the allowed roots), forget evidence and see the decision change, add an 
 back. Screenshots are saved and checked (not blank, the expected elements present)."""
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 
@@ -180,5 +181,62 @@ def test_query_inspect_forget_add_and_roll_back_in_a_browser(served, browser, em
     assert page.locator(f"#gallery .card[data-key='{top}']").count() == 0
     page.screenshot(path=str(shots / "versions.png"), full_page=True)
     check_screenshot(shots / "versions.png")
+    assert not errors, errors
+    page.close()
+
+
+def test_one_click_forgets_exactly_the_image_clicked_when_keys_repeat(served, browser, tmp_path):
+    """A key may name several items (a folder ingested into two batches; here an online add
+    under an ingested item's key, with its embedding): the page names an item by its id as a
+    decimal string (``id_str``: ids are 64-bit, beyond a JS number's 53 bits), so "more like
+    this" queries that item (by key it was 422, "names 2 items") and "forget this image" forgets
+    it alone (by key it forgot both). Last in the module: it edits the served memory, and the
+    test above counts versions from the first."""
+    from pipelines.data.fashion_mnist import load_split, png
+    from pipelines.records import api_id
+    from tests.indexer_helpers import load_embeddings
+
+    url, root = served
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    images, _ = load_split("test")
+    query = tmp_path / "query.png"
+    query.write_bytes(png(images[1]))
+    found = requests.post(f"{url}/v1/neighbors", json={
+        "image_base64": base64.b64encode(query.read_bytes()).decode(), "k": 1}).json()
+    original = found["neighbours"][0]
+    assert original["id_str"] == str(original["id"])
+    ids, vectors, _ = load_embeddings(root)
+    vector = vectors[int(np.flatnonzero(ids == original["id"])[0])]
+    key, twin = original["key"], str(api_id(original["key"]))
+    added = requests.post(f"{url}/v1/memory/items", headers=admin, json={"items": [
+        {"key": key, "label": "twin", "embedding": vector.tolist()}]})
+    assert added.status_code == 200, added.text
+    size = requests.get(f"{url}/v1/memory").json()["size"]
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url + "/")
+    wait(page, "document.getElementById('summary').textContent.includes('items')")
+    page.fill("#token", TOKEN)
+    page.set_input_files("#file", str(query))
+    wait(page, "document.getElementById('decision').dataset.label")
+    cards = page.locator(f"#gallery .card[data-key='{key}']")
+    assert sorted(cards.evaluate_all("cs => cs.map(c => c.dataset.id)")) == sorted([original["id_str"], twin])
+    # more like this on the twin: its own embedding is the query (distance 0), not a 422
+    page.locator(f"#gallery .card[data-id='{twin}'] button.like").click()
+    wait(page, "document.querySelector('#gallery .card').textContent.includes('distance 0.000')")
+    assert page.locator("#error").is_hidden()
+    # forget the ingested item: the twin under the same key stays (the query re-runs by it)
+    page.locator(f"#gallery .card[data-id='{original['id_str']}'] button.forget").click()
+    wait(page, "document.getElementById('change').textContent.includes('after')")
+    assert page.locator("#error").is_hidden(), page.locator("#error").text_content()
+    assert page.locator(f"#gallery .card[data-id='{original['id_str']}']").count() == 0
+    assert page.locator("#gallery .card").first.get_attribute("data-id") == twin
+    assert requests.get(f"{url}/v1/memory").json()["size"] == size - 1
+    kept = requests.post(f"{url}/v1/neighbors", json={"item_id": twin, "k": 1})
+    assert kept.status_code == 200 and kept.json()["neighbours"][0]["id_str"] == twin
+    gone = requests.post(f"{url}/v1/neighbors", json={"item_id": original["id_str"], "k": 1})
+    assert gone.status_code == 404 and gone.json()["field"] == "item_id"
     assert not errors, errors
     page.close()

@@ -155,20 +155,21 @@ function render(answer, before) {
 function card(n) {
   const image = el("div", { class: "noimg" }, "no image");
   if (n.source && !n.source.startsWith("api:")) loadThumbnail(n.source, image);
-  // Ids are 64-bit hashes, beyond a JS number's 53 bits: the page names items by key.
-  return el("div", { class: "card", "data-key": n.key, "data-label": n.label },
+  // Ids are 64-bit hashes, beyond a JS number's 53 bits, and a key may name several items (one
+  // per batch): the page names an item by its id as a decimal string (id_str).
+  return el("div", { class: "card", "data-id": n.id_str, "data-key": n.key, "data-label": n.label },
     image, el("div", { class: "label" }, n.label),
     el("div", {}, `rank ${n.rank} · distance ${n.distance.toFixed(3)}`),
     el("div", {}, `vote ${n.vote.toFixed(3)} · weight ${n.item_weight.toFixed(2)}`),
     el("div", { class: "muted", title: n.source }, n.key),
     el("button", { class: "like", onclick: () => queryItem(n) }, "more like this"),
-    el("button", { class: "edit forget", onclick: () => forget({ keys: [n.key] }) }, "forget this image"));
+    el("button", { class: "edit forget", onclick: () => forget({ ids: [n.id_str] }) }, "forget this image"));
 }
 
-// query by an item of the memory: its stored embedding is the query (by key: see card())
+// query by an item of the memory: its stored embedding is the query (by id_str: see card())
 function queryItem(n) {
-  state.query = { item_key: n.key };
-  const shown = document.querySelector(`#gallery .card[data-key="${CSS.escape(n.key)}"] img`);
+  state.query = { item_id: n.id_str };
+  const shown = document.querySelector(`#gallery .card[data-id="${CSS.escape(n.id_str)}"] img`);
   if (shown) $("preview").src = shown.src; else $("preview").removeAttribute("src");
   $("run").disabled = false;
   classify();
