@@ -1,11 +1,14 @@
 """Versions form a history through their parents: list it, and move LATEST back."""
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Iterator
 
 from indexer.layout import list_versions, read_latest
 from indexer.manifest import IndexManifest
 from indexer.store import verify_version
+
+log = logging.getLogger("vmem.index")
 
 # Operations after which every item the parent serves is still served: an add (new items; an
 # id already live is refused) and a soft prune (weights only). A compaction qualifies when it
@@ -158,11 +161,18 @@ def rollback(root: str, to: str | None = None) -> str:
     (operation "rollback"), so versions only move forward and replicas and clients comparing
     versions (``min_version``) see a newer one. Items unlearned since ``to`` (the forget
     ledger, indexer/forgotten.py) stay forgotten: they are tombstoned in the new version, so a
-    rollback never brings a deleted item back. Returns the new version's name. Raises
-    FileNotFoundError (no such version), ValueError (no parent), ChecksumMismatch."""
-    from indexer.edit import publish
+    rollback never brings a deleted item back. Nor their bytes, once purged: when ``to``'s
+    files hold forgotten rows that the current version's files no longer hold (a ``delete
+    --purge`` or a compaction since), the shards holding them are compacted at once, under the
+    same lock, and that compaction is the version returned (its parent is the rollback).
+    Returns the new version's name. Raises FileNotFoundError (no such version), ValueError (no
+    parent), ChecksumMismatch."""
+    from indexer.edit import _compact, _stored, publish
+    from indexer.executor import LocalExecutor
+    from indexer.forgotten import forgotten_ids
     from indexer.layout import new_version_name
     from indexer.leases import edit_lock
+    from indexer.tasks import shard_of
 
     with edit_lock(root):  # refuses a memory with no index before taking the lock
         current = read_latest(root)
@@ -172,12 +182,19 @@ def rollback(root: str, to: str | None = None) -> str:
         old = IndexManifest.read(root, target)
         verify_version(root, old)
         parent = IndexManifest.read(root, current)
+        forgotten = forgotten_ids(root)
+        purged = forgotten[_stored(root, old, forgotten) & ~_stored(root, parent, forgotten)]
         old.version = parent.version  # publish() names the parent; the files are the target's
         version = new_version_name(current)
         shards, kept_forgotten = _without_forgotten(root, version, old)
         manifest = publish(root, old, version, "rollback", shards, old.batches,
                            {"rolled_back_to": target, "from": current,
-                            "forgotten_tombstoned": kept_forgotten})
+                            "forgotten_tombstoned": kept_forgotten, "purged_again": int(len(purged))})
+        if len(purged):
+            log.info("rollback to %s would bring back the bytes of %d purged items: compacting "
+                     "their shards", target, len(purged))
+            manifest = _compact(root, manifest, LocalExecutor(progress=False),
+                                set(shard_of(purged, manifest.num_shards).tolist()))
         return manifest.version
 
 

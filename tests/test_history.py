@@ -97,21 +97,30 @@ def test_gc_keeps_the_version_a_degraded_replica_serves_a_shard_from(memory_copy
     assert ShardGroup(memory_copy, (0, 1), merged.version).shards == (0,)
 
 
-def test_forget_status_after_a_rollback_past_the_purge_says_the_bytes_are_back(memory_copy):
+def test_a_rollback_past_a_purge_purges_again(memory_copy):
     """delete --purge, then a rollback to the build: the items stay hidden (tombstoned again)
-    but the live version's files hold their rows again, so the forget report no longer says
-    their bytes were removed (it did)."""
+    and their bytes, which the build's files still hold, leave the live version again at once
+    (a compaction under the rollback's lock), so the forget report still says they were
+    removed. A rollback used to bring the purged rows back into the live files silently."""
     built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
     doomed = np.sort(load_embeddings(memory_copy, ["train-a"])[0][:5])
     compacted, report = run_delete(memory_copy, ForgetRequest(ids=doomed.tolist()), LOCAL, purge=True)
     delete_version = report["version"]
     assert forget_status(memory_copy, delete_version)["bytes_removed"]["version"] == compacted.version
     live = IndexManifest.read(memory_copy, rollback(memory_copy, built.version))
+    assert live.operation == "compact"
+    rolled = IndexManifest.read(memory_copy, live.parent)
+    assert rolled.operation == "rollback" and rolled.details["purged_again"] == 5
+    assert rolled.details["forgotten_tombstoned"] == 5
     held = np.concatenate([stored_ids(load_index(memory_copy, s, mmap=False))
                            for e in live.shards for s in e.segments])
-    assert np.isin(doomed, held).all() and live.details["forgotten_tombstoned"] == 5
+    assert not np.isin(doomed, held).any()
+    assert live.count == built.count - 5
     status = forget_status(memory_copy, delete_version)
-    assert status["bytes_removed"] is None and status["live"]
+    assert status["live"] and status["bytes_removed"]["version"] == live.version
+    # a rollback that brings back no purged bytes compacts nothing
+    again = IndexManifest.read(memory_copy, rollback(memory_copy, compacted.version))
+    assert again.operation == "rollback" and again.details["purged_again"] == 0
 
 
 def _online_item(memory: str, key: str):
@@ -149,7 +158,9 @@ def test_an_unlearned_online_item_cannot_be_added_again_under_its_key(memory_cop
     compacted = run_compact(memory_copy, LOCAL)  # purges k-1's row; raised before
     assert compacted.count == added.count
     back = IndexManifest.read(memory_copy, rollback(memory_copy, added.version))
-    assert back.count == added.count and back.details["forgotten_tombstoned"] == 0
+    rolled = IndexManifest.read(memory_copy, back.parent)  # k-1's row, purged, is purged again
+    assert back.operation == "compact" and back.count == added.count
+    assert rolled.details["forgotten_tombstoned"] == 0 and rolled.details["purged_again"] == 1
 
 
 def test_cli_prune_hard_past_the_compaction_policy_prints_the_prune(memory_copy, capsys):
@@ -311,20 +322,22 @@ def test_forget_status_names_the_compaction_that_purged_the_last_bytes(memory_co
 
 
 def test_forget_status_after_rollback_and_repurge_names_the_repurge(memory_copy):
-    """delete --purge (C1), rollback to the build (bytes back: None), compaction (purges the
-    rollback's re-tombstoned rows, C2): forget-status says the bytes left with C2."""
+    """delete --purge (C1), rollback to the build: the rollback purges the rows it brought
+    back at once (C2, its own compaction), and forget-status says the bytes left with C2; a
+    later compaction finds nothing to purge and changes nothing. (Before, the rollback left
+    the bytes live, forget-status said None until a compaction ran.)"""
     from indexer.edit import forget_status
     from indexer.history import rollback
 
     built = run_build(BuildConfig(memory_copy, batches=["train-a"], num_shards=2), LOCAL)
     doomed = np.sort(load_embeddings(memory_copy, ["train-a"])[0][:5])
     c1, report = run_delete(memory_copy, ForgetRequest(ids=doomed.tolist()), LOCAL, purge=True)
-    rollback(memory_copy, built.version)
-    assert forget_status(memory_copy, report["version"])["bytes_removed"] is None
-    c2 = run_compact(memory_copy, LOCAL)
+    c2 = rollback(memory_copy, built.version)
     status = forget_status(memory_copy, report["version"])
-    assert status["bytes_removed"] is not None and status["bytes_removed"]["version"] == c2.version, (
-        c1.version, c2.version, status["bytes_removed"])
+    assert status["bytes_removed"] is not None and status["bytes_removed"]["version"] == c2, (
+        c1.version, c2, status["bytes_removed"])
+    assert run_compact(memory_copy, LOCAL).version == c2  # every shard compacted already
+    assert forget_status(memory_copy, report["version"])["bytes_removed"]["version"] == c2
 
 
 def test_gc_on_odd_histories_does_not_raise(memory_copy):
