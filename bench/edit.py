@@ -129,7 +129,8 @@ def served(root: str, routers: int, token: str):
     from serving.serve import DEFAULT_CONFIG, load_config, start
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from indexer.localray import init_local
+    init_local(include_dashboard=False, log_to_driver=False)  # loopback only (indexer/localray.py)
     port = free_port()
     config = load_config(DEFAULT_CONFIG, root, "127.0.0.1", port,
                          {"token": token, "embeddings_only": True, "searcher_groups": 0})

@@ -478,7 +478,8 @@ def ray_running() -> Iterator[None]:
 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    from indexer.localray import init_local
+    init_local(include_dashboard=False, log_to_driver=False)  # loopback only (indexer/localray.py)
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # Ray's own handler aborts, leaving servers
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:

@@ -64,6 +64,7 @@ def cmd_build(args) -> int:
 def cmd_add(args) -> int:
     from indexer.edit import run_add
 
+    _require_index(args)
     _print_manifest(run_add(args.memory, args.batch, _executor(args)))
     return 0
 

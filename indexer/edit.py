@@ -125,8 +125,12 @@ def _vector_kind(root: str, manifest: IndexManifest) -> str:
 
     if not manifest.search_defaults.get("rerank"):
         return "none"
-    vectors = load_vectors(root, manifest.shards[0].base)
-    return "fp32" if vectors is not None and vectors.dtype == np.float32 else "fp16"
+    for entry in manifest.shards:  # the first segment that has a vectors file: an empty
+        for segment in entry.segments:  # shard's base has none
+            vectors = load_vectors(root, segment)
+            if vectors is not None:
+                return "fp32" if vectors.dtype == np.float32 else "fp16"
+    return "fp16"
 
 
 def _trained(root: str, parent: IndexManifest) -> tuple[Trained, bytes | None]:

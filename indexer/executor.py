@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3  # a build's task re-runs after a lost worker or an OSError (Ray's max_retries)
+STOP_WAIT_S = 60.0  # how long a pass ended by an error waits for its cancelled tasks to end
 
 
 @dataclass(frozen=True)
@@ -158,10 +159,21 @@ class RayExecutor:
                         bar.update(sizes[number] if sizes is not None else 1)
                         yield number, result.value
             finally:
-                if pending:  # a task's error (or the caller's) ends the pass early: the other
-                    # tasks finish first, so the files they write land before the caller's
-                    # cleanup (tasks.build_scratch) runs, not after it
-                    self.ray.wait(pending, num_returns=len(pending))
+                if pending:  # an error (a task's, the caller's, Ctrl-C) ends the pass early
+                    self._stop(pending)
+
+    def _stop(self, pending: list) -> None:
+        """Cancel a pass's unfinished tasks (queued ones never start; running ones get
+        KeyboardInterrupt, and their staged files are dropped) and wait up to
+        ``STOP_WAIT_S`` for them to end, so that what they write lands before the caller's
+        cleanup (tasks.build_scratch) runs, not after it. The error that ended the pass is
+        the one raised: one from here is logged, not raised over it."""
+        try:
+            for handle in pending:
+                self.ray.cancel(handle)
+            self.ray.wait(pending, num_returns=len(pending), timeout=STOP_WAIT_S)
+        except Exception as error:  # noqa: BLE001 - the pass's own error propagates instead
+            log.warning("stopping %d unfinished tasks after an error: %s", len(pending), error)
 
     @staticmethod
     def _key(handle: Any) -> Any:

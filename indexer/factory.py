@@ -100,7 +100,8 @@ def refuse_unsupported(index: faiss.Index, factory: str) -> None:
     memory cannot hold: a refinement index (``RFlat``, ``Refine(...)``: keep vectors with
     ``--keep-vectors`` for exact re-ranking instead), an ``IDMap``/``IDMap2`` over an IVF
     index (IVF lists hold the ids already; only ``IDMap2,Flat``, the exact kind, maps them),
-    or a local-search additive quantizer (LSQ, PLSQ: batch-dependent codes)."""
+    a local-search additive quantizer (LSQ, PLSQ: batch-dependent codes), or fast-scan IVF
+    lists (``...fs``: FAISS aborts merging a shard's pieces)."""
     outer = faiss.downcast_index(index)
     if isinstance(outer, faiss.IndexPreTransform):
         outer = faiss.downcast_index(outer.index)
@@ -114,6 +115,10 @@ def refuse_unsupported(index: faiss.Index, factory: str) -> None:
     if isinstance(level, _BATCH_DEPENDENT):
         raise ValueError(f"factory {factory!r}: local-search quantizers (LSQ, PLSQ) encode a row "
                          f"differently depending on the rows encoded with it; use PQ, RQ or SQ")
+    if isinstance(level, faiss.IndexIVFFastScan):
+        raise ValueError(f"factory {factory!r}: fast-scan lists (...fs) cannot be merged from a "
+                         f"build's pieces (faiss 1.15's block lists overrun their buffer merging "
+                         f"into a non-empty list: the process aborts); use the kind without fs")
 
 
 OPQ_ITERATIONS = 10  # faiss's OPQMatrix default is 50: 25 gave +0.004 recall@10 at 2x the CPU

@@ -10,11 +10,15 @@ machine's address>``, its ports on ``*``). With clusters turned off
 instance starts, the node's address stays 127.0.0.1 and every process listens there: what a
 single-machine instance is. Ray is pinned (pyproject.toml); tests/test_localray.py checks
 every listening socket of such an instance, so an upgrade that changes this fails there.
-Joining a cluster (an address, a Ray job) does not go through here.
+``init`` joins a cluster (an address, a Ray job's, one ``ray start`` left) as ``ray.init``
+does, and only a new local instance goes through ``init_local``.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+_SWITCH = threading.Lock()
 
 
 def init_local(**options: Any) -> None:
@@ -28,12 +32,13 @@ def init_local(**options: Any) -> None:
     import ray
     from ray._private import ray_constants
 
-    switch = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(address="local", _node_ip_address="127.0.0.1", **options)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = switch
+    with _SWITCH:  # two threads starting Ray at once must not restore each other's value
+        switch = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            ray.init(address="local", _node_ip_address="127.0.0.1", **options)
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = switch
 
 
 def init(address: str | None = None, **options: Any) -> None:

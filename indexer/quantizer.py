@@ -147,20 +147,25 @@ def merge_lists(index: faiss.Index, other: faiss.Index) -> None:
     source.ntotal = 0
 
 
-def copy_lists(index: faiss.Index, other: faiss.Index) -> bool:
+def lists_copyable(index: faiss.Index) -> bool:
+    """Whether ``copy_lists`` can copy into (or from) ``index``: an IVF index with array lists
+    (every kind the memory builds but the exact ``IDMap2,Flat``)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists),
+                                          faiss.ArrayInvertedLists)
+
+
+def copy_lists(index: faiss.Index, other: faiss.Index) -> None:
     """Append ``other``'s inverted lists to ``index``'s (same trained kind), keeping ids and
     leaving ``other`` unchanged: FAISS's ``InvertedLists.copy_subset_to`` over every list
     (``SUBSET_TYPE_INVLIST``). ``other`` may then be a piece file memory-mapped read-only
     (``IO_FLAG_MMAP_IFC``), whose lists ``merge_lists`` cannot empty (FAISS aborts resizing a
     mapped view): a merge holds the target's codes and the page cache the piece's, not a
-    second copy on the heap. Returns False, copying nothing, when either index is not IVF
-    with array lists (exact or fast-scan kinds: use ``merge_lists`` on a fully read piece).
-    Raises ValueError when the kinds differ."""
-    target, source = faiss.try_extract_index_ivf(index), faiss.try_extract_index_ivf(other)
-    if target is None or source is None or not all(
-            isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists)
-            for ivf in (target, source)):
-        return False
+    second copy on the heap. Raises ValueError when either is not ``lists_copyable`` or the
+    kinds differ."""
+    if not (lists_copyable(index) and lists_copyable(other)):
+        raise ValueError("copy_lists copies IVF array lists; merge other kinds with merge_lists")
+    target, source = faiss.extract_index_ivf(index), faiss.extract_index_ivf(other)
     if (target.nlist, target.code_size, target.d) != (source.nlist, source.code_size, source.d):
         raise ValueError(f"cannot copy lists of IVF{source.nlist} (code size {source.code_size}) "
                          f"into IVF{target.nlist} (code size {target.code_size})")
@@ -168,7 +173,6 @@ def copy_lists(index: faiss.Index, other: faiss.Index) -> bool:
                                            0, source.nlist)
     target.ntotal += added
     index.ntotal = target.ntotal
-    return True
 
 
 # IVF kinds whose ``sa_encode`` output (list number, then the code add_with_ids would store)

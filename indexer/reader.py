@@ -112,8 +112,10 @@ def read_part(part: Part, with_vectors: bool = True) -> tuple[pa.Table, np.ndarr
     a conflicting type."""
     columns = META_COLUMNS + (["embedding"] if with_vectors else [])
     if part.row_groups is not None:  # a run of the file's row groups (split_part)
-        tables = list(_tables(part, MAX_READ_ROWS, columns))
-        return _part_rows(part, pa.concat_tables(tables), with_vectors)
+        fs, path = storage.filesystem(part.url)
+        with fs.open(path, "rb") as handle:
+            table = pq.ParquetFile(handle).read_row_groups(list(part.row_groups), columns=columns)
+        return _part_rows(part, conform_embeddings(table), with_vectors)
     return _part_rows(part, read_parquet_files([part.url], columns), with_vectors)
 
 
@@ -127,7 +129,6 @@ def _part_rows(part: Part, table: pa.Table, with_vectors: bool) -> tuple[pa.Tabl
 
 
 STREAM_BUFFER = 1 << 20  # bytes: column chunks are read through a buffer this size
-MAX_READ_ROWS = 1 << 30  # read_part of a row-group run: one batch per row group
 
 
 def _tables(part: Part, chunk_rows: int, columns: list[str]) -> Iterator[pa.Table]:

@@ -485,7 +485,8 @@ class ShardSearcher:
 
 
 class ShardedIndex:
-    """Every shard of a version in this process: for batch jobs, pruning, tuning and tests.
+    """Every shard of a version in this process: for batch jobs, pruning, tests, and a build's
+    tuning up to ``driver_tuning_max_items`` (above it, indexer.sweep searches a shard a task).
     Serving groups shards per replica (serving/searchers.py) and merges with the same code."""
 
     def __init__(self, root: str, manifest: IndexManifest, verify: bool = True, mmap: bool = True,

@@ -350,10 +350,28 @@ class Shard:
             elif part.ntotal:
                 merge_lists(index, part)
         meta = pa.concat_tables(metas, promote_options="permissive")
-        sources = None if vectors[0] is None else vectors
+        sources = _vector_sources(vectors, self.entry.segments)
         segment = write_segment(self.index_root, self._stem(version, ""), index, meta, sources,
                                 np.concatenate(kept_rows))
         return ShardEntry(self.entry.shard, segment.count, [segment], [])
+
+
+def _vector_sources(vectors: list, segments: list) -> list | None:
+    """A compaction's vector sources, one per segment: None when no segment keeps vectors; a
+    segment without a vectors file that keeps no row (a shard empty at the build: its base
+    has no vectors file) stands as 0 rows, so the vectors later adds wrote are kept. Raises
+    ValueError for a segment with rows but no vectors while others have them."""
+    present = [v for v in vectors if v is not None]
+    if not present:
+        return None
+    sources = []
+    for source, segment in zip(vectors, segments):
+        if source is None and segment.count:
+            raise ValueError(f"segment {segment.index_path} holds {segment.count} rows but no "
+                             "vectors, while other segments of its shard keep theirs")
+        sources.append(source if source is not None
+                       else np.empty((0, present[0].shape[1]), present[0].dtype))
+    return sources
 
 
 def set_weights(meta: pa.Table, ids: np.ndarray, weights: np.ndarray) -> pa.Table:

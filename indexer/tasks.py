@@ -15,7 +15,7 @@ from indexer.faults import crash_point
 from indexer.manifest import ShardEntry
 from indexer.metadata import SUFFIX as METADATA_SUFFIX
 from indexer.metadata import conform, with_weights
-from indexer.quantizer import Trained, add_codes, copy_lists, encode, merge_lists, serialize_stripped, write_stripped
+from indexer.quantizer import Trained, add_codes, copy_lists, encode, lists_copyable, merge_lists, serialize_stripped, write_stripped
 from indexer.reader import Part, iter_part, iter_vectors
 from indexer.segments import Shard, stored_ids, write_segment_index, write_segment_rows  # noqa: F401 (stored_ids: re-export)
 from pipelines import storage
@@ -283,18 +283,21 @@ def merged_codes(index_root: str, trained_stripped: bytes, pieces: Sequence[Piec
     """The codes of one shard's pieces merged into one index, in piece order. The heap holds
     one shard's codes: each piece file is memory-mapped read-only and its lists copied
     (quantizer.copy_lists), so a piece's codes are page cache, unmapped once copied, never a
-    second copy on the heap (exact and fast-scan kinds read each piece whole and move its
-    lists: merge_lists). Remote piece files are copied one at a time. The index has no
-    coarse quantizer: it is for writing, not searching."""
+    second copy on the heap (the exact kind reads each piece whole and moves its rows:
+    merge_lists). Remote piece files are copied one at a time. The index has no coarse
+    quantizer: it is for writing, not searching."""
     index = faiss.deserialize_index(np.frombuffer(trained_stripped, dtype=np.uint8))
     mapped = getattr(faiss, "IO_FLAG_MMAP_IFC", None)  # faiss >= 1.10: zero-copy array lists
+    if not lists_copyable(index):
+        mapped = None
     for piece in pieces:
         if piece.count:
             with tempfile.TemporaryDirectory(prefix="vmem-merge-") as scratch:
                 local = storage.local_copy(storage.join(index_root, f"{piece.stem}.faiss"), scratch)
-                if mapped is None or not copy_lists(
-                        index, faiss.read_index(local, mapped | faiss.IO_FLAG_READ_ONLY)):
+                if mapped is None:
                     merge_lists(index, faiss.read_index(local))
+                else:
+                    copy_lists(index, faiss.read_index(local, mapped | faiss.IO_FLAG_READ_ONLY))
     return index
 
 

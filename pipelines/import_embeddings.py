@@ -320,8 +320,9 @@ def run_parts(job: PartJob, parts: list[EmbeddingPart]) -> list[_Stats]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=job.config.ray_address, include_dashboard=False,
-                 **({} if job.config.ray_address else {"_node_ip_address": "127.0.0.1"}))
+        from indexer.localray import init  # a new local instance on loopback only
+
+        init(job.config.ray_address, include_dashboard=False)
 
     def convert(row: dict) -> dict:
         return {"number": row["number"],

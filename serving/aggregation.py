@@ -117,6 +117,8 @@ class Aggregator:
     def __post_init__(self) -> None:
         if self.method not in AGGREGATORS:
             raise ValueError(f"aggregator must be one of {AGGREGATORS}, not {self.method!r}")
+        if not np.isfinite(self.value):  # nan passes every comparison below
+            raise ValueError(f"the aggregator's parameter must be a finite number, not {self.value}")
         if self.method == "rank" and self.value < 0.1:
             raise ValueError("rank voting needs alpha >= 0.1")
         if self.method == "softmax" and self.value <= 0:

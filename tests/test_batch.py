@@ -99,6 +99,8 @@ def test_batch_rerank_and_eval_over_predictions(classified, embedded_memory, tmp
     (["--k", "ten"], "argument --k: k must be an integer, not 'ten'"),
     (["--aggregator", "rank", "--parameter", "-1"], "--parameter -1.0: rank voting needs alpha >= 0.1"),
     (["--aggregator", "softmax", "--parameter", "0"], "--parameter 0.0: softmax voting needs tau > 0"),
+    (["--aggregator", "distance", "--parameter", "nan"],
+     "--parameter nan: the aggregator's parameter must be a finite number, not nan"),
 ])
 def test_k_and_the_parameter_are_checked_before_anything_runs(tmp_path, capsys, options, error):
     """`vmem classify` takes k in 1 ... MAX_K, the HTTP API's default limit (k = 0 reported

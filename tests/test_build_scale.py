@@ -276,11 +276,13 @@ def test_only_kinds_whose_codes_can_be_filed_are_encoded_and_non_finite_rows_are
 
 @pytest.mark.parametrize("factory, says", [("IVF16,PQ8x8,RFlat", "refinement"), ("OPQ8,IVF16,PQ8,RFlat", "refinement"),
                                            ("IVF16,PQ8x8,Refine(SQfp16)", "refinement"),
-                                           ("IDMap2,IVF16,PQ8", "IDMap"), ("IVF16,LSQ4x8", "local-search")])
+                                           ("IDMap2,IVF16,PQ8", "IDMap"), ("IVF16,LSQ4x8", "local-search"),
+                                           ("IVF16,PQ4x4fs", "fast-scan")])
 def test_factories_the_memory_cannot_hold_are_refused_before_sampling(memory, factory, says):
-    """A refinement index, an IDMap over IVF lists, or batch-dependent LSQ codes: refused with
-    the reason, before the sampling pass (FAISS used to fail after training, or LSQ built
-    segments that did not equal one index of the same rows); nothing is published."""
+    """A refinement index, an IDMap over IVF lists, batch-dependent LSQ codes or fast-scan
+    lists: refused with the reason, before the sampling pass (FAISS used to fail after
+    training, LSQ built segments that did not equal one index of the same rows, and merging
+    fast-scan pieces aborted the process); nothing is published."""
     with pytest.raises(ValueError, match=says):
         run_build(BuildConfig(memory, num_shards=3, factory=factory), LocalExecutor())
     assert not os.path.exists(index_root(memory)) or not os.listdir(index_root(memory))
@@ -654,6 +656,33 @@ def test_the_recall_a_build_records_is_what_other_queries_get(tmp_path):
         assert recall(SearchParams(1))[k] < defaults[f"recall_at_{k}"] - 0.1  # the bound means something
 
 
+def test_a_pass_ended_by_a_task_error_cancels_the_rest_and_raises_that_error(ray_executor, tmp_path):
+    """RayExecutor.as_completed: a task fails while three others would each run 20 s on the
+    instance's 2 CPUs: the task's error is raised and the rest are cancelled (the running one
+    interrupted between its chunks, the queued ones never started): none of them finishes.
+    A pass used to wait for them all to finish before raising (a minute here; hours for a
+    large build's queued parts)."""
+    import time
+
+    def work(seconds: float, fail: bool, marker: str) -> float:  # defined here: shipped by value
+        for _ in range(int(seconds * 10)):  # chunk after chunk, as a task's work goes: Ray's
+            time.sleep(0.1)  # interrupt lands between them (not inside one C call)
+        if fail:
+            raise ValueError("a bad part")
+        Path(marker).touch()
+        return seconds
+
+    markers = [str(tmp_path / f"finished-{n}") for n in range(3)]
+    handles = [ray_executor.submit(work, 1, True, "")]
+    handles += [ray_executor.submit(work, 20, False, marker) for marker in markers]
+    with pytest.raises(ValueError, match="a bad part"):
+        ray_executor.get(handles, "failing")
+    time.sleep(1)  # a task not cancelled would be running on
+    assert not any(Path(marker).exists() for marker in markers)
+    assert ray_executor.get([ray_executor.submit(work, 0, False, markers[0])], "next") == [0]
+    assert Path(markers[0]).exists()
+
+
 def test_a_phase_counts_the_cpu_its_ray_tasks_spent(ray_executor):
     """Phase CPU = the driver's + what its tasks reported (indexer.phases): two Ray tasks each
     burning 0.4 CPU-s make a phase of at least 0.8 CPU-s while the driver only waits."""
@@ -962,3 +991,27 @@ def test_a_compaction_gathers_vectors_from_the_files_not_a_copy_on_the_heap(tmp_
     before = load_vectors(root, resolve_version(root).shards[0].base)
     live = ~np.isin(meta.column("id").to_numpy(), deleted)
     np.testing.assert_array_equal(kept, before[live])  # both sorted by id
+
+
+def test_a_shard_empty_at_the_build_keeps_the_vectors_adds_wrote_through_a_compaction(tmp_path):
+    """A memory that re-ranks, built with one row: shard 0 of 2 is empty, so its base segment
+    has no vectors file. An online add writes a row and its vector there; compacting the
+    shard keeps that vector (it was dropped: the compaction looked at the first segment
+    alone, and the shard lost exact re-ranking), in the memory's fp32 (the add took the
+    vectors' kind from shard 0's base, which had none, and wrote fp16)."""
+    from indexer.edit import add_rows, run_compact
+    from indexer.metadata import conform
+    from indexer.store import load_vectors
+
+    rows = mixture(2, 16, clusters=1, seed=1)
+    root = str(tmp_path / "memory")
+    write_batch(root, "synthetic", rows[:1], parts=1)  # id 1: shard 1
+    built = run_build(BuildConfig(root, num_shards=2, factory="IDMap2,Flat", keep_vectors="fp32"),
+                      LocalExecutor())
+    assert built.shards[0].count == 0 and not built.shards[0].base.vectors_path
+    new = conform(pa.table({"id": pa.array([10], pa.int64()), "key": ["k"], "label": ["l"]}))
+    add_rows(root, new, rows[1:2], "online", policy=None)
+    compacted = run_compact(root, LocalExecutor())
+    kept = load_vectors(root, compacted.shards[0].base)
+    assert kept.dtype == np.float32  # the memory's kind (shard 0's empty base said nothing: fp16)
+    np.testing.assert_array_equal(kept, rows[1:2])

@@ -328,11 +328,18 @@ def test_logging_keeps_the_libraries_chatter_out_unless_debugging():
 @pytest.mark.parametrize("command", [["compact", "--no-ray"], ["delete", "--key", "x", "--no-ray"],
                                      ["rollback"], ["gc", "--keep", "1"], ["add", "--batch", "b", "--no-ray"],
                                      ["prune", "soft", "--no-ray"]])
-def test_index_edits_refuse_a_memory_with_no_index_before_taking_the_lock(tmp_path, capsys, command):
+def test_index_edits_refuse_a_memory_with_no_index_before_taking_the_lock(tmp_path, capsys, command,
+                                                                        monkeypatch):
     """A mistyped --memory is refused in one line, as build, log and verify refuse it, and
     nothing is made there (the writer lock created `nomem/index/.writer.lock`, and gc reported
-    success); a memory holding only embedding batches has no index to edit either (gc may
-    still collect its Beam temp folders there)."""
+    success), nor an executor (`add` started Ray first); a memory holding only embedding
+    batches has no index to edit either (gc may still collect its Beam temp folders there)."""
+    from indexer import executor
+
+    def no_executor(*args, **kwargs):
+        raise AssertionError("an executor was made for a memory with no index")
+
+    monkeypatch.setattr(executor, "make_executor", no_executor)
     missing = tmp_path / "nomem"
     assert main(["index", *command, "--memory", str(missing)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
