@@ -477,9 +477,11 @@ def _purge(root: str, manifest: IndexManifest, executor, shards: set[int],
     return manifest
 
 
-def _compact(root: str, parent: IndexManifest, executor, shards: set[int] | None) -> IndexManifest:
+def _compact(root: str, parent: IndexManifest, executor, shards: set[int] | None,
+             details: dict | None = None) -> IndexManifest:
     """Compact ``shards`` (default: every shard not compacted) of ``parent``; the caller holds
-    the lock (``run_compact``, ``delete --purge``)."""
+    the lock (``run_compact``, ``delete --purge``, a rollback purging again: its ``details``
+    join the compaction's, so the version it returns says what it rolled back)."""
     started = time.monotonic()
     chosen = {e.shard for e in parent.shards if not e.compacted and (shards is None or e.shard in shards)}
     if not chosen:
@@ -487,11 +489,12 @@ def _compact(root: str, parent: IndexManifest, executor, shards: set[int] | None
     folder = new_version_name(parent.version) + "-compaction"
     entries = _per_shard(executor, parent.shards,
                          {s: (compact_shard, root, folder, parent.shards[s]) for s in chosen}, "compacting")
-    return _publish_compaction(root, parent, parent, entries, chosen, started)
+    return _publish_compaction(root, parent, parent, entries, chosen, started, details)
 
 
 def _publish_compaction(root: str, latest: IndexManifest, snapshot: IndexManifest,
-                        entries: list[ShardEntry], chosen: set[int], started: float) -> IndexManifest:
+                        entries: list[ShardEntry], chosen: set[int], started: float,
+                        details: dict | None = None) -> IndexManifest:
     """Verify that no file of the new version holds an id the compaction purged (the
     snapshot's tombstones of the chosen shards), write the compaction report (which deletes'
     bytes left the live version), publish as a child of ``latest``. Caller holds the lock."""
@@ -518,8 +521,9 @@ def _publish_compaction(root: str, latest: IndexManifest, snapshot: IndexManifes
     log.info("compacted shards %s into version %s: %d rows purged, %.2f s", sorted(chosen),
              version, len(purged), seconds)
     return publish(root, latest, version, "compact", entries, latest.batches,
-                   {"compaction_report": COMPACTION_REPORT, "shards": sorted(chosen),
-                    "purged": int(len(purged)), "seconds": round(seconds, 3)})
+                   {**(details or {}), "compaction_report": COMPACTION_REPORT,
+                    "shards": sorted(chosen), "purged": int(len(purged)),
+                    "seconds": round(seconds, 3)})
 
 
 def _purged(root: str, compaction_version: str, delete_version: str) -> dict | None:

@@ -164,7 +164,8 @@ def rollback(root: str, to: str | None = None) -> str:
     rollback never brings a deleted item back. Nor their bytes, once purged: when ``to``'s
     files hold forgotten rows that the current version's files no longer hold (a ``delete
     --purge`` or a compaction since), the shards holding them are compacted at once, under the
-    same lock, and that compaction is the version returned (its parent is the rollback).
+    same lock, and that compaction is the version returned (its parent is the rollback; its
+    details carry the rollback's: ``rolled_back_to``, ``forgotten_tombstoned``...).
     Returns the new version's name. Raises FileNotFoundError (no such version), ValueError (no
     parent), ChecksumMismatch."""
     from indexer.edit import _compact, _stored, publish
@@ -187,14 +188,14 @@ def rollback(root: str, to: str | None = None) -> str:
         old.version = parent.version  # publish() names the parent; the files are the target's
         version = new_version_name(current)
         shards, kept_forgotten = _without_forgotten(root, version, old)
-        manifest = publish(root, old, version, "rollback", shards, old.batches,
-                           {"rolled_back_to": target, "from": current,
-                            "forgotten_tombstoned": kept_forgotten, "purged_again": int(len(purged))})
+        details = {"rolled_back_to": target, "from": current,
+                   "forgotten_tombstoned": kept_forgotten, "purged_again": int(len(purged))}
+        manifest = publish(root, old, version, "rollback", shards, old.batches, details)
         if len(purged):
             log.info("rollback to %s would bring back the bytes of %d purged items: compacting "
                      "their shards", target, len(purged))
             manifest = _compact(root, manifest, LocalExecutor(progress=False),
-                                set(shard_of(purged, manifest.num_shards).tolist()))
+                                set(shard_of(purged, manifest.num_shards).tolist()), details)
         return manifest.version
 
 

@@ -665,6 +665,8 @@ def test_a_pass_ended_by_a_task_error_cancels_the_rest_and_raises_that_error(ray
     import time
 
     def work(seconds: float, fail: bool, marker: str) -> float:  # defined here: shipped by value
+        if fail:
+            Path(marker).touch()  # the failing task's marker says it started
         for _ in range(int(seconds * 10)):  # chunk after chunk, as a task's work goes: Ray's
             time.sleep(0.1)  # interrupt lands between them (not inside one C call)
         if fail:
@@ -673,7 +675,11 @@ def test_a_pass_ended_by_a_task_error_cancels_the_rest_and_raises_that_error(ray
         return seconds
 
     markers = [str(tmp_path / f"finished-{n}") for n in range(3)]
-    handles = [ray_executor.submit(work, 1, True, "")]
+    started = tmp_path / "started"
+    handles = [ray_executor.submit(work, 1, True, str(started))]
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:  # it runs first: Ray does not
+        time.sleep(0.05)  # promise to start tasks in the order they were submitted
     handles += [ray_executor.submit(work, 20, False, marker) for marker in markers]
     with pytest.raises(ValueError, match="a bad part"):
         ray_executor.get(handles, "failing")

@@ -97,6 +97,11 @@ def test_a_stopped_application_leaves_no_claim_files(tmp_path, monkeypatch):
         listener.close()
     assert (tmp_path / f"vmem-data-plane-{ours}.json").exists()
     monkeypatch.setattr(serve, "delete", lambda name: None)  # Serve's part, not started here
+    import ray
+
+    # nor is this process's Ray ours to stop: the session's instance (conftest.ray_executor)
+    # serves the tests after this one, and a task submitted with Ray down starts a plain one
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
     take_down("visual-memory", joined=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"vmem-data-plane-{theirs}.json",
                                                          f"vmem-data-plane-{theirs}.json.lock"]

@@ -108,7 +108,7 @@ def test_a_rollback_past_a_purge_purges_again(memory_copy):
     delete_version = report["version"]
     assert forget_status(memory_copy, delete_version)["bytes_removed"]["version"] == compacted.version
     live = IndexManifest.read(memory_copy, rollback(memory_copy, built.version))
-    assert live.operation == "compact"
+    assert live.operation == "compact" and live.details["rolled_back_to"] == built.version
     rolled = IndexManifest.read(memory_copy, live.parent)
     assert rolled.operation == "rollback" and rolled.details["purged_again"] == 5
     assert rolled.details["forgotten_tombstoned"] == 5
