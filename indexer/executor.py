@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 MAX_RETRIES = 3  # a build's task re-runs after a lost worker or an OSError (Ray's max_retries)
 STOP_WAIT_S = 60.0  # how long a pass ended by an error waits for its cancelled tasks to end
+INTERRUPT_WAIT_S = 5.0  # ... before it kills those an interrupt did not stop
 
 
 @dataclass(frozen=True)
@@ -163,15 +164,21 @@ class RayExecutor:
                     self._stop(pending)
 
     def _stop(self, pending: list) -> None:
-        """Cancel a pass's unfinished tasks (queued ones never start; running ones get
-        KeyboardInterrupt, and their staged files are dropped) and wait up to
-        ``STOP_WAIT_S`` for them to end, so that what they write lands before the caller's
-        cleanup (tasks.build_scratch) runs, not after it. The error that ended the pass is
-        the one raised: one from here is logged, not raised over it."""
+        """Cancel a pass's unfinished tasks and wait up to ``STOP_WAIT_S`` for them to end, so
+        that nothing they write lands after the caller's cleanup (tasks.build_scratch) ran.
+        Queued tasks never start; running ones get KeyboardInterrupt (their staged files are
+        dropped), and those still running ``INTERRUPT_WAIT_S`` later are killed with their
+        worker: the interrupt does not take in a long C call, nor in a worker whose SIGINT is
+        ignored (a job a shell started in the background: CPython's
+        ``_thread.interrupt_main`` then does nothing). The error that ended the pass is the
+        one raised: one from here is logged."""
         try:
             for handle in pending:
                 self.ray.cancel(handle)
-            self.ray.wait(pending, num_returns=len(pending), timeout=STOP_WAIT_S)
+            _, running = self.ray.wait(pending, num_returns=len(pending), timeout=INTERRUPT_WAIT_S)
+            for handle in running:
+                self.ray.cancel(handle, force=True)
+            self.ray.wait(running, num_returns=len(running), timeout=STOP_WAIT_S)
         except Exception as error:  # noqa: BLE001 - the pass's own error propagates instead
             log.warning("stopping %d unfinished tasks after an error: %s", len(pending), error)
 

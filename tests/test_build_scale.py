@@ -861,9 +861,10 @@ def _child(script: str) -> dict:
 def test_an_add_tasks_heap_does_not_grow_with_its_part(tmp_path):
     """Add tasks over parts of 100,000 and 400,000 x 128 (51 and 205 MB of float32), each in
     a fresh process under the same 8 MB task budget (1,638 rows per read): the larger part's
-    heap grows by its extra codes ((8 + 8) bytes a row) and noise, not by its extra 154 MB of
-    rows. What both hold besides is the allocators' slack (mimalloc's for Arrow, glibc's:
-    ~100 MB here, the same at 200,000 and 400,000 rows). Parts read whole grew by ~2 GB."""
+    heap grows by its extra codes ((8 + 8) bytes a row) and the allocators' noise (6-40 MB
+    seen), not by its extra 154 MB of rows. What both hold besides is the allocators' slack
+    (mimalloc's for Arrow, glibc's: ~100 MB here, the same at 200,000 and 400,000 rows).
+    Parts read whole grew by 1.9 GB more."""
     dim, sizes = 128, (100_000, 400_000)
     vectors = mixture(sum(sizes), dim, clusters=20, seed=3)
     trained = faiss.index_factory(dim, "IVF64,PQ8x8")
@@ -892,7 +893,7 @@ def test_an_add_tasks_heap_does_not_grow_with_its_part(tmp_path):
         assert out["rows"] == rows == sum(out["counts"]) and out["chunk"] == 1_638
         growth[rows] = out["growth"]
     extra_rows = sizes[1] - sizes[0]
-    assert growth[sizes[1]] - growth[sizes[0]] < 0.25 * extra_rows * dim * 4, growth
+    assert growth[sizes[1]] - growth[sizes[0]] < 0.5 * extra_rows * dim * 4, growth
 
 
 def test_a_shard_merge_holds_one_copy_of_its_codes(tmp_path):
